@@ -1,0 +1,40 @@
+"""miraslab: test-time-memory sequence models composed from the four Miras axes.
+
+Public API (lazy, so ``import miraslab`` stays cheap for plugin authors)::
+
+    miraslab.hookimpl                  # mark plugin hook implementations
+    miraslab.load_recipe(path, sets)   # a validated Recipe
+    miraslab.build_model(recipe)       # torch.nn.Module: input_ids -> logits
+    miraslab.load_run(run_dir)         # model, tokenizer and recipe of a training run
+    miraslab.MemoryLayer, miraslab.memory_op   # the memory engine without recipes
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+from typing import Any
+
+from .hookspecs import hookimpl, hookspec
+from .params import param
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    "load_recipe": ("miraslab.recipe.resolve", "load_recipe"),
+    "Recipe": ("miraslab.recipe.schema", "Recipe"),
+    "get_registry": ("miraslab.registry", "get_registry"),
+    "build_component": ("miraslab.components", "build_component"),
+    "build_model": ("miraslab.model.language_model", "build_model"),
+    "load_run": ("miraslab.train.run_dir", "load_run"),
+    "MemoryLayer": ("miraslab.memory.layer", "MemoryLayer"),
+    "memory_op": ("miraslab.memory.engine", "memory_op"),
+}
+
+__all__ = ["__version__", "hookimpl", "hookspec", "param", *_LAZY]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        module, attr = _LAZY[name]
+        return getattr(import_module(module), attr)
+    raise AttributeError(f"module 'miraslab' has no attribute {name!r}")

@@ -1,0 +1,33 @@
+"""What happens when a chunk ends: the non-linear steps on the materialised state."""
+
+from __future__ import annotations
+
+from .parts import ChunkEnd
+from .rule import MemoryRule
+from .state import MemoryState
+
+
+def close_chunk(rule: MemoryRule, state: MemoryState) -> MemoryState:
+    """Apply the retention's and the algorithm's chunk-end steps; start the next chunk."""
+    weights, momentum, extra = state.weights, state.momentum, state.extra
+    if rule.nonlinear:
+        end = ChunkEnd(
+            start=state.start,
+            weights=weights,
+            momentum=momentum,
+            log_decay=state.log_decay,
+            extra=extra,
+            decayed_update=state.decayed_update,
+            aux_log_decay=state.aux_log_decay,
+        )
+        weights, momentum, extra = rule.retention.chunk_end(end)
+        end.weights, end.momentum, end.extra = weights, momentum, extra
+        weights = rule.algorithm.chunk_end(end)
+    state.start = state.weights = weights
+    state.momentum, state.extra = momentum, extra
+    state.offset = 0
+    state.log_decay = state.log_decay.new_zeros(state.log_decay.shape)
+    if state.decayed_update is not None:
+        state.decayed_update = {n: d.new_zeros(d.shape) for n, d in state.decayed_update.items()}
+        state.aux_log_decay = state.aux_log_decay.new_zeros(state.aux_log_decay.shape)
+    return state

@@ -1,0 +1,157 @@
+"""The chunked path: training, with no Python loop over tokens.
+
+Inside a chunk every gradient is taken at the chunk-start weights W_0, so for each
+linear map of the memory the weights after token i are
+
+    W_i = beta_i W_start + sigma_i S_start + sum_j K[i, j] delta_j h_j^T
+
+with beta_i = exp(A_i) (A the cumulative log decay), sigma_i the momentum carry, and
+K = -Dalpha @ Deta @ diag(theta) @ Gamma: decay (Dalpha), momentum (Deta) and the Omega
+window (Gamma, a band) are small (L x L) matrices built from cumulative sums.  A read
+``W_i x_i`` is then ``beta_i W_start x_i + sigma_i S_start x_i + sum_j K[i, j] (h_j . x_i)
+delta_j`` (the "dual form"), computed for all i with matmuls.  Only the chunk-end state is
+materialised, and the non-linear steps are applied to it.
+"""
+
+from __future__ import annotations
+
+import attrs
+import torch
+
+from .chunk_boundary import close_chunk
+from .parts import Gates, at_least_fp32
+from .recurrent import _scaled, outer_sum
+from .rule import MemoryRule
+from .sources import decay_matrix, keep_window, window_band, with_window
+from .state import MemoryState
+
+
+def chunked(
+    rule: MemoryRule,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    gates: Gates,
+    state: MemoryState,
+    chunk_size: int,
+) -> tuple[torch.Tensor, MemoryState]:
+    """q, k, v (B, H, T, d): one pass per chunk (the first may finish a chunk the state began)."""
+    state = attrs.evolve(state)
+    outputs, t, total = [], 0, q.shape[2]
+    while t < total:
+        length = min(chunk_size - state.offset, total - t)
+        piece = slice(t, t + length)
+        y, state = _piece(
+            rule,
+            q[:, :, piece],
+            k[:, :, piece],
+            v[:, :, piece],
+            {n: g[:, :, piece] for n, g in gates.items()},
+            state,
+            chunk_size,
+        )
+        outputs.append(y)
+        t += length
+    return torch.cat(outputs, dim=2), state
+
+
+def _piece(
+    rule: MemoryRule,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    gates: Gates,
+    state: MemoryState,
+    chunk_size: int,
+) -> tuple[torch.Tensor, MemoryState]:
+    retention, algorithm = rule.retention, rule.algorithm
+    batch, heads, length = q.shape[:3]
+
+    log_alpha = retention.log_alpha(gates)
+    if log_alpha is None:
+        log_alpha = q.new_zeros(batch, heads, length, dtype=torch.promote_types(q.dtype, torch.float32))
+    cum_alpha = torch.cumsum(at_least_fp32(log_alpha), dim=-1)  # A_i, relative to the piece start
+    d_alpha = decay_matrix(cum_alpha)
+
+    keys, values, source_gates, buffered = with_window(rule, state, k, v, gates)
+    theta = algorithm.lr(gates)
+    weight_scale = None
+    if retention.gradient_at_decayed:  # window 1: sources are this piece's tokens
+        weight_scale = torch.exp(state.log_decay.unsqueeze(-1) + cum_alpha)
+    out_weight = theta if rule.channelwise_lr else None
+    factors = rule.factors(state.start, keys, values, source_gates, weight_scale, out_weight)
+
+    dtype = torch.promote_types(theta.dtype, torch.float32)
+    band = window_band(rule, source_gates, buffered, length, dtype, q.device)  # (L, n) or (B, H, L, n)
+    theta_band = (
+        band if rule.channelwise_lr else at_least_fp32(theta).unsqueeze(-1) * band
+    )  # diag(theta) @ Gamma
+
+    carry = None  # sigma_i: how much of S_start reaches W_i
+    if algorithm.momentum:
+        cum_eta = torch.cumsum(at_least_fp32(algorithm.log_eta(gates)), dim=-1)
+        d_eta = decay_matrix(cum_eta)
+        momentum_coef = -(d_eta @ theta_band)  # S_s = exp(E_s) S_start + sum_j momentum_coef[s, j] g_j
+        coef = d_alpha @ momentum_coef
+        carry = (d_alpha @ torch.exp(cum_eta).unsqueeze(-1)).squeeze(-1)
+    else:
+        coef = -(d_alpha @ theta_band)
+    beta = torch.exp(cum_alpha)
+
+    start_w, start_s = state.weights, state.momentum
+
+    def linear(name: str, x: torch.Tensor) -> torch.Tensor:
+        h, delta = factors[name]
+        z = beta.unsqueeze(-1).to(x.dtype) * (x @ start_w[name].transpose(-1, -2).to(x.dtype))
+        if carry is not None:
+            z = z + carry.unsqueeze(-1).to(x.dtype) * (x @ start_s[name].transpose(-1, -2).to(x.dtype))
+        attend = coef.to(x.dtype) * (x @ h.transpose(-1, -2))  # (B, H, L, n)
+        return z + _scaled_rows(attend @ delta, retention.lr_scale(state.extra, name))
+
+    y = rule.arch(q, linear)
+
+    last = coef[..., -1, :]
+    if last.dim() == 1:
+        last = last.expand(batch, heads, -1)
+    new_weights, new_momentum, new_decayed = {}, {}, {}
+    for name, (h, delta) in factors.items():
+        scale = retention.lr_scale(state.extra, name)
+        w = beta[..., -1, None, None] * start_w[name] + _scaled(outer_sum(last, delta, h), scale)
+        if carry is not None:
+            w = w + carry[..., -1, None, None] * start_s[name]
+            s_last = momentum_coef[..., -1, :]
+            s_last = s_last.expand(batch, heads, -1) if s_last.dim() == 1 else s_last
+            new_momentum[name] = torch.exp(cum_eta[..., -1])[..., None, None] * start_s[name] + _scaled(
+                outer_sum(s_last, delta, h), scale
+            )
+        new_weights[name] = w
+    if retention.needs_decayed_update:
+        aux_cum = torch.cumsum(at_least_fp32(retention.aux_log_alpha(gates)), dim=-1)
+        aux_row = decay_matrix(aux_cum)[..., -1, :]  # exp(A_L - A_s)
+        aux_last = -(aux_row.unsqueeze(-2) @ theta_band).squeeze(-2)
+        aux_last = aux_last.expand(batch, heads, -1) if aux_last.dim() == 1 else aux_last
+        for name, (h, delta) in factors.items():
+            new_decayed[name] = torch.exp(aux_cum[..., -1])[..., None, None] * state.decayed_update[
+                name
+            ] + outer_sum(aux_last, delta, h)
+        state.decayed_update = new_decayed
+        state.aux_log_decay = state.aux_log_decay + aux_cum[..., -1]
+
+    state.weights = new_weights
+    if carry is not None:
+        state.momentum = new_momentum
+    state.log_decay = state.log_decay + cum_alpha[..., -1]
+    state.offset += length
+    keep_window(rule, state, keys, values, source_gates)
+    if state.offset == chunk_size:
+        state = close_chunk(rule, state)
+        if rule.nonlinear:  # the chunk's last token reads the state after the chunk-end step
+            y_last = rule.read(state.weights, q[:, :, -1:])
+            y = torch.cat([y[:, :, :-1], y_last.to(y.dtype)], dim=2)
+    return y, state
+
+
+def _scaled_rows(value: torch.Tensor, scale: torch.Tensor | float) -> torch.Tensor:
+    if isinstance(scale, torch.Tensor):
+        return value * scale[..., None, None].to(value.dtype)
+    return value if scale == 1.0 else value * scale

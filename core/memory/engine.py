@@ -1,0 +1,50 @@
+"""The functional memory op: outputs and final state from given q, k, v and gates."""
+
+from __future__ import annotations
+
+import torch
+
+from .chunked import chunked
+from .parts import Gates
+from .recurrent import recurrent
+from .rule import MemoryRule
+from .state import MemoryState
+
+PATHS = ("chunked", "recurrent")
+
+
+def memory_op(
+    rule: MemoryRule,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    gates: Gates,
+    state: MemoryState | None = None,
+    chunk_size: int = 64,
+    path: str = "chunked",
+) -> tuple[torch.Tensor, MemoryState]:
+    """Run a Miras memory over a sequence.
+
+    Args:
+        rule: the memory's four parts (see :func:`miraslab.memory.build.build_rule`).
+        q, k: (batch, heads, seq, d_k) queries and keys, feature map already applied.
+        v: (batch, heads, seq, d_v) values.
+        gates: {name: (batch, heads, seq) or (batch, heads, seq, d_v)}, as the rule's
+            ``gate_defs()`` describe (log values for ``log_sigmoid`` gates).
+        state: where to continue from; ``None`` starts at the learned W_init.
+        chunk_size: tokens per mini-batch step.
+        path: ``"chunked"`` (training) or ``"recurrent"`` (oracle, decoding).
+
+    Returns:
+        outputs (batch, heads, seq, d_v) and the state after the last token.
+    """
+    if path not in PATHS:
+        raise ValueError(f"path must be one of {PATHS}, got {path!r}")
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    if state is None:
+        state = rule.initial_state(q.shape[0])
+    if q.shape[2] == 0:
+        return q.new_zeros(*q.shape[:3], v.shape[-1]), state
+    run = chunked if path == "chunked" else recurrent
+    return run(rule, q, k, v, gates, state, chunk_size)

@@ -1,0 +1,123 @@
+"""The recurrent path: token by token, with materialised weights.
+
+It is the oracle the chunked path is tested against, and the decoding path: its state
+is O(1) in the context length (weights, momentum, a window of c-1 tokens).  The
+mini-batch semantics match the chunked path exactly: gradients are taken at the
+chunk-start weights ``state.start`` until ``chunk_size`` tokens have been applied.
+"""
+
+from __future__ import annotations
+
+import attrs
+import torch
+
+from .chunk_boundary import close_chunk
+from .parts import Gates
+from .rule import MemoryRule
+from .sources import keep_window, window_band, with_window
+from .state import MemoryState
+
+
+def outer_sum(coef: torch.Tensor, delta: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+    """sum_j coef_j * delta_j h_j^T: (B, H, N) x (B, H, N, o) x (B, H, N, i) -> (B, H, o, i)."""
+    return (delta * coef.unsqueeze(-1).to(delta.dtype)).transpose(-1, -2) @ h
+
+
+def _scaled(value: torch.Tensor, scale: torch.Tensor | float) -> torch.Tensor:
+    if isinstance(scale, float) and scale == 1.0:
+        return value
+    if isinstance(scale, torch.Tensor):
+        return value * scale[..., None, None]
+    return value * scale
+
+
+def step(
+    rule: MemoryRule,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    gates: Gates,
+    state: MemoryState,
+    chunk_size: int,
+) -> tuple[torch.Tensor, MemoryState]:
+    """One token: q, k, v (B, H, d); gates {name: (B, H) or (B, H, d_v)}."""
+    state = attrs.evolve(state)
+    retention, algorithm = rule.retention, rule.algorithm
+    k, v = k.unsqueeze(2), v.unsqueeze(2)
+    seq_gates = {n: g.unsqueeze(2) for n, g in gates.items()}
+
+    log_alpha = retention.log_alpha(seq_gates)
+    log_alpha = log_alpha[:, :, 0] if log_alpha is not None else torch.zeros_like(state.log_decay)
+    log_decay = state.log_decay + log_alpha
+
+    keys, values, source_gates, buffered = with_window(rule, state, k, v, seq_gates)
+    theta = algorithm.lr(seq_gates)[:, :, 0]  # (B, H) or (B, H, d_v)
+    weight_scale = None
+    if retention.gradient_at_decayed:
+        weight_scale = torch.exp(log_decay).unsqueeze(-1).expand(-1, -1, keys.shape[2])
+    out_weight = theta.unsqueeze(2) if rule.channelwise_lr else None
+    factors = rule.factors(state.start, keys, values, source_gates, weight_scale, out_weight)
+    dtype = torch.promote_types(theta.dtype, torch.float32)
+    coef = window_band(rule, source_gates, buffered, 1, dtype, q.device)[..., 0, :]
+    if coef.dim() == 1:
+        coef = coef.expand(*keys.shape[:2], -1)
+    if not rule.channelwise_lr:
+        coef = coef * theta.unsqueeze(-1)
+
+    alpha = torch.exp(log_alpha)[..., None, None]
+    eta = None
+    if algorithm.momentum:
+        eta = torch.exp(algorithm.log_eta(seq_gates)[:, :, 0])[..., None, None]
+    aux_alpha = None
+    if retention.needs_decayed_update:
+        aux_log = retention.aux_log_alpha(seq_gates)[:, :, 0]
+        aux_alpha = torch.exp(aux_log)[..., None, None]
+        state.aux_log_decay = state.aux_log_decay + aux_log
+
+    new_weights, new_momentum, new_decayed = {}, {}, {}
+    for name, (h, delta) in factors.items():
+        grad_sum = outer_sum(coef, delta, h)  # theta_t * sum_j gamma_j omega^(t-j) grad_j
+        update = -_scaled(grad_sum, retention.lr_scale(state.extra, name))
+        if eta is not None:
+            new_momentum[name] = eta * state.momentum[name] + update
+            update = new_momentum[name]
+        new_weights[name] = alpha * state.weights[name] + update
+        if aux_alpha is not None:
+            new_decayed[name] = aux_alpha * state.decayed_update[name] - grad_sum
+    state.weights = new_weights
+    if eta is not None:
+        state.momentum = new_momentum
+    if aux_alpha is not None:
+        state.decayed_update = new_decayed
+    state.log_decay = log_decay
+    state.offset += 1
+    keep_window(rule, state, keys, values, source_gates)
+    if state.offset == chunk_size:
+        state = close_chunk(rule, state)
+    y = rule.read(state.weights, q.unsqueeze(2))[:, :, 0]
+    return y, state
+
+
+def recurrent(
+    rule: MemoryRule,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    gates: Gates,
+    state: MemoryState,
+    chunk_size: int,
+) -> tuple[torch.Tensor, MemoryState]:
+    """q, k, v (B, H, T, d); a Python loop over tokens (use for decoding and as the oracle)."""
+    outputs = []
+    for t in range(q.shape[2]):
+        y, state = step(
+            rule,
+            q[:, :, t],
+            k[:, :, t],
+            v[:, :, t],
+            {n: g[:, :, t] for n, g in gates.items()},
+            state,
+            chunk_size,
+        )
+        outputs.append(y)
+    return torch.stack(outputs, dim=2), state

@@ -1,0 +1,141 @@
+"""A memory rule: the four Miras parts together, and the gradients of the inner loss.
+
+The gradient of the attentional bias with respect to a linear map ``z = W h`` inside the
+memory is, per token, the outer product ``delta h^T`` with ``delta = dl/dz``.  The engine
+never materialises per-token gradient matrices: it keeps the factors ``(h, delta)`` and
+turns them into reads and states with matmuls.  ``delta`` comes from autograd, so any
+architecture written against ``linear(name, h)`` works, and with ``create_graph`` the
+outer loss trains everything that produced q, k, v and the gates.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .parts import (
+    AttentionalBias,
+    GateDef,
+    Gates,
+    LearningAlgorithm,
+    MemoryArchitecture,
+    Retention,
+    Weights,
+    check_parts,
+)
+from .state import MemoryState
+
+Factors = dict[str, tuple[torch.Tensor, torch.Tensor]]  # name -> (h, delta), (B, H, N, d)
+
+
+class MemoryRule(nn.Module):
+    def __init__(
+        self,
+        arch: MemoryArchitecture,
+        bias: AttentionalBias,
+        retention: Retention,
+        algorithm: LearningAlgorithm,
+        channelwise_lr: bool = False,
+    ):
+        super().__init__()
+        self.arch, self.bias, self.retention, self.algorithm = arch, bias, retention, algorithm
+        self.channelwise_lr = channelwise_lr
+        problems = check_parts(arch, bias, retention, algorithm, channelwise_lr)
+        if problems:
+            raise ValueError("; ".join(problems))
+
+    @property
+    def window(self) -> int:
+        return self.bias.window
+
+    @property
+    def nonlinear(self) -> bool:
+        return self.retention.nonlinear or self.algorithm.nonlinear
+
+    def gate_defs(self) -> list[GateDef]:
+        defs = [*self.bias.gates(), *self.retention.gates(), *self.algorithm.gates()]
+        if self.channelwise_lr:
+            defs = [
+                GateDef(d.name, d.activation, d.init, d.scale, True) if d.name == "lr" else d for d in defs
+            ]
+        return defs
+
+    def bias_gate_names(self) -> list[str]:
+        return [d.name for d in self.bias.gates()]
+
+    def initial_state(self, batch: int) -> MemoryState:
+        learned = {name: w.unsqueeze(0).expand(batch, *w.shape) for name, w in self.arch.init.items()}
+        weights, extra = self.retention.initial(learned)
+        sample = next(iter(weights.values()))
+        zeros = sample.new_zeros(
+            batch, sample.shape[1], dtype=torch.promote_types(sample.dtype, torch.float32)
+        )
+        momentum = {n: torch.zeros_like(w) for n, w in weights.items()} if self.algorithm.momentum else None
+        decayed = (
+            {n: torch.zeros_like(w) for n, w in weights.items()}
+            if self.retention.needs_decayed_update
+            else None
+        )
+        return MemoryState(
+            start=weights,
+            weights=weights,
+            momentum=momentum,
+            extra=extra,
+            offset=0,
+            log_decay=zeros,
+            decayed_update=decayed,
+            aux_log_decay=zeros.clone() if decayed is not None else None,
+        )
+
+    def read(self, weights: Weights, x: torch.Tensor) -> torch.Tensor:
+        """y = M_W(x) with materialised weights, x: (B, H, N, d_in)."""
+        return self.arch(x, lambda name, h: h @ weights[name].transpose(-1, -2).to(h.dtype))
+
+    def factors(
+        self,
+        weights: Weights,
+        keys: torch.Tensor,
+        values: torch.Tensor,
+        gates: Gates,
+        weight_scale: torch.Tensor | None = None,
+        out_weight: torch.Tensor | None = None,
+    ) -> Factors:
+        """Per-source ``(h, delta)`` of ``grad l(W; k_j, v_j)`` for every linear map of M.
+
+        ``weight_scale`` (B, H, N) evaluates source j at ``scale_j * W`` (the gated delta
+        rule's decayed point); ``out_weight`` (B, H, N[, d_v]) multiplies dl/dy per source
+        (a channel-wise learning rate).
+        """
+        taps: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        create_graph = torch.is_grad_enabled()
+
+        def linear(name: str, h: torch.Tensor) -> torch.Tensor:
+            z = h @ weights[name].transpose(-1, -2).to(h.dtype)
+            if weight_scale is not None:
+                z = z * weight_scale.unsqueeze(-1).to(z.dtype)
+            if not z.requires_grad:  # inference: a local graph just for the inner gradient
+                z = z.detach().requires_grad_()
+            taps[name] = (h, z)
+            return z
+
+        with torch.enable_grad():
+            pred = self.arch(keys, linear)
+            loss = self.bias.loss(pred, values, gates)
+            (dpred,) = torch.autograd.grad(loss.sum(), pred, create_graph=create_graph)
+            if out_weight is not None:
+                dpred = dpred * (out_weight if out_weight.dim() == dpred.dim() else out_weight.unsqueeze(-1))
+            names = list(taps)
+            deltas = torch.autograd.grad(
+                pred,
+                [taps[n][1] for n in names],
+                grad_outputs=dpred,
+                create_graph=create_graph,
+                allow_unused=True,
+            )
+        out: Factors = {}
+        for name, delta in zip(names, deltas, strict=True):
+            h = taps[name][0]
+            if delta is None:  # a map the loss does not reach
+                delta = torch.zeros_like(taps[name][1])
+            out[name] = (h if create_graph else h.detach(), delta if create_graph else delta.detach())
+        return out

@@ -1,0 +1,54 @@
+"""The recipe table of one Miras memory: ``[model.memory]``.
+
+The four Miras axes (memory architecture, attentional bias, retention gate, learning
+algorithm) plus the key/query feature map are components, each with its own params;
+the rest are the layer's shape and the Titans block around the memory.
+"""
+
+from __future__ import annotations
+
+import attrs
+
+from ..params import component_field, component_type, param
+
+MemoryComponent = component_type("memory")
+BiasComponent = component_type("bias")
+RetentionComponent = component_type("retention")
+AlgorithmComponent = component_type("algorithm")
+FeaturesComponent = component_type("features")
+
+
+@attrs.frozen
+class GatesSpec:
+    """How the data-dependent gates (theta, alpha, eta, gamma, ...) are produced."""
+
+    channelwise_lr: bool = param(
+        False, doc="learning rate theta per value channel (Miras), through a low-rank projection"
+    )
+    rank: int = param(16, ge=1, doc="rank of the channel-wise projection")
+    lr_multiplier: float = param(
+        1.0, gt=0, doc="optimizer learning-rate multiplier for gate projections (trainer)"
+    )
+
+
+@attrs.frozen
+class MemorySpec:
+    """One neural memory layer: ``y_t = M_t(phi(q_t))``, written by one learning step per token."""
+
+    memory: MemoryComponent = component_field("memory", "mlp", "memory architecture (Miras axis 1)")
+    bias: BiasComponent = component_field("bias", "l2", "attentional bias: the inner objective (axis 2)")
+    retention: RetentionComponent = component_field("retention", "decay", "retention gate (axis 3)")
+    algorithm: AlgorithmComponent = component_field("algorithm", "momentum", "learning algorithm (axis 4)")
+    features: FeaturesComponent = component_field(
+        "features", "identity", "feature map phi on keys and queries"
+    )
+    heads: int = param(0, ge=0, doc="memory heads; 0 uses model.n_heads")
+    head_dim: int = param(0, ge=0, doc="key and value width per head; 0 uses d_model / heads")
+    chunk_size: int = param(64, ge=1, doc="tokens per mini-batch step (Titans eq. 16-18)")
+    path: str = param("chunked", choices=("chunked", "recurrent"), doc="execution path for training")
+    conv_kernel: int = param(4, ge=0, doc="causal depthwise convolution on q/k/v; 0 disables")
+    activation: str = param("silu", choices=("silu", "identity"), doc="activation on q/k/v (Titans)")
+    qk_norm: bool = param(True, doc="l2-normalise queries and keys")
+    output_norm: bool = param(True, doc="RMSNorm on the memory read-out before the output projection")
+    qk_projection: bool = param(False, doc="project queries onto the span of past keys (TNT eq. 7)")
+    gates: GatesSpec = attrs.field(factory=GatesSpec, metadata={"doc": "gate projections"})

@@ -1,0 +1,77 @@
+"""The recipe table of a language model: ``[model]``."""
+
+from __future__ import annotations
+
+import attrs
+
+from ..memory.spec import MemorySpec
+from ..params import ParamValueError, component_field, component_type, param
+
+LayoutComponent = component_type("layout")
+AttentionComponent = component_type("attention")
+MixerComponent = component_type("mixer")
+
+
+@attrs.frozen
+class AttentionSpec:
+    """Attention inside a block: backend, sliding window and persistent tokens."""
+
+    backend: AttentionComponent = component_field("attention", "sdpa", "attention backend plugin")
+    window: int = param(0, ge=0, doc="sliding window in tokens; 0 means full causal attention")
+    persistent_tokens: int = param(0, ge=0, doc="learned tokens prepended to every attention's keys")
+    rope: bool = param(True, doc="rotary position embeddings on queries and keys")
+    rope_base: float = param(10000.0, gt=0, doc="RoPE base frequency")
+
+
+@attrs.frozen
+class TNTSpec:
+    """TNT hierarchy (arXiv 2511.07343): one global memory plus local memories reset per shard."""
+
+    global_chunk: int = param(2048, ge=1, doc="chunk size of the global memory")
+    local_chunks: tuple[int, ...] = param(factory=lambda: (256,), ge=1, doc="chunk size of each local memory")
+    shard_length: int = param(
+        2048, ge=1, doc="local memories reset to their learned W_init every this many tokens"
+    )
+    local_qk_projection: bool = param(True, doc="Q-K projection on the local memories' queries (TNT eq. 7)")
+    mixer: MixerComponent = component_field("mixer", "sum", "how local and global read-outs combine")
+
+    def cross_check(self) -> None:
+        if not self.local_chunks:
+            raise ParamValueError("local_chunks", "at least one local memory chunk size", [])
+        for chunk in self.local_chunks:
+            if self.shard_length % chunk:
+                raise ParamValueError(
+                    "shard_length",
+                    f"a multiple of every local chunk size {list(self.local_chunks)}",
+                    self.shard_length,
+                )
+
+
+@attrs.frozen
+class ModelSpec:
+    """Embeddings, ``n_layers`` blocks of the layout, RMSNorm, a tied or untied head."""
+
+    vocab_size: int = param(32000, ge=2, doc="vocabulary size (a task may set it from its tokenizer)")
+    d_model: int = param(512, ge=1, doc="residual stream width")
+    n_layers: int = param(6, ge=1, doc="number of blocks")
+    n_heads: int = param(8, ge=1, doc="attention heads")
+    d_ff: int = param(0, ge=0, doc="SwiGLU hidden width; 0 means 8/3 d_model rounded up to 64")
+    layout: LayoutComponent = component_field("layout", "mag", "block layout plugin")
+    attention: AttentionSpec = attrs.field(factory=AttentionSpec, metadata={"doc": "attention settings"})
+    memory: MemorySpec = attrs.field(factory=MemorySpec, metadata={"doc": "the neural memory"})
+    tnt: TNTSpec | None = attrs.field(
+        default=None, metadata={"doc": "TNT global+local memories; omit for one memory"}
+    )
+    tie_embeddings: bool = param(True, doc="share the input embedding with the output head")
+    norm_eps: float = param(1e-6, gt=0, doc="RMSNorm epsilon")
+    init_std: float = param(0.02, gt=0, doc="standard deviation of weight initialisation")
+    dropout: float = param(0.0, ge=0, lt=1, doc="dropout on the residual branches")
+
+    def cross_check(self) -> None:
+        if self.d_model % self.n_heads:
+            raise ParamValueError("d_model", f"a multiple of n_heads ({self.n_heads})", self.d_model)
+        heads = self.memory.heads or self.n_heads
+        if not self.memory.head_dim and self.d_model % heads:
+            raise ParamValueError(
+                "memory.heads", f"a divisor of d_model ({self.d_model}) or set memory.head_dim", heads
+            )

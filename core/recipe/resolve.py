@@ -1,0 +1,76 @@
+"""From a recipe file (plus ``--set``) to a structured, validated :class:`Recipe`."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from ..errors import RecipeError
+from ..params import ParamsError, join_path, make_converter, structure_with
+from ..registry import Registry, get_registry
+from .loading import Origins, apply_set, display_path, load_raw, origin_of
+from .schema import Recipe
+
+
+def load_recipe(path: str | Path, sets: Iterable[str] = (), registry: Registry | None = None) -> Recipe:
+    """Read, merge, override, structure and validate a recipe; raise RecipeError on any problem."""
+    data, origins = load_raw(path, sets)
+    return recipe_from_dict(data, origins, default_origin=display_path(path), registry=registry)
+
+
+def recipe_from_dict(
+    data: dict[str, Any],
+    origins: Origins | None = None,
+    default_origin: str = "<recipe>",
+    registry: Registry | None = None,
+) -> Recipe:
+    registry = registry or get_registry()
+    origins = origins or {}
+    converter = make_converter(registry)
+    try:
+        recipe = structure_with(converter, data, Recipe)
+    except ParamsError as exc:
+        raise RecipeError(
+            [f"{origin_of(p, origins, default_origin)}: {join_path(p)}: {m}" for p, m in exc.problems]
+        ) from None
+    problems = list(_stage_problems(recipe, data, converter, default_origin, origins))
+    if problems:
+        raise RecipeError(problems)
+    return recipe
+
+
+def _stage_problems(
+    recipe: Recipe, data: dict[str, Any], converter: Any, default_origin: str, origins: Origins
+) -> Iterable[str]:
+    """Each stage's overrides must name real keys and leave a valid recipe."""
+    for index, stage in enumerate(recipe.train.stages):
+        where = ("train", "stages", f"[{index}]", "overrides")
+        shown = origin_of(where, origins, default_origin)
+        staged = copy.deepcopy(data)
+        for key, value in stage.overrides.items():
+            try:
+                apply_set(
+                    staged, tuple(key.split(".")), value, shown, {}, shown=f"{shown}: {join_path(where)}"
+                )
+            except RecipeError as exc:
+                yield from exc.problems
+        try:
+            structure_with(converter, staged, Recipe)
+        except ParamsError as exc:
+            for path, message in exc.problems:
+                yield f"{shown}: {join_path(where)}: {join_path(path)}: {message}"
+
+
+def recipe_to_dict(recipe: Recipe, registry: Registry | None = None) -> dict[str, Any]:
+    """The resolved recipe as plain data (it loads back to an equal Recipe)."""
+    return make_converter(registry or get_registry()).unstructure(recipe)
+
+
+def with_overrides(recipe: Recipe, overrides: dict[str, Any], registry: Registry | None = None) -> Recipe:
+    """The recipe with dotted-key overrides applied (a TNT stage switch)."""
+    data = recipe_to_dict(recipe, registry)
+    for key, value in overrides.items():
+        apply_set(data, tuple(key.split(".")), value, "stage", {})
+    return recipe_from_dict(data, registry=registry)

@@ -1,0 +1,77 @@
+"""The recipe tables of training: ``[data]`` and ``[train]`` (with TNT ``[[train.stages]]``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+
+from ..params import ParamValueError, component_field, component_type, param
+
+TaskComponent = component_type("task")
+
+
+@attrs.frozen
+class DataSpec:
+    """Where sequences come from, and their length."""
+
+    task: TaskComponent = component_field("task", "text", "data source or synthetic task plugin")
+    seq_len: int = param(512, ge=1, doc="tokens per training sequence")
+
+
+@attrs.frozen
+class StageSpec:
+    """One TNT stage: its length, recipe overrides, and which parameters train."""
+
+    steps: int = param(ge=1, doc="optimizer steps in this stage")
+    name: str = param("", doc="shown in logs; defaults to stage1, stage2, ...")
+    overrides: dict[str, Any] = attrs.field(
+        factory=dict,
+        metadata={"doc": 'dotted recipe keys set for this stage, e.g. {"model.memory.chunk_size" = 16}'},
+    )
+    train_only: tuple[str, ...] = param(
+        factory=tuple, doc="parameter groups that train (e.g. ['local_memory']); empty trains all"
+    )
+
+
+@attrs.frozen
+class TrainSpec:
+    """Optimisation, schedule, precision, checkpoints and logging."""
+
+    steps: int = param(1000, ge=1, doc="optimizer steps when no stages are given")
+    stages: tuple[StageSpec, ...] = attrs.field(factory=tuple, metadata={"doc": "TNT stages, run in order"})
+    batch_size: int = param(8, ge=1, doc="sequences per optimizer step, over all processes")
+    micro_batch_size: int = param(0, ge=0, doc="sequences per forward pass per process; 0 = no accumulation")
+    lr: float = param(3e-4, gt=0, doc="peak learning rate")
+    min_lr_ratio: float = param(0.1, ge=0, le=1, doc="final learning rate as a fraction of lr")
+    warmup_steps: int = param(100, ge=0, doc="linear warmup steps")
+    schedule: str = param("cosine", choices=("cosine", "constant"), doc="after warmup")
+    weight_decay: float = param(0.1, ge=0, doc="AdamW weight decay (not on norms, gains, gates, biases)")
+    betas: tuple[float, ...] = param(factory=lambda: (0.9, 0.95), ge=0, lt=1, doc="AdamW betas")
+    eps: float = param(1e-8, gt=0, doc="AdamW epsilon")
+    grad_clip: float = param(1.0, ge=0, doc="clip the global gradient norm; 0 disables")
+    gate_lr_multiplier: float = param(1.0, gt=0, doc="learning-rate multiplier for gate parameters")
+    precision: str = param(
+        "auto", choices=("auto", "fp32", "bf16"), doc="auto: bf16 autocast on CUDA, fp32 on CPU"
+    )
+    compile: bool = param(False, doc="torch.compile the model")
+    activation_checkpointing: bool = param(False, doc="recompute each block in the backward pass")
+    device: str = param("auto", choices=("auto", "cpu", "cuda"), doc="auto picks CUDA when available")
+    distributed: str = param("ddp", choices=("ddp", "fsdp"), doc="strategy under torchrun")
+    log_every: int = param(10, ge=1, doc="steps between metrics.jsonl lines")
+    eval_every: int = param(200, ge=0, doc="steps between validation passes; 0 disables")
+    eval_batches: int = param(4, ge=1, doc="batches per validation pass")
+    checkpoint_every: int = param(500, ge=0, doc="steps between checkpoints; 0 keeps only the final one")
+    keep_checkpoints: int = param(3, ge=1, doc="checkpoints kept on disk")
+
+    @property
+    def total_steps(self) -> int:
+        return sum(stage.steps for stage in self.stages) if self.stages else self.steps
+
+    def cross_check(self) -> None:
+        if len(self.betas) != 2:
+            raise ParamValueError("betas", "two numbers in [0, 1)", list(self.betas))
+        if self.micro_batch_size and self.batch_size % self.micro_batch_size:
+            raise ParamValueError(
+                "micro_batch_size", f"a divisor of batch_size ({self.batch_size})", self.micro_batch_size
+            )

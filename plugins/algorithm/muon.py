@@ -1,0 +1,78 @@
+"""Muon as the memory's optimizer (ATLAS, arXiv 2505.23735 eq. 32):
+
+    S_t = eta_t S_{t-1} - theta_t grad l          (momentum, linear inside a chunk)
+    M_t = alpha_t M_{t-1} + NS_k(update)           (orthogonalised by k Newton-Schulz steps)
+
+At every chunk end the chunk's accumulated update U = W_end - (prod alpha) W_start is
+replaced by its orthogonalisation NS_k(U), rescaled to U's Frobenius norm so that reads
+inside a chunk (which see the raw momentum steps) and after it see steps of one size.
+With chunk size 1 this is Atlas's rule with step size theta_t ||S_t||_F / ||NS_k(S_t)||_F.
+"""
+
+from __future__ import annotations
+
+import attrs
+import miraslab
+import torch
+from miraslab.memory.parts import ChunkEnd, GateDef, Gates, LearningAlgorithm, Weights, at_least_fp32
+
+# quintic Newton-Schulz coefficients (Keller Jordan's Muon): fast convergence of the singular values
+NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)
+
+
+def newton_schulz(update: torch.Tensor, steps: int, eps: float = 1e-7) -> torch.Tensor:
+    """Approximately orthogonalise the last two dims of ``update`` (U S V^T -> U V^T)."""
+    a, b, c = NS_COEFFICIENTS
+    x = at_least_fp32(update)
+    transposed = x.shape[-2] > x.shape[-1]
+    if transposed:
+        x = x.transpose(-1, -2)
+    x = x / (x.norm(dim=(-2, -1), keepdim=True) + eps)
+    for _ in range(steps):
+        gram = x @ x.transpose(-1, -2)
+        x = a * x + (b * gram + c * gram @ gram) @ x
+    return x.transpose(-1, -2) if transposed else x
+
+
+@attrs.frozen
+class MuonParams:
+    lr_init: float = miraslab.param(0.1, gt=0, doc="theta_t at initialisation")
+    lr_max: float = miraslab.param(1.0, gt=0, doc="upper bound of theta_t")
+    momentum: float = miraslab.param(0.9, gt=0, lt=1, doc="eta_t at initialisation")
+    ns_steps: int = miraslab.param(5, ge=1, doc="Newton-Schulz iterations k")
+
+
+class Muon(LearningAlgorithm):
+    """Momentum whose chunk update is orthogonalised by Newton-Schulz (norm-preserving)."""
+
+    momentum = True
+    nonlinear = True
+
+    def __init__(self, params: MuonParams):
+        super().__init__()
+        self.params = params
+
+    def gates(self) -> list[GateDef]:
+        return [
+            GateDef("lr", "sigmoid", init=self.params.lr_init, scale=self.params.lr_max),
+            GateDef("momentum", "log_sigmoid", init=self.params.momentum),
+        ]
+
+    def log_eta(self, gates: Gates) -> torch.Tensor:
+        return gates["momentum"]
+
+    def chunk_end(self, end: ChunkEnd) -> Weights:
+        decay = torch.exp(end.log_decay)[..., None, None]
+        out = {}
+        for name, w in end.weights.items():
+            kept = decay * end.start[name]
+            update = at_least_fp32(w - kept)
+            ortho = newton_schulz(update, self.params.ns_steps)
+            size = update.norm(dim=(-2, -1), keepdim=True) / (ortho.norm(dim=(-2, -1), keepdim=True) + 1e-12)
+            out[name] = kept + (ortho * size).to(w.dtype)
+        return out
+
+
+@miraslab.hookimpl
+def register_algorithms(register):
+    register("muon", Muon, MuonParams)

@@ -1,0 +1,29 @@
+"""Dot-product attentional bias: l(M; k, v) = -<M(k), v>.  Its gradient step adds v k^T:
+Hebbian learning, i.e. (gated) linear attention with a linear memory (Miras sec. 3)."""
+
+from __future__ import annotations
+
+import attrs
+import miraslab
+import torch
+from miraslab.memory.parts import AttentionalBias, Gates
+
+
+@attrs.frozen
+class DotParams:
+    pass
+
+
+class DotBias(AttentionalBias):
+    """-<M(k), v>: the Hebbian rule W += theta v k^T."""
+
+    def __init__(self, params: DotParams):
+        super().__init__()
+
+    def loss(self, pred: torch.Tensor, target: torch.Tensor, gates: Gates) -> torch.Tensor:
+        return -(pred * target).sum(-1)
+
+
+@miraslab.hookimpl
+def register_biases(register):
+    register("dot", DotBias, DotParams)

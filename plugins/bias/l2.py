@@ -1,0 +1,29 @@
+"""l2 attentional bias: l(M; k, v) = 1/2 ||M(k) - v||^2 (Titans eq. 12; with a linear memory and
+gradient descent this is the delta rule)."""
+
+from __future__ import annotations
+
+import attrs
+import miraslab
+import torch
+from miraslab.memory.parts import AttentionalBias, Gates
+
+
+@attrs.frozen
+class L2Params:
+    pass
+
+
+class L2Bias(AttentionalBias):
+    """1/2 ||M(k) - v||^2; its gradient for M(k) = W k is (W k - v) k^T."""
+
+    def __init__(self, params: L2Params):
+        super().__init__()
+
+    def loss(self, pred: torch.Tensor, target: torch.Tensor, gates: Gates) -> torch.Tensor:
+        return 0.5 * (pred - target).pow(2).sum(-1)
+
+
+@miraslab.hookimpl
+def register_biases(register):
+    register("l2", L2Bias, L2Params)

@@ -1,0 +1,33 @@
+"""lp attentional bias (Moneta, Miras arXiv 2504.13173 sec. 5):
+l(M; k, v) = sum_c |M(k) - v|_c^p, with |e| smoothed as sqrt(e^2 + eps^2), so the gradient
+is p * e * (e^2 + eps^2)^((p-2)/2) ~ p sign(e) |e|^(p-1)."""
+
+from __future__ import annotations
+
+import attrs
+import miraslab
+import torch
+from miraslab.memory.parts import AttentionalBias, Gates, at_least_fp32
+
+
+@attrs.frozen
+class LpParams:
+    p: float = miraslab.param(3.0, ge=1, doc="the norm's exponent (Moneta uses p = 3)")
+    eps: float = miraslab.param(1e-3, gt=0, doc="smoothing of |e| and sign(e) near 0")
+
+
+class LpBias(AttentionalBias):
+    """sum |M(k) - v|^p with smooth absolute value."""
+
+    def __init__(self, params: LpParams):
+        super().__init__()
+        self.p, self.eps = params.p, params.eps
+
+    def loss(self, pred: torch.Tensor, target: torch.Tensor, gates: Gates) -> torch.Tensor:
+        error = at_least_fp32(pred - target)
+        return (error.pow(2) + self.eps**2).pow(self.p / 2).sum(-1)
+
+
+@miraslab.hookimpl
+def register_biases(register):
+    register("lp", LpBias, LpParams)

@@ -1,0 +1,45 @@
+"""Gated MLP memory (Atlas++ / DeepTransformers, arXiv 2505.23735):
+M(x) = x + W2 (act(W1 x) * W3 x), a SwiGLU block as the memory."""
+
+from __future__ import annotations
+
+import attrs
+import miraslab
+import torch
+import torch.nn.functional as F
+from miraslab.errors import RecipeError
+from miraslab.memory.parts import Linear, MemoryArchitecture
+
+
+@attrs.frozen
+class GatedMLPParams:
+    expansion: int = miraslab.param(2, ge=1, doc="hidden width as a multiple of the input width")
+    residual: bool = miraslab.param(True, doc="add the input to the output (needs d_in == d_out)")
+
+
+class GatedMLPMemory(MemoryArchitecture):
+    """Residual SwiGLU memory: x + W2 (silu(W1 x) * W3 x)."""
+
+    def __init__(self, params: GatedMLPParams, heads: int, d_in: int, d_out: int):
+        super().__init__(heads, d_in, d_out)
+        if params.residual and d_in != d_out:
+            raise RecipeError(
+                [
+                    f"memory gated_mlp: residual = true needs the key width ({d_in}) to equal the value "
+                    f"width ({d_out}); set model.memory.memory.residual = false"
+                ]
+            )
+        hidden = params.expansion * d_in
+        self.residual = params.residual
+        self.make_init("w1", hidden, d_in)
+        self.make_init("w3", hidden, d_in)
+        self.make_init("w2", d_out, hidden)
+
+    def forward(self, x: torch.Tensor, linear: Linear) -> torch.Tensor:
+        y = linear("w2", F.silu(linear("w1", x)) * linear("w3", x))
+        return x + y if self.residual else y
+
+
+@miraslab.hookimpl
+def register_memories(register):
+    register("gated_mlp", GatedMLPMemory, GatedMLPParams)

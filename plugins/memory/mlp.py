@@ -1,0 +1,47 @@
+"""Deep memory (Titans sec. 3.1): a residual two-layer MLP, M(x) = x + W2 act(W1 x)."""
+
+from __future__ import annotations
+
+import attrs
+import miraslab
+import torch
+import torch.nn.functional as F
+from miraslab.errors import RecipeError
+from miraslab.memory.parts import Linear, MemoryArchitecture
+
+ACTIVATIONS = {"gelu": F.gelu, "silu": F.silu, "relu": F.relu}
+
+
+@attrs.frozen
+class MLPParams:
+    expansion: int = miraslab.param(4, ge=1, doc="hidden width as a multiple of the input width")
+    activation: str = miraslab.param("gelu", choices=tuple(ACTIVATIONS), doc="hidden activation")
+    residual: bool = miraslab.param(True, doc="add the input to the output (needs d_in == d_out)")
+
+
+class MLPMemory(MemoryArchitecture):
+    """Residual 2-layer MLP memory, hidden width expansion * d_in."""
+
+    def __init__(self, params: MLPParams, heads: int, d_in: int, d_out: int):
+        super().__init__(heads, d_in, d_out)
+        if params.residual and d_in != d_out:
+            raise RecipeError(
+                [
+                    f"memory mlp: residual = true needs the key width ({d_in}) to equal the value width "
+                    f"({d_out}); set model.memory.memory.residual = false or use a feature map that keeps the width"
+                ]
+            )
+        hidden = params.expansion * d_in
+        self.residual = params.residual
+        self.act = ACTIVATIONS[params.activation]
+        self.make_init("w1", hidden, d_in)
+        self.make_init("w2", d_out, hidden)
+
+    def forward(self, x: torch.Tensor, linear: Linear) -> torch.Tensor:
+        y = linear("w2", self.act(linear("w1", x)))
+        return x + y if self.residual else y
+
+
+@miraslab.hookimpl
+def register_memories(register):
+    register("mlp", MLPMemory, MLPParams)
