@@ -7,6 +7,7 @@ theta_t = lr_max * sigmoid(w . x_t + b), per head, or per value channel when
 from __future__ import annotations
 
 import attrs
+
 import miraslab
 from miraslab.memory.parts import GateDef, LearningAlgorithm
 

@@ -9,8 +9,9 @@ with eta_t and theta_t data-dependent gates per head.
 from __future__ import annotations
 
 import attrs
-import miraslab
 import torch
+
+import miraslab
 from miraslab.memory.parts import GateDef, Gates, LearningAlgorithm
 
 

@@ -12,8 +12,9 @@ With chunk size 1 this is Atlas's rule with step size theta_t ||S_t||_F / ||NS_k
 from __future__ import annotations
 
 import attrs
-import miraslab
 import torch
+
+import miraslab
 from miraslab.memory.parts import ChunkEnd, GateDef, Gates, LearningAlgorithm, Weights, at_least_fp32
 
 # quintic Newton-Schulz coefficients (Keller Jordan's Muon): fast convergence of the singular values

@@ -4,8 +4,9 @@ Hebbian learning, i.e. (gated) linear attention with a linear memory (Miras sec.
 from __future__ import annotations
 
 import attrs
-import miraslab
 import torch
+
+import miraslab
 from miraslab.memory.parts import AttentionalBias, Gates
 
 

@@ -10,8 +10,9 @@ delta_t is a constant, or a data-dependent gate (softplus of a projection of x_t
 from __future__ import annotations
 
 import attrs
-import miraslab
 import torch
+
+import miraslab
 from miraslab.memory.parts import AttentionalBias, GateDef, Gates, at_least_fp32
 
 

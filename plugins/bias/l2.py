@@ -4,8 +4,9 @@ gradient descent this is the delta rule)."""
 from __future__ import annotations
 
 import attrs
-import miraslab
 import torch
+
+import miraslab
 from miraslab.memory.parts import AttentionalBias, Gates
 
 

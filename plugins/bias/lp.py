@@ -5,8 +5,9 @@ is p * e * (e^2 + eps^2)^((p-2)/2) ~ p sign(e) |e|^(p-1)."""
 from __future__ import annotations
 
 import attrs
-import miraslab
 import torch
+
+import miraslab
 from miraslab.memory.parts import AttentionalBias, Gates, at_least_fp32
 
 

@@ -11,8 +11,9 @@ exactly the inner bias.
 from __future__ import annotations
 
 import attrs
-import miraslab
 import torch
+
+import miraslab
 from miraslab.errors import RecipeError
 from miraslab.memory.parts import AttentionalBias, GateDef, Gates
 from miraslab.memory.spec import BiasComponent

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import attrs
+
 import miraslab
 from miraslab.memory.parts import FeatureMap
 

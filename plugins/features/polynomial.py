@@ -14,10 +14,11 @@ from __future__ import annotations
 import math
 
 import attrs
-import miraslab
 import torch
-from miraslab.memory.parts import FeatureMap
 from torch import nn
+
+import miraslab
+from miraslab.memory.parts import FeatureMap
 
 
 @attrs.frozen

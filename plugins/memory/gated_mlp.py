@@ -4,9 +4,10 @@ M(x) = x + W2 (act(W1 x) * W3 x), a SwiGLU block as the memory."""
 from __future__ import annotations
 
 import attrs
-import miraslab
 import torch
 import torch.nn.functional as F
+
+import miraslab
 from miraslab.errors import RecipeError
 from miraslab.memory.parts import Linear, MemoryArchitecture
 

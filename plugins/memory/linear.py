@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import attrs
-import miraslab
 import torch
+
+import miraslab
 from miraslab.memory.parts import Linear, MemoryArchitecture
 
 

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import attrs
-import miraslab
 import torch
 import torch.nn.functional as F
+
+import miraslab
 from miraslab.errors import RecipeError
 from miraslab.memory.parts import Linear, MemoryArchitecture
 

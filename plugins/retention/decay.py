@@ -9,8 +9,9 @@ S_t = alpha_t S_{t-1} (I - beta_t k_t k_t^T) + beta_t v_t k_t^T (arXiv 2412.0646
 from __future__ import annotations
 
 import attrs
-import miraslab
 import torch
+
+import miraslab
 from miraslab.memory.parts import GateDef, Gates, Retention
 
 

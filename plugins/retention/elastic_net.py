@@ -12,8 +12,9 @@ from __future__ import annotations
 import math
 
 import attrs
-import miraslab
 import torch
+
+import miraslab
 from miraslab.memory.parts import ChunkEnd, GateDef, Gates, Retention, at_least_fp32
 
 

@@ -13,8 +13,9 @@ from __future__ import annotations
 from typing import Any
 
 import attrs
-import miraslab
 import torch
+
+import miraslab
 from miraslab.memory.parts import ChunkEnd, GateDef, Gates, Retention, Weights, at_least_fp32
 
 
