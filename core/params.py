@@ -346,6 +346,11 @@ def _flatten(exc: BaseException, path: tuple[str, ...]) -> Iterator[tuple[tuple[
     if isinstance(exc, ClassValidationError):
         with_notes, others = exc.group_exceptions()
         for sub, note in with_notes:
+            field = attrs.fields_dict(exc.cl).get(str(note.name)) if attrs.has(exc.cl) else None
+            if isinstance(sub, TypeMismatch) and field is not None and isinstance(field.validator, Check):
+                expected = field.validator.describe(_type_phrase(field.type))  # say the range too
+                yield (*path, str(note.name)), f"expected {expected}, got {format_value(sub.got)}"
+                continue
             yield from _flatten(sub, (*path, str(note.name)))
         for sub in others:
             yield from _flatten(sub, path)

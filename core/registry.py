@@ -237,10 +237,10 @@ class Registry:
 
 def unknown_name_message(kind: str, name: object, registered: list[str]) -> str:
     """``unknown bias 'omgea'; did you mean 'omega'? registered: omega, dot, ...``"""
+    if not registered:
+        return f"unknown {kind} {name!r}: no {kind} components are registered (is a plugin disabled?)"
     close = difflib.get_close_matches(str(name), registered, n=len(registered), cutoff=0.0)
     ordered = close + sorted(set(registered) - set(close))
-    if not ordered:
-        return f"unknown {kind} {name!r}: no {kind} components are registered"
     hint = ""
     best = difflib.get_close_matches(str(name), registered, n=1, cutoff=0.6)
     if best:

@@ -16,6 +16,7 @@ def close_chunk(rule: MemoryRule, state: MemoryState) -> MemoryState:
             weights=weights,
             momentum=momentum,
             log_decay=state.log_decay,
+            lr_sum=state.lr_sum,
             extra=extra,
             decayed_update=state.decayed_update,
             aux_log_decay=state.aux_log_decay,
@@ -27,6 +28,7 @@ def close_chunk(rule: MemoryRule, state: MemoryState) -> MemoryState:
     state.momentum, state.extra = momentum, extra
     state.offset = 0
     state.log_decay = state.log_decay.new_zeros(state.log_decay.shape)
+    state.lr_sum = state.lr_sum.new_zeros(state.lr_sum.shape)
     if state.decayed_update is not None:
         state.decayed_update = {n: d.new_zeros(d.shape) for n, d in state.decayed_update.items()}
         state.aux_log_decay = state.aux_log_decay.new_zeros(state.aux_log_decay.shape)

@@ -140,6 +140,8 @@ def _piece(
     state.weights = new_weights
     if carry is not None:
         state.momentum = new_momentum
+    theta_head = theta.mean(-1) if theta.dim() == 4 else theta  # channel-wise: the mean rate
+    state.lr_sum = beta[..., -1] * state.lr_sum + (d_alpha[..., -1, :] * at_least_fp32(theta_head)).sum(-1)
     state.log_decay = state.log_decay + cum_alpha[..., -1]
     state.offset += length
     keep_window(rule, state, keys, values, source_gates)

@@ -119,6 +119,7 @@ class ChunkEnd:
     weights: Weights  # weights after the chunk's linear updates
     momentum: Weights | None
     log_decay: torch.Tensor  # (B, H): sum of the chunk's log alpha (the dynamics' alpha)
+    lr_sum: torch.Tensor  # (B, H): the chunk's learning rates theta_i, decayed like the weights
     extra: dict[str, Any]
     decayed_update: Weights | None  # sum_j prod_{i>j} alpha_i * u_j with the retention's own alpha
     aux_log_decay: torch.Tensor | None

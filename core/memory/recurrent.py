@@ -90,6 +90,8 @@ def step(
     if aux_alpha is not None:
         state.decayed_update = new_decayed
     state.log_decay = log_decay
+    theta_head = theta.mean(-1) if theta.dim() == 3 else theta  # channel-wise: the mean rate
+    state.lr_sum = torch.exp(log_alpha) * state.lr_sum + theta_head
     state.offset += 1
     keep_window(rule, state, keys, values, source_gates)
     if state.offset == chunk_size:

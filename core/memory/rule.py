@@ -83,6 +83,7 @@ class MemoryRule(nn.Module):
             extra=extra,
             offset=0,
             log_decay=zeros,
+            lr_sum=zeros.clone(),
             decayed_update=decayed,
             aux_log_decay=zeros.clone() if decayed is not None else None,
         )

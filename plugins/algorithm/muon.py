@@ -3,10 +3,13 @@
     S_t = eta_t S_{t-1} - theta_t grad l          (momentum, linear inside a chunk)
     M_t = alpha_t M_{t-1} + NS_k(update)           (orthogonalised by k Newton-Schulz steps)
 
-At every chunk end the chunk's accumulated update U = W_end - (prod alpha) W_start is
-replaced by its orthogonalisation NS_k(U), rescaled to U's Frobenius norm so that reads
-inside a chunk (which see the raw momentum steps) and after it see steps of one size.
-With chunk size 1 this is Atlas's rule with step size theta_t ||S_t||_F / ||NS_k(S_t)||_F.
+Inside a chunk the reads see the raw momentum steps (linear in the gradients).  At every
+chunk end the chunk's accumulated update U = W_end - (prod alpha) W_start is replaced by
+sum_i theta_i NS_k(U) (the theta_i decayed like the weights): each token's step has size
+theta_i in the orthogonalised direction, so the step is bounded whatever the gradient's
+size, which is what keeps Muon stable.  With chunk size 1 this is Atlas's rule
+M_t = alpha_t M_{t-1} - theta_t NS_k(S_t) (theta_t also scales the momentum's input, which
+NS's scale invariance makes immaterial when theta is constant).
 """
 
 from __future__ import annotations
@@ -68,9 +71,8 @@ class Muon(LearningAlgorithm):
         for name, w in end.weights.items():
             kept = decay * end.start[name]
             update = at_least_fp32(w - kept)
-            ortho = newton_schulz(update, self.params.ns_steps)
-            size = update.norm(dim=(-2, -1), keepdim=True) / (ortho.norm(dim=(-2, -1), keepdim=True) + 1e-12)
-            out[name] = kept + (ortho * size).to(w.dtype)
+            step = end.lr_sum[..., None, None]  # the chunk's theta_i, as one step in a fixed direction
+            out[name] = kept + (step * newton_schulz(update, self.params.ns_steps)).to(w.dtype)
         return out
 
 

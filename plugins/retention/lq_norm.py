@@ -43,7 +43,8 @@ class LqNorm(Retention):
 
     def _normaliser(self, accumulator: torch.Tensor) -> torch.Tensor:
         q = self.params.q
-        norm = at_least_fp32(accumulator).abs().pow(q).sum(dim=(-1, -2)).pow(1 / q)
+        # the tiny offset keeps the gradient of the root finite for an all-zero accumulator
+        norm = (at_least_fp32(accumulator).abs().pow(q).sum(dim=(-1, -2)) + 1e-30).pow(1 / q)
         return norm.clamp(min=self.params.floor).pow(q - 2)  # (B, H)
 
     def initial(self, learned: Weights) -> tuple[Weights, dict[str, Any]]:

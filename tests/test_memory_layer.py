@@ -1,0 +1,143 @@
+"""The MemoryLayer module: (batch, seq, dim) -> (batch, seq, dim), usable without recipes."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from miraslab.memory.layer import MemoryLayer
+from miraslab.memory.qk_projection import qk_project
+
+
+def layer(**options) -> MemoryLayer:
+    torch.manual_seed(0)
+    return MemoryLayer(16, heads=2, chunk_size=4, **options).double()
+
+
+LAYER_CASES = {
+    "titans": {},
+    "deltanet": {"memory": "linear", "retention": "none", "algorithm": "gd"},
+    "atlas": {
+        "bias": {"name": "omega", "window": 3},
+        "algorithm": "muon",
+        "features": {"name": "polynomial", "mode": "elementwise"},
+    },
+    "tensor-features": {"memory": {"name": "mlp", "residual": False}, "features": "polynomial"},
+    "qk-projection": {"qk_projection": True, "conv_kernel": 2},
+}
+
+
+@pytest.mark.parametrize("options", LAYER_CASES.values(), ids=LAYER_CASES.keys())
+def test_calls_in_pieces_continue_exactly(options):
+    """Tolerance: float64, atol 1e-10."""
+    module = layer(**options)
+    x = torch.randn(2, 11, 16, dtype=torch.double)
+    full = module(x)
+    first, state = module(x[:, :5], return_state=True)
+    pieces = [first]
+    for t in range(5, 11):  # then token by token, on the recurrent path
+        y, state = module(x[:, t : t + 1], state=state, return_state=True, path="recurrent")
+        pieces.append(y)
+    torch.testing.assert_close(torch.cat(pieces, dim=1), full, atol=1e-10, rtol=0)
+    assert state.position == 11
+
+
+@pytest.mark.parametrize("options", LAYER_CASES.values(), ids=LAYER_CASES.keys())
+def test_gradients_reach_every_parameter_of_the_layer(options):
+    module = layer(**options)
+    module(torch.randn(2, 9, 16, dtype=torch.double)).pow(2).sum().backward()
+    missing = [n for n, p in module.named_parameters() if p.grad is None or p.grad.abs().sum() == 0]
+    assert missing == []
+
+
+def test_the_decode_state_does_not_grow_with_the_context():
+    module = layer(bias={"name": "omega", "window": 3})
+    x = torch.randn(1, 40, 16, dtype=torch.double)
+    _, short = module(x[:, :8], return_state=True)
+    _, long = module(x, return_state=True)
+
+    def size(state) -> int:
+        tensors = [
+            state.conv,
+            *state.memory.weights.values(),
+            *state.memory.start.values(),
+            *(state.memory.momentum or {}).values(),
+            state.memory.window_keys,
+            state.memory.window_values,
+        ]
+        return sum(t.numel() for t in tensors if t is not None)
+
+    assert size(short) == size(long)
+
+
+def test_qk_projection_is_the_sum_of_past_unit_key_projectors():
+    q, k = torch.randn(2, 3, 10, 4, dtype=torch.double), torch.randn(2, 3, 10, 4, dtype=torch.double)
+    projected, state = qk_project(q, k, chunk_size=3)
+    unit = k / k.norm(dim=-1, keepdim=True)
+    for t in range(10):
+        projector = (unit[:, :, : t + 1].unsqueeze(-1) @ unit[:, :, : t + 1].unsqueeze(-2)).sum(2)
+        torch.testing.assert_close(projected[:, :, t], (projector @ q[:, :, t].unsqueeze(-1)).squeeze(-1))
+    torch.testing.assert_close(state, (unit.transpose(-1, -2) @ unit))
+
+
+def test_polynomial_tensor_features_give_the_polynomial_kernel():
+    from miraslab.memory.build import build_features
+    from miraslab.params import make_component
+    from miraslab.registry import get_registry
+
+    phi = build_features(make_component("features", "polynomial", {"degree": 3}, get_registry()), 5).double()
+    with torch.no_grad():
+        phi.coefficients.copy_(torch.tensor([0.5, 2.0, 0.25, 0.1]))
+    q, k = torch.randn(7, 5, dtype=torch.double), torch.randn(7, 5, dtype=torch.double)
+    dot = (q * k).sum(-1)
+    expected = 0.5 + 2.0 * dot + 0.25 * dot**2 + 0.1 * dot**3
+    torch.testing.assert_close((phi(q, query=True) * phi(k)).sum(-1), expected)
+    assert phi.out_dim == 1 + 5 + math.comb(6, 2) + math.comb(7, 3)
+
+
+def test_polynomial_coefficients_start_at_one_over_i_factorial():
+    from miraslab.memory.build import build_features
+    from miraslab.params import make_component
+    from miraslab.registry import get_registry
+
+    phi = build_features(make_component("features", "polynomial", {"degree": 2}, get_registry()), 4)
+    torch.testing.assert_close(phi.coefficients, torch.tensor([1.0, 1.0, 0.5]))
+
+
+def test_under_bf16_autocast_gate_parameters_stay_fp32_and_can_take_tiny_steps():
+    """The TNT-Atlas seed: a bf16 gain near 5.0 could not take a 1e-5 step. Ours stay fp32."""
+    torch.manual_seed(0)
+    module = MemoryLayer(32, heads=2, chunk_size=8, algorithm="muon", bias={"name": "omega", "window": 2})
+    x = torch.randn(2, 24, 32)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = module(x)
+    assert y.dtype == torch.bfloat16 and torch.isfinite(y.float()).all()
+    y.float().pow(2).mean().backward()
+    bias = module.gates.proj["decay"].bias
+    assert bias.dtype == torch.float32 and bias.grad is not None and bias.grad.abs().sum() > 0
+    before = bias.detach().clone()
+    with torch.no_grad():
+        bias -= 1e-5 * torch.sign(bias.grad)
+    assert (bias != before).all()
+
+
+def test_bf16_autocast_output_is_close_to_fp32():
+    """Tolerance: bf16 matmuls keep ~3 significant digits; relative error of the output < 5e-2."""
+    torch.manual_seed(0)
+    module = MemoryLayer(32, heads=2, chunk_size=8)
+    x = torch.randn(2, 24, 32)
+    exact = module(x)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        approx = module(x).float()
+    assert (approx - exact).norm() / exact.norm() < 5e-2
+
+
+def test_layer_accepts_component_tables_and_rejects_nonsense_combinations():
+    from miraslab.errors import RecipeError
+
+    with pytest.raises(RecipeError, match="do not compose"):
+        MemoryLayer(16, heads=2, retention="kl", algorithm="muon")
+    with pytest.raises(RecipeError, match="residual = true needs"):
+        MemoryLayer(16, heads=2, features={"name": "polynomial", "degree": 2})

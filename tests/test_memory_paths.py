@@ -1,0 +1,131 @@
+"""The two execution paths agree for every valid built-in combination of the Miras axes.
+
+Tolerances: float64 everywhere, outputs compared with atol 1e-9 relative to their scale
+(the paths differ only in summation order).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from memory_cases import all_combinations, make_rule, random_inputs
+
+from miraslab.memory.engine import memory_op
+
+VALID, REJECTED = all_combinations()
+TOL = 1e-9
+
+
+def assert_close(a: torch.Tensor, b: torch.Tensor) -> None:
+    scale = max(1.0, b.abs().max().item())
+    assert (a - b).abs().max().item() <= TOL * scale
+
+
+def test_every_axis_has_valid_combinations_and_the_rejected_ones_are_few():
+    assert (len(VALID), len(REJECTED)) == (165, 60)  # 3 x 5 x 5 x 3; see the rejected test below
+    assert all(combo[2] in ("lq_norm", "kl", "elastic_net") for combo in REJECTED)
+
+
+@pytest.mark.parametrize("combo", VALID, ids="-".join)
+def test_chunked_with_chunk_1_equals_recurrent(combo):
+    rule = make_rule(*combo)
+    q, k, v, gates, _ = random_inputs(rule, seq=6)
+    chunked, _ = memory_op(rule, q, k, v, gates, chunk_size=1, path="chunked")
+    recurrent, _ = memory_op(rule, q, k, v, gates, chunk_size=1, path="recurrent")
+    assert_close(chunked, recurrent)
+
+
+@pytest.mark.parametrize("combo", VALID, ids="-".join)
+def test_chunked_equals_the_per_token_loop_with_the_same_mini_batch_semantics(combo):
+    rule = make_rule(*combo)
+    q, k, v, gates, _ = random_inputs(rule, seq=11)
+    chunked, state_c = memory_op(rule, q, k, v, gates, chunk_size=4, path="chunked")
+    recurrent, state_r = memory_op(rule, q, k, v, gates, chunk_size=4, path="recurrent")
+    assert_close(chunked, recurrent)
+    for name in state_c.weights:
+        assert_close(state_c.weights[name], state_r.weights[name])
+        assert_close(state_c.start[name], state_r.start[name])
+    assert state_c.offset == state_r.offset == 3
+
+
+@pytest.mark.parametrize("combo", VALID, ids="-".join)
+def test_decoding_token_by_token_continues_exactly_from_the_chunked_state(combo):
+    rule = make_rule(*combo)
+    q, k, v, gates, _ = random_inputs(rule, seq=10)
+    full, _ = memory_op(rule, q, k, v, gates, chunk_size=4, path="chunked")
+    _, state = memory_op(
+        rule,
+        q[:, :, :5],
+        k[:, :, :5],
+        v[:, :, :5],
+        {n: g[:, :, :5] for n, g in gates.items()},
+        chunk_size=4,
+        path="chunked",
+    )
+    steps = []
+    for t in range(5, 10):
+        y, state = memory_op(
+            rule,
+            q[:, :, t : t + 1],
+            k[:, :, t : t + 1],
+            v[:, :, t : t + 1],
+            {n: g[:, :, t : t + 1] for n, g in gates.items()},
+            state,
+            chunk_size=4,
+            path="recurrent",
+        )
+        steps.append(y)
+    assert_close(torch.cat(steps, dim=2), full[:, :, 5:])
+
+
+@pytest.mark.parametrize("combo", VALID, ids="-".join)
+def test_gradients_reach_every_gate_and_memory_parameter(combo):
+    rule = make_rule(*combo)
+    q, k, v, gates, gate_module = random_inputs(rule, seq=7, requires_grad=True)
+    y, state = memory_op(rule, q, k, v, gates, chunk_size=3, path="chunked")
+    (y.pow(2).sum() + sum(w.sum() for w in state.weights.values())).backward()
+    for name, parameter in [*gate_module.named_parameters(), *rule.named_parameters()]:
+        assert parameter.grad is not None and parameter.grad.abs().sum() > 0, name
+    for tensor in (q, k, v):
+        assert tensor.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("combo", REJECTED, ids="-".join)
+def test_combinations_that_make_no_sense_are_rejected_with_a_reason(combo):
+    from miraslab.errors import RecipeError
+
+    with pytest.raises(RecipeError, match=r"model\.memory: .*(compose|use algorithm 'gd')"):
+        make_rule(*combo)
+
+
+def test_a_sequence_shorter_than_a_chunk_still_writes_the_memory():
+    rule = make_rule("mlp", "l2", "decay", "momentum")
+    q, k, v, gates, _ = random_inputs(rule, seq=3)
+    _, state = memory_op(rule, q, k, v, gates, chunk_size=64)
+    initial = rule.initial_state(q.shape[0])
+    assert state.offset == 3
+    assert all((state.weights[n] - initial.weights[n]).abs().max() > 1e-3 for n in state.weights)
+
+
+def test_a_sequence_that_is_not_a_multiple_of_the_chunk_matches_the_loop():
+    rule = make_rule("linear", "l2", "decay", "momentum")
+    q, k, v, gates, _ = random_inputs(rule, seq=13)
+    chunked, _ = memory_op(rule, q, k, v, gates, chunk_size=5, path="chunked")
+    recurrent, _ = memory_op(rule, q, k, v, gates, chunk_size=5, path="recurrent")
+    assert_close(chunked, recurrent)
+
+
+def test_an_empty_sequence_returns_no_outputs_and_the_initial_state():
+    rule = make_rule("linear", "l2", "none", "gd")
+    q, k, v, gates, _ = random_inputs(rule, seq=0)
+    y, state = memory_op(rule, q, k, v, gates, chunk_size=4)
+    assert y.shape == (2, 2, 0, 4) and state.offset == 0
+
+
+def test_channelwise_learning_rate_agrees_between_paths_and_differs_per_channel():
+    rule = make_rule("mlp", "l2", "decay", "momentum", channelwise_lr=True)
+    q, k, v, gates, _ = random_inputs(rule, seq=9)
+    assert gates["lr"].shape == (2, 2, 9, 4)
+    chunked, _ = memory_op(rule, q, k, v, gates, chunk_size=4, path="chunked")
+    recurrent, _ = memory_op(rule, q, k, v, gates, chunk_size=4, path="recurrent")
+    assert_close(chunked, recurrent)
