@@ -61,11 +61,11 @@ def test_the_decode_state_does_not_grow_with_the_context():
     def size(state) -> int:
         tensors = [
             state.conv,
-            *state.memory.weights.values(),
-            *state.memory.start.values(),
-            *(state.memory.momentum or {}).values(),
-            state.memory.window_keys,
-            state.memory.window_values,
+            *state.memory.memory.weights.values(),
+            *state.memory.memory.start.values(),
+            *(state.memory.memory.momentum or {}).values(),
+            state.memory.memory.window_keys,
+            state.memory.memory.window_values,
         ]
         return sum(t.numel() for t in tensors if t is not None)
 
@@ -115,7 +115,7 @@ def test_under_bf16_autocast_gate_parameters_stay_fp32_and_can_take_tiny_steps()
         y = module(x)
     assert y.dtype == torch.bfloat16 and torch.isfinite(y.float()).all()
     y.float().pow(2).mean().backward()
-    bias = module.gates.proj["decay"].bias
+    bias = module.memory.gates.proj["decay"].bias
     assert bias.dtype == torch.float32 and bias.grad is not None and bias.grad.abs().sum() > 0
     before = bias.detach().clone()
     with torch.no_grad():

@@ -11,6 +11,7 @@ TNT-Atlas seed's "polynomial coefficients [1, 1, 0.5]").
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import attrs
@@ -39,13 +40,14 @@ def symmetric_power_plan(dim: int, power: int) -> tuple[torch.Tensor, torch.Tens
     """Monomial indices and weights with sum_m w_m^2 prod q_idx prod k_idx = (q.k)^power.
 
     Each multiset of indices appears once, weighted by sqrt of its multinomial count.
+    Plain Python, so it also works while a model is built on the meta device.
     """
-    index = torch.combinations(torch.arange(dim), r=power, with_replacement=True)
+    index = list(itertools.combinations_with_replacement(range(dim), power))
     counts = [
-        math.factorial(power) / math.prod(math.factorial(int(c)) for c in torch.bincount(row) if c > 0)
-        for row in index
+        math.factorial(power) / math.prod(math.factorial(row.count(i)) for i in set(row)) for row in index
     ]
-    return index, torch.tensor(counts, dtype=torch.float32).sqrt()
+    cpu = torch.device("cpu")
+    return torch.tensor(index, device=cpu), torch.tensor(counts, device=cpu).sqrt()
 
 
 class Polynomial(FeatureMap):

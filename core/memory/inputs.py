@@ -1,0 +1,62 @@
+"""The input side of a Titans memory branch (Titans sec. 4.4): x -> q, k, v per head.
+
+Linear projections, a short causal depthwise convolution over time (kernel 4 by default:
+on associative recall it made the difference between 74 % and 100 % in a prototype
+here), SiLU, and l2-normalised queries and keys.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class MemoryInputs(nn.Module):
+    def __init__(
+        self,
+        dim: int,
+        heads: int,
+        head_dim: int,
+        conv_kernel: int = 4,
+        activation: str = "silu",
+        qk_norm: bool = True,
+    ):
+        super().__init__()
+        self.heads, self.head_dim = heads, head_dim
+        self.activation, self.qk_norm, self.conv_kernel = activation, qk_norm, conv_kernel
+        inner = 3 * heads * head_dim
+        self.qkv = nn.Linear(dim, inner, bias=False)
+        if conv_kernel:
+            self.conv = nn.Conv1d(inner, inner, conv_kernel, groups=inner, bias=True)
+
+    def _convolve(
+        self, qkv: torch.Tensor, past: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Causal depthwise convolution; the last kernel-1 inputs carry over to the next call."""
+        if not self.conv_kernel:
+            return qkv, None
+        x = qkv.transpose(1, 2)  # (B, C, T)
+        if past is None:
+            past = x.new_zeros(x.shape[0], x.shape[1], self.conv_kernel - 1)
+        x = torch.cat([past.to(x.dtype), x], dim=2)
+        carry = x[:, :, x.shape[2] - (self.conv_kernel - 1) :]
+        y = F.conv1d(x, self.conv.weight, self.conv.bias, groups=self.conv.groups)
+        return y.transpose(1, 2), carry
+
+    def forward(self, x: torch.Tensor, conv_state: torch.Tensor | None = None, convolve: bool = True):
+        """x (B, T, dim) -> q, k, v (B, H, T, head_dim) and the convolution's carry.
+
+        ``convolve=False`` skips the convolution: each token's q, k, v then depend on that
+        token alone (MAC's retrieval queries, which must not mix tokens of a segment).
+        """
+        qkv, carry = self._convolve(self.qkv(x), conv_state) if convolve else (self.qkv(x), conv_state)
+        if self.activation == "silu":
+            qkv = F.silu(qkv)
+        batch, seq, _ = x.shape
+        q, k, v = (
+            t.view(batch, seq, self.heads, self.head_dim).transpose(1, 2) for t in qkv.chunk(3, dim=-1)
+        )
+        if self.qk_norm:
+            q, k = F.normalize(q, dim=-1), F.normalize(k, dim=-1)
+        return q, k, v, carry

@@ -1,0 +1,98 @@
+"""One neural memory over given q, k, v: feature map, Q-K projection, gates and the engine."""
+
+from __future__ import annotations
+
+import attrs
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..params import Component
+from .build import build_features, build_rule
+from .engine import memory_op
+from .gates import GateProjections
+from .qk_projection import qk_project
+from .state import MemoryState
+
+
+@attrs.define
+class NeuralMemoryState:
+    memory: MemoryState | None = None
+    qk: torch.Tensor | None = None  # (B, H, d, d): sum of unit k k^T for the Q-K projection
+
+    def detach(self) -> NeuralMemoryState:
+        return NeuralMemoryState(
+            self.memory.detach() if self.memory is not None else None,
+            self.qk.detach() if self.qk is not None else None,
+        )
+
+
+class NeuralMemory(nn.Module):
+    """y_t = M_t(phi(q_t)) with M written by the rule; gates come from the layer input x."""
+
+    def __init__(
+        self,
+        dim: int,
+        heads: int,
+        head_dim: int,
+        *,
+        memory: Component,
+        bias: Component,
+        retention: Component,
+        algorithm: Component,
+        features: Component,
+        chunk_size: int,
+        path: str = "chunked",
+        qk_projection: bool = False,
+        qk_norm: bool = True,
+        channelwise_lr: bool = False,
+        gate_rank: int = 16,
+    ):
+        super().__init__()
+        self.chunk_size, self.path = chunk_size, path
+        self.use_qk_projection, self.qk_norm = qk_projection, qk_norm
+        self.features = build_features(features, head_dim)
+        self.rule = build_rule(
+            memory,
+            bias,
+            retention,
+            algorithm,
+            heads=heads,
+            d_key=self.features.out_dim,
+            d_value=head_dim,
+            channelwise_lr=channelwise_lr,
+        )
+        self.gates = GateProjections(dim, heads, self.rule.gate_defs(), head_dim, gate_rank)
+
+    def forward(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        x: torch.Tensor,
+        state: NeuralMemoryState | None = None,
+        path: str | None = None,
+    ):
+        state = state or NeuralMemoryState()
+        qk_state = None
+        if self.use_qk_projection:
+            q, qk_state = qk_project(q, k, state.qk, self.chunk_size)
+            if self.qk_norm:
+                q = F.normalize(q, dim=-1)
+        q, k = self.features(q, query=True), self.features(k)
+        y, memory_state = memory_op(
+            self.rule, q, k, v, self.gates(x), state.memory, self.chunk_size, path or self.path
+        )
+        return y, NeuralMemoryState(memory_state, qk_state)
+
+    def retrieve(self, q: torch.Tensor, state: NeuralMemoryState | None) -> torch.Tensor:
+        """Read with the state's current weights, without writing (MAC's h_t = M*_{t-1}(q_t))."""
+        if self.use_qk_projection and state is not None and state.qk is not None:
+            q = q @ state.qk.to(q.dtype)
+            if self.qk_norm:
+                q = F.normalize(q, dim=-1)
+        q = self.features(q, query=True)
+        memory_state = state.memory if state is not None and state.memory is not None else None
+        if memory_state is None:
+            memory_state = self.rule.initial_state(q.shape[0])
+        return self.rule.read(memory_state.weights, q)

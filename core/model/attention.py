@@ -1,0 +1,171 @@
+"""Causal softmax attention with persistent tokens, prefix tokens, a sliding window and a KV cache.
+
+For the tokens x_t of one call, at positions t = p0 .. p0 + T - 1 (p0 = 0 without a cache):
+
+    q_t = rope(W_q x_t, t)      k_t = rope(W_k x_t, t)      v_t = W_v x_t
+    K   = [W_k P ; W_k prefix ; cached keys   ; k_{p0..t}]
+    V   = [W_v P ; W_v prefix ; cached values ; v_{p0..t}]
+    y_t = W_o softmax(q_t K^T / sqrt(d) + mask_t) V          (per head)
+
+P are the persistent tokens of Titans (arXiv 2501.00663, §3.3): learned, input-independent
+tokens prepended to the keys.  They and the prefix tokens (retrieved memory in the MAC
+layout) are position-free: no RoPE, and every query sees them.  mask_t lets query t see the
+sequence tokens s with s <= t and, when ``window > 0``, t - s < window.
+
+The cache carries the post-RoPE keys and values of past sequence tokens, only those a future
+token can still see (the last ``window - 1``, or all of them when ``window = 0``), so one
+call over a sequence and many calls over its pieces give the same outputs.
+"""
+
+from __future__ import annotations
+
+import attrs
+import torch
+from torch import nn
+
+from ..components import build_component
+from ..errors import RecipeError
+from ..registry import Registry
+from .attention_backend import AttentionBackend
+from .rope import RotaryEmbedding
+from .spec import AttentionSpec
+
+
+@attrs.frozen(eq=False)
+class KVCache:
+    """Keys and values of past sequence tokens (not persistent or prefix tokens)."""
+
+    keys: torch.Tensor  # (B, H, S, d), RoPE applied
+    values: torch.Tensor  # (B, H, S, d)
+    positions: torch.Tensor  # (S,) LongTensor, the positions of those tokens
+    next_position: int  # the position the next token will take
+
+    def __len__(self) -> int:
+        return self.keys.shape[-2]
+
+
+class Attention(nn.Module):
+    """Multi-head attention over persistent tokens, an optional prefix and the causal past."""
+
+    def __init__(self, dim: int, heads: int, spec: AttentionSpec, registry: Registry | None = None):
+        super().__init__()
+        if dim % heads:
+            raise ValueError(f"attention width {dim} is not a multiple of its {heads} heads")
+        self.heads = heads
+        self.head_dim = dim // heads
+        self.window = spec.window
+        if spec.rope and self.head_dim % 2:
+            raise RecipeError(
+                [
+                    f"model.attention.rope: rotary embeddings need an even head dimension, got "
+                    f"{dim} / {heads} heads = {self.head_dim}; change d_model or n_heads, or set rope = false"
+                ]
+            )
+        self.q_proj = nn.Linear(dim, dim, bias=False)
+        self.k_proj = nn.Linear(dim, dim, bias=False)
+        self.v_proj = nn.Linear(dim, dim, bias=False)
+        self.out_proj = nn.Linear(dim, dim, bias=False)
+        self.rope = RotaryEmbedding(self.head_dim, spec.rope_base) if spec.rope else None
+        # unit scale, like the normalised tokens they sit beside, so that their keys compete
+        # for attention from the first step (and distinct, so they do not learn in lockstep)
+        self.persistent_tokens = (
+            nn.Parameter(torch.randn(spec.persistent_tokens, dim)) if spec.persistent_tokens else None
+        )
+        self.backend: AttentionBackend = build_component(spec.backend, registry)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        prefix: torch.Tensor | None = None,
+        cache: KVCache | None = None,
+        return_cache: bool = False,
+        aligned: torch.Tensor | None = None,
+    ) -> torch.Tensor | tuple[torch.Tensor, KVCache]:
+        """x (B, T, dim), prefix (B, N, dim) -> (B, T, dim), and the next cache if asked.
+
+        ``aligned`` (B, T, dim) are extra tokens at x's positions (MAC's retrieved memory):
+        no RoPE, seen causally like the sequence tokens, and kept in the cache.
+        """
+        self._check_backend(x)
+        batch, length, _ = x.shape
+        start = cache.next_position if cache is not None else 0
+        positions = torch.arange(start, start + length, device=x.device)
+
+        q = self._split_heads(self.q_proj(x))
+        k = self._split_heads(self.k_proj(x))
+        v = self._split_heads(self.v_proj(x))
+        if self.rope is not None:
+            q, k = self.rope(q, positions), self.rope(k, positions)
+        new_positions = positions
+        if aligned is not None:
+            k = torch.cat([self._split_heads(self.k_proj(aligned)), k], dim=2)
+            v = torch.cat([self._split_heads(self.v_proj(aligned)), v], dim=2)
+            new_positions = torch.cat([positions, positions])
+
+        # the sequence's keys: the cached past, then this call's tokens
+        if cache is not None:
+            k = torch.cat([cache.keys, k], dim=2)
+            v = torch.cat([cache.values, v], dim=2)
+            seq_positions = torch.cat([cache.positions, new_positions])
+        else:
+            seq_positions = new_positions
+
+        # position-free keys in front: persistent tokens, then the prefix (k_pos = -1)
+        keys, values, key_positions = k, v, seq_positions
+        free_tokens = self._position_free_tokens(batch, prefix)
+        if free_tokens is not None:
+            keys = torch.cat([self._split_heads(self.k_proj(free_tokens)), k], dim=2)
+            values = torch.cat([self._split_heads(self.v_proj(free_tokens)), v], dim=2)
+            key_positions = torch.cat([positions.new_full((free_tokens.shape[1],), -1), seq_positions])
+
+        out = self.backend(q, keys, values, positions, key_positions, self.window)
+        y = self.out_proj(out.transpose(1, 2).reshape(batch, length, -1))
+        if not return_cache:
+            return y
+
+        # what the next token can still see: the last window - 1 positions, or all of them
+        next_position = start + length
+        if self.window == 0:
+            keep = slice(None)
+        else:
+            keep = seq_positions > next_position - self.window
+        next_cache = KVCache(
+            keys=k[:, :, keep],
+            values=v[:, :, keep],
+            positions=seq_positions[keep],
+            next_position=next_position,
+        )
+        return y, next_cache
+
+    def empty_cache(self, x: torch.Tensor, position: int) -> KVCache:
+        """A cache holding nothing whose next token is at ``position`` (a fresh MAC segment)."""
+        empty = x.new_zeros(x.shape[0], self.heads, 0, self.head_dim)
+        return KVCache(empty, empty, torch.zeros(0, dtype=torch.long, device=x.device), position)
+
+    def _check_backend(self, x: torch.Tensor) -> None:
+        reason = self.backend.unavailable_reason(x.device)
+        needs_backward = torch.is_grad_enabled() and (
+            x.requires_grad or any(p.requires_grad for p in self.parameters())
+        )
+        if reason is None and needs_backward:
+            reason = self.backend.backward_unavailable_reason(x.device)
+        if reason is not None:
+            raise RecipeError([f"model.attention.backend: {reason}"])
+
+    def _position_free_tokens(self, batch: int, prefix: torch.Tensor | None) -> torch.Tensor | None:
+        """(B, P + N, dim): persistent tokens then prefix tokens, or None when there are neither."""
+        parts = []
+        if self.persistent_tokens is not None:
+            parts.append(self.persistent_tokens.unsqueeze(0).expand(batch, -1, -1))
+        if prefix is not None:
+            if prefix.dim() != 3 or prefix.shape[0] != batch or prefix.shape[2] != self.q_proj.in_features:
+                raise ValueError(
+                    f"prefix must be (batch={batch}, tokens, dim={self.q_proj.in_features}), "
+                    f"got {tuple(prefix.shape)}"
+                )
+            parts.append(prefix)
+        return torch.cat(parts, dim=1) if parts else None
+
+    def _split_heads(self, t: torch.Tensor) -> torch.Tensor:
+        """(B, T, H * d) -> (B, H, T, d)."""
+        return t.unflatten(-1, (self.heads, self.head_dim)).transpose(1, 2)

@@ -1,0 +1,98 @@
+"""What an attention backend computes, and the naive oracle every backend is tested against.
+
+A backend computes softmax attention of queries over keys under one visibility rule, stated
+on token positions rather than on indices so that a KV cache, a sliding window and
+position-free tokens (Titans' persistent memory, MAC's retrieved memory) are one case::
+
+    visible(i, j) = k_pos[j] < 0                                   # position-free: always
+                    or (k_pos[j] <= q_pos[i]                       # causal
+                        and (window == 0 or q_pos[i] - k_pos[j] < window))
+
+    out_i = sum_j softmax_j(q_i . k_j * scale + (0 if visible(i, j) else -inf)) v_j
+
+so ``window = w`` lets each query see itself and the ``w - 1`` tokens before it.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def is_visible(q_pos: torch.Tensor, k_pos: torch.Tensor, window: int) -> torch.Tensor:
+    """The visibility rule, elementwise on broadcastable position tensors (also a flex mask_mod)."""
+    visible = k_pos <= q_pos
+    if window > 0:
+        visible = visible & (q_pos - k_pos < window)
+    return visible | (k_pos < 0)
+
+
+def visibility_mask(q_pos: torch.Tensor, k_pos: torch.Tensor, window: int) -> torch.Tensor:
+    """(Tq, Tk) boolean mask, True where query i may attend to key j (see module docstring)."""
+    return is_visible(q_pos[:, None], k_pos[None, :], window)
+
+
+def reference_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    q_pos: torch.Tensor,
+    k_pos: torch.Tensor,
+    window: int,
+    scale: float | None = None,
+) -> torch.Tensor:
+    """softmax(q k^T * scale + mask) v, materialised in full: the oracle for tests.
+
+    q: (B, H, Tq, d); k, v: (B, H, Tk, d); returns (B, H, Tq, d).  A query with no visible
+    key would give NaN here; it cannot happen in miraslab, where a query always sees itself.
+    """
+    if scale is None:
+        scale = q.shape[-1] ** -0.5
+    scores = q @ k.transpose(-2, -1) * scale
+    scores = scores.masked_fill(~visibility_mask(q_pos, k_pos, window), float("-inf"))
+    return scores.softmax(dim=-1) @ v
+
+
+def keys_end_at_queries(q_pos: torch.Tensor, k_pos: torch.Tensor) -> bool:
+    """True when the keys are consecutive positions p0, p0+1, ... (no position-free tokens)
+    and the queries are the last ``Tq`` of them.
+
+    That is the layout "causal" and "bottom-right" kernel masks assume, so a backend may use
+    them instead of a materialised mask.  Reading the answer synchronises with the device once.
+    """
+    n_queries, n_keys = q_pos.shape[0], k_pos.shape[0]
+    if n_queries > n_keys or n_keys == 0:
+        return False
+    consecutive = k_pos[:1] + torch.arange(n_keys, device=k_pos.device)
+    aligned = (k_pos == consecutive).all() & (q_pos == consecutive[n_keys - n_queries :]).all()
+    return bool(aligned & (k_pos[0] >= 0))
+
+
+class AttentionBackend(nn.Module):
+    """Base class of attention backend plugins (``register_attentions``).
+
+    ``forward(q, k, v, q_pos, k_pos, window)`` computes exactly :func:`reference_attention`
+    with the default scale 1/sqrt(d): q (B, H, Tq, d); k, v (B, H, Tk, d); positions are
+    LongTensors (Tq,) and (Tk,) on the same device, ``k_pos < 0`` marking position-free keys.
+    """
+
+    def forward(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        q_pos: torch.Tensor,
+        k_pos: torch.Tensor,
+        window: int,
+    ) -> torch.Tensor:
+        raise NotImplementedError(f"{type(self).__name__} must implement forward")
+
+    def unavailable_reason(self, device: torch.device) -> str | None:
+        """None when this backend can run on ``device``; otherwise a sentence saying why not
+        and what to do (shown to the user as ``model.attention.backend: <reason>``)."""
+        return None
+
+    def backward_unavailable_reason(self, device: torch.device) -> str | None:
+        """Like :meth:`unavailable_reason`, for backends that run forward-only on some
+        devices: None when gradients can flow through this backend on ``device``."""
+        return None

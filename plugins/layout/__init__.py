@@ -1,0 +1,1 @@
+"""Built-in block layouts (Titans sec. 4: MAC, MAG, MAL, LMM; and attention baselines)."""

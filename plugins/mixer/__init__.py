@@ -1,0 +1,1 @@
+"""Built-in mixers: how TNT combines the global and local memories\x27 read-outs."""
