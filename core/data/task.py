@@ -1,0 +1,93 @@
+"""What the trainer asks of a task (the ``task`` component kind): a vocabulary and batches.
+
+The trainer reaches a task only through ``miraslab.build_component(recipe.data.task)``.
+A task yields endless batches of token ids for one process; the contract that makes
+distributed runs reproducible is that the *global* batch never depends on the number of
+processes: with ``world_size`` W, process ``rank`` r yields exactly rows
+``[r * b / W, (r + 1) * b / W)`` of the batch a single process yields at the same step.
+So a run resumed on a different number of processes continues the same data.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ..errors import RecipeError
+
+if TYPE_CHECKING:
+    import tokenizers
+    import torch
+
+SPLITS = ("train", "val")
+
+
+class Batches(Iterator["torch.Tensor"], ABC):
+    """Endless ``(batch_size // world_size, seq_len + 1)`` int64 token tensors for one process.
+
+    A row holds ``seq_len + 1`` tokens: the model reads ``row[:, :-1]`` and predicts
+    ``row[:, 1:]``.  ``state_dict()`` is JSON-serialisable and the same on every process;
+    a task given it back as ``state`` continues with exactly the batch that would have
+    come next.
+    """
+
+    def __iter__(self) -> Batches:
+        return self
+
+    @abstractmethod
+    def __next__(self) -> torch.Tensor: ...
+
+    @abstractmethod
+    def state_dict(self) -> dict[str, Any]: ...
+
+
+class Task(ABC):
+    """A data source or synthetic task: its tokenizer, vocabulary and batches."""
+
+    @abstractmethod
+    def tokenizer(self) -> tokenizers.Tokenizer | None:
+        """The text tokenizer, or None for a synthetic task with its own vocabulary."""
+
+    @abstractmethod
+    def vocab_size(self) -> int:
+        """Token ids are in ``[0, vocab_size)``."""
+
+    @abstractmethod
+    def batches(
+        self,
+        split: str,
+        *,
+        seq_len: int,
+        batch_size: int,
+        seed: int,
+        rank: int = 0,
+        world_size: int = 1,
+        state: dict[str, Any] | None = None,
+    ) -> Batches:
+        """Batches of ``split`` ("train" or "val"); ``batch_size`` counts all processes."""
+
+    def tokenizer_path(self) -> Path | None:
+        """Where the tokenizer.json is (or will be once trained); None when there is no file."""
+        return None
+
+
+def check_split(split: str) -> None:
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
+
+
+def rank_rows(batch_size: int, rank: int, world_size: int) -> slice:
+    """The rows of the global batch that process ``rank`` of ``world_size`` trains on."""
+    if world_size < 1 or not 0 <= rank < world_size:
+        raise ValueError(f"rank must be in [0, {world_size}) for world_size {world_size}, got {rank}")
+    if batch_size % world_size:
+        raise RecipeError(
+            [
+                f"train.batch_size: expected a multiple of the number of processes ({world_size}), "
+                f"got {batch_size}; each process takes an equal share of the global batch"
+            ]
+        )
+    per_rank = batch_size // world_size
+    return slice(rank * per_rank, (rank + 1) * per_rank)

@@ -1,0 +1,99 @@
+"""A byte-level BPE tokenizer trained on the data, cached by what it was trained on.
+
+Byte-level (GPT-2 style) so any text, in any script or with any bytes, encodes without an
+unknown token and decodes back to itself.  The separator token is a special token: it is
+never a merge, and text that happens to contain its spelling is encoded as plain text
+(``encode_special_tokens``), so documents cannot forge a document boundary.
+
+The trained ``tokenizer.json`` lives in the miraslab cache (``$MIRASLAB_CACHE``, default
+``~/.cache/miraslab``) under ``tokenizers/<hash>``, where the hash covers the data source,
+the vocabulary size and every training setting: a second run with the same recipe reuses
+it, a changed setting trains a new one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .cache import build_once, cached_entry
+
+if TYPE_CHECKING:
+    from tokenizers import Tokenizer
+
+TRAINER_VERSION = "miraslab.byte-level-bpe/1"
+FILENAME = "tokenizer.json"
+
+
+def train_byte_level_bpe(
+    texts: Iterable[str], *, vocab_size: int, special_tokens: Sequence[str]
+) -> Tokenizer:
+    """A byte-level BPE with ``vocab_size`` tokens at most (fewer when the texts are tiny)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        min_frequency=2,
+        special_tokens=list(special_tokens),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),  # all 256 bytes, seen or not
+        show_progress=False,
+    )
+    tokenizer.train_from_iterator(texts, trainer)
+    return protect_special_tokens(tokenizer)
+
+
+def protect_special_tokens(tokenizer: Tokenizer) -> Tokenizer:
+    """Encode the spelling of a special token inside text as text (not saved in tokenizer.json)."""
+    tokenizer.encode_special_tokens = True
+    return tokenizer
+
+
+def tokenizer_cache_path(
+    material: Mapping[str, Any], *, vocab_size: int, special_tokens: Sequence[str]
+) -> Path:
+    """Where the tokenizer trained on ``material`` is cached (it may not exist yet)."""
+    return cached_entry("tokenizers", _key_material(material, vocab_size, special_tokens)) / FILENAME
+
+
+def cached_tokenizer(
+    material: Mapping[str, Any],
+    texts: Callable[[], Iterable[str]],
+    *,
+    vocab_size: int,
+    special_tokens: Sequence[str],
+) -> tuple[Tokenizer, Path, bool]:
+    """The cached tokenizer for ``material``, training it on ``texts()`` if there is none.
+
+    ``material`` must name everything the texts depend on (source, split, order, count).
+    Returns the tokenizer, its file and whether this call trained it.
+    """
+    from tokenizers import Tokenizer
+
+    key_material = _key_material(material, vocab_size, special_tokens)
+    entry = cached_entry("tokenizers", key_material)
+
+    def build(directory: Path) -> None:
+        trained = train_byte_level_bpe(texts(), vocab_size=vocab_size, special_tokens=special_tokens)
+        trained.save(str(directory / FILENAME))
+
+    trained_now = build_once(entry, build, key_material)
+    path = entry / FILENAME
+    return protect_special_tokens(Tokenizer.from_file(str(path))), path, trained_now
+
+
+def _key_material(
+    material: Mapping[str, Any], vocab_size: int, special_tokens: Sequence[str]
+) -> dict[str, Any]:
+    import tokenizers
+
+    return {
+        "trainer": TRAINER_VERSION,
+        "tokenizers": tokenizers.__version__,  # BPE training may differ between versions
+        "vocab_size": vocab_size,
+        "special_tokens": list(special_tokens),
+        **material,
+    }
