@@ -85,7 +85,7 @@ class Check:
     def __call__(self, instance: Any, attribute: attrs.Attribute, value: Any) -> None:
         if value is None and _allows_none(attribute.type):
             return
-        items = value if isinstance(value, (list, tuple)) and self.choices is None else (value,)
+        items = value if isinstance(value, (list, tuple)) else (value,)
         for item in items:
             if not self.ok(item):
                 expected = self.describe(_type_phrase(attribute.type))

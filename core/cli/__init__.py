@@ -7,9 +7,9 @@ import sys
 from collections.abc import Sequence
 
 from ..errors import MiraslabError
-from . import plugins_command, recipe_command, tokenizer_command
+from . import generate_command, plugins_command, recipe_command, tokenizer_command, train_command
 
-COMMANDS = (plugins_command, recipe_command, tokenizer_command)
+COMMANDS = (plugins_command, recipe_command, tokenizer_command, train_command, generate_command)
 
 
 def build_parser() -> argparse.ArgumentParser:

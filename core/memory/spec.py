@@ -26,9 +26,6 @@ class GatesSpec:
         False, doc="learning rate theta per value channel (Miras), through a low-rank projection"
     )
     rank: int = param(16, ge=1, doc="rank of the channel-wise projection")
-    lr_multiplier: float = param(
-        1.0, gt=0, doc="optimizer learning-rate multiplier for gate projections (trainer)"
-    )
 
 
 @attrs.frozen

@@ -70,7 +70,8 @@ TENSORS, META, MANIFEST = "tensors.safetensors", "meta.json", "manifest.json"
 _REQUIRED, _OPTIMIZER = {MODEL, TENSORS, META}, {OPTIMIZER_TENSORS, OPTIMIZER_JSON}
 _STEP_DIR = re.compile(r"step-(\d+)")
 _TMP_OWNER = re.compile(r"\.tmp-.*-(\d+)")
-# Test-only: makes a save stop after the named file (or "renamed") so a test can SIGKILL it there.
+# Test-only: makes a save stop after the named file (or "renamed"), optionally only at one step
+# ("model.safetensors@20"), so a test can SIGKILL it there.
 _PAUSE_ENV = "MIRASLAB_CHECKPOINT_TEST_PAUSE"
 
 
@@ -136,7 +137,7 @@ def save_checkpoint(
     def put(name: str, write: Callable[[Path], None]) -> None:
         write(tmp / name)
         files[name] = seal_file(tmp / name)
-        _test_pause(name)
+        _test_pause(name, step)
 
     try:
         put(MODEL, lambda p: write_tensors(p, model, what="model"))
@@ -155,7 +156,7 @@ def save_checkpoint(
         os.rename(final, root / f".tmp-replaced-{final.name}-{os.getpid()}")
     os.rename(tmp, final)
     fsync_dir(root)
-    _test_pause("renamed")
+    _test_pause("renamed", step)
     # The commit point: until this replace, a resume finds the previous checkpoint.
     pointer_tmp = root / f"{LATEST}.tmp"
     with open(pointer_tmp, "w", encoding="utf-8") as pointer:
@@ -343,7 +344,9 @@ def _alive_other_process(pid: int) -> bool:
     return True
 
 
-def _test_pause(stage: str) -> None:
-    if os.environ.get(_PAUSE_ENV) == stage:
+def _test_pause(stage: str, step: int) -> None:
+    """``MIRASLAB_CHECKPOINT_TEST_PAUSE=<stage>`` or ``<stage>@<step>`` pauses that save for a kill."""
+    wanted = os.environ.get(_PAUSE_ENV)
+    if wanted in (stage, f"{stage}@{step}"):
         print(f"checkpoint paused after {stage}", file=sys.stderr, flush=True)
         time.sleep(60)

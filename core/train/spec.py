@@ -10,6 +10,19 @@ from ..params import ParamValueError, component_field, component_type, param
 
 TaskComponent = component_type("task")
 
+# the tags of miraslab.train.optim.parameter_tags, which a stage's train_only selects from
+PARAMETER_GROUPS = (
+    "embeddings",
+    "attention",
+    "ffn",
+    "memory",
+    "global_memory",
+    "local_memory",
+    "gates",
+    "norms_and_biases",
+    "other",
+)
+
 
 @attrs.frozen
 class DataSpec:
@@ -30,7 +43,9 @@ class StageSpec:
         metadata={"doc": 'dotted recipe keys set for this stage, e.g. {"model.memory.chunk_size" = 16}'},
     )
     train_only: tuple[str, ...] = param(
-        factory=tuple, doc="parameter groups that train (e.g. ['local_memory']); empty trains all"
+        factory=tuple,
+        choices=PARAMETER_GROUPS,
+        doc="parameter groups that train (e.g. ['local_memory']); empty trains all",
     )
 
 

@@ -40,8 +40,9 @@ def newton_schulz(update: torch.Tensor, steps: int, eps: float = 1e-7) -> torch.
 
 @attrs.frozen
 class MuonParams:
-    lr_init: float = miraslab.param(0.1, gt=0, doc="theta_t at initialisation")
-    lr_max: float = miraslab.param(1.0, gt=0, doc="upper bound of theta_t")
+    # momentum multiplies the effective step by ~1 / (1 - eta): smaller rates than gd (Titans uses <= 1e-2)
+    lr_init: float = miraslab.param(0.01, gt=0, doc="theta_t at initialisation")
+    lr_max: float = miraslab.param(0.1, gt=0, doc="upper bound of theta_t")
     momentum: float = miraslab.param(0.9, gt=0, lt=1, doc="eta_t at initialisation")
     ns_steps: int = miraslab.param(5, ge=1, doc="Newton-Schulz iterations k")
 

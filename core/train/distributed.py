@@ -1,0 +1,154 @@
+"""One process or many under torchrun: process group, device, wrapping, and rank-0 duty.
+
+The same command runs on a laptop CPU (one process), a GPU, or many nodes under torchrun:
+``torchrun --nproc_per_node=N -m miraslab train RECIPE``.  gloo is the backend on CPU,
+nccl on CUDA.  DDP replicates the model; ``train.distributed = "fsdp"`` shards it with
+FSDP2 (``fully_shard`` per block, then the root).
+"""
+
+from __future__ import annotations
+
+import os
+from contextlib import contextmanager, nullcontext
+from typing import Any
+
+import attrs
+import torch
+import torch.distributed as dist
+from torch import nn
+
+
+@attrs.define
+class Distributed:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = attrs.field(factory=lambda: torch.device("cpu"))
+    strategy: str = "none"
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @classmethod
+    def from_environment(cls, device_preference: str = "auto") -> Distributed:
+        """Read torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK) and join the group."""
+        world_size = int(os.environ.get("WORLD_SIZE", "1"))
+        rank = int(os.environ.get("RANK", "0"))
+        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        use_cuda = device_preference == "cuda" or (device_preference == "auto" and torch.cuda.is_available())
+        if device_preference == "cuda" and not torch.cuda.is_available():
+            from ..errors import MiraslabError
+
+            raise MiraslabError('train.device: "cuda" was asked for but no CUDA device is available')
+        if use_cuda:
+            torch.cuda.set_device(local_rank)
+            device = torch.device("cuda", local_rank)
+        else:
+            device = torch.device("cpu")
+        if world_size > 1 and not dist.is_initialized():
+            dist.init_process_group(
+                backend="nccl" if use_cuda else "gloo", device_id=device if use_cuda else None
+            )
+        return cls(rank, world_size, local_rank, device)
+
+    def wrap(self, model: nn.Module, strategy: str) -> nn.Module:
+        """DDP or FSDP2 around the model when there are several processes."""
+        if not self.enabled:
+            return model
+        self.strategy = strategy
+        if strategy == "fsdp":
+            from torch.distributed.fsdp import fully_shard
+
+            for block in getattr(model, "blocks", []):
+                fully_shard(block)
+            return fully_shard(model)
+        from torch.nn.parallel import DistributedDataParallel
+
+        device_ids = [self.device.index] if self.device.type == "cuda" else None
+        return DistributedDataParallel(model, device_ids=device_ids)
+
+    def no_sync(self, model: nn.Module, last: bool):
+        """Skip the gradient all-reduce on every micro-batch but the last (DDP)."""
+        if last or not self.enabled or not hasattr(model, "no_sync"):
+            return nullcontext()
+        return model.no_sync()
+
+    def mean(self, value: float) -> float:
+        if not self.enabled:
+            return value
+        tensor = torch.tensor([value], dtype=torch.float64, device=self.device)
+        dist.all_reduce(tensor)
+        return float(tensor.item()) / self.world_size
+
+    def barrier(self) -> None:
+        if self.enabled:
+            dist.barrier()
+
+    def broadcast_object(self, value: Any) -> Any:
+        if not self.enabled:
+            return value
+        holder = [value]
+        dist.broadcast_object_list(holder, src=0)
+        return holder[0]
+
+    def close(self) -> None:
+        if self.enabled and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The model inside DDP / torch.compile wrappers."""
+    while True:
+        inner = getattr(model, "module", None) or getattr(model, "_orig_mod", None)
+        if inner is None:
+            return model
+        model = inner
+
+
+def full_state_dicts(model: nn.Module, optimizer: torch.optim.Optimizer, sharded: bool):
+    """Unsharded model and optimizer state on the CPU (gathered under FSDP)."""
+    if not sharded:
+        return unwrap(model).state_dict(), optimizer.state_dict()
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
+
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    return get_state_dict(model, optimizer, options=options)
+
+
+def load_full_state_dicts(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    model_state: dict,
+    optimizer_state: dict | None,
+    sharded: bool,
+) -> None:
+    if not sharded:
+        unwrap(model).load_state_dict(model_state)
+        if optimizer_state is not None:
+            optimizer.load_state_dict(optimizer_state)
+        return
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
+
+    options = StateDictOptions(full_state_dict=True, broadcast_from_rank0=False)
+    set_state_dict(
+        model,
+        optimizer,
+        model_state_dict=model_state,
+        optim_state_dict=optimizer_state or {},
+        options=options,
+    )
+
+
+@contextmanager
+def main_process_first(distributed: Distributed):
+    """Rank 0 does something (e.g. trains the tokenizer) before the others reuse it."""
+    if not distributed.is_main:
+        distributed.barrier()
+    yield
+    if distributed.is_main:
+        distributed.barrier()

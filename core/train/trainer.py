@@ -1,0 +1,426 @@
+"""The TNT trainer: stages, AdamW, accumulation, clipping, precision, checkpoints, events.
+
+One optimizer step:
+
+    for each micro-batch:  loss = CE(model(x), y) / n_micro + hook loss terms;  backward
+    clip the global gradient norm;  AdamW step with lr = peak(stage) * schedule(step)
+
+Trainer events (``on_train_start``, ``loss_terms``, ``on_step_end``, ``on_eval``,
+``on_checkpoint``) are pluggy hooks: monitors named in the recipe are registered for the
+run, so a monitor can log, add a loss term or stop the run without editing this file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import attrs
+import torch
+import torch.nn.functional as F
+
+from ..components import build_component
+from ..errors import MiraslabError, RecipeError
+from ..model.language_model import LanguageModel
+from ..recipe.resolve import recipe_to_dict
+from ..recipe.schema import Recipe
+from ..recipe.toml_writer import dumps
+from ..registry import get_registry
+from .checkpoint import load_checkpoint, save_checkpoint
+from .distributed import Distributed, full_state_dicts, load_full_state_dicts
+from .optim import build_optimizer, freeze_except, schedule_factor, set_learning_rate
+from .progress import TrainingProgress
+from .rng_state import capture_rng_state, restore_rng_state
+from .run_dir import TOKENIZER_FILE, RunDir
+from .stages import Stage, plan_stages, stage_at
+
+
+@attrs.define
+class RunContext:
+    """What event hooks see of the run."""
+
+    recipe: Recipe
+    out_dir: Path
+    model: torch.nn.Module
+    step: int = 0
+    stage: str = ""
+    stop_reason: str | None = None
+
+    def request_stop(self, reason: str) -> None:
+        if self.stop_reason is None:
+            self.stop_reason = reason
+
+
+class Trainer:
+    def __init__(
+        self,
+        recipe: Recipe,
+        out_dir: Path,
+        *,
+        resume: bool = False,
+        resume_from: Path | None = None,
+        max_steps: int | None = None,
+        show_progress: bool = True,
+    ):
+        self.recipe, self.run_dir = recipe, RunDir(out_dir)
+        self.resume, self.resume_from, self.max_steps = (
+            resume or resume_from is not None,
+            resume_from,
+            max_steps,
+        )
+        self.show_progress = show_progress
+        self.train = recipe.train
+        self.stages = plan_stages(recipe)
+        self.dist = Distributed.from_environment(self.train.device)
+        self.model: torch.nn.Module | None = None  # what forward runs (maybe wrapped)
+        self.raw: LanguageModel | None = None
+        self.optimizer: torch.optim.Optimizer | None = None
+        self.stage: Stage | None = None
+        self.step, self.tokens = 0, 0
+        self.registry = get_registry()
+
+    # --- setup ------------------------------------------------------------------------
+
+    def _precision_context(self):
+        precision = self.train.precision
+        if precision == "auto":
+            precision = "bf16" if self.dist.device.type == "cuda" else "fp32"
+        if precision == "bf16":
+            return torch.autocast(device_type=self.dist.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def _enter_stage(self, stage: Stage) -> None:
+        """Build (or rebuild) the model and optimizer for ``stage``, keeping weights and moments."""
+        previous = self.stage
+        model_changed = previous is None or stage.recipe.model != previous.recipe.model
+        if model_changed:
+            torch.manual_seed(self.recipe.seed)
+            raw = LanguageModel(stage.recipe.model, self.registry).to(self.dist.device)
+            if self.raw is not None:
+                try:
+                    raw.load_state_dict(self.raw.state_dict())
+                except RuntimeError as exc:
+                    raise RecipeError(
+                        [
+                            f"train.stages[{stage.index}].overrides: a stage may not change "
+                            f"parameter shapes ({str(exc).splitlines()[0]})"
+                        ]
+                    ) from None
+            self.raw = raw
+        frozen = freeze_except(self.raw, stage.spec.train_only)
+        old_state = self.optimizer.state_dict() if self.optimizer is not None else None
+        self.optimizer = build_optimizer(self.raw, stage.recipe.train)
+        if old_state is not None:
+            self.optimizer.load_state_dict(old_state)
+        model: torch.nn.Module = self.dist.wrap(self.raw, self.train.distributed)
+        if self.train.activation_checkpointing:
+            _checkpoint_blocks(self.raw)
+        if self.train.compile:
+            model = _compiled(model, self.progress)
+        self.model, self.stage = model, stage
+        if previous is not None or stage.index > 0:
+            detail = f", training only {', '.join(stage.spec.train_only)}" if stage.spec.train_only else ""
+            self.progress.event(
+                f"stage {stage.name} from step {self.step}{detail} ({len(frozen)} tensors frozen)"
+            )
+            if self.dist.is_main:
+                self.run_dir.log(
+                    {
+                        "step": self.step,
+                        "event": "stage",
+                        "stage": stage.name,
+                        "train_only": list(stage.spec.train_only),
+                    }
+                )
+
+    def _task_and_vocabulary(self) -> Any:
+        task = build_component(self.recipe.data.task, self.registry)
+        vocab = task.vocab_size()
+        if vocab > self.recipe.model.vocab_size:
+            raise RecipeError(
+                [
+                    f"model.vocab_size: expected at least the task's vocabulary ({vocab}), got "
+                    f"{self.recipe.model.vocab_size}; set --set model.vocab_size={vocab}"
+                ]
+            )
+        return task
+
+    # --- the loop ---------------------------------------------------------------------
+
+    def run(self) -> dict[str, Any]:
+        total = self.train.total_steps
+        last = min(total, self.max_steps) if self.max_steps is not None else total
+        self.progress = TrainingProgress(last, 0, self.show_progress and self.dist.is_main)
+        try:
+            return self._run(last)
+        finally:
+            self.progress.close()
+            self.dist.close()
+
+    def _run(self, last: int) -> dict[str, Any]:
+        task = self._task_and_vocabulary()
+        checkpoint = None
+        if self.resume:
+            checkpoint = load_checkpoint(self.resume_from or self.run_dir.path)
+            self.step, self.tokens = checkpoint.step, int(checkpoint.meta["tokens"])
+            if self.dist.is_main:
+                self.run_dir.truncate_metrics(self.step)
+        elif self.dist.is_main:
+            self.run_dir.create(self.recipe)
+            tokenizer = task.tokenizer()
+            if tokenizer is not None:
+                tokenizer.save(str(self.run_dir.path / TOKENIZER_FILE))
+        self.dist.barrier()
+
+        self._enter_stage(stage_at(self.stages, self.step))
+        if checkpoint is not None:
+            load_full_state_dicts(
+                self.model,
+                self.optimizer,
+                checkpoint.model,
+                checkpoint.optimizer,
+                self.dist.strategy == "fsdp",
+            )
+            restore_rng_state(checkpoint)
+        data_state = checkpoint.meta.get("data") if checkpoint is not None else None
+        batches = task.batches(
+            "train",
+            seq_len=self.recipe.data.seq_len,
+            batch_size=self.train.batch_size,
+            seed=self.recipe.seed,
+            rank=self.dist.rank,
+            world_size=self.dist.world_size,
+            state=data_state,
+        )
+        context = RunContext(self.recipe, self.run_dir.path, self.raw, self.step, self.stage.name)
+        monitors = self._register_monitors()
+        hook = self.registry.hook()
+        hook.on_train_start(run=context)
+        self.progress.event(
+            f"training {self.recipe.name or 'model'}: steps {self.step}..{last} of {self.train.total_steps}, "
+            f"{sum(p.numel() for p in self.raw.parameters()):,} parameters, {self.dist.world_size} process(es) "
+            f"on {self.dist.device.type}, run directory {self.run_dir.path}"
+        )
+        started, window_start, window_tokens = time.time(), time.time(), 0
+        history: list[float] = []
+        best_val = math.inf
+        saved_at = self.step if checkpoint is not None else -1
+        try:
+            while self.step < last and context.stop_reason is None:
+                stage = stage_at(self.stages, self.step)
+                if stage is not self.stage:
+                    self._enter_stage(stage)
+                    context.model, context.stage = self.raw, stage.name
+                metrics = self._optimizer_step(batches, context, hook)
+                window_tokens += metrics.pop("_tokens")
+                history.append(metrics["loss"])
+                context.step = self.step
+                if not math.isfinite(metrics["loss"]):
+                    context.request_stop(f"the loss is {metrics['loss']} at step {self.step}")
+                log_now = self.step % self.train.log_every == 0 or self.step == last
+                if log_now:
+                    now = time.time()
+                    metrics["tokens_per_s"] = window_tokens / max(now - window_start, 1e-9)
+                    window_start, window_tokens = now, 0
+                    hook.on_step_end(run=context, metrics=metrics)
+                    if self.dist.is_main:
+                        self.run_dir.log(metrics)
+                    self.progress.update(self.step, metrics)
+                if self.train.eval_every and self.step % self.train.eval_every == 0:
+                    val = self._evaluate(task, context, hook)
+                    best_val = min(best_val, val["val_loss"])
+                if context.stop_reason is None and (
+                    (self.train.checkpoint_every and self.step % self.train.checkpoint_every == 0)
+                    or self.step == last
+                ):
+                    self._save(batches, hook, context)
+                    saved_at = self.step
+        finally:
+            for name in monitors:
+                self.registry.pm.unregister(name=name)
+        if context.stop_reason is None and saved_at != self.step:
+            self._save(batches, hook, context)
+        summary = {
+            "name": self.recipe.name,
+            "step": self.step,
+            "total_steps": self.train.total_steps,
+            "tokens": self.tokens,
+            "final_loss": history[-1] if history else None,
+            "best_val_loss": best_val if math.isfinite(best_val) else None,
+            "wall_seconds": time.time() - started,
+            "stopped_by": context.stop_reason,
+            "parameters": sum(p.numel() for p in self.raw.parameters()),
+        }
+        if self.dist.is_main:
+            self.run_dir.write_summary(summary)
+        self.progress.event(_summary_line(summary, self.run_dir.path))
+        if context.stop_reason is not None:
+            raise MiraslabError(
+                f"run stopped at step {self.step}: {context.stop_reason}; the last good "
+                f"checkpoint is kept in {self.run_dir.path / 'checkpoints'}"
+            )
+        return summary
+
+    def _optimizer_step(self, batches: Any, context: RunContext, hook: Any) -> dict[str, Any]:
+        stage_train = self.stage.recipe.train
+        lr = set_learning_rate(self.optimizer, stage_train.lr, schedule_factor(self.step, self.train))
+        rows = next(batches).to(self.dist.device)
+        micro = self.train.micro_batch_size or rows.shape[0]
+        if rows.shape[0] % micro:
+            raise RecipeError(
+                [
+                    f"train.micro_batch_size: expected a divisor of the per-process batch "
+                    f"({rows.shape[0]}), got {micro}"
+                ]
+            )
+        pieces = rows.split(micro)
+        total_loss, extras = 0.0, {}
+        self.model.train()
+        for index, piece in enumerate(pieces):
+            inputs, targets = piece[:, :-1], piece[:, 1:]
+            with self.dist.no_sync(self.model, last=index == len(pieces) - 1), self._precision_context():
+                logits = self.model(inputs)
+                loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1))
+                objective = loss
+                for terms in hook.loss_terms(run=context, outputs={"logits": logits, "loss": loss}):
+                    for name, value in (terms or {}).items():
+                        objective = objective + value
+                        extras[name] = extras.get(name, 0.0) + float(value.detach()) / len(pieces)
+                (objective / len(pieces)).backward()
+            total_loss += float(loss.detach()) / len(pieces)
+        clip = self.stage.recipe.train.grad_clip
+        parameters = [p for p in self.raw.parameters() if p.grad is not None]
+        if clip > 0:
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(parameters, clip))
+        else:
+            grad_norm = float(torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in parameters])))
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        step_tokens = self.train.batch_size * self.recipe.data.seq_len
+        self.tokens += step_tokens
+        metrics = {
+            "step": self.step,
+            "tokens": self.tokens,
+            "loss": self.dist.mean(total_loss),
+            "lr": lr,
+            "grad_norm": grad_norm,
+            "stage": self.stage.name,
+            "_tokens": step_tokens,
+        }
+        metrics.update({name: self.dist.mean(value) for name, value in extras.items()})
+        return metrics
+
+    def _evaluate(self, task: Any, context: RunContext, hook: Any) -> dict[str, Any]:
+        val = task.batches(
+            "val",
+            seq_len=self.recipe.data.seq_len,
+            batch_size=self.train.batch_size,
+            seed=self.recipe.seed,
+            rank=self.dist.rank,
+            world_size=self.dist.world_size,
+        )
+        self.model.eval()
+        losses = []
+        with torch.no_grad(), self._precision_context():
+            for _ in range(self.train.eval_batches):
+                rows = next(val).to(self.dist.device)
+                logits = self.model(rows[:, :-1])
+                losses.append(
+                    float(
+                        F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), rows[:, 1:].reshape(-1))
+                    )
+                )
+        self.model.train()
+        loss = self.dist.mean(sum(losses) / len(losses))
+        metrics = {"step": self.step, "event": "eval", "val_loss": loss, "val_ppl": math.exp(min(loss, 50.0))}
+        hook.on_eval(run=context, metrics=metrics)
+        if self.dist.is_main:
+            self.run_dir.log(metrics)
+        self.progress.event(f"step {self.step}: val_loss {loss:.4f}, val_ppl {metrics['val_ppl']:.2f}")
+        return metrics
+
+    def _save(self, batches: Any, hook: Any, context: RunContext) -> None:
+        model_state, optimizer_state = full_state_dicts(
+            self.model, self.optimizer, self.dist.strategy == "fsdp"
+        )
+        if self.dist.is_main:
+            tensors, rng_meta = capture_rng_state()
+            meta = {
+                "tokens": self.tokens,
+                "stage": self.stage.index,
+                "data": batches.state_dict(),
+                "recipe_sha256": _recipe_hash(self.recipe),
+                "world_size": self.dist.world_size,
+                **rng_meta,
+            }
+            path = save_checkpoint(
+                self.run_dir.path,
+                self.step,
+                model=model_state,
+                optimizer=optimizer_state,
+                tensors=tensors,
+                meta=meta,
+                keep=self.train.keep_checkpoints,
+            )
+            hook.on_checkpoint(run=context, path=path)
+        self.dist.barrier()
+
+    def _register_monitors(self) -> list[str]:
+        names = []
+        for index, component in enumerate(self.recipe.monitors):
+            monitor = build_component(component, self.registry)
+            name = f"monitor-{index}-{component.name}"
+            self.registry.pm.register(monitor, name=name)
+            names.append(name)
+        return names
+
+
+def _recipe_hash(recipe: Recipe) -> str:
+    return hashlib.sha256(dumps(recipe_to_dict(recipe)).encode()).hexdigest()
+
+
+def _summary_line(summary: dict[str, Any], path: Path) -> str:
+    loss = summary["final_loss"]
+    val = summary["best_val_loss"]
+    parts = [
+        f"done: step {summary['step']}/{summary['total_steps']}",
+        f"{summary['tokens']:,} tokens",
+        f"{summary['wall_seconds']:.1f}s",
+    ]
+    if loss is not None:
+        parts.append(f"final loss {loss:.4f}")
+    if val is not None:
+        parts.append(f"best val_loss {val:.4f}")
+    return ", ".join(parts) + f"; run directory {path}"
+
+
+def _checkpoint_blocks(model: LanguageModel) -> None:
+    """Recompute each block in the backward pass instead of keeping its activations."""
+    from torch.utils.checkpoint import checkpoint
+
+    for block in model.blocks:
+        if getattr(block, "_checkpointed", False):
+            continue
+        forward = block.forward
+
+        def checkpointed(x, state=None, return_state=False, _forward=forward):
+            if state is not None or return_state or not torch.is_grad_enabled():
+                return _forward(x, state, return_state)
+            return checkpoint(_forward, x, use_reentrant=False)
+
+        block.forward = checkpointed
+        block._checkpointed = True
+
+
+def _compiled(model: torch.nn.Module, progress: TrainingProgress) -> torch.nn.Module:
+    """torch.compile when it works here; eager (with a warning) when it does not."""
+    try:
+        return torch.compile(model)
+    except Exception as exc:  # e.g. no compiler toolchain: training still runs
+        progress.event(f"warning: torch.compile is unavailable ({type(exc).__name__}: {exc}); running eager")
+        return model

@@ -1,0 +1,68 @@
+"""A tiny corpus and recipe for trainer tests: a few seconds per run on CPU."""
+
+from __future__ import annotations
+
+import random
+import textwrap
+from pathlib import Path
+
+WORDS = [
+    "the",
+    "memory",
+    "stores",
+    "keys",
+    "and",
+    "values",
+    "while",
+    "attention",
+    "reads",
+    "a",
+    "window",
+    "of",
+    "recent",
+    "tokens",
+]
+
+
+def write_corpus(directory: Path, paragraphs: int = 400) -> Path:
+    """Paragraphs of pseudo-sentences (blank-line separated: one document each)."""
+    generator = random.Random(0)
+    lines = []
+    for index in range(paragraphs):
+        sentence = " ".join(generator.choice(WORDS) for _ in range(generator.randint(8, 30)))
+        lines.append(f"document {index}: {sentence}.\n")
+    path = directory / "corpus.txt"
+    path.write_text("\n".join(lines))
+    return path
+
+
+def write_recipe(directory: Path, corpus: Path, extra: str = "", layout: str = "mag") -> Path:
+    text = textwrap.dedent(f"""
+        name = "tiny"
+        seed = 3
+        [model]
+        vocab_size = 320
+        d_model = 32
+        n_layers = 2
+        n_heads = 2
+        layout = "{layout}"
+        [model.attention]
+        window = 16
+        [model.memory]
+        chunk_size = 8
+        [data]
+        task = {{ name = "text", dataset = "{corpus}", vocab_size = 320, val_fraction = 0.1 }}
+        seq_len = 32
+        [train]
+        steps = 12
+        batch_size = 4
+        lr = 3e-3
+        warmup_steps = 3
+        log_every = 1
+        eval_every = 6
+        eval_batches = 2
+        checkpoint_every = 6
+    """) + textwrap.dedent(extra)
+    path = directory / "tiny.toml"
+    path.write_text(text)
+    return path
