@@ -27,6 +27,19 @@ class NeuralMemoryState:
         )
 
 
+def state_norms(state: MemoryState) -> dict[str, float]:
+    """Frobenius norms of the memory (M) and momentum (S), averaged over batch and heads."""
+
+    def norm(weights: dict[str, torch.Tensor]) -> float:
+        total = sum(w.detach().float().pow(2).sum(dim=(-1, -2)) for w in weights.values())
+        return float(total.sqrt().mean())
+
+    norms = {"M_norm": norm(state.weights)}
+    if state.momentum is not None:
+        norms["S_norm"] = norm(state.momentum)
+    return norms
+
+
 class NeuralMemory(nn.Module):
     """y_t = M_t(phi(q_t)) with M written by the rule; gates come from the layer input x."""
 
@@ -63,6 +76,8 @@ class NeuralMemory(nn.Module):
             channelwise_lr=channelwise_lr,
         )
         self.gates = GateProjections(dim, heads, self.rule.gate_defs(), head_dim, gate_rank)
+        self.record = False  # keep the norms of the last state for monitors
+        self.last_norms: dict[str, float] = {}
 
     def forward(
         self,
@@ -83,6 +98,8 @@ class NeuralMemory(nn.Module):
         y, memory_state = memory_op(
             self.rule, q, k, v, self.gates(x), state.memory, self.chunk_size, path or self.path
         )
+        if self.record:
+            self.last_norms = state_norms(memory_state)
         return y, NeuralMemoryState(memory_state, qk_state)
 
     def retrieve(self, q: torch.Tensor, state: NeuralMemoryState | None) -> torch.Tensor:

@@ -1,0 +1,65 @@
+"""Monitors from the recipe hook into the trainer: they add metrics and loss terms."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from miraslab.model.language_model import build_model
+from miraslab.recipe.resolve import load_recipe
+from miraslab.train.run_dir import RunDir
+from miraslab.train.trainer import Trainer
+from training_cases import write_corpus, write_recipe
+
+MONITORS = """
+[[monitors]]
+name = "memory_stats"
+[[monitors]]
+name = "gate_polarization"
+weight = 0.5
+warmup_steps = 0
+"""
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory) -> Path:
+    directory = tmp_path_factory.mktemp("monitors")
+    os.environ["MIRASLAB_CACHE"] = str(directory / "cache")
+    write_corpus(directory)
+    recipe = load_recipe(write_recipe(directory, directory / "corpus.txt", MONITORS))
+    Trainer(recipe, directory / "run", show_progress=False, max_steps=3).run()
+    return directory / "run"
+
+
+def test_memory_stats_adds_gate_and_memory_statistics_per_layer(run):
+    step = [m for m in RunDir(run).metrics() if "loss" in m][-1]
+    for layer in ("L0", "L1"):
+        for key in ("gate_mean", "gate_std", "gate_min", "gate_saturated", "gate_linear", "gain"):
+            assert f"memory/{layer}/{key}" in step
+        assert 0 < step[f"memory/{layer}/gate_mean"] < 1
+        assert step[f"memory/{layer}/memory/M_norm"] > 0 and step[f"memory/{layer}/memory/S_norm"] > 0
+        assert 0.9 < step[f"memory/{layer}/memory/decay_mean"] < 1
+
+
+def test_gate_polarization_adds_its_loss_term(run):
+    steps = [m for m in RunDir(run).metrics() if "loss" in m]
+    assert all(0 < m["gate_polarization"] <= 0.5 for m in steps)
+
+
+def test_the_polarization_term_reaches_the_gates(tmp_path):
+    from miraslab.plugins.monitor.gate_polarization import GatePolarization, GatePolarizationParams
+    from miraslab.train.trainer import RunContext
+
+    torch.manual_seed(0)
+    model = build_model(load_recipe(write_recipe(tmp_path, tmp_path / "unused.txt")).model)
+    monitor = GatePolarization(GatePolarizationParams(weight=1.0, warmup_steps=0))
+    context = RunContext(recipe=None, out_dir=Path("."), model=model)
+    monitor.on_train_start(context)
+    model(torch.randint(0, 320, (2, 16)))
+    (term,) = monitor.loss_terms(context, {}).values()
+    term.backward()
+    gate = model.blocks[0].gate
+    assert gate.log_gain.grad is not None and gate.log_gain.grad.abs() > 0
