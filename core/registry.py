@@ -149,7 +149,9 @@ class Registry:
         except pluggy.PluginValidationError as exc:
             if self.pm.is_registered(plugin):
                 self.pm.unregister(plugin)
-            raise PluginError(f"{source.describe()} is not a valid miraslab plugin: {exc}") from exc
+            raise PluginError(
+                f"{source.describe()} is not a valid miraslab plugin: {exc}{_hook_hint(exc)}"
+            ) from exc
         self._sources[source.plugin] = source
         added: list[tuple[str, str]] = []
         try:
@@ -246,6 +248,20 @@ def unknown_name_message(kind: str, name: object, registered: list[str]) -> str:
     if best:
         hint = f"; did you mean {best[0]!r}?"
     return f"unknown {kind} {name!r}{hint} registered: {', '.join(ordered)}"
+
+
+def _hook_hint(exc: pluggy.PluginValidationError) -> str:
+    """ "; did you mean 'register_memories'?" for a misspelled hook name."""
+    import re
+
+    from . import hookspecs
+
+    match = re.search(r"unknown hook '([^']+)'", str(exc))
+    if not match:
+        return ""
+    known = [name for name in dir(hookspecs) if hasattr(getattr(hookspecs, name), "miraslab_spec")]
+    best = difflib.get_close_matches(match.group(1), known, n=1)
+    return f"; did you mean {best[0]!r}?" if best else f"; the hooks are: {', '.join(sorted(known))}"
 
 
 def _normalise(dist_name: str) -> str:

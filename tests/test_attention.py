@@ -10,6 +10,7 @@ from __future__ import annotations
 import sys
 import warnings
 
+import attrs
 import pytest
 import torch
 
@@ -253,9 +254,15 @@ def test_gradients_reach_every_persistent_token():
     assert grad is not None and (grad.abs().sum(dim=-1) > 0).all()
 
 
-def test_odd_head_dim_with_rope_is_a_recipe_error():
-    with pytest.raises(RecipeError, match=r"model\.attention\.rope: .*even head dimension"):
-        Attention(dim=10, heads=2, spec=attention_spec(rope=True))
+def test_an_odd_explicit_head_dim_with_rope_is_a_recipe_error():
+    with pytest.raises(RecipeError, match=r"model\.attention\.head_dim: rotary embeddings need an even"):
+        Attention(dim=10, heads=2, spec=attrs.evolve(attention_spec(rope=True), head_dim=5))
+
+
+def test_the_default_head_width_is_made_even_for_rope_and_need_not_divide_the_width():
+    attention = Attention(dim=10, heads=2, spec=attention_spec(rope=True))
+    assert attention.head_dim == 4 and attention.out_proj.in_features == 8
+    assert attention(torch.randn(1, 3, 10)).shape == (1, 3, 10)
 
 
 # --- backends that cannot run here say why ------------------------------------------------

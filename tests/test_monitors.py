@@ -7,12 +7,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from training_cases import write_corpus, write_recipe
 
 from miraslab.model.language_model import build_model
 from miraslab.recipe.resolve import load_recipe
 from miraslab.train.run_dir import RunDir
 from miraslab.train.trainer import Trainer
-from training_cases import write_corpus, write_recipe
 
 MONITORS = """
 [[monitors]]

@@ -6,6 +6,7 @@ import argparse
 import json
 from typing import Any
 
+from ..recipe.loading import display_path
 from ..recipe.resolve import load_recipe, recipe_to_dict
 from ..recipe.toml_writer import dumps
 
@@ -49,7 +50,7 @@ def run_show(args: argparse.Namespace) -> int:
 
 def run_validate(args: argparse.Namespace) -> int:
     recipe = load_recipe(args.file, args.sets)
-    print(f"ok: {args.file}: {summary(recipe)}")
+    print(f"ok: {display_path(args.file)}: {summary(recipe)}")
     return 0
 
 
@@ -62,7 +63,13 @@ def summary(recipe: Any) -> str:
         f"layout {model.layout.name}",
         f"{model.n_layers} layers",
         f"d_model {model.d_model}",
-        f"memory {axes}" if model.layout.name not in ("attention", "swa") else "no memory",
+        f"memory {axes}" if _layout_uses_memory(model.layout.name) else "no memory",
         f"{recipe.train.total_steps} steps",
     ]
     return ", ".join(parts)
+
+
+def _layout_uses_memory(layout: str) -> bool:
+    from ..registry import get_registry
+
+    return bool(getattr(get_registry().get("layout", layout).factory, "uses_memory", False))

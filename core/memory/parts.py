@@ -160,6 +160,10 @@ class LearningAlgorithm(nn.Module):
 
     momentum: bool = False
     nonlinear: bool = False
+    # divide each token's gradient by sum_l ||h_l||^2, the squared norms of the inputs of the
+    # memory's linear maps (normalised LMS): theta then means "the share of the error corrected"
+    # whatever the memory's depth or width, as beta does in the delta rule with unit keys
+    normalized: bool = False
 
     def gates(self) -> list[GateDef]:
         return []

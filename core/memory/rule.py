@@ -21,6 +21,7 @@ from .parts import (
     MemoryArchitecture,
     Retention,
     Weights,
+    at_least_fp32,
     check_parts,
 )
 from .state import MemoryState
@@ -133,10 +134,15 @@ class MemoryRule(nn.Module):
                 create_graph=create_graph,
                 allow_unused=True,
             )
+        deltas = [
+            torch.zeros_like(taps[n][1]) if d is None else d for n, d in zip(names, deltas, strict=True)
+        ]
+        if self.algorithm.normalized:
+            energy = sum(at_least_fp32(taps[n][0]).pow(2).sum(-1) for n in names)  # (B, H, N)
+            scale = (1.0 / energy.clamp_min(1e-6)).unsqueeze(-1)  # exact 1 for unit keys
+            deltas = [d * scale.to(d.dtype) for d in deltas]
         out: Factors = {}
         for name, delta in zip(names, deltas, strict=True):
             h = taps[name][0]
-            if delta is None:  # a map the loss does not reach
-                delta = torch.zeros_like(taps[name][1])
             out[name] = (h if create_graph else h.detach(), delta if create_graph else delta.detach())
         return out

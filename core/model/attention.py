@@ -44,27 +44,32 @@ class KVCache:
         return self.keys.shape[-2]
 
 
+def default_head_dim(dim: int, heads: int, rope: bool) -> int:
+    """dim // heads, rounded down to an even width when RoPE rotates pairs of channels."""
+    width = dim // heads
+    return width - width % 2 if rope else width
+
+
 class Attention(nn.Module):
     """Multi-head attention over persistent tokens, an optional prefix and the causal past."""
 
     def __init__(self, dim: int, heads: int, spec: AttentionSpec, registry: Registry | None = None):
         super().__init__()
-        if dim % heads:
-            raise ValueError(f"attention width {dim} is not a multiple of its {heads} heads")
         self.heads = heads
-        self.head_dim = dim // heads
+        self.head_dim = spec.head_dim or default_head_dim(dim, heads, spec.rope)
         self.window = spec.window
-        if spec.rope and self.head_dim % 2:
+        if self.head_dim < 1 or (spec.rope and self.head_dim % 2):
             raise RecipeError(
                 [
-                    f"model.attention.rope: rotary embeddings need an even head dimension, got "
-                    f"{dim} / {heads} heads = {self.head_dim}; change d_model or n_heads, or set rope = false"
+                    f"model.attention.head_dim: rotary embeddings need an even head width >= 2, got "
+                    f"{self.head_dim}; set another head_dim or rope = false"
                 ]
             )
-        self.q_proj = nn.Linear(dim, dim, bias=False)
-        self.k_proj = nn.Linear(dim, dim, bias=False)
-        self.v_proj = nn.Linear(dim, dim, bias=False)
-        self.out_proj = nn.Linear(dim, dim, bias=False)
+        inner = heads * self.head_dim
+        self.q_proj = nn.Linear(dim, inner, bias=False)
+        self.k_proj = nn.Linear(dim, inner, bias=False)
+        self.v_proj = nn.Linear(dim, inner, bias=False)
+        self.out_proj = nn.Linear(inner, dim, bias=False)
         self.rope = RotaryEmbedding(self.head_dim, spec.rope_base) if spec.rope else None
         # unit scale, like the normalised tokens they sit beside, so that their keys compete
         # for attention from the first step (and distinct, so they do not learn in lockstep)
@@ -125,10 +130,7 @@ class Attention(nn.Module):
 
         # what the next token can still see: the last window - 1 positions, or all of them
         next_position = start + length
-        if self.window == 0:
-            keep = slice(None)
-        else:
-            keep = seq_positions > next_position - self.window
+        keep = slice(None) if self.window == 0 else seq_positions > next_position - self.window
         next_cache = KVCache(
             keys=k[:, :, keep],
             values=v[:, :, keep],

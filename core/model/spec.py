@@ -18,6 +18,7 @@ class AttentionSpec:
 
     backend: AttentionComponent = component_field("attention", "sdpa", "attention backend plugin")
     window: int = param(0, ge=0, doc="sliding window in tokens; 0 means full causal attention")
+    head_dim: int = param(0, ge=0, doc="width per head; 0 uses d_model // n_heads (made even for RoPE)")
     persistent_tokens: int = param(0, ge=0, doc="learned tokens prepended to every attention's keys")
     rope: bool = param(True, doc="rotary position embeddings on queries and keys")
     rope_base: float = param(10000.0, gt=0, doc="RoPE base frequency")
@@ -68,10 +69,10 @@ class ModelSpec:
     dropout: float = param(0.0, ge=0, lt=1, doc="dropout on the residual branches")
 
     def cross_check(self) -> None:
-        if self.d_model % self.n_heads:
-            raise ParamValueError("d_model", f"a multiple of n_heads ({self.n_heads})", self.d_model)
+        # heads narrower than 2 channels cannot work; widths need not divide d_model
+        # (the projections map d_model to heads * head_dim and back)
+        if self.d_model // self.n_heads < 2 and not self.attention.head_dim:
+            raise ParamValueError("n_heads", f"at most d_model / 2 ({self.d_model // 2})", self.n_heads)
         heads = self.memory.heads or self.n_heads
-        if not self.memory.head_dim and self.d_model % heads:
-            raise ParamValueError(
-                "memory.heads", f"a divisor of d_model ({self.d_model}) or set memory.head_dim", heads
-            )
+        if self.d_model // heads < 1 and not self.memory.head_dim:
+            raise ParamValueError("memory.heads", f"at most d_model ({self.d_model})", heads)

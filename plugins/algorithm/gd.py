@@ -16,6 +16,9 @@ from miraslab.memory.parts import GateDef, LearningAlgorithm
 class GDParams:
     lr_init: float = miraslab.param(0.1, gt=0, doc="theta_t at initialisation")
     lr_max: float = miraslab.param(1.0, gt=0, doc="upper bound of theta_t")
+    normalized: bool = miraslab.param(
+        True, doc="divide each gradient by the squared norm of the memory's inputs (normalised LMS)"
+    )
 
     def cross_check(self) -> None:
         if self.lr_init >= self.lr_max:
@@ -30,6 +33,7 @@ class GradientDescent(LearningAlgorithm):
     def __init__(self, params: GDParams):
         super().__init__()
         self.params = params
+        self.normalized = params.normalized
 
     def gates(self) -> list[GateDef]:
         return [GateDef("lr", "sigmoid", init=self.params.lr_init, scale=self.params.lr_max)]

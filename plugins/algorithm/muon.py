@@ -43,6 +43,9 @@ class MuonParams:
     # momentum multiplies the effective step by ~1 / (1 - eta): smaller rates than gd (Titans uses <= 1e-2)
     lr_init: float = miraslab.param(0.01, gt=0, doc="theta_t at initialisation")
     lr_max: float = miraslab.param(0.1, gt=0, doc="upper bound of theta_t")
+    normalized: bool = miraslab.param(
+        True, doc="divide each gradient by the squared norm of the memory's inputs (normalised LMS)"
+    )
     momentum: float = miraslab.param(0.9, gt=0, lt=1, doc="eta_t at initialisation")
     ns_steps: int = miraslab.param(5, ge=1, doc="Newton-Schulz iterations k")
 
@@ -56,6 +59,7 @@ class Muon(LearningAlgorithm):
     def __init__(self, params: MuonParams):
         super().__init__()
         self.params = params
+        self.normalized = params.normalized
 
     def gates(self) -> list[GateDef]:
         return [

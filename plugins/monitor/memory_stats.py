@@ -67,13 +67,19 @@ class MemoryStats:
                 metrics[f"{prefix}/gate_std"] = float(gate.std())
                 metrics[f"{prefix}/gate_min"] = float(gate.min())
                 metrics[f"{prefix}/gate_saturated"] = float(((gate < 0.01) | (gate > 0.99)).float().mean())
-                metrics[f"{prefix}/gate_linear"] = float((pre.abs() < self.params.linear_region).float().mean())
+                metrics[f"{prefix}/gate_linear"] = float(
+                    (pre.abs() < self.params.linear_region).float().mean()
+                )
                 metrics[f"{prefix}/gain"] = module.gain
             elif isinstance(module, GateProjections):
                 tag = _memory_tag(name)
                 for gate_name, pre in module.last_preactivations.items():
                     definition = module.definitions[gate_name]
-                    value = torch.sigmoid(pre) if definition.activation != "softplus" else torch.nn.functional.softplus(pre)
+                    value = (
+                        torch.sigmoid(pre)
+                        if definition.activation != "softplus"
+                        else torch.nn.functional.softplus(pre)
+                    )
                     key = f"{prefix}/{tag}/{gate_name}"
                     metrics[f"{key}_mean"] = float(value.mean() * definition.scale)
                     metrics[f"{key}_saturated"] = float((pre.abs() > 6).float().mean())

@@ -1,0 +1,63 @@
+"""Developer sessions: ``nox -s tests``, ``nox -s lint``.
+
+By default every session runs in the environment nox itself runs in (the venv where
+``pip install -e '.[test]'`` put miraslab and its test tools), so nothing is installed
+and PyTorch is not downloaded again::
+
+    nox -s tests                      # the whole suite, slow tests included
+    nox -s tests -- -m "not slow"     # arguments after -- go to pytest
+    nox -s tests -- tests/test_cli.py -x
+    nox -s lint                       # ruff check + ruff format --check
+
+To run in an isolated, freshly created venv instead (``tests`` installs setuptools >= 70.1,
+then torch==2.13.0, the CPU build, then ``-e '.[test]'``; ``lint`` installs only ruff)::
+
+    nox -s tests --force-venv-backend venv      # or: -fb venv, -db venv
+    nox -s tests -fb venv -r                    # reuse that venv on the next run
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import nox
+
+nox.options.default_venv_backend = "none"
+nox.options.sessions = ["tests", "lint"]
+
+TORCH = "torch==2.13.0"  # the CPU wheel; a bare `torch` would pull a multi-GB CUDA build
+# A new Python 3.11 venv has setuptools 65.5, which cannot build the test suite's wheels
+# without network (--no-build-isolation needs setuptools >= 70.1, or the `wheel` package).
+BUILD_TOOLS = ("pip", "setuptools>=70.1")
+
+
+def python_of(session: nox.Session) -> str:
+    """The session venv's interpreter; without one, the activated venv's, else the one running nox."""
+    if session.venv_backend != "none":
+        return "python"
+    active = os.environ.get("VIRTUAL_ENV")
+    if active and Path(active, "bin", "python").exists():  # e.g. nox from pipx inside an activated venv
+        return str(Path(active, "bin", "python"))
+    return sys.executable
+
+
+@nox.session
+def tests(session: nox.Session) -> None:
+    """Run pytest; pass pytest arguments after ``--``."""
+    if session.venv_backend != "none":
+        session.install("--upgrade", *BUILD_TOOLS)
+        session.install(TORCH)
+        session.install("-e", ".[test]")
+    session.run(python_of(session), "-m", "pytest", *session.posargs)
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    """ruff check and ruff format --check over the whole tree."""
+    if session.venv_backend != "none":
+        session.install("ruff")
+    python = python_of(session)
+    session.run(python, "-m", "ruff", "check", ".")
+    session.run(python, "-m", "ruff", "format", "--check", ".")
