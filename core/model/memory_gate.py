@@ -18,11 +18,18 @@ from torch import nn
 from ..memory.parts import at_least_fp32
 
 
+def whole(parameter: torch.Tensor) -> torch.Tensor:
+    """A parameter's full value, also when FSDP2 shards it (a collective: call on every rank)."""
+    parameter = parameter.detach()
+    return parameter.full_tensor() if hasattr(parameter, "full_tensor") else parameter
+
+
 class MemoryGate(nn.Module):
     def __init__(self, dim: int, gain_init: float = 1.0, eps: float = 1e-6):
         super().__init__()
         self.norm = nn.RMSNorm(dim, eps=eps)
-        self.log_gain = nn.Parameter(torch.tensor(math.log(gain_init)))
+        # shape (1,), not a scalar: FSDP2 cannot shard 0-d parameters
+        self.log_gain = nn.Parameter(torch.tensor([math.log(gain_init)]))
         self.record = False  # keep the last values (detached) for monitors
         self.keep_graph = False  # keep the last gate with its graph, for a regulariser's loss term
         self.keep_graph = False  # keep the last gate with its graph, for a regulariser's loss term
@@ -31,7 +38,7 @@ class MemoryGate(nn.Module):
 
     @property
     def gain(self) -> float:
-        return float(self.log_gain.detach().exp())
+        return float(whole(self.log_gain).exp())
 
     def forward(self, memory_out: torch.Tensor) -> torch.Tensor:
         with torch.autocast(device_type=memory_out.device.type, enabled=False):

@@ -101,47 +101,30 @@ class Distributed:
             dist.destroy_process_group()
 
 
-def unwrap(model: nn.Module) -> nn.Module:
-    """The model inside DDP / torch.compile wrappers."""
-    while True:
-        inner = getattr(model, "module", None) or getattr(model, "_orig_mod", None)
-        if inner is None:
-            return model
-        model = inner
+def full_state_dicts(model: nn.Module, optimizer: torch.optim.Optimizer) -> tuple[dict, dict]:
+    """Unsharded model and optimizer state on the CPU, keyed by parameter name.
 
-
-def full_state_dicts(model: nn.Module, optimizer: torch.optim.Optimizer, sharded: bool):
-    """Unsharded model and optimizer state on the CPU (gathered under FSDP)."""
-    if not sharded:
-        return unwrap(model).state_dict(), optimizer.state_dict()
+    The same format whatever the strategy (one process, DDP, FSDP2 gathers the shards), so a
+    run can resume under another one.  A collective under FSDP: every rank calls it.
+    """
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
 
-    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
-    return get_state_dict(model, optimizer, options=options)
+    return get_state_dict(model, optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
 
 
 def load_full_state_dicts(
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    model_state: dict,
-    optimizer_state: dict | None,
-    sharded: bool,
+    model: nn.Module, optimizer: torch.optim.Optimizer, model_state: dict, optimizer_state: dict | None
 ) -> None:
-    if not sharded:
-        unwrap(model).load_state_dict(model_state)
-        if optimizer_state is not None:
-            optimizer.load_state_dict(optimizer_state)
-        return
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
+    """Put unsharded state back into a (possibly wrapped or sharded) model and its optimizer."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict, set_state_dict
 
-    options = StateDictOptions(full_state_dict=True, broadcast_from_rank0=False)
-    set_state_dict(
-        model,
-        optimizer,
-        model_state_dict=model_state,
-        optim_state_dict=optimizer_state or {},
-        options=options,
-    )
+    options = StateDictOptions(full_state_dict=True)
+    if optimizer_state is None:
+        set_model_state_dict(model, model_state, options=options)
+    else:
+        set_state_dict(
+            model, optimizer, model_state_dict=model_state, optim_state_dict=optimizer_state, options=options
+        )
 
 
 @contextmanager

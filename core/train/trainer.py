@@ -94,34 +94,37 @@ class Trainer:
         return contextlib.nullcontext()
 
     def _enter_stage(self, stage: Stage) -> None:
-        """Build (or rebuild) the model and optimizer for ``stage``, keeping weights and moments."""
+        """Build the model and optimizer for ``stage``, carrying weights and moments over.
+
+        The model is rebuilt at every stage (its recipe may change chunk sizes) and wrapped
+        again (which parameters train may change); state moves through the unsharded,
+        name-keyed form, so this works the same under DDP and FSDP.
+        """
         previous = self.stage
-        model_changed = previous is None or stage.recipe.model != previous.recipe.model
-        if model_changed:
+        carried = full_state_dicts(self.model, self.optimizer) if self.optimizer is not None else None
+        with torch.random.fork_rng(
+            devices=[]
+        ):  # initial weights from the seed, without touching the run's RNG
             torch.manual_seed(self.recipe.seed)
             raw = LanguageModel(stage.recipe.model, self.registry).to(self.dist.device)
-            if self.raw is not None:
-                try:
-                    raw.load_state_dict(self.raw.state_dict())
-                except RuntimeError as exc:
-                    raise RecipeError(
-                        [
-                            f"train.stages[{stage.index}].overrides: a stage may not change "
-                            f"parameter shapes ({str(exc).splitlines()[0]})"
-                        ]
-                    ) from None
-            self.raw = raw
-        frozen = freeze_except(self.raw, stage.spec.train_only)
-        old_state = self.optimizer.state_dict() if self.optimizer is not None else None
-        self.optimizer = build_optimizer(self.raw, stage.recipe.train)
-        if old_state is not None:
-            self.optimizer.load_state_dict(old_state)
-        model: torch.nn.Module = self.dist.wrap(self.raw, self.train.distributed)
+        frozen = freeze_except(raw, stage.spec.train_only)
         if self.train.activation_checkpointing:
-            _checkpoint_blocks(self.raw)
+            _checkpoint_blocks(raw)
+        model: torch.nn.Module = self.dist.wrap(raw, self.train.distributed)
+        optimizer = build_optimizer(raw, stage.recipe.train)  # after sharding: FSDP2 replaces parameters
+        if carried is not None:
+            try:
+                load_full_state_dicts(model, optimizer, *carried)
+            except (RuntimeError, ValueError, KeyError) as exc:
+                raise RecipeError(
+                    [
+                        f"train.stages[{stage.index}].overrides: a stage may not change "
+                        f"parameter shapes ({str(exc).splitlines()[0]})"
+                    ]
+                ) from None
         if self.train.compile:
             model = _compiled(model, self.progress)
-        self.model, self.stage = model, stage
+        self.raw, self.model, self.optimizer, self.stage = raw, model, optimizer, stage
         if previous is not None or stage.index > 0:
             detail = f", training only {', '.join(stage.spec.train_only)}" if stage.spec.train_only else ""
             self.progress.event(
@@ -183,7 +186,6 @@ class Trainer:
                 self.optimizer,
                 checkpoint.model,
                 checkpoint.optimizer,
-                self.dist.strategy == "fsdp",
             )
             restore_rng_state(checkpoint)
         data_state = checkpoint.meta.get("data") if checkpoint is not None else None
@@ -345,9 +347,7 @@ class Trainer:
         return metrics
 
     def _save(self, batches: Any, hook: Any, context: RunContext) -> None:
-        model_state, optimizer_state = full_state_dicts(
-            self.model, self.optimizer, self.dist.strategy == "fsdp"
-        )
+        model_state, optimizer_state = full_state_dicts(self.model, self.optimizer)
         if self.dist.is_main:
             tensors, rng_meta = capture_rng_state()
             meta = {

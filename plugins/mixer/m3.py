@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 import miraslab
+from miraslab.model.memory_gate import whole
 
 
 @attrs.frozen
@@ -27,11 +28,13 @@ class M3Mixer(nn.Module):
 
     def __init__(self, params: M3Params, dim: int, n_memories: int):
         super().__init__()
-        self.logit = nn.Parameter(torch.tensor(math.log(params.alpha_init / (1 - params.alpha_init))))
+        self.logit = nn.Parameter(
+            torch.tensor([math.log(params.alpha_init / (1 - params.alpha_init))])
+        )  # (1,): FSDP2
 
     @property
     def alpha(self) -> float:
-        return float(torch.sigmoid(self.logit.detach()))
+        return float(torch.sigmoid(whole(self.logit)))
 
     def forward(self, reads: list[torch.Tensor]) -> torch.Tensor:
         global_read, locals_ = reads[0], reads[1:]

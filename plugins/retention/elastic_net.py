@@ -33,7 +33,7 @@ class ElasticNet(Retention):
     def __init__(self, params: ElasticNetParams):
         super().__init__()
         self.params = params
-        log_threshold = torch.tensor(math.log(params.threshold))
+        log_threshold = torch.tensor([math.log(params.threshold)])  # (1,): FSDP2 cannot shard 0-d
         if params.learn_threshold:
             self.log_threshold = torch.nn.Parameter(log_threshold)
         else:
