@@ -66,3 +66,19 @@ class Block(nn.Module):
 
     def forward(self, x: torch.Tensor, state: Any = None, return_state: bool = False) -> Any:
         raise NotImplementedError
+
+
+class TransformerBlock(Block):
+    """The pre-norm transformer block both attention baselines use:
+    x += Attn(norm(x)); x += FFN(norm(x)), with attention over ``window`` tokens (0: all)."""
+
+    def __init__(self, context: BlockContext, window: int):
+        super().__init__()
+        self.attn_norm, self.attn = context.norm(), context.attention(window=window)
+        self.ffn_norm, self.ffn = context.norm(), context.feed_forward()
+
+    def forward(self, x: torch.Tensor, state: Any = None, return_state: bool = False) -> Any:
+        h, cache = self.attn(self.attn_norm(x), cache=state, return_cache=True)
+        x = x + h
+        x = x + self.ffn(self.ffn_norm(x))
+        return (x, cache) if return_state else x

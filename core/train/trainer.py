@@ -189,15 +189,7 @@ class Trainer:
             )
             restore_rng_state(checkpoint)
         data_state = checkpoint.meta.get("data") if checkpoint is not None else None
-        batches = task.batches(
-            "train",
-            seq_len=self.recipe.data.seq_len,
-            batch_size=self.train.batch_size,
-            seed=self.recipe.seed,
-            rank=self.dist.rank,
-            world_size=self.dist.world_size,
-            state=data_state,
-        )
+        batches = self._batches(task, "train", data_state)
         context = RunContext(self.recipe, self.run_dir.path, self.raw, self.step, self.stage.name)
         monitors = self._register_monitors()
         hook = self.registry.hook()
@@ -317,15 +309,19 @@ class Trainer:
         metrics.update({name: self.dist.mean(value) for name, value in extras.items()})
         return metrics
 
-    def _evaluate(self, task: Any, context: RunContext, hook: Any) -> dict[str, Any]:
-        val = task.batches(
-            "val",
+    def _batches(self, task: Any, split: str, state: dict | None = None) -> Any:
+        return task.batches(
+            split,
             seq_len=self.recipe.data.seq_len,
             batch_size=self.train.batch_size,
             seed=self.recipe.seed,
             rank=self.dist.rank,
             world_size=self.dist.world_size,
+            state=state,
         )
+
+    def _evaluate(self, task: Any, context: RunContext, hook: Any) -> dict[str, Any]:
+        val = self._batches(task, "val")  # a fresh iterator: every pass sees the same batches
         self.model.eval()
         losses = []
         with torch.no_grad(), self._precision_context():
