@@ -90,6 +90,17 @@ class MemoryArchitecture(nn.Module):
     def forward(self, x: torch.Tensor, linear: Linear) -> torch.Tensor:  # pragma: no cover
         raise NotImplementedError
 
+    def analytic_factors(self, x: torch.Tensor, linear: Linear, transposed: Linear,
+                         dloss: Callable[[torch.Tensor], torch.Tensor]) -> dict[str, tuple] | None:
+        """Optional fast path: ``{name: (h, delta)}`` written out by hand, no autograd.
+
+        ``linear(name, h)`` applies a weight, ``transposed(name, delta)`` back-propagates
+        through it (delta W), ``dloss(pred)`` gives dl/dpred.  Return None (the default)
+        and the engine differentiates ``forward`` with autograd instead; the test
+        ``test_analytic_factors_equal_autograd`` holds the two equal.
+        """
+        return None
+
 
 class AttentionalBias(nn.Module):
     """Miras axis 2: the inner objective l(M(k), v) the memory learns to minimise.
@@ -109,6 +120,10 @@ class AttentionalBias(nn.Module):
     def loss(self, pred: torch.Tensor, target: torch.Tensor, gates: Gates) -> torch.Tensor:
         """Per-token loss (..., tokens) for predictions and targets (..., tokens, d)."""
         raise NotImplementedError
+
+    def gradient(self, pred: torch.Tensor, target: torch.Tensor, gates: Gates) -> torch.Tensor | None:
+        """Optional: dl/dpred written out (faster than autograd); None differentiates ``loss``."""
+        return None
 
 
 @attrs.define

@@ -108,41 +108,68 @@ class MemoryRule(nn.Module):
         rule's decayed point); ``out_weight`` (B, H, N[, d_v]) multiplies dl/dy per source
         (a channel-wise learning rate).
         """
+        def linear(name: str, h: torch.Tensor) -> torch.Tensor:
+            z = h @ weights[name].transpose(-1, -2).to(h.dtype)
+            return z * weight_scale.unsqueeze(-1).to(z.dtype) if weight_scale is not None else z
+
+        def transposed(name: str, delta: torch.Tensor) -> torch.Tensor:  # delta -> delta W (back through z = W h)
+            if weight_scale is not None:
+                delta = delta * weight_scale.unsqueeze(-1).to(delta.dtype)
+            return delta @ weights[name].to(delta.dtype)
+
+        def dloss(pred: torch.Tensor) -> torch.Tensor:
+            dpred = self.bias.gradient(pred, values, gates)
+            if dpred is None:
+                dpred = self._autograd_dloss(pred, values, gates)
+            if out_weight is not None:
+                dpred = dpred * (out_weight if out_weight.dim() == dpred.dim() else out_weight.unsqueeze(-1))
+            return dpred
+
+        analytic = self.arch.analytic_factors(keys, linear, transposed, dloss)
+        pairs = analytic if analytic is not None else self._autograd_factors(keys, linear, dloss)
+        names = list(pairs)
+        deltas = [pairs[n][1] for n in names]
+        if self.algorithm.normalized:
+            energy = sum(at_least_fp32(pairs[n][0]).pow(2).sum(-1) for n in names)  # (B, H, N)
+            scale = (1.0 / energy.clamp_min(1e-6)).unsqueeze(-1)  # exactly 1 for unit keys
+            deltas = [d * scale.to(d.dtype) for d in deltas]
+        create_graph = torch.is_grad_enabled()
+        out: Factors = {}
+        for name, delta in zip(names, deltas, strict=True):
+            h = pairs[name][0]
+            out[name] = (h if create_graph else h.detach(), delta if create_graph else delta.detach())
+        return out
+
+    def _autograd_dloss(self, pred: torch.Tensor, values: torch.Tensor, gates: Gates) -> torch.Tensor:
+        """dl/dpred by autograd, for a bias without an analytic gradient."""
+        create_graph = torch.is_grad_enabled()
+        with torch.enable_grad():
+            if not pred.requires_grad:
+                pred = pred.detach().requires_grad_()
+            loss = self.bias.loss(pred, values, gates)
+            (dpred,) = torch.autograd.grad(loss.sum(), pred, create_graph=create_graph)
+        return dpred
+
+    def _autograd_factors(self, keys: torch.Tensor, linear, dloss) -> Factors:
+        """(h, delta) of every linear map by autograd: any architecture written against ``linear``."""
         taps: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         create_graph = torch.is_grad_enabled()
 
-        def linear(name: str, h: torch.Tensor) -> torch.Tensor:
-            z = h @ weights[name].transpose(-1, -2).to(h.dtype)
-            if weight_scale is not None:
-                z = z * weight_scale.unsqueeze(-1).to(z.dtype)
+        def tapped(name: str, h: torch.Tensor) -> torch.Tensor:
+            z = linear(name, h)
             if not z.requires_grad:  # inference: a local graph just for the inner gradient
                 z = z.detach().requires_grad_()
             taps[name] = (h, z)
             return z
 
         with torch.enable_grad():
-            pred = self.arch(keys, linear)
-            loss = self.bias.loss(pred, values, gates)
-            (dpred,) = torch.autograd.grad(loss.sum(), pred, create_graph=create_graph)
-            if out_weight is not None:
-                dpred = dpred * (out_weight if out_weight.dim() == dpred.dim() else out_weight.unsqueeze(-1))
+            pred = self.arch(keys, tapped)
+            dpred = dloss(pred)
             names = list(taps)
             deltas = torch.autograd.grad(
-                pred,
-                [taps[n][1] for n in names],
-                grad_outputs=dpred,
-                create_graph=create_graph,
-                allow_unused=True,
+                pred, [taps[n][1] for n in names], grad_outputs=dpred, create_graph=create_graph, allow_unused=True
             )
-        deltas = [
-            torch.zeros_like(taps[n][1]) if d is None else d for n, d in zip(names, deltas, strict=True)
-        ]
-        if self.algorithm.normalized:
-            energy = sum(at_least_fp32(taps[n][0]).pow(2).sum(-1) for n in names)  # (B, H, N)
-            scale = (1.0 / energy.clamp_min(1e-6)).unsqueeze(-1)  # exact 1 for unit keys
-            deltas = [d * scale.to(d.dtype) for d in deltas]
-        out: Factors = {}
-        for name, delta in zip(names, deltas, strict=True):
-            h = taps[name][0]
-            out[name] = (h if create_graph else h.detach(), delta if create_graph else delta.detach())
-        return out
+        return {
+            n: (taps[n][0], torch.zeros_like(taps[n][1]) if d is None else d)
+            for n, d in zip(names, deltas, strict=True)
+        }

@@ -24,6 +24,9 @@ class DotBias(AttentionalBias):
     def loss(self, pred: torch.Tensor, target: torch.Tensor, gates: Gates) -> torch.Tensor:
         return -(pred * target).sum(-1)
 
+    def gradient(self, pred, target, gates):
+        return -target.expand_as(pred)
+
 
 @miraslab.hookimpl
 def register_biases(register):

@@ -46,6 +46,16 @@ class HuberBias(AttentionalBias):
         l1 = delta * (error.pow(2) + self.params.eps**2).sqrt().sum(-1)
         return torch.where(inside, l2, l1)
 
+    def gradient(self, pred, target, gates):
+        error = at_least_fp32(pred - target)
+        if self.params.data_dependent:
+            delta = at_least_fp32(gates["huber_delta"])
+        else:
+            delta = torch.full(error.shape[:-1], self.params.delta, device=error.device, dtype=error.dtype)
+        inside = (error.norm(dim=-1) <= delta).unsqueeze(-1)
+        l1_step = delta.unsqueeze(-1) * error / (error.pow(2) + self.params.eps**2).sqrt()
+        return torch.where(inside, error, l1_step).to(pred.dtype)
+
 
 @miraslab.hookimpl
 def register_biases(register):

@@ -24,6 +24,9 @@ class L2Bias(AttentionalBias):
     def loss(self, pred: torch.Tensor, target: torch.Tensor, gates: Gates) -> torch.Tensor:
         return 0.5 * (pred - target).pow(2).sum(-1)
 
+    def gradient(self, pred, target, gates):
+        return pred - target
+
 
 @miraslab.hookimpl
 def register_biases(register):

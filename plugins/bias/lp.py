@@ -28,6 +28,10 @@ class LpBias(AttentionalBias):
         error = at_least_fp32(pred - target)
         return (error.pow(2) + self.eps**2).pow(self.p / 2).sum(-1)
 
+    def gradient(self, pred, target, gates):
+        error = at_least_fp32(pred - target)
+        return (self.p * error * (error.pow(2) + self.eps**2).pow(self.p / 2 - 1)).to(pred.dtype)
+
 
 @miraslab.hookimpl
 def register_biases(register):

@@ -48,6 +48,9 @@ class OmegaBias(AttentionalBias):
     def loss(self, pred: torch.Tensor, target: torch.Tensor, gates: Gates) -> torch.Tensor:
         return self.inner.loss(pred, target, gates)
 
+    def gradient(self, pred, target, gates):
+        return self.inner.gradient(pred, target, gates)
+
 
 @miraslab.hookimpl
 def register_biases(register):

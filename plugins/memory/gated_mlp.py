@@ -40,6 +40,18 @@ class GatedMLPMemory(MemoryArchitecture):
         y = linear("w2", F.silu(linear("w1", x)) * linear("w3", x))
         return x + y if self.residual else y
 
+    def analytic_factors(self, x, linear, transposed, dloss):
+        z1, z3 = linear("w1", x), linear("w3", x)
+        sig = torch.sigmoid(z1)
+        silu = z1 * sig
+        hidden = silu * z3
+        y = linear("w2", hidden)
+        delta2 = dloss(x + y if self.residual else y)
+        back = transposed("w2", delta2)
+        delta1 = back * z3 * sig * (1 + z1 * (1 - sig))  # silu'(z) = s (1 + z (1 - s))
+        delta3 = back * silu
+        return {"w1": (x, delta1), "w3": (x, delta3), "w2": (hidden, delta2)}
+
 
 @miraslab.hookimpl
 def register_memories(register):

@@ -24,6 +24,9 @@ class LinearMemory(MemoryArchitecture):
     def forward(self, x: torch.Tensor, linear: Linear) -> torch.Tensor:
         return linear("w", x)
 
+    def analytic_factors(self, x, linear, transposed, dloss):
+        return {"w": (x, dloss(linear("w", x)))}  # grad_W l = (dl/dy) x^T
+
 
 @miraslab.hookimpl
 def register_memories(register):

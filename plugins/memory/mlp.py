@@ -13,6 +13,18 @@ from miraslab.memory.parts import Linear, MemoryArchitecture
 ACTIVATIONS = {"gelu": F.gelu, "silu": F.silu, "relu": F.relu}
 
 
+def _gelu_derivative(z: torch.Tensor) -> torch.Tensor:
+    return 0.5 * (1 + torch.erf(z * 0.7071067811865476)) + z * torch.exp(-0.5 * z * z) * 0.3989422804014327
+
+
+def _silu_derivative(z: torch.Tensor) -> torch.Tensor:
+    s = torch.sigmoid(z)
+    return s * (1 + z * (1 - s))
+
+
+DERIVATIVES = {"gelu": _gelu_derivative, "silu": _silu_derivative, "relu": lambda z: (z > 0).to(z.dtype)}
+
+
 @attrs.frozen
 class MLPParams:
     expansion: int = miraslab.param(4, ge=1, doc="hidden width as a multiple of the input width")
@@ -35,12 +47,21 @@ class MLPMemory(MemoryArchitecture):
         hidden = params.expansion * d_in
         self.residual = params.residual
         self.act = ACTIVATIONS[params.activation]
+        self.act_derivative = DERIVATIVES[params.activation]
         self.make_init("w1", hidden, d_in)
         self.make_init("w2", d_out, hidden)
 
     def forward(self, x: torch.Tensor, linear: Linear) -> torch.Tensor:
         y = linear("w2", self.act(linear("w1", x)))
         return x + y if self.residual else y
+
+    def analytic_factors(self, x, linear, transposed, dloss):
+        z1 = linear("w1", x)
+        hidden = self.act(z1)
+        y = linear("w2", hidden)
+        delta2 = dloss(x + y if self.residual else y)  # the residual adds no weight
+        delta1 = transposed("w2", delta2) * self.act_derivative(z1)
+        return {"w1": (x, delta1), "w2": (hidden, delta2)}
 
 
 @miraslab.hookimpl
