@@ -18,6 +18,7 @@ from __future__ import annotations
 import attrs
 import torch
 
+from . import chunked_linear
 from .chunk_boundary import close_chunk
 from .parts import Gates, at_least_fp32
 from .recurrent import _scaled, outer_sum
@@ -37,22 +38,43 @@ def chunked(
 ) -> tuple[torch.Tensor, MemoryState]:
     """q, k, v (B, H, T, d): one pass per chunk (the first may finish a chunk the state began)."""
     state = attrs.evolve(state)
-    outputs, t, total = [], 0, q.shape[2]
-    while t < total:
-        length = min(chunk_size - state.offset, total - t)
-        piece = slice(t, t + length)
-        y, state = _piece(
-            rule,
-            q[:, :, piece],
-            k[:, :, piece],
-            v[:, :, piece],
-            {n: g[:, :, piece] for n, g in gates.items()},
-            state,
-            chunk_size,
-        )
+    total = q.shape[2]
+    lengths = [min(chunk_size - state.offset, total)]
+    while sum(lengths) < total:
+        lengths.append(min(chunk_size, total - sum(lengths)))
+    batched = chunked_linear.supports(rule)
+    if batched:  # whole chunks at a chunk boundary go in one batch
+        lengths = _join_whole_chunks(lengths, chunk_size, state.offset)
+    # split once: slicing each piece separately would make backward zero-fill a full-length
+    # gradient per piece (quadratic in the sequence length)
+    names = list(gates)
+    pieces = zip(
+        q.split(lengths, dim=2),
+        k.split(lengths, dim=2),
+        v.split(lengths, dim=2),
+        *(g.split(lengths, dim=2) for g in gates.values()),
+        strict=True,
+    )
+    outputs = []
+    for q_piece, k_piece, v_piece, *gate_pieces in pieces:
+        piece_gates = dict(zip(names, gate_pieces, strict=True))
+        if batched and q_piece.shape[2] > chunk_size:
+            y, state = chunked_linear.whole_chunks(
+                rule, q_piece, k_piece, v_piece, piece_gates, state, chunk_size
+            )
+        else:
+            y, state = _piece(rule, q_piece, k_piece, v_piece, piece_gates, state, chunk_size)
         outputs.append(y)
-        t += length
     return torch.cat(outputs, dim=2), state
+
+
+def _join_whole_chunks(lengths: list[int], chunk_size: int, offset: int) -> list[int]:
+    """One length for the run of whole chunks after a partial first piece and before a partial last one."""
+    first = 1 if offset else 0
+    last = len(lengths) - (1 if lengths[-1] < chunk_size else 0)
+    if last - first < 2:
+        return lengths
+    return [*lengths[:first], sum(lengths[first:last]), *lengths[last:]]
 
 
 def _piece(
@@ -82,31 +104,39 @@ def _piece(
     factors = rule.factors(state.start, keys, values, source_gates, weight_scale, out_weight)
 
     dtype = torch.promote_types(theta.dtype, torch.float32)
-    band = window_band(rule, source_gates, buffered, length, dtype, q.device)  # (L, n) or (B, H, L, n)
-    theta_band = (
-        band if rule.channelwise_lr else at_least_fp32(theta).unsqueeze(-1) * band
-    )  # diag(theta) @ Gamma
+    theta_rows = torch.ones_like(cum_alpha) if rule.channelwise_lr else at_least_fp32(theta)
+    # the Omega band; without a window it is the identity, and diag(theta) @ Gamma is a column scaling
+    band = window_band(rule, source_gates, buffered, length, dtype, q.device) if rule.window > 1 else None
+
+    def times_theta_band(matrix: torch.Tensor) -> torch.Tensor:  # matrix @ diag(theta) @ Gamma
+        scaled = matrix * theta_rows.unsqueeze(-2)
+        return scaled if band is None else scaled @ band
 
     carry = None  # sigma_i: how much of S_start reaches W_i
     if algorithm.momentum:
         cum_eta = torch.cumsum(at_least_fp32(algorithm.log_eta(gates)), dim=-1)
         d_eta = decay_matrix(cum_eta)
-        momentum_coef = -(d_eta @ theta_band)  # S_s = exp(E_s) S_start + sum_j momentum_coef[s, j] g_j
+        momentum_coef = -times_theta_band(d_eta)  # S_s = exp(E_s) S_start + sum_j momentum_coef[s, j] g_j
         coef = d_alpha @ momentum_coef
         carry = (d_alpha @ torch.exp(cum_eta).unsqueeze(-1)).squeeze(-1)
     else:
-        coef = -(d_alpha @ theta_band)
+        coef = -times_theta_band(d_alpha)
     beta = torch.exp(cum_alpha)
 
     start_w, start_s = state.weights, state.momentum
 
     def linear(name: str, x: torch.Tensor) -> torch.Tensor:
+        """W_i x_i for every token: [beta x | sigma x | K o (x h^T)] @ [W^T ; S^T ; delta], one matmul."""
         h, delta = factors[name]
-        z = beta.unsqueeze(-1).to(x.dtype) * (x @ start_w[name].transpose(-1, -2).to(x.dtype))
+        attend = _scaled_rows(
+            coef.to(x.dtype) * (x @ h.transpose(-1, -2)), retention.lr_scale(state.extra, name)
+        )
+        inputs = [beta.unsqueeze(-1).to(x.dtype) * x]
+        weights = [start_w[name].transpose(-1, -2).to(x.dtype)]
         if carry is not None:
-            z = z + carry.unsqueeze(-1).to(x.dtype) * (x @ start_s[name].transpose(-1, -2).to(x.dtype))
-        attend = coef.to(x.dtype) * (x @ h.transpose(-1, -2))  # (B, H, L, n)
-        return z + _scaled_rows(attend @ delta, retention.lr_scale(state.extra, name))
+            inputs.append(carry.unsqueeze(-1).to(x.dtype) * x)
+            weights.append(start_s[name].transpose(-1, -2).to(x.dtype))
+        return torch.cat([*inputs, attend], dim=-1) @ torch.cat([*weights, delta.to(x.dtype)], dim=-2)
 
     y = rule.arch(q, linear)
 
@@ -128,7 +158,7 @@ def _piece(
     if retention.needs_decayed_update:
         aux_cum = torch.cumsum(at_least_fp32(retention.aux_log_alpha(gates)), dim=-1)
         aux_row = decay_matrix(aux_cum)[..., -1, :]  # exp(A_L - A_s)
-        aux_last = -(aux_row.unsqueeze(-2) @ theta_band).squeeze(-2)
+        aux_last = -times_theta_band(aux_row.unsqueeze(-2)).squeeze(-2)
         aux_last = aux_last.expand(batch, heads, -1) if aux_last.dim() == 1 else aux_last
         for name, (h, delta) in factors.items():
             new_decayed[name] = torch.exp(aux_cum[..., -1])[..., None, None] * state.decayed_update[

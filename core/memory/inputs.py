@@ -36,13 +36,16 @@ class MemoryInputs(nn.Module):
         """Causal depthwise convolution; the last kernel-1 inputs carry over to the next call."""
         if not self.conv_kernel:
             return qkv, None
-        x = qkv.transpose(1, 2)  # (B, C, T)
+        kernel, length = self.conv_kernel, qkv.shape[1]
         if past is None:
-            past = x.new_zeros(x.shape[0], x.shape[1], self.conv_kernel - 1)
-        x = torch.cat([past.to(x.dtype), x], dim=2)
-        carry = x[:, :, x.shape[2] - (self.conv_kernel - 1) :]
-        y = F.conv1d(x, self.conv.weight, self.conv.bias, groups=self.conv.groups)
-        return y.transpose(1, 2), carry
+            past = qkv.new_zeros(qkv.shape[0], qkv.shape[2], kernel - 1)
+        padded = torch.cat([past.transpose(1, 2).to(qkv.dtype), qkv], dim=1)  # (B, kernel - 1 + T, C)
+        # a sum of shifted products, not F.conv1d: PyTorch's depthwise conv backward is slow on CPU
+        weight = self.conv.weight.squeeze(1).to(qkv.dtype)  # (C, kernel)
+        y = torch.addcmul(self.conv.bias.to(qkv.dtype), padded[:, :length], weight[:, 0])
+        for j in range(1, kernel):
+            y = torch.addcmul(y, padded[:, j : j + length], weight[:, j])
+        return y, padded[:, padded.shape[1] - (kernel - 1) :].transpose(1, 2)
 
     def forward(self, x: torch.Tensor, conv_state: torch.Tensor | None = None, convolve: bool = True):
         """x (B, T, dim) -> q, k, v (B, H, T, head_dim) and the convolution's carry.

@@ -66,6 +66,7 @@ class MemoryArchitecture(nn.Module):
     """
 
     shapes: dict[str, tuple[int, int]]
+    linear_map: bool = False  # M(x) = W x with one weight "w": the engine has a faster path for it
 
     def __init__(self, heads: int, d_in: int, d_out: int):
         super().__init__()
@@ -90,8 +91,13 @@ class MemoryArchitecture(nn.Module):
     def forward(self, x: torch.Tensor, linear: Linear) -> torch.Tensor:  # pragma: no cover
         raise NotImplementedError
 
-    def analytic_factors(self, x: torch.Tensor, linear: Linear, transposed: Linear,
-                         dloss: Callable[[torch.Tensor], torch.Tensor]) -> dict[str, tuple] | None:
+    def analytic_factors(
+        self,
+        x: torch.Tensor,
+        linear: Linear,
+        transposed: Linear,
+        dloss: Callable[[torch.Tensor], torch.Tensor],
+    ) -> dict[str, tuple] | None:
         """Optional fast path: ``{name: (h, delta)}`` written out by hand, no autograd.
 
         ``linear(name, h)`` applies a weight, ``transposed(name, delta)`` back-propagates
@@ -124,6 +130,13 @@ class AttentionalBias(nn.Module):
     def gradient(self, pred: torch.Tensor, target: torch.Tensor, gates: Gates) -> torch.Tensor | None:
         """Optional: dl/dpred written out (faster than autograd); None differentiates ``loss``."""
         return None
+
+    # When dl/dpred = slope * pred + gradient_offset(target, gates) with a constant slope
+    # (l2: 1 and -v; dot: 0 and -v), a matrix memory's chunks can be computed in one batch.
+    gradient_slope: float | None = None
+
+    def gradient_offset(self, target: torch.Tensor, gates: Gates) -> torch.Tensor:
+        raise NotImplementedError
 
 
 @attrs.define

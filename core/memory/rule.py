@@ -108,11 +108,14 @@ class MemoryRule(nn.Module):
         rule's decayed point); ``out_weight`` (B, H, N[, d_v]) multiplies dl/dy per source
         (a channel-wise learning rate).
         """
+
         def linear(name: str, h: torch.Tensor) -> torch.Tensor:
             z = h @ weights[name].transpose(-1, -2).to(h.dtype)
             return z * weight_scale.unsqueeze(-1).to(z.dtype) if weight_scale is not None else z
 
-        def transposed(name: str, delta: torch.Tensor) -> torch.Tensor:  # delta -> delta W (back through z = W h)
+        def transposed(
+            name: str, delta: torch.Tensor
+        ) -> torch.Tensor:  # delta -> delta W (back through z = W h)
             if weight_scale is not None:
                 delta = delta * weight_scale.unsqueeze(-1).to(delta.dtype)
             return delta @ weights[name].to(delta.dtype)
@@ -167,7 +170,11 @@ class MemoryRule(nn.Module):
             dpred = dloss(pred)
             names = list(taps)
             deltas = torch.autograd.grad(
-                pred, [taps[n][1] for n in names], grad_outputs=dpred, create_graph=create_graph, allow_unused=True
+                pred,
+                [taps[n][1] for n in names],
+                grad_outputs=dpred,
+                create_graph=create_graph,
+                allow_unused=True,
             )
         return {
             n: (taps[n][0], torch.zeros_like(taps[n][1]) if d is None else d)

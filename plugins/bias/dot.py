@@ -27,6 +27,11 @@ class DotBias(AttentionalBias):
     def gradient(self, pred, target, gates):
         return -target.expand_as(pred)
 
+    gradient_slope = 0.0
+
+    def gradient_offset(self, target, gates):
+        return -target
+
 
 @miraslab.hookimpl
 def register_biases(register):

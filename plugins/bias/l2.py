@@ -27,6 +27,11 @@ class L2Bias(AttentionalBias):
     def gradient(self, pred, target, gates):
         return pred - target
 
+    gradient_slope = 1.0
+
+    def gradient_offset(self, target, gates):
+        return -target
+
 
 @miraslab.hookimpl
 def register_biases(register):

@@ -51,6 +51,13 @@ class OmegaBias(AttentionalBias):
     def gradient(self, pred, target, gates):
         return self.inner.gradient(pred, target, gates)
 
+    @property
+    def gradient_slope(self):
+        return self.inner.gradient_slope
+
+    def gradient_offset(self, target, gates):
+        return self.inner.gradient_offset(target, gates)
+
 
 @miraslab.hookimpl
 def register_biases(register):

@@ -17,6 +17,8 @@ class LinearParams:
 class LinearMemory(MemoryArchitecture):
     """Matrix memory M(x) = W x (d_out x d_in per head)."""
 
+    linear_map = True
+
     def __init__(self, params: LinearParams, heads: int, d_in: int, d_out: int):
         super().__init__(heads, d_in, d_out)
         self.make_init("w", d_out, d_in, std=0.0 if params.init == "zeros" else d_in**-0.5)

@@ -1,0 +1,111 @@
+"""What the memory-layer benchmark measures: miraslab layers and titans-pytorch NeuralMemory.
+
+Every subject is named by a key ``impl/config/path`` so a child process (peak memory) can
+rebuild exactly the module the parent times.  All subjects share one shape: dim 256,
+batch 2, 4 heads of width 64, chunk 64.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+BATCH, DIM, HEADS, HEAD_DIM, CHUNK = 2, 256, 4, 64, 64
+
+# miraslab MemoryLayer keyword arguments per configuration (the chunked path keeps a read per token).
+MIRASLAB_CONFIGS: dict[str, dict[str, Any]] = {
+    "deep": {"memory": {"name": "mlp", "expansion": 4}, "retention": "decay", "algorithm": "momentum"},
+    "linear": {"memory": "linear", "retention": "decay", "algorithm": "momentum"},
+    "delta": {"memory": "linear", "retention": "none", "algorithm": "gd"},  # the delta rule
+}
+
+# titans-pytorch NeuralMemory keyword arguments, spelled out in full (see README.md for why).
+# batch_size=64 commits the weights after every 64-token chunk, like miraslab's chunked path;
+# without batch_size every chunk's gradient is taken at the call's initial weights.
+_TITANS_COMMON: dict[str, Any] = {"dim": DIM, "chunk_size": CHUNK, "dim_head": HEAD_DIM, "heads": HEADS}
+TITANS_CONFIGS: dict[str, dict[str, Any]] = {
+    "deep/batch64": {
+        **_TITANS_COMMON,
+        "batch_size": 64,
+        "default_model_kwargs": {"depth": 2, "expansion_factor": 4.0},
+    },
+    "deep/default": {**_TITANS_COMMON, "default_model_kwargs": {"depth": 2, "expansion_factor": 4.0}},
+    "linear/batch64": {
+        **_TITANS_COMMON,
+        "batch_size": 64,
+        "default_model_kwargs": {"depth": 1, "expansion_factor": 4.0},  # depth 1: M(x) = x W
+        "mem_model_norm_add_residual": False,  # no LayerNorm + residual around the matrix
+    },
+}
+
+MIRASLAB, TITANS = "miraslab", "titans-pytorch"
+
+
+@dataclass(frozen=True)
+class Case:
+    impl: str  # MIRASLAB or TITANS
+    config: str  # a MIRASLAB_CONFIGS key, or "deep" / "linear" for titans-pytorch
+    path: str  # miraslab: "chunked" / "recurrent"; titans-pytorch: "batch64" / "default"
+
+    @property
+    def key(self) -> str:
+        return f"{self.impl}/{self.config}/{self.path}"
+
+    @classmethod
+    def from_key(cls, key: str) -> Case:
+        impl, config, path = key.split("/")
+        return cls(impl, config, path)
+
+
+def titans_available() -> bool:
+    return importlib.util.find_spec("titans_pytorch") is not None
+
+
+def titans_version() -> str | None:
+    if not titans_available():
+        return None
+    from importlib.metadata import version
+
+    return version("titans-pytorch")
+
+
+def build(case: Case) -> nn.Module:
+    """A freshly initialised module for ``case`` (seeded, so parent and child agree)."""
+    torch.manual_seed(0)
+    if case.impl == MIRASLAB:
+        from miraslab.memory.layer import MemoryLayer
+
+        options = MIRASLAB_CONFIGS[case.config]
+        return MemoryLayer(DIM, heads=HEADS, chunk_size=CHUNK, path=case.path, **options)
+    from titans_pytorch import NeuralMemory
+
+    return NeuralMemory(**TITANS_CONFIGS[f"{case.config}/{case.path}"])
+
+
+def make_input(seq: int, seed: int = 1) -> torch.Tensor:
+    """(BATCH, seq, DIM) input that requires grad, as a layer inside a model receives it.
+
+    With a leaf input every projection's backward also computes dX, so the backward of
+    each matmul costs exactly twice its forward (the FLOP formula relies on it).
+    """
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randn(BATCH, seq, DIM, generator=generator).requires_grad_()
+
+
+def make_step(module: nn.Module, x: torch.Tensor) -> Callable[[], None]:
+    """One training step's worth of work: forward and backward of a scalar loss."""
+
+    def step() -> None:
+        module.zero_grad(set_to_none=True)
+        x.grad = None
+        out = module(x)
+        if isinstance(out, tuple):  # titans-pytorch returns (retrieved, state)
+            out = out[0]
+        out.sum().backward()
+
+    return step
