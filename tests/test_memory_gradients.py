@@ -9,7 +9,6 @@ import itertools
 
 import pytest
 import torch
-
 from memory_cases import BIASES, MEMORIES, make_rule, random_inputs
 
 
@@ -28,7 +27,7 @@ def autograd_factors(rule, weights, keys, values, gates, weight_scale, out_weigh
 @pytest.mark.parametrize("variant", ["plain", "decayed-point", "channel-weights"])
 def test_analytic_factors_equal_autograd(memory, bias, variant):
     rule = make_rule(memory, bias, "decay", "momentum")
-    q, k, v, gates, _ = random_inputs(rule, seq=7)
+    _, k, v, gates, _ = random_inputs(rule, seq=7)
     state = rule.initial_state(2)
     weights = {n: w + 0.3 * torch.randn_like(w) for n, w in state.weights.items()}  # away from init
     scale = torch.rand(2, 2, 7, dtype=torch.double) if variant == "decayed-point" else None
