@@ -212,8 +212,18 @@ def test_a_bad_set_option(capsys, in_repo, assignment, expected):
 
 
 def test_a_set_value_that_breaks_a_rule_names_the_key(capsys, in_repo):
-    lines = assert_user_error(*run(capsys, "recipe", "validate", TITANS_MAG, "--set", "model.d_model=256"))
-    assert lines == ["error: --set: model.d_model: expected a multiple of n_heads (12), got 256"]
+    lines = assert_user_error(*run(capsys, "recipe", "validate", TITANS_MAG, "--set", "model.n_heads=400"))
+    assert lines == ["error: --set: model.n_heads: expected at most d_model / 2 (384), got 400"]
+
+
+RECIPES = sorted(str(p.relative_to(REPO)) for p in (REPO / "recipes").rglob("*.toml") if "base" not in p.parts)
+
+
+@pytest.mark.parametrize("recipe", RECIPES)
+def test_every_recipe_resolves_with_another_width(capsys, in_repo, recipe):
+    code, out, err = run(capsys, "recipe", "show", recipe, "--set", "model.d_model=256")
+    assert code == 0 and err == "", err
+    assert tomllib.loads(out)["model"]["d_model"] == 256
 
 
 def test_an_extends_cycle(capsys, in_tmp):
