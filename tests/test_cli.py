@@ -216,7 +216,9 @@ def test_a_set_value_that_breaks_a_rule_names_the_key(capsys, in_repo):
     assert lines == ["error: --set: model.n_heads: expected at most d_model / 2 (384), got 400"]
 
 
-RECIPES = sorted(str(p.relative_to(REPO)) for p in (REPO / "recipes").rglob("*.toml") if "base" not in p.parts)
+RECIPES = sorted(
+    str(p.relative_to(REPO)) for p in (REPO / "recipes").rglob("*.toml") if "base" not in p.parts
+)
 
 
 @pytest.mark.parametrize("recipe", RECIPES)
