@@ -270,3 +270,27 @@ def test_torchrun_with_two_processes_reproduces_the_single_process_curve(workspa
     for (_, a), (_, b) in zip(single, ddp, strict=True):
         assert abs(a - b) <= 1e-5 * abs(a)
     assert len(list((tmp_path / "ddp" / "checkpoints").glob("step-*"))) >= 1
+
+
+def test_torch_compile_trains_to_the_same_losses(workspace, tmp_path):
+    """inductor on CPU. Tolerance: relative 1e-4 (fused kernels reorder float sums)."""
+    small = ["model.n_layers=1", "data.seq_len=16", "train.eval_every=0"]
+    train(workspace, tmp_path / "eager", sets=small, max_steps=2)
+    train(workspace, tmp_path / "compiled", sets=[*small, "train.compile=true"], max_steps=2)
+    for (_, a), (_, b) in zip(losses(tmp_path / "eager"), losses(tmp_path / "compiled"), strict=True):
+        assert abs(a - b) <= 1e-4 * abs(a)
+
+
+def test_a_model_torch_compile_cannot_handle_trains_eager_with_a_warning(capsys):
+    from miraslab.train.progress import TrainingProgress
+    from miraslab.train.trainer import CompiledOrEager
+
+    def failing_backend(graph, example_inputs):
+        raise RuntimeError("no compiler here")
+
+    model = torch.nn.Linear(3, 2)
+    wrapped = CompiledOrEager(model, TrainingProgress(1, 0), backend=failing_backend)
+    x = torch.randn(4, 3)
+    torch.testing.assert_close(wrapped(x), model(x))
+    assert not wrapped.use_compiled
+    assert "warning: torch.compile failed" in capsys.readouterr().err

@@ -15,7 +15,8 @@ materialised, and the non-linear steps are applied to it.
 
 from __future__ import annotations
 
-import attrs
+import dataclasses
+
 import torch
 
 from . import chunked_linear
@@ -37,7 +38,7 @@ def chunked(
     chunk_size: int,
 ) -> tuple[torch.Tensor, MemoryState]:
     """q, k, v (B, H, T, d): one pass per chunk (the first may finish a chunk the state began)."""
-    state = attrs.evolve(state)
+    state = dataclasses.replace(state)
     total = q.shape[2]
     lengths = [min(chunk_size - state.offset, total)]
     while sum(lengths) < total:

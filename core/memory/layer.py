@@ -13,10 +13,10 @@ projected back.  Usable without recipes::
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
-import attrs
 import torch
 from torch import nn
 
@@ -29,11 +29,11 @@ from .spec import MemorySpec
 ComponentLike = str | Mapping[str, Any] | Component
 
 
-@attrs.define
+@dataclasses.dataclass
 class LayerState:
     """Decode state of a MemoryLayer: O(1) in the context length."""
 
-    memory: NeuralMemoryState = attrs.field(factory=NeuralMemoryState)
+    memory: NeuralMemoryState = dataclasses.field(default_factory=NeuralMemoryState)
     conv: torch.Tensor | None = None  # (B, channels, kernel - 1): the convolution's last inputs
     position: int = 0
 

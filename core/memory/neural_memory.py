@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-import attrs
+import dataclasses
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -15,7 +16,7 @@ from .qk_projection import qk_project
 from .state import MemoryState
 
 
-@attrs.define
+@dataclasses.dataclass
 class NeuralMemoryState:
     memory: MemoryState | None = None
     qk: torch.Tensor | None = None  # (B, H, d, d): sum of unit k k^T for the Q-K projection

@@ -18,6 +18,7 @@ materialised state; a chunk-end token reads the state after them.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from typing import Any
 
@@ -139,7 +140,7 @@ class AttentionalBias(nn.Module):
         raise NotImplementedError
 
 
-@attrs.define
+@dataclasses.dataclass
 class ChunkEnd:
     """The materialised state at the end of a chunk, handed to non-linear steps."""
 

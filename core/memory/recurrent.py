@@ -8,7 +8,8 @@ chunk-start weights ``state.start`` until ``chunk_size`` tokens have been applie
 
 from __future__ import annotations
 
-import attrs
+import dataclasses
+
 import torch
 
 from .chunk_boundary import close_chunk
@@ -41,7 +42,7 @@ def step(
     chunk_size: int,
 ) -> tuple[torch.Tensor, MemoryState]:
     """One token: q, k, v (B, H, d); gates {name: (B, H) or (B, H, d_v)}."""
-    state = attrs.evolve(state)
+    state = dataclasses.replace(state)
     retention, algorithm = rule.retention, rule.algorithm
     k, v = k.unsqueeze(2), v.unsqueeze(2)
     seq_gates = {n: g.unsqueeze(2) for n, g in gates.items()}

@@ -8,15 +8,15 @@ start, and the last ``window - 1`` keys/values/gates for the Omega rule.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
-import attrs
 import torch
 
 from .parts import Weights
 
 
-@attrs.define
+@dataclasses.dataclass
 class MemoryState:
     start: Weights  # chunk-start weights, (B, H, d_out, d_in) each
     weights: Weights  # weights after the tokens of the current chunk seen so far
@@ -41,7 +41,7 @@ class MemoryState:
                 return {k: go(v) for k, v in value.items()}
             return value
 
-        return MemoryState(**{f.name: go(getattr(self, f.name)) for f in attrs.fields(MemoryState)})
+        return MemoryState(**{f.name: go(getattr(self, f.name)) for f in dataclasses.fields(MemoryState)})
 
     def detach(self) -> MemoryState:
         return self.map(torch.Tensor.detach)

@@ -19,7 +19,8 @@ call over a sequence and many calls over its pieces give the same outputs.
 
 from __future__ import annotations
 
-import attrs
+import dataclasses
+
 import torch
 from torch import nn
 
@@ -31,7 +32,7 @@ from .rope import RotaryEmbedding
 from .spec import AttentionSpec
 
 
-@attrs.frozen(eq=False)
+@dataclasses.dataclass(eq=False)
 class KVCache:
     """Keys and values of past sequence tokens (not persistent or prefix tokens)."""
 

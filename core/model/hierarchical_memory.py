@@ -12,9 +12,9 @@ batch dimension and run in one call.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
-import attrs
 import torch
 from torch import nn
 
@@ -25,10 +25,10 @@ from ..memory.spec import MemorySpec
 from .spec import TNTSpec
 
 
-@attrs.define
+@dataclasses.dataclass
 class HierarchicalState:
     conv: torch.Tensor | None = None
-    global_memory: NeuralMemoryState = attrs.field(factory=NeuralMemoryState)
+    global_memory: NeuralMemoryState = dataclasses.field(default_factory=NeuralMemoryState)
     local_memories: list[NeuralMemoryState] | None = None
     position: int = 0
 

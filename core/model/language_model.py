@@ -9,10 +9,10 @@ layout, a final RMSNorm and a tied or untied head.
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
-import attrs
 import torch
 from torch import nn
 
@@ -21,7 +21,7 @@ from .block import BlockContext
 from .spec import ModelSpec
 
 
-@attrs.define
+@dataclasses.dataclass
 class DecodeState:
     """Every block's state (memory states, KV caches) and the number of tokens seen."""
 

@@ -413,10 +413,32 @@ def _checkpoint_blocks(model: LanguageModel) -> None:
         block._checkpointed = True
 
 
+class CompiledOrEager(torch.nn.Module):
+    """``torch.compile(model)``, falling back to the eager model (once, with a warning) when
+    compiling fails: no compiler toolchain, or code dynamo cannot trace."""
+
+    def __init__(self, model: torch.nn.Module, progress: TrainingProgress, backend: Any = "inductor"):
+        super().__init__()
+        self.module = model
+        self.compiled = torch.compile(model, backend=backend)
+        self.progress = progress
+        self.use_compiled = True
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        if self.use_compiled:
+            try:
+                return self.compiled(*args, **kwargs)
+            except Exception as exc:
+                self.use_compiled = False
+                first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+                self.progress.event(f"warning: torch.compile failed ({type(exc).__name__}: {first_line}); "
+                                    "running eager")
+        return self.module(*args, **kwargs)
+
+
 def _compiled(model: torch.nn.Module, progress: TrainingProgress) -> torch.nn.Module:
-    """torch.compile when it works here; eager (with a warning) when it does not."""
     try:
-        return torch.compile(model)
-    except Exception as exc:  # e.g. no compiler toolchain: training still runs
+        return CompiledOrEager(model, progress)
+    except Exception as exc:
         progress.event(f"warning: torch.compile is unavailable ({type(exc).__name__}: {exc}); running eager")
         return model

@@ -14,6 +14,8 @@ boundaries: the memory is what carries information between segments.
 
 from __future__ import annotations
 
+import dataclasses
+
 import attrs
 import torch
 
@@ -29,7 +31,7 @@ class MACParams:
     gain_init: float = miraslab.param(1.0, gt=0, doc="initial gain of the output gate")
 
 
-@attrs.define
+@dataclasses.dataclass
 class MACState:
     memory: object = None  # the memory's state now
     at_segment_start: object = None  # the memory's state when the current segment began
@@ -63,7 +65,7 @@ class MACBlock(Block):
         return x + self.ffn(self.ffn_norm(x))
 
     def forward(self, x: torch.Tensor, state: MACState | None = None, return_state: bool = False):
-        state = attrs.evolve(state) if state is not None else MACState()
+        state = dataclasses.replace(state) if state is not None else MACState()
         outputs, t = [], 0
         while t < x.shape[1]:
             length = min(self.segment - state.position % self.segment, x.shape[1] - t)
