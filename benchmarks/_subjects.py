@@ -74,6 +74,29 @@ def titans_version() -> str | None:
     return version("titans-pytorch")
 
 
+COMPILE = False  # --compile: torch.compile every chunked / titans-pytorch module (both sides alike)
+
+
+class CompiledOrEager(nn.Module):
+    """torch.compile(module); the eager module (noted in ``fell_back``) if compiling fails."""
+
+    def __init__(self, module: nn.Module):
+        super().__init__()
+        self.module, self.compiled, self.fell_back = module, torch.compile(module), ""
+
+    def forward(self, *args, **kwargs):
+        if not self.fell_back:
+            try:
+                return self.compiled(*args, **kwargs)
+            except Exception as exc:  # report it in the table instead of aborting the run
+                self.fell_back = f"{type(exc).__name__}"
+                print(
+                    f"  torch.compile failed, eager instead: {type(exc).__name__}: {str(exc)[:200]}",
+                    flush=True,
+                )
+        return self.module(*args, **kwargs)
+
+
 def build(case: Case) -> nn.Module:
     """A freshly initialised module for ``case`` (seeded, so parent and child agree)."""
     torch.manual_seed(0)
@@ -81,10 +104,14 @@ def build(case: Case) -> nn.Module:
         from miraslab.memory.layer import MemoryLayer
 
         options = MIRASLAB_CONFIGS[case.config]
-        return MemoryLayer(DIM, heads=HEADS, chunk_size=CHUNK, path=case.path, **options)
-    from titans_pytorch import NeuralMemory
+        module = MemoryLayer(DIM, heads=HEADS, chunk_size=CHUNK, path=case.path, **options)
+    else:
+        from titans_pytorch import NeuralMemory
 
-    return NeuralMemory(**TITANS_CONFIGS[f"{case.config}/{case.path}"])
+        module = NeuralMemory(**TITANS_CONFIGS[f"{case.config}/{case.path}"])
+    if COMPILE and case.path != "recurrent":  # the token loop would unroll: left eager
+        return CompiledOrEager(module)
+    return module
 
 
 def make_input(seq: int, seed: int = 1) -> torch.Tensor:

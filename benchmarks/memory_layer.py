@@ -533,6 +533,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory child processes")
     parser.add_argument("--no-titans", action="store_true", help="skip titans-pytorch even if installed")
     parser.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch.compile the chunked layers and titans-pytorch alike (minutes of compiling first)",
+    )
+    parser.add_argument(
         "--profile",
         nargs="?",
         const="deep",
@@ -547,7 +552,13 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     plan = Plan.from_args(args)
+    if args.compile:
+        import _subjects
+
+        _subjects.COMPILE = True
+        log("compiled: chunked layers and titans-pytorch run under torch.compile (the first pass compiles)")
     env = environment(plan)
+    env["compiled"] = args.compile
     jobs = make_jobs(plan)
     began = time.perf_counter()
     if plan.memory:
@@ -566,6 +577,9 @@ def main(argv: list[str] | None = None) -> int:
         contention = (stall_after - stall_before) / 1e6 / timing_s
     matmul = statistics.median(samples)
     log(f"counting FLOPs ... ({time.perf_counter() - began:.0f} s so far)")
+    import _subjects
+
+    _subjects.COMPILE = False  # counted on eager modules: the same matmuls, without compiling again
     count_flops(jobs)
 
     print(

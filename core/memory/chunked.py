@@ -21,6 +21,7 @@ import torch
 
 from . import chunked_linear
 from .chunk_boundary import close_chunk
+from .coefficients import chunk_coefficients, log_alpha_or_zeros
 from .parts import Gates, at_least_fp32
 from .recurrent import _scaled, outer_sum
 from .rule import MemoryRule
@@ -90,11 +91,8 @@ def _piece(
     retention, algorithm = rule.retention, rule.algorithm
     batch, heads, length = q.shape[:3]
 
-    log_alpha = retention.log_alpha(gates)
-    if log_alpha is None:
-        log_alpha = q.new_zeros(batch, heads, length, dtype=torch.promote_types(q.dtype, torch.float32))
+    log_alpha = log_alpha_or_zeros(rule, gates, q.shape[:3], q)
     cum_alpha = torch.cumsum(at_least_fp32(log_alpha), dim=-1)  # A_i, relative to the piece start
-    d_alpha = decay_matrix(cum_alpha)
 
     keys, values, source_gates, buffered = with_window(rule, state, k, v, gates)
     theta = algorithm.lr(gates)
@@ -106,23 +104,10 @@ def _piece(
 
     dtype = torch.promote_types(theta.dtype, torch.float32)
     theta_rows = torch.ones_like(cum_alpha) if rule.channelwise_lr else at_least_fp32(theta)
-    # the Omega band; without a window it is the identity, and diag(theta) @ Gamma is a column scaling
     band = window_band(rule, source_gates, buffered, length, dtype, q.device) if rule.window > 1 else None
-
-    def times_theta_band(matrix: torch.Tensor) -> torch.Tensor:  # matrix @ diag(theta) @ Gamma
-        scaled = matrix * theta_rows.unsqueeze(-2)
-        return scaled if band is None else scaled @ band
-
-    carry = None  # sigma_i: how much of S_start reaches W_i
-    if algorithm.momentum:
-        cum_eta = torch.cumsum(at_least_fp32(algorithm.log_eta(gates)), dim=-1)
-        d_eta = decay_matrix(cum_eta)
-        momentum_coef = -times_theta_band(d_eta)  # S_s = exp(E_s) S_start + sum_j momentum_coef[s, j] g_j
-        coef = d_alpha @ momentum_coef
-        carry = (d_alpha @ torch.exp(cum_eta).unsqueeze(-1)).squeeze(-1)
-    else:
-        coef = -times_theta_band(d_alpha)
-    beta = torch.exp(cum_alpha)
+    coefficients = chunk_coefficients(rule, gates, log_alpha, theta_rows, band)
+    d_alpha, beta, coef = coefficients.d_alpha, coefficients.beta, coefficients.coef
+    carry, momentum_coef, cum_eta = coefficients.carry, coefficients.momentum_coef, coefficients.cum_eta
 
     start_w, start_s = state.weights, state.momentum
 
@@ -159,7 +144,7 @@ def _piece(
     if retention.needs_decayed_update:
         aux_cum = torch.cumsum(at_least_fp32(retention.aux_log_alpha(gates)), dim=-1)
         aux_row = decay_matrix(aux_cum)[..., -1, :]  # exp(A_L - A_s)
-        aux_last = -times_theta_band(aux_row.unsqueeze(-2)).squeeze(-2)
+        aux_last = -coefficients.times_theta_band(aux_row.unsqueeze(-2)).squeeze(-2)
         aux_last = aux_last.expand(batch, heads, -1) if aux_last.dim() == 1 else aux_last
         for name, (h, delta) in factors.items():
             new_decayed[name] = torch.exp(aux_cum[..., -1])[..., None, None] * state.decayed_update[

@@ -19,9 +19,10 @@ from __future__ import annotations
 
 import torch
 
+from .coefficients import chunk_coefficients, log_alpha_or_zeros
 from .parts import Gates, at_least_fp32
 from .rule import MemoryRule
-from .sources import decay_matrix, keep_window, window_band
+from .sources import keep_window, window_band
 from .state import MemoryState
 
 
@@ -75,30 +76,13 @@ def whole_chunks(
     else:
         k_src, v_src, src_gates = per_chunk(k), per_chunk(v), {name: gc[name] for name in bias_gates}
 
-    # the coefficients of every chunk at once (the same algebra as chunked._piece)
-    log_alpha = retention.log_alpha(gc)
-    if log_alpha is None:
-        log_alpha = torch.zeros(
-            qc.shape[:4], dtype=torch.promote_types(q.dtype, torch.float32), device=q.device
-        )
-    cum_alpha = torch.cumsum(at_least_fp32(log_alpha), dim=-1)
-    d_alpha = decay_matrix(cum_alpha)
+    # the coefficients of every chunk at once
     theta = at_least_fp32(algorithm.lr(gc))
-    band = window_band(rule, src_gates, keep, chunk, cum_alpha.dtype, q.device) if keep else None
-
-    def times_theta_band(matrix: torch.Tensor) -> torch.Tensor:
-        scaled = matrix * theta.unsqueeze(-2)
-        return scaled if band is None else scaled @ band
-
-    carry = None
-    if algorithm.momentum:
-        cum_eta = torch.cumsum(at_least_fp32(algorithm.log_eta(gc)), dim=-1)
-        momentum_coef = -times_theta_band(decay_matrix(cum_eta))
-        coef = d_alpha @ momentum_coef
-        carry = (d_alpha @ torch.exp(cum_eta).unsqueeze(-1)).squeeze(-1)
-    else:
-        coef = -times_theta_band(d_alpha)
-    beta = torch.exp(cum_alpha)
+    log_alpha = log_alpha_or_zeros(rule, gc, qc.shape[:4], q)
+    band = window_band(rule, src_gates, keep, chunk, theta.dtype, q.device) if keep else None
+    coefficients = chunk_coefficients(rule, gc, log_alpha, theta, band)
+    cum_alpha, beta, coef = coefficients.cum_alpha, coefficients.beta, coefficients.coef
+    carry, momentum_coef, cum_eta = coefficients.carry, coefficients.momentum_coef, coefficients.cum_eta
 
     # per-source scales: normalised steps (1 / ||k||^2), and the decayed gradient point
     dtype = q.dtype
