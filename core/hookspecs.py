@@ -37,27 +37,29 @@ class Register(Protocol):
 
 @hookspec
 def register_memories(register: Register) -> None:
-    """Memory architectures (Miras axis 1): ``factory(params, d_in=, d_out=)``."""
+    """Memory architectures (Miras axis 1): ``factory(params, heads=, d_in=, d_out=)`` builds a
+    ``miraslab.memory.parts.MemoryArchitecture``."""
 
 
 @hookspec
 def register_biases(register: Register) -> None:
-    """Attentional biases, the memory's inner objective (Miras axis 2): ``factory(params)``."""
+    """Attentional biases, the memory's inner objective (Miras axis 2): ``factory(params)`` builds an
+    ``AttentionalBias``."""
 
 
 @hookspec
 def register_retentions(register: Register) -> None:
-    """Retention gates (Miras axis 3): ``factory(params)``."""
+    """Retention gates (Miras axis 3): ``factory(params)`` builds a ``Retention``."""
 
 
 @hookspec
 def register_algorithms(register: Register) -> None:
-    """Memory learning algorithms (Miras axis 4): ``factory(params)``."""
+    """Memory learning algorithms (Miras axis 4): ``factory(params)`` builds a ``LearningAlgorithm``."""
 
 
 @hookspec
 def register_features(register: Register) -> None:
-    """Key/query feature maps phi: ``factory(params, dim=)``."""
+    """Key/query feature maps phi: ``factory(params, dim=)`` builds a ``FeatureMap``."""
 
 
 @hookspec
@@ -67,17 +69,19 @@ def register_mixers(register: Register) -> None:
 
 @hookspec
 def register_layouts(register: Register) -> None:
-    """Block layouts (attention, swa, lmm, mag, mal, mac): ``factory(params, context)``."""
+    """Block layouts (attention, swa, lmm, mag, mal, mac): ``factory(params, context=BlockContext)``
+    builds a ``miraslab.model.block.Block``."""
 
 
 @hookspec
 def register_attentions(register: Register) -> None:
-    """Attention backends (sdpa, flex, xformers): ``factory(params)``."""
+    """Attention backends (sdpa, flex, xformers): ``factory(params)`` builds an
+    ``miraslab.model.attention_backend.AttentionBackend``."""
 
 
 @hookspec
 def register_tasks(register: Register) -> None:
-    """Data sources and synthetic tasks: ``factory(params)``."""
+    """Data sources and synthetic tasks: ``factory(params)`` builds a ``miraslab.data.task.Task``."""
 
 
 @hookspec

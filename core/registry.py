@@ -24,7 +24,7 @@ import attrs
 import pluggy
 
 from . import hookspecs
-from .errors import PluginError, RegistryError
+from .errors import MiraslabError, PluginError, RegistryError
 
 BUILTIN_DISTRIBUTION = "miraslab"
 ENTRY_POINT_GROUP = "miraslab"
@@ -74,19 +74,13 @@ class ComponentInfo:
     def build(self, params: Any, **context: Any) -> Any:
         try:
             return self.factory(params, **context)
+        except MiraslabError:  # already a sentence for the user (e.g. a combination that makes no sense)
+            raise
         except Exception as exc:  # a plugin's own bug: name it
-            if isinstance(exc, (PluginError, RegistryError)) or _is_user_error(exc):
-                raise
             raise PluginError(
                 f"{self.kind} {self.name!r} from {self.source.describe()} failed to build: "
                 f"{type(exc).__name__}: {exc}"
             ) from exc
-
-
-def _is_user_error(exc: Exception) -> bool:
-    from .errors import MiraslabError
-
-    return isinstance(exc, MiraslabError)
 
 
 def _env_names(var: str) -> set[str] | None:

@@ -431,8 +431,9 @@ class CompiledOrEager(torch.nn.Module):
             except Exception as exc:
                 self.use_compiled = False
                 first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-                self.progress.event(f"warning: torch.compile failed ({type(exc).__name__}: {first_line}); "
-                                    "running eager")
+                self.progress.event(
+                    f"warning: torch.compile failed ({type(exc).__name__}: {first_line}); running eager"
+                )
         return self.module(*args, **kwargs)
 
 
