@@ -9,8 +9,7 @@ FSDP2 (``fully_shard`` per block, then the root).
 from __future__ import annotations
 
 import os
-from contextlib import contextmanager, nullcontext
-from typing import Any
+from contextlib import nullcontext
 
 import attrs
 import torch
@@ -24,7 +23,6 @@ class Distributed:
     world_size: int = 1
     local_rank: int = 0
     device: torch.device = attrs.field(factory=lambda: torch.device("cpu"))
-    strategy: str = "none"
 
     @property
     def is_main(self) -> bool:
@@ -60,7 +58,6 @@ class Distributed:
         """DDP or FSDP2 around the model when there are several processes."""
         if not self.enabled:
             return model
-        self.strategy = strategy
         if strategy == "fsdp":
             from torch.distributed.fsdp import fully_shard
 
@@ -88,13 +85,6 @@ class Distributed:
     def barrier(self) -> None:
         if self.enabled:
             dist.barrier()
-
-    def broadcast_object(self, value: Any) -> Any:
-        if not self.enabled:
-            return value
-        holder = [value]
-        dist.broadcast_object_list(holder, src=0)
-        return holder[0]
 
     def close(self) -> None:
         if self.enabled and dist.is_initialized():
@@ -125,13 +115,3 @@ def load_full_state_dicts(
         set_state_dict(
             model, optimizer, model_state_dict=model_state, optim_state_dict=optimizer_state, options=options
         )
-
-
-@contextmanager
-def main_process_first(distributed: Distributed):
-    """Rank 0 does something (e.g. trains the tokenizer) before the others reuse it."""
-    if not distributed.is_main:
-        distributed.barrier()
-    yield
-    if distributed.is_main:
-        distributed.barrier()
