@@ -294,3 +294,11 @@ def test_a_model_torch_compile_cannot_handle_trains_eager_with_a_warning(capsys)
     torch.testing.assert_close(wrapped(x), model(x))
     assert not wrapped.use_compiled
     assert "warning: torch.compile failed" in capsys.readouterr().err
+
+
+def test_a_stage_may_not_override_what_the_run_keeps(workspace):
+    from miraslab.errors import RecipeError
+
+    bad = STAGES.replace('"train.lr" = 1e-3', '"data.seq_len" = 64')
+    with pytest.raises(RecipeError, match=r"overrides: data\.seq_len: a stage can override model\.\* keys"):
+        load_recipe(recipe_path(workspace, bad))

@@ -41,6 +41,12 @@ def recipe_from_dict(
     return recipe
 
 
+# the train keys a stage's recipe is read for (the optimizer and its step); the others are the run's
+STAGE_TRAIN_KEYS = frozenset(
+    f"train.{key}" for key in ("lr", "weight_decay", "gate_lr_multiplier", "betas", "eps", "grad_clip")
+)
+
+
 def _stage_problems(
     recipe: Recipe, data: dict[str, Any], converter: Any, default_origin: str, origins: Origins
 ) -> Iterable[str]:
@@ -50,6 +56,13 @@ def _stage_problems(
         shown = origin_of(where, origins, default_origin)
         staged = copy.deepcopy(data)
         for key, value in stage.overrides.items():
+            if not (key.startswith("model.") or key in STAGE_TRAIN_KEYS):
+                allowed = ", ".join(sorted(STAGE_TRAIN_KEYS))
+                yield (
+                    f"{shown}: {join_path(where)}: {key}: a stage can override model.* keys and {allowed}; "
+                    "the data and the rest of train stay the run's"
+                )
+                continue
             try:
                 apply_set(
                     staged, tuple(key.split(".")), value, shown, {}, shown=f"{shown}: {join_path(where)}"
