@@ -43,8 +43,10 @@ def run(args: argparse.Namespace) -> int:
     kind = None
     for item in components:
         if item["kind"] != kind:
+            if kind is not None:
+                print()
             kind = item["kind"]
-            print(f"{'' if item is components[0] else chr(10)}{kind}")
+            print(kind)
         source = f"{item['source']} {item['version']}".strip()
         print(f"  {item['name']:<14} {source:<22} {item['doc']}")
         for p in item["params"]:
