@@ -92,31 +92,34 @@ def _piece(
     batch, heads, length = q.shape[:3]
 
     log_alpha = log_alpha_or_zeros(rule, gates, q.shape[:3], q)
-    cum_alpha = torch.cumsum(at_least_fp32(log_alpha), dim=-1)  # A_i, relative to the piece start
-
     keys, values, source_gates, buffered = with_window(rule, state, k, v, gates)
     theta = algorithm.lr(gates)
+    dtype = torch.promote_types(theta.dtype, torch.float32)
+    theta_rows = (
+        torch.ones(q.shape[:3], dtype=dtype, device=q.device) if rule.channelwise_lr else at_least_fp32(theta)
+    )
+    band = window_band(rule, source_gates, buffered, length, dtype, q.device) if rule.window > 1 else None
+    coefficients = chunk_coefficients(rule, gates, log_alpha, theta_rows, band)
+    cum_alpha, d_alpha, beta, coef = (
+        coefficients.cum_alpha,
+        coefficients.d_alpha,
+        coefficients.beta,
+        coefficients.coef,
+    )  # cum_alpha: A_i, relative to the piece start
+    carry, momentum_coef, cum_eta = coefficients.carry, coefficients.momentum_coef, coefficients.cum_eta
+
     weight_scale = None
     if retention.gradient_at_decayed:  # window 1: sources are this piece's tokens
         weight_scale = torch.exp(state.log_decay.unsqueeze(-1) + cum_alpha)
     out_weight = theta if rule.channelwise_lr else None
     factors = rule.factors(state.start, keys, values, source_gates, weight_scale, out_weight)
 
-    dtype = torch.promote_types(theta.dtype, torch.float32)
-    theta_rows = torch.ones_like(cum_alpha) if rule.channelwise_lr else at_least_fp32(theta)
-    band = window_band(rule, source_gates, buffered, length, dtype, q.device) if rule.window > 1 else None
-    coefficients = chunk_coefficients(rule, gates, log_alpha, theta_rows, band)
-    d_alpha, beta, coef = coefficients.d_alpha, coefficients.beta, coefficients.coef
-    carry, momentum_coef, cum_eta = coefficients.carry, coefficients.momentum_coef, coefficients.cum_eta
-
     start_w, start_s = state.weights, state.momentum
 
     def linear(name: str, x: torch.Tensor) -> torch.Tensor:
         """W_i x_i for every token: [beta x | sigma x | K o (x h^T)] @ [W^T ; S^T ; delta], one matmul."""
         h, delta = factors[name]
-        attend = _scaled_rows(
-            coef.to(x.dtype) * (x @ h.transpose(-1, -2)), retention.lr_scale(state.extra, name)
-        )
+        attend = _scaled(coef.to(x.dtype) * (x @ h.transpose(-1, -2)), retention.lr_scale(state.extra, name))
         inputs = [beta.unsqueeze(-1).to(x.dtype) * x]
         weights = [start_w[name].transpose(-1, -2).to(x.dtype)]
         if carry is not None:
@@ -167,9 +170,3 @@ def _piece(
             y_last = rule.read(state.weights, q[:, :, -1:])
             y = torch.cat([y[:, :, :-1], y_last.to(y.dtype)], dim=2)
     return y, state
-
-
-def _scaled_rows(value: torch.Tensor, scale: torch.Tensor | float) -> torch.Tensor:
-    if isinstance(scale, torch.Tensor):
-        return value * scale[..., None, None].to(value.dtype)
-    return value if scale == 1.0 else value * scale

@@ -27,8 +27,8 @@ def outer_sum(coef: torch.Tensor, delta: torch.Tensor, h: torch.Tensor) -> torch
 def _scaled(value: torch.Tensor, scale: torch.Tensor | float) -> torch.Tensor:
     if isinstance(scale, float) and scale == 1.0:
         return value
-    if isinstance(scale, torch.Tensor):
-        return value * scale[..., None, None]
+    if isinstance(scale, torch.Tensor):  # (B, H): one factor per batch element and head
+        return value * scale[..., None, None].to(value.dtype)
     return value * scale
 
 
