@@ -98,6 +98,45 @@ def test_combinations_that_make_no_sense_are_rejected_with_a_reason(combo):
         make_rule(*combo)
 
 
+@pytest.mark.parametrize("combo", VALID, ids="-".join)
+def test_a_call_that_starts_mid_chunk_then_runs_whole_chunks_matches_the_loop(combo):
+    """Pieces 3 + 4 + 4 + 3 after a 5-token call: the run of whole chunks is batched."""
+    rule = make_rule(*combo)
+    q, k, v, gates, _ = random_inputs(rule, seq=19)
+
+    def two_calls(path):
+        first = {n: g[:, :, :5] for n, g in gates.items()}
+        _, state = memory_op(rule, q[:, :, :5], k[:, :, :5], v[:, :, :5], first, chunk_size=4, path=path)
+        rest = {n: g[:, :, 5:] for n, g in gates.items()}
+        return memory_op(rule, q[:, :, 5:], k[:, :, 5:], v[:, :, 5:], rest, state, chunk_size=4, path=path)
+
+    (chunked, state_c), (recurrent, state_r) = two_calls("chunked"), two_calls("recurrent")
+    assert_close(chunked, recurrent)
+    for name in state_c.weights:
+        assert_close(state_c.weights[name], state_r.weights[name])
+
+
+@pytest.mark.parametrize("memory", ["linear", "mlp"])
+def test_plugins_see_gates_per_token_whatever_the_engine_batches(memory):
+    """docs/plugins.md promises (B, H, T[, d_v]) gates; the batched paths must keep that promise."""
+    rule = make_rule(memory, "l2", "decay", "momentum")
+    seen = []
+    for part in (rule.retention, rule.algorithm):
+        for method in ("log_alpha", "lr", "log_eta"):
+            original = getattr(part, method, None)
+            if original is None:
+                continue
+
+            def recording(gates, original=original):
+                seen.append({n: g.dim() for n, g in gates.items()})
+                return original(gates)
+
+            setattr(part, method, recording)
+    q, k, v, gates, _ = random_inputs(rule, seq=12)
+    memory_op(rule, q, k, v, gates, chunk_size=4, path="chunked")
+    assert seen and all(dims == {n: 3 for n in gates} for dims in seen)
+
+
 def test_a_sequence_shorter_than_a_chunk_still_writes_the_memory():
     rule = make_rule("mlp", "l2", "decay", "momentum")
     q, k, v, gates, _ = random_inputs(rule, seq=3)

@@ -20,8 +20,9 @@ import dataclasses
 import torch
 
 from . import chunked_linear
+from .batched import matmul_add
 from .chunk_boundary import close_chunk
-from .coefficients import chunk_coefficients, log_alpha_or_zeros
+from .coefficients import ChunkCoefficients, piece_coefficients
 from .parts import Gates, at_least_fp32
 from .recurrent import _scaled, outer_sum
 from .rule import MemoryRule
@@ -57,17 +58,50 @@ def chunked(
         *(g.split(lengths, dim=2) for g in gates.values()),
         strict=True,
     )
+    precomputed = _whole_chunk_coefficients(rule, q, gates, lengths, chunk_size, state.offset, batched)
     outputs = []
-    for q_piece, k_piece, v_piece, *gate_pieces in pieces:
+    for index, (q_piece, k_piece, v_piece, *gate_pieces) in enumerate(pieces):
         piece_gates = dict(zip(names, gate_pieces, strict=True))
         if batched and q_piece.shape[2] > chunk_size:
             y, state = chunked_linear.whole_chunks(
                 rule, q_piece, k_piece, v_piece, piece_gates, state, chunk_size
             )
         else:
-            y, state = _piece(rule, q_piece, k_piece, v_piece, piece_gates, state, chunk_size)
+            y, state = _piece(
+                rule, q_piece, k_piece, v_piece, piece_gates, state, chunk_size, precomputed.get(index)
+            )
         outputs.append(y)
-    return torch.cat(outputs, dim=2), state
+    return torch.cat(outputs, dim=2) if len(outputs) > 1 else outputs[0], state
+
+
+def _whole_chunk_coefficients(
+    rule: MemoryRule,
+    q: torch.Tensor,
+    gates: Gates,
+    lengths: list[int],
+    chunk_size: int,
+    offset: int,
+    batched: bool,
+) -> dict[int, tuple[torch.Tensor, ChunkCoefficients]]:
+    """The coefficients of every whole chunk at once, by piece index.
+
+    They depend on the gates alone, not on the state, so the per-chunk loop then does only
+    the state-dependent work.  Not with an Omega window, whose band depends on how many
+    tokens the state buffers.
+    """
+    first = 1 if offset else 0
+    whole = first
+    while whole < len(lengths) and lengths[whole] == chunk_size:
+        whole += 1
+    count = whole - first
+    if batched or rule.window > 1 or count < 2:
+        return {}
+    start, end = first and lengths[0], (first and lengths[0]) + count * chunk_size
+    theta, coefficients = piece_coefficients(
+        rule, {n: g[:, :, start:end] for n, g in gates.items()}, q[:, :, start:end], None, chunks=count
+    )
+    thetas = theta.unbind(2)
+    return {first + c: (thetas[c], part) for c, part in enumerate(coefficients.unbind(2))}
 
 
 def _join_whole_chunks(lengths: list[int], chunk_size: int, offset: int) -> list[int]:
@@ -87,19 +121,18 @@ def _piece(
     gates: Gates,
     state: MemoryState,
     chunk_size: int,
+    precomputed: tuple[torch.Tensor, ChunkCoefficients] | None = None,
 ) -> tuple[torch.Tensor, MemoryState]:
-    retention, algorithm = rule.retention, rule.algorithm
+    retention = rule.retention
     batch, heads, length = q.shape[:3]
 
-    log_alpha = log_alpha_or_zeros(rule, gates, q.shape[:3], q)
     keys, values, source_gates, buffered = with_window(rule, state, k, v, gates)
-    theta = algorithm.lr(gates)
-    dtype = torch.promote_types(theta.dtype, torch.float32)
-    theta_rows = (
-        torch.ones(q.shape[:3], dtype=dtype, device=q.device) if rule.channelwise_lr else at_least_fp32(theta)
-    )
-    band = window_band(rule, source_gates, buffered, length, dtype, q.device) if rule.window > 1 else None
-    coefficients = chunk_coefficients(rule, gates, log_alpha, theta_rows, band)
+    if precomputed is not None:
+        theta, coefficients = precomputed
+    else:
+        dtype = torch.promote_types(rule.algorithm.lr(gates).dtype, torch.float32)
+        band = window_band(rule, source_gates, buffered, length, dtype, q.device) if rule.window > 1 else None
+        theta, coefficients = piece_coefficients(rule, gates, q, band)
     cum_alpha, d_alpha, beta, coef = (
         coefficients.cum_alpha,
         coefficients.d_alpha,
@@ -117,37 +150,42 @@ def _piece(
     start_w, start_s = state.weights, state.momentum
 
     def linear(name: str, x: torch.Tensor) -> torch.Tensor:
-        """W_i x_i for every token: [beta x | sigma x | K o (x h^T)] @ [W^T ; S^T ; delta], one matmul."""
+        """W_i x_i for every token: K o (x h^T) @ delta + beta x W^T + sigma x S^T."""
         h, delta = factors[name]
         attend = _scaled(coef.to(x.dtype) * (x @ h.transpose(-1, -2)), retention.lr_scale(state.extra, name))
-        inputs = [beta.unsqueeze(-1).to(x.dtype) * x]
-        weights = [start_w[name].transpose(-1, -2).to(x.dtype)]
+        y = attend @ delta.to(x.dtype)
+        y = matmul_add(y, beta.unsqueeze(-1).to(x.dtype) * x, start_w[name].transpose(-1, -2).to(x.dtype))
         if carry is not None:
-            inputs.append(carry.unsqueeze(-1).to(x.dtype) * x)
-            weights.append(start_s[name].transpose(-1, -2).to(x.dtype))
-        return torch.cat([*inputs, attend], dim=-1) @ torch.cat([*weights, delta.to(x.dtype)], dim=-2)
+            y = matmul_add(
+                y, carry.unsqueeze(-1).to(x.dtype) * x, start_s[name].transpose(-1, -2).to(x.dtype)
+            )
+        return y
 
     y = rule.arch(q, linear)
 
-    last = coef[..., -1, :]
-    if last.dim() == 1:
-        last = last.expand(batch, heads, -1)
+    # chunk end: W' = beta_L W + sigma_L S + sum_j K[L, j] g_j and S' = eta_L S + sum_j
+    # momentum_coef[L, j] g_j, both sums from one matmul per linear map
+    rows = [coef[..., -1, :]] + ([momentum_coef[..., -1, :]] if carry is not None else [])
+    rows = torch.stack([r.expand(batch, heads, -1) if r.dim() == 1 else r for r in rows], dim=-1)
+    if carry is not None:
+        eta_end = torch.exp(cum_eta[..., -1])[..., None, None]
     new_weights, new_momentum, new_decayed = {}, {}, {}
     for name, (h, delta) in factors.items():
-        scale = retention.lr_scale(state.extra, name)
-        w = beta[..., -1, None, None] * start_w[name] + _scaled(outer_sum(last, delta, h), scale)
+        out_dim = delta.shape[-1]
+        weighted = (delta.unsqueeze(-2) * rows.unsqueeze(-1).to(delta.dtype)).flatten(-2)
+        sums = _scaled(weighted.transpose(-1, -2) @ h, retention.lr_scale(state.extra, name))
+        sums = sums.to(torch.promote_types(sums.dtype, start_w[name].dtype))
+        # split, not sliced: a slice's backward zero-fills the whole sums per slice
+        sums = sums.split(out_dim, dim=-2)
+        w = torch.addcmul(sums[0], beta[..., -1, None, None], start_w[name])
         if carry is not None:
-            w = w + carry[..., -1, None, None] * start_s[name]
-            s_last = momentum_coef[..., -1, :]
-            s_last = s_last.expand(batch, heads, -1) if s_last.dim() == 1 else s_last
-            new_momentum[name] = torch.exp(cum_eta[..., -1])[..., None, None] * start_s[name] + _scaled(
-                outer_sum(s_last, delta, h), scale
-            )
+            w = torch.addcmul(w, carry[..., -1, None, None], start_s[name])
+            new_momentum[name] = torch.addcmul(sums[1], eta_end, start_s[name])
         new_weights[name] = w
     if retention.needs_decayed_update:
         aux_cum = torch.cumsum(at_least_fp32(retention.aux_log_alpha(gates)), dim=-1)
         aux_row = decay_matrix(aux_cum)[..., -1, :]  # exp(A_L - A_s)
-        aux_last = -coefficients.times_theta_band(aux_row.unsqueeze(-2)).squeeze(-2)
+        aux_last = coefficients.times_theta_band(aux_row.unsqueeze(-2), negate=True).squeeze(-2)
         aux_last = aux_last.expand(batch, heads, -1) if aux_last.dim() == 1 else aux_last
         for name, (h, delta) in factors.items():
             new_decayed[name] = torch.exp(aux_cum[..., -1])[..., None, None] * state.decayed_update[

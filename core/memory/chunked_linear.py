@@ -19,10 +19,11 @@ from __future__ import annotations
 
 import torch
 
-from .coefficients import chunk_coefficients, log_alpha_or_zeros
+from .batched import matmul_add
+from .coefficients import piece_coefficients
 from .parts import Gates, at_least_fp32
 from .rule import MemoryRule
-from .sources import keep_window, window_band
+from .sources import keep_window, window_band, with_window
 from .state import MemoryState
 
 
@@ -64,89 +65,112 @@ def whole_chunks(
     def per_chunk(x: torch.Tensor) -> torch.Tensor:
         return x.reshape(batch, heads, n, chunk, *x.shape[3:])
 
-    qc, gc = per_chunk(q), {name: per_chunk(g) for name, g in gates.items()}
-    bias_gates = rule.bias_gate_names()
+    qc = per_chunk(q)
+    bias_gates = {name: gates[name] for name in rule.bias_gate_names()}
+    # the plugins see (B, H, T[, d_v]) tensors; their per-token results are windowed here
+    offset = bias.gradient_offset(v, bias_gates)
     if keep:
-        k_src = _windows(k, state.window_keys, keep, chunk)
-        v_src = _windows(v, state.window_values, keep, chunk)
+        buffered = state.window_keys
+        offset_buffer = None
+        if buffered is not None and buffered.shape[2]:
+            offset_buffer = bias.gradient_offset(state.window_values, state.window_gates)
+        k_src = _windows(k, buffered, keep, chunk)
+        offset = _windows(offset, offset_buffer, keep, chunk)  # zero-padded sources have k = 0
         src_gates = {
-            name: _windows(gates[name], (state.window_gates or {}).get(name), keep, chunk)
-            for name in bias_gates
+            name: _windows(g, (state.window_gates or {}).get(name), keep, chunk)
+            for name, g in bias_gates.items()
         }
     else:
-        k_src, v_src, src_gates = per_chunk(k), per_chunk(v), {name: gc[name] for name in bias_gates}
+        k_src, offset = per_chunk(k), per_chunk(offset)  # (B, H, n, sources, d)
 
-    # the coefficients of every chunk at once
-    theta = at_least_fp32(algorithm.lr(gc))
-    log_alpha = log_alpha_or_zeros(rule, gc, qc.shape[:4], q)
-    band = window_band(rule, src_gates, keep, chunk, theta.dtype, q.device) if keep else None
-    coefficients = chunk_coefficients(rule, gc, log_alpha, theta, band)
-    cum_alpha, beta, coef = coefficients.cum_alpha, coefficients.beta, coefficients.coef
-    carry, momentum_coef, cum_eta = coefficients.carry, coefficients.momentum_coef, coefficients.cum_eta
-
-    # per-source scales: normalised steps (1 / ||k||^2), and the decayed gradient point
+    # per-source scales: the normalised step (1 / ||k||^2) multiplies source j's gradient, so
+    # it folds into the learning-rate row of the coefficients (or, behind an Omega band,
+    # scales their source columns)
     dtype = q.dtype
-    source_scale = torch.ones(k_src.shape[:4], dtype=cum_alpha.dtype, device=q.device)
+    source_scale = None
     if algorithm.normalized:
         source_scale = 1.0 / at_least_fp32(k_src).pow(2).sum(-1).clamp_min(1e-6)
-    point = torch.exp(cum_alpha) if retention.gradient_at_decayed else None  # window 1 here
+    band = None
+    if keep:
+        theta_dtype = torch.promote_types(algorithm.lr(gates).dtype, torch.float32)
+        band = window_band(rule, src_gates, keep, chunk, theta_dtype, q.device)
+    row_scale = source_scale if not keep else None
+    _, coefficients = piece_coefficients(rule, gates, q, band, chunks=n, row_scale=row_scale)
+    beta, coef, carry = coefficients.beta, coefficients.coef, coefficients.carry
+    momentum_coef = coefficients.momentum_coef
+    if keep and source_scale is not None:
+        coef = coef * source_scale.unsqueeze(-2)
+        momentum_coef = momentum_coef * source_scale.unsqueeze(-2) if momentum_coef is not None else None
+
     slope = bias.gradient_slope
-    offset = bias.gradient_offset(v_src, src_gates)  # (B, H, n, sources, d_v)
+    # the gradient point: source j's prediction is taken at a_j W_0 (a = 1 unless decayed)
+    grad_keys = k_src
+    if retention.gradient_at_decayed:  # window 1 here
+        grad_keys = torch.exp(coefficients.cum_alpha).unsqueeze(-1).to(dtype) * k_src
 
     scores = coef.to(dtype) * (qc @ k_src.transpose(-1, -2))  # A = K o (q k^T)
-    grad_keys = (source_scale * point if point is not None else source_scale).unsqueeze(-1).to(dtype) * k_src
     q_eff = beta.unsqueeze(-1).to(dtype) * qc
     if slope:
-        q_eff = q_eff + slope * (scores @ grad_keys)
-    reads_offset = scores @ (source_scale.unsqueeze(-1).to(dtype) * offset)
+        q_eff = matmul_add(q_eff, scores, grad_keys, slope)
+    reads_offset = scores @ offset
 
-    def end_terms(row: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """P = k^T diag(row s a) k and R = b^T diag(row s) k for a chunk-end coefficient row."""
-        weighted_offset = (row * source_scale).unsqueeze(-1).to(dtype) * offset
-        projector = (row.unsqueeze(-1).to(dtype) * grad_keys).transpose(-1, -2) @ k_src if slope else None
-        return projector, weighted_offset.transpose(-1, -2) @ k_src
+    # the chunk-end terms P = k^T diag(row) a k and R = b^T diag(row) k for the chunk-end
+    # coefficient row of W (and of S), both rows in one matmul each: [row_W k | row_S k]
+    rows = torch.stack(
+        [coef[..., -1, :]] + ([momentum_coef[..., -1, :]] if carry is not None else []), dim=-1
+    )
+    weighted_keys = (k_src.unsqueeze(-2) * rows.unsqueeze(-1).to(dtype)).flatten(-2)
+    state_dtype = torch.promote_types(state.weights["w"].dtype, torch.float32)
+    shifts = (offset.transpose(-1, -2) @ weighted_keys).to(state_dtype)  # [R_W | R_S]
+    projectors = None
+    if slope:
+        projectors = grad_keys.transpose(-1, -2) @ weighted_keys
+        projectors = (projectors if slope == 1 else slope * projectors).to(state_dtype)
+    d_key = k_src.shape[-1]
 
-    p_w, r_w = end_terms(coef[..., -1, :])
+    def each(x: torch.Tensor | None, split: bool = False) -> list:
+        """Per-chunk pieces (split into the W and S halves), unbound and split once: indexing
+        or slicing in the loop would make backward zero-fill a full-size gradient each time."""
+        if x is None:
+            return [None] * n
+        pieces = x.to(state_dtype).unbind(2)
+        return [p.split(d_key, dim=-1) for p in pieces] if split else list(pieces)
+
+    # only this loop is sequential: (d x d) steps per chunk, out of autocast so the state
+    # accumulates in (at least) fp32.  W' = beta_L W + sigma_L S + c W P_W + R_W,
+    # S' = eta_L S + c W P_S + R_S
+    beta_end, shift_c, projector_c = (
+        each(beta[..., -1, None, None]),
+        each(shifts, True),
+        each(projectors, True),
+    )
     if carry is not None:
-        p_s, r_s = end_terms(momentum_coef[..., -1, :])
-        eta_end = torch.exp(cum_eta[..., -1])
-
-    # the recurrence from one chunk's weights to the next: small (d x d) matmuls only.
-    # unbind once: indexing chunk c in the loop would zero-fill a full-size gradient per chunk
-    def each(x: torch.Tensor | None) -> tuple:
-        return x.unbind(2) if x is not None else (None,) * n
-
-    beta_end, r_w_c, p_w_c = each(beta[..., -1, None, None]), each(r_w), each(p_w)
-    if carry is not None:
-        carry_end, eta_c, r_s_c, p_s_c = (
+        carry_end, eta_end = (
             each(carry[..., -1, None, None]),
-            each(eta_end[..., None, None]),
-            each(r_s),
-            each(p_s),
+            each(torch.exp(coefficients.cum_eta[..., -1, None, None])),
         )
-    weights = state.weights["w"]
-    momentum = state.momentum["w"] if carry is not None else None
     starts_w, starts_s = [], []
-    for c in range(n):
-        starts_w.append(weights)
-        following = beta_end[c] * weights + r_w_c[c]
-        if slope:
-            following = following + slope * (weights @ p_w_c[c])
-        if momentum is not None:
-            starts_s.append(momentum)
-            following = following + carry_end[c] * momentum
-            momentum = eta_c[c] * momentum + r_s_c[c]
+    with torch.autocast(device_type=q.device.type, enabled=False):
+        weights = state.weights["w"].to(state_dtype)
+        momentum = state.momentum["w"].to(state_dtype) if carry is not None else None
+        for c in range(n):
+            starts_w.append(weights)
+            following = torch.addcmul(shift_c[c][0], beta_end[c], weights)
+            if momentum is not None:
+                starts_s.append(momentum)
+                following = torch.addcmul(following, carry_end[c], momentum)
+                momentum = torch.addcmul(shift_c[c][1], eta_end[c], momentum)
+                if slope:
+                    momentum = matmul_add(momentum, weights, projector_c[c][1])
             if slope:
-                momentum = momentum + slope * (starts_w[-1] @ p_s_c[c])
-        weights = following
+                following = matmul_add(following, weights, projector_c[c][0])
+            weights = following
 
-    # all reads at once: [q~ | sigma q] @ [W_c^T ; S_c^T] + r
-    if momentum is None:
-        y = q_eff @ torch.stack(starts_w, dim=2).to(dtype).transpose(-1, -2) + reads_offset
-    else:
-        starts = torch.cat([torch.stack(starts_w, dim=2), torch.stack(starts_s, dim=2)], dim=-1).to(dtype)
-        inputs = torch.cat([q_eff, carry.unsqueeze(-1).to(dtype) * qc], dim=-1)
-        y = inputs @ starts.transpose(-1, -2) + reads_offset
+    # all reads at once: y = r + q~ W_c^T + sigma q S_c^T
+    y = matmul_add(reads_offset, q_eff, torch.stack(starts_w, dim=2).to(dtype).transpose(-1, -2))
+    if carry is not None:
+        sigma_q = carry.unsqueeze(-1).to(dtype) * qc
+        y = matmul_add(y, sigma_q, torch.stack(starts_s, dim=2).to(dtype).transpose(-1, -2))
 
     state.start = state.weights = {"w": weights}
     if momentum is not None:
@@ -155,7 +179,5 @@ def whole_chunks(
     state.lr_sum = state.lr_sum.new_zeros(state.lr_sum.shape)
     state.offset = 0
     if keep:
-        keep_window(
-            rule, state, k_src[:, :, -1], v_src[:, :, -1], {n_: g[:, :, -1] for n_, g in src_gates.items()}
-        )
+        keep_window(rule, state, *with_window(rule, state, k, v, gates)[:3])
     return y.reshape(batch, heads, total, -1), state

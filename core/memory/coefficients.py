@@ -15,7 +15,6 @@ chunks) broadcast.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
 
 import torch
 
@@ -29,39 +28,87 @@ class ChunkCoefficients:
     cum_alpha: torch.Tensor  # (..., L)
     d_alpha: torch.Tensor  # (..., L, L)
     beta: torch.Tensor  # (..., L)
+    theta_rows: torch.Tensor  # (..., L)
+    band: torch.Tensor | None = None  # (..., L, sources); None: the identity
     coef: torch.Tensor | None = None  # (..., L, sources)
     momentum_coef: torch.Tensor | None = None  # (..., L, sources)
     carry: torch.Tensor | None = None  # sigma (..., L)
     cum_eta: torch.Tensor | None = None  # (..., L)
-    times_theta_band: Callable[[torch.Tensor], torch.Tensor] | None = (
-        None  # matrix -> matrix diag(theta) Gamma
-    )
+
+    def times_theta_band(self, matrix: torch.Tensor, negate: bool = False) -> torch.Tensor:
+        """matrix @ diag(theta) @ Gamma (or with -theta: negated on the rows, not the product)."""
+        scaled = matrix * (-self.theta_rows if negate else self.theta_rows).unsqueeze(-2)
+        return scaled if self.band is None else scaled @ self.band
+
+    def unbind(self, dim: int) -> list[ChunkCoefficients]:
+        """One ChunkCoefficients per index of ``dim`` (a chunk dimension), without the band."""
+        if self.band is not None:
+            raise ValueError("coefficients with an Omega band are computed per piece")
+        fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "band"}
+        parts = {name: value.unbind(dim) if value is not None else None for name, value in fields.items()}
+        count = len(parts["beta"])
+        return [
+            ChunkCoefficients(**{name: p[i] if p is not None else None for name, p in parts.items()})
+            for i in range(count)
+        ]
 
 
 def chunk_coefficients(
-    rule: MemoryRule,
-    gates: Gates,
     log_alpha: torch.Tensor,
+    log_eta: torch.Tensor | None,
     theta_rows: torch.Tensor,
     band: torch.Tensor | None,
 ) -> ChunkCoefficients:
     """``band`` None means the identity (no Omega window): diag(theta) Gamma is then a column scaling."""
     cum_alpha = torch.cumsum(at_least_fp32(log_alpha), dim=-1)
     d_alpha = decay_matrix(cum_alpha)
-
-    def times_theta_band(matrix: torch.Tensor) -> torch.Tensor:  # matrix @ diag(theta) @ Gamma
-        scaled = matrix * theta_rows.unsqueeze(-2)
-        return scaled if band is None else scaled @ band
-
-    out = ChunkCoefficients(cum_alpha, d_alpha, torch.exp(cum_alpha), times_theta_band=times_theta_band)
-    if rule.algorithm.momentum:
-        out.cum_eta = torch.cumsum(at_least_fp32(rule.algorithm.log_eta(gates)), dim=-1)
-        out.momentum_coef = -times_theta_band(decay_matrix(out.cum_eta))
+    out = ChunkCoefficients(cum_alpha, d_alpha, torch.exp(cum_alpha), theta_rows, band)
+    if log_eta is not None:  # momentum
+        out.cum_eta = torch.cumsum(at_least_fp32(log_eta), dim=-1)
+        out.momentum_coef = out.times_theta_band(decay_matrix(out.cum_eta), negate=True)
         out.coef = d_alpha @ out.momentum_coef
         out.carry = (d_alpha @ torch.exp(out.cum_eta).unsqueeze(-1)).squeeze(-1)
     else:
-        out.coef = -times_theta_band(d_alpha)
+        out.coef = out.times_theta_band(d_alpha, negate=True)
     return out
+
+
+def fold_chunks(x: torch.Tensor, chunks: int) -> torch.Tensor:
+    """(B, H, chunks * L, ...) -> (B, H, chunks, L, ...)."""
+    return x.reshape(*x.shape[:2], chunks, x.shape[2] // chunks, *x.shape[3:])
+
+
+def piece_coefficients(
+    rule: MemoryRule,
+    gates: Gates,
+    like: torch.Tensor,
+    band: torch.Tensor | None,
+    chunks: int = 1,
+    row_scale: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, ChunkCoefficients]:
+    """The learning rate and the coefficients of the tokens of ``like`` (B, H, T, d).
+
+    The plugins see gates as (B, H, T[, d_v]), as documented; with ``chunks`` > 1 their
+    rates are then folded into (B, H, chunks, T / chunks) and every chunk is computed at
+    once.  ``row_scale`` (folded layout) multiplies the learning-rate rows.  A channel-wise
+    learning rate stays out of the coefficients (it scales dl/dy per source instead), so
+    their rows are then ones.
+    """
+    algorithm = rule.algorithm
+    theta = algorithm.lr(gates)
+    log_alpha = log_alpha_or_zeros(rule, gates, like.shape[:3], like)
+    log_eta = algorithm.log_eta(gates) if algorithm.momentum else None
+    if chunks > 1:
+        theta, log_alpha = fold_chunks(theta, chunks), fold_chunks(log_alpha, chunks)
+        log_eta = fold_chunks(log_eta, chunks) if log_eta is not None else None
+    if rule.channelwise_lr:
+        dtype = torch.promote_types(theta.dtype, torch.float32)
+        theta_rows = torch.ones(log_alpha.shape, dtype=dtype, device=like.device)
+    else:
+        theta_rows = at_least_fp32(theta)
+    if row_scale is not None:
+        theta_rows = theta_rows * row_scale
+    return theta, chunk_coefficients(log_alpha, log_eta, theta_rows, band)
 
 
 def log_alpha_or_zeros(rule: MemoryRule, gates: Gates, shape: torch.Size, like: torch.Tensor) -> torch.Tensor:

@@ -46,5 +46,10 @@ def memory_op(
         state = rule.initial_state(q.shape[0])
     if q.shape[2] == 0:
         return q.new_zeros(*q.shape[:3], v.shape[-1]), state
-    run = chunked if path == "chunked" else recurrent
-    return run(rule, q, k, v, gates, state, chunk_size)
+    if path == "recurrent":
+        return recurrent(rule, q, k, v, gates, state, chunk_size)
+    # the chunked path batches matmuls over (batch, heads, chunks): with a strided layout
+    # (heads split off the feature dimension) every one of them would first copy its operands
+    q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
+    gates = {name: g.contiguous() for name, g in gates.items()}
+    return chunked(rule, q, k, v, gates, state, chunk_size)
