@@ -164,23 +164,30 @@ def _piece(
     y = rule.arch(q, linear)
 
     # chunk end: W' = beta_L W + sigma_L S + sum_j K[L, j] g_j and S' = eta_L S + sum_j
-    # momentum_coef[L, j] g_j, both sums from one matmul per linear map
-    rows = [coef[..., -1, :]] + ([momentum_coef[..., -1, :]] if carry is not None else [])
-    rows = torch.stack([r.expand(batch, heads, -1) if r.dim() == 1 else r for r in rows], dim=-1)
+    # momentum_coef[L, j] g_j
+    def last_row(matrix: torch.Tensor) -> torch.Tensor:
+        row = matrix[..., -1, :]
+        return row.expand(batch, heads, -1) if row.dim() == 1 else row
+
     if carry is not None:
         eta_end = torch.exp(cum_eta[..., -1])[..., None, None]
     new_weights, new_momentum, new_decayed = {}, {}, {}
     for name, (h, delta) in factors.items():
-        out_dim = delta.shape[-1]
-        weighted = (delta.unsqueeze(-2) * rows.unsqueeze(-1).to(delta.dtype)).flatten(-2)
-        sums = _scaled(weighted.transpose(-1, -2) @ h, retention.lr_scale(state.extra, name))
-        sums = sums.to(torch.promote_types(sums.dtype, start_w[name].dtype))
-        # split, not sliced: a slice's backward zero-fills the whole sums per slice
-        sums = sums.split(out_dim, dim=-2)
-        w = torch.addcmul(sums[0], beta[..., -1, None, None], start_w[name])
+        scale = retention.lr_scale(state.extra, name)
+        update = _scaled(outer_sum(last_row(coef), delta, h), scale)
+        w = torch.addcmul(
+            update.to(torch.promote_types(update.dtype, start_w[name].dtype)),
+            beta[..., -1, None, None],
+            start_w[name],
+        )
         if carry is not None:
             w = torch.addcmul(w, carry[..., -1, None, None], start_s[name])
-            new_momentum[name] = torch.addcmul(sums[1], eta_end, start_s[name])
+            momentum_update = _scaled(outer_sum(last_row(momentum_coef), delta, h), scale)
+            new_momentum[name] = torch.addcmul(
+                momentum_update.to(torch.promote_types(momentum_update.dtype, start_s[name].dtype)),
+                eta_end,
+                start_s[name],
+            )
         new_weights[name] = w
     if retention.needs_decayed_update:
         aux_cum = torch.cumsum(at_least_fp32(retention.aux_log_alpha(gates)), dim=-1)
