@@ -20,7 +20,8 @@ from __future__ import annotations
 import torch
 
 from .batched import matmul_add
-from .coefficients import piece_coefficients
+from .coefficients import piece_coefficients, piece_rates
+from .linear_chunks_function import linear_chunks
 from .parts import Gates, at_least_fp32
 from .rule import MemoryRule
 from .sources import keep_window, window_band, with_window
@@ -55,8 +56,14 @@ def whole_chunks(
     gates: Gates,
     state: MemoryState,
     chunk_size: int,
+    hand_written_backward: bool = True,
 ) -> tuple[torch.Tensor, MemoryState]:
-    """q, k, v (B, H, n * chunk_size, d) from a state at a chunk boundary."""
+    """q, k, v (B, H, n * chunk_size, d) from a state at a chunk boundary.
+
+    Without an Omega window or a decayed gradient point, the pass is one autograd Function
+    with a hand-written backward (``linear_chunks_function``); ``hand_written_backward =
+    False`` builds the same computation from autograd ops instead (the tests' reference).
+    """
     retention, algorithm, bias = rule.retention, rule.algorithm, rule.bias
     batch, heads, total = q.shape[:3]
     chunk, n = chunk_size, total // chunk_size
@@ -90,6 +97,22 @@ def whole_chunks(
     source_scale = None
     if algorithm.normalized:
         source_scale = 1.0 / at_least_fp32(k_src).pow(2).sum(-1).clamp_min(1e-6)
+    if not keep and not retention.gradient_at_decayed and hand_written_backward:
+        rates = piece_rates(rule, gates, q, chunks=n, row_scale=source_scale)
+        momentum = state.momentum["w"] if algorithm.momentum else None
+        y, weights, momentum = linear_chunks(
+            qc,
+            k_src,
+            offset,
+            rates.theta_rows,
+            rates.log_alpha,
+            rates.log_eta,
+            state.weights["w"],
+            momentum,
+            bias.gradient_slope,
+        )
+        return y.reshape(batch, heads, total, -1), _closed(state, weights, momentum)
+
     band = None
     if keep:
         theta_dtype = torch.promote_types(algorithm.lr(gates).dtype, torch.float32)
@@ -172,12 +195,17 @@ def whole_chunks(
         sigma_q = carry.unsqueeze(-1).to(dtype) * qc
         y = matmul_add(y, sigma_q, torch.stack(starts_s, dim=2).to(dtype).transpose(-1, -2))
 
+    if keep:
+        keep_window(rule, state, *with_window(rule, state, k, v, gates)[:3])
+    return y.reshape(batch, heads, total, -1), _closed(state, weights, momentum)
+
+
+def _closed(state: MemoryState, weights: torch.Tensor, momentum: torch.Tensor | None) -> MemoryState:
+    """The state after whole chunks: every chunk closed, nothing pending."""
     state.start = state.weights = {"w": weights}
     if momentum is not None:
         state.momentum = {"w": momentum}
-    state.log_decay = state.log_decay.new_zeros(state.log_decay.shape)  # every chunk closed
+    state.log_decay = state.log_decay.new_zeros(state.log_decay.shape)
     state.lr_sum = state.lr_sum.new_zeros(state.lr_sum.shape)
     state.offset = 0
-    if keep:
-        keep_window(rule, state, *with_window(rule, state, k, v, gates)[:3])
-    return y.reshape(batch, heads, total, -1), state
+    return state

@@ -78,18 +78,27 @@ def fold_chunks(x: torch.Tensor, chunks: int) -> torch.Tensor:
     return x.reshape(*x.shape[:2], chunks, x.shape[2] // chunks, *x.shape[3:])
 
 
-def piece_coefficients(
+@dataclasses.dataclass
+class Rates:
+    """Per-token rates from the plugins: the learning rate and its coefficient rows, log decays."""
+
+    theta: torch.Tensor  # (..., L[, d_v]) as the algorithm gives it
+    theta_rows: torch.Tensor  # (..., L): what multiplies each source in the coefficients
+    log_alpha: torch.Tensor  # (..., L)
+    log_eta: torch.Tensor | None  # (..., L), momentum only
+
+
+def piece_rates(
     rule: MemoryRule,
     gates: Gates,
     like: torch.Tensor,
-    band: torch.Tensor | None,
     chunks: int = 1,
     row_scale: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, ChunkCoefficients]:
-    """The learning rate and the coefficients of the tokens of ``like`` (B, H, T, d).
+) -> Rates:
+    """The rates of the tokens of ``like`` (B, H, T, d).
 
     The plugins see gates as (B, H, T[, d_v]), as documented; with ``chunks`` > 1 their
-    rates are then folded into (B, H, chunks, T / chunks) and every chunk is computed at
+    rates are then folded into (B, H, chunks, T / chunks) so every chunk is computed at
     once.  ``row_scale`` (folded layout) multiplies the learning-rate rows.  A channel-wise
     learning rate stays out of the coefficients (it scales dl/dy per source instead), so
     their rows are then ones.
@@ -108,7 +117,20 @@ def piece_coefficients(
         theta_rows = at_least_fp32(theta)
     if row_scale is not None:
         theta_rows = theta_rows * row_scale
-    return theta, chunk_coefficients(log_alpha, log_eta, theta_rows, band)
+    return Rates(theta, theta_rows, log_alpha, log_eta)
+
+
+def piece_coefficients(
+    rule: MemoryRule,
+    gates: Gates,
+    like: torch.Tensor,
+    band: torch.Tensor | None,
+    chunks: int = 1,
+    row_scale: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, ChunkCoefficients]:
+    """The learning rate and the coefficients of the tokens of ``like``; see ``piece_rates``."""
+    rates = piece_rates(rule, gates, like, chunks, row_scale)
+    return rates.theta, chunk_coefficients(rates.log_alpha, rates.log_eta, rates.theta_rows, band)
 
 
 def log_alpha_or_zeros(rule: MemoryRule, gates: Gates, shape: torch.Size, like: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,309 @@
+"""The batched chunked pass of a matrix memory as one autograd Function, with its backward by hand.
+
+Forward (per chunk, batched over batch, heads and chunks; see ``chunked_linear``):
+
+    Dalpha = exp(A_i - A_s) (s <= i),  beta = exp(A),  A = cumsum(log alpha)
+    M = -Deta diag(u),  K = Dalpha M,  sigma = Dalpha exp(E)      (momentum; E = cumsum(log eta))
+    K = -Dalpha diag(u)                                           (no momentum)
+    Abar = K o (q k^T),  q~ = beta q + c Abar k,  r = Abar b
+    P = c k^T diag(row) k,  R = b^T diag(row) k    for row = K[L] (W) and M[L] (S)
+    W' = beta_L W + sigma_L S + W P_W + R_W,  S' = eta_L S + W P_S + R_S
+    y = r + q~ W^T + (sigma q) S^T
+
+with u the learning rate per source (the normalised step folded in), b the bias's gradient
+offset and c its slope.  Autograd through that graph spends most of its time on
+elementwise gradient bookkeeping; the backward below makes each gradient with the same
+few batched matmuls as the forward, and runs the chunk recurrence backwards once.
+Tested against autograd through ``chunked_linear``'s reference graph (float64).
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def _rowdot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """sum over the last dimension of a * b."""
+    return (a * b).sum(-1)
+
+
+def _add_matmul_(base: torch.Tensor, a: torch.Tensor, b: torch.Tensor, alpha: float = 1.0) -> torch.Tensor:
+    """base += alpha a @ b, in place when base is contiguous (it is when we made it); any leading dims."""
+    if not base.is_contiguous():
+        return base + alpha * (a @ b)
+    lead = base.shape[:-2]
+    a3 = a.expand(*lead, *a.shape[-2:]).reshape(-1, *a.shape[-2:])
+    b3 = b.expand(*lead, *b.shape[-2:]).reshape(-1, *b.shape[-2:])
+    base.view(-1, *base.shape[-2:]).baddbmm_(a3, b3, alpha=alpha)
+    return base
+
+
+def _decay_matrix(cum: torch.Tensor) -> torch.Tensor:
+    """``sources.decay_matrix`` with one allocation: exp(A_i - A_s) for s <= i, else 0."""
+    length = cum.shape[-1]
+    upper = torch.ones(length, length, dtype=torch.bool, device=cum.device).triu_(1)
+    return (cum.unsqueeze(-1) - cum.unsqueeze(-2)).masked_fill_(upper, float("-inf")).exp_()
+
+
+def _reverse_cumsum(x: torch.Tensor) -> torch.Tensor:
+    return x.flip(-1).cumsum(-1).flip(-1)
+
+
+def _end_terms(k: torch.Tensor, offset: torch.Tensor, rows: torch.Tensor, slope: float):
+    """P (d x m d) and R (d_v x m d) for m chunk-end rows (..., L, m), in one matmul each."""
+    weighted = (k.unsqueeze(-2) * rows.unsqueeze(-1).to(k.dtype)).flatten(-2)  # [row_1 k | row_2 k]
+    shifts = offset.transpose(-1, -2) @ weighted
+    projectors = k.transpose(-1, -2) @ weighted if slope else None
+    if projectors is not None and slope != 1:
+        projectors = slope * projectors
+    return projectors, shifts
+
+
+class LinearChunks(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q, k, offset, u, log_alpha, log_eta, w0, s0, slope):
+        momentum = log_eta is not None
+        with torch.autocast(device_type=q.device.type, enabled=False):
+            dtype, d_key, n = q.dtype, q.shape[-1], q.shape[2]
+            coef_dtype = torch.promote_types(u.dtype, torch.float32)
+            state_dtype = torch.promote_types(w0.dtype, torch.float32)
+            cum_alpha = torch.cumsum(log_alpha.to(coef_dtype), dim=-1)
+            d_alpha = _decay_matrix(cum_alpha)
+            beta = torch.exp(cum_alpha)
+            minus_u = (-u.to(coef_dtype)).unsqueeze(-2)
+            if momentum:
+                cum_eta = torch.cumsum(log_eta.to(coef_dtype), dim=-1)
+                d_eta = _decay_matrix(cum_eta)
+                m = d_eta * minus_u
+                coef = d_alpha @ m
+                e = torch.exp(cum_eta)
+                sigma = (d_alpha @ e.unsqueeze(-1)).squeeze(-1)
+                rows = torch.stack([coef[..., -1, :], m[..., -1, :]], dim=-1)
+            else:
+                d_eta = m = e = sigma = None
+                coef = d_alpha * minus_u
+                rows = coef[..., -1, :].unsqueeze(-1)
+            qk = q @ k.transpose(-1, -2)
+            scores = coef.to(dtype) * qk
+            q_eff = beta.unsqueeze(-1).to(dtype) * q
+            if slope:
+                q_eff = _add_matmul_(q_eff, scores, k, slope)
+            y = scores @ offset
+            projectors, shifts = _end_terms(k, offset, rows, slope)
+
+            # the chunk recurrence in (at least) fp32
+            beta_end = beta[..., -1].to(state_dtype)
+            shifts = shifts.to(state_dtype)
+            projectors = projectors.to(state_dtype) if projectors is not None else None
+            weights = w0.to(state_dtype)
+            state_s = s0.to(state_dtype) if momentum else None
+            if momentum:
+                sigma_end, eta_end = sigma[..., -1].to(state_dtype), e[..., -1].to(state_dtype)
+            starts_w, starts_s = [], []
+            for c in range(n):
+                starts_w.append(weights)
+                following = beta_end[:, :, c, None, None] * weights + shifts[:, :, c, :, :d_key]
+                if projectors is not None:
+                    following = following + weights @ projectors[:, :, c, :, :d_key]
+                if momentum:
+                    starts_s.append(state_s)
+                    following = following + sigma_end[:, :, c, None, None] * state_s
+                    state_s = eta_end[:, :, c, None, None] * state_s + shifts[:, :, c, :, d_key:]
+                    if projectors is not None:
+                        state_s = state_s + starts_w[-1] @ projectors[:, :, c, :, d_key:]
+                weights = following
+            starts_w = torch.stack(starts_w, dim=2)
+            y = _add_matmul_(y, q_eff, starts_w.to(dtype).transpose(-1, -2))
+            if momentum:
+                starts_s = torch.stack(starts_s, dim=2)
+                y = _add_matmul_(y, sigma.unsqueeze(-1).to(dtype) * q, starts_s.to(dtype).transpose(-1, -2))
+            else:
+                starts_s = None
+
+        ctx.slope, ctx.momentum = slope, momentum
+        ctx.save_for_backward(
+            q,
+            k,
+            offset,
+            u,
+            d_alpha,
+            beta,
+            d_eta,
+            m,
+            coef,
+            e,
+            sigma,
+            qk,
+            scores,
+            q_eff,
+            starts_w,
+            starts_s,
+            projectors,
+        )
+        return y, weights, state_s
+
+    @staticmethod
+    def backward(ctx, grad_y, grad_w_end, grad_s_end):
+        (
+            q,
+            k,
+            offset,
+            u,
+            d_alpha,
+            beta,
+            d_eta,
+            m,
+            coef,
+            e,
+            sigma,
+            qk,
+            scores,
+            q_eff,
+            starts_w,
+            starts_s,
+            projectors,
+        ) = ctx.saved_tensors
+        slope, momentum = ctx.slope, ctx.momentum
+        # every intermediate here is ours: updated in place where it dies, to allocate less
+        with torch.autocast(device_type=q.device.type, enabled=False):
+            dtype, d_key, n = q.dtype, q.shape[-1], q.shape[2]
+            coef_dtype, state_dtype = coef.dtype, starts_w.dtype
+            if grad_y is None:
+                grad_y = torch.zeros(*q.shape[:-1], offset.shape[-1], dtype=dtype, device=q.device)
+            grad_y = grad_y.to(dtype)
+            state_shape = starts_w.shape[:2] + starts_w.shape[3:]
+            g_w = grad_w_end.to(state_dtype) if grad_w_end is not None else starts_w.new_zeros(state_shape)
+            g_s = None
+            if momentum:
+                g_s = (
+                    grad_s_end.to(state_dtype) if grad_s_end is not None else starts_w.new_zeros(state_shape)
+                )
+
+            # the reads' share of each chunk's start-state gradient, then the recurrence backwards
+            sigma_col = sigma.unsqueeze(-1).to(dtype) if momentum else None
+            read_w = (grad_y.transpose(-1, -2) @ q_eff).to(state_dtype)
+            read_s = (grad_y.transpose(-1, -2) @ (sigma_col * q)).to(state_dtype) if momentum else None
+            beta_end = beta[..., -1].to(state_dtype)
+            if momentum:
+                sigma_end, eta_end = sigma[..., -1].to(state_dtype), e[..., -1].to(state_dtype)
+            ends_w, ends_s = [None] * n, [None] * n  # gradients of the state after chunk c
+            for c in reversed(range(n)):
+                ends_w[c], ends_s[c] = g_w, g_s
+                previous_w = torch.addcmul(read_w[:, :, c], beta_end[:, :, c, None, None], g_w)
+                if projectors is not None:
+                    previous_w = _add_matmul_(
+                        previous_w, g_w, projectors[:, :, c, :, :d_key].transpose(-1, -2)
+                    )
+                if momentum:
+                    if projectors is not None:
+                        previous_w = _add_matmul_(
+                            previous_w, g_s, projectors[:, :, c, :, d_key:].transpose(-1, -2)
+                        )
+                    g_s = torch.addcmul(read_s[:, :, c], sigma_end[:, :, c, None, None], g_w).addcmul_(
+                        eta_end[:, :, c, None, None], g_s
+                    )
+                g_w = previous_w
+            grad_w0, grad_s0 = g_w, g_s
+            grad_shift = torch.stack(ends_w, dim=2)  # [dL/dR_W | dL/dR_S]
+            if momentum:
+                grad_shift = torch.cat([grad_shift, torch.stack(ends_s, dim=2)], dim=-1)
+
+            # the recurrence's scalars beta_L, sigma_L, eta_L
+            g_beta = torch.zeros_like(beta)
+            g_beta[..., -1] = (grad_shift[..., :d_key] * starts_w).sum((-1, -2)).to(coef_dtype)
+            g_sigma = g_e = None
+            if momentum:
+                g_sigma = torch.zeros_like(sigma)
+                g_sigma[..., -1] = (grad_shift[..., :d_key] * starts_s).sum((-1, -2)).to(coef_dtype)
+                g_e = torch.zeros_like(e)
+                g_e[..., -1] = (grad_shift[..., d_key:] * starts_s).sum((-1, -2)).to(coef_dtype)
+
+            # reads: y = r + q~ W^T + (sigma q) S^T, with r = Abar b and q~ = beta q + c Abar k
+            grad_q_eff = grad_y @ starts_w.to(dtype)
+            g_beta += _rowdot(grad_q_eff, q).to(coef_dtype)
+            grad_scores = grad_y @ offset.transpose(-1, -2)
+            grad_offset = scores.transpose(-1, -2) @ grad_y
+            if slope:
+                grad_scores = _add_matmul_(grad_scores, grad_q_eff, k.transpose(-1, -2), slope)
+                grad_k = scores.transpose(-1, -2) @ grad_q_eff
+                if slope != 1:
+                    grad_k.mul_(slope)
+            else:
+                grad_k = torch.zeros_like(k)
+            grad_q = grad_q_eff.mul_(beta.unsqueeze(-1).to(dtype))
+            if momentum:
+                grad_sigma_q = grad_y @ starts_s.to(dtype)
+                g_sigma += _rowdot(grad_sigma_q, q).to(coef_dtype)
+                grad_q.addcmul_(grad_sigma_q, sigma_col)
+
+            # chunk-end terms: [P | R] = [c k | b]^T [row_1 k | row_2 k] ("weighted")
+            rows = torch.stack([coef[..., -1, :]] + ([m[..., -1, :]] if momentum else []), dim=-1).to(dtype)
+            weighted = (k.unsqueeze(-2) * rows.unsqueeze(-1)).flatten(-2)
+            grad_shift = grad_shift.to(dtype)
+            grad_weighted = offset @ grad_shift
+            grad_offset = _add_matmul_(grad_offset, weighted, grad_shift.transpose(-1, -2))
+            if projectors is not None:
+                grad_projector = starts_w.transpose(-1, -2).to(dtype) @ grad_shift  # W^T g: (d x m d)
+                if slope != 1:
+                    grad_projector.mul_(slope)
+                grad_weighted = _add_matmul_(grad_weighted, k, grad_projector)
+                grad_k = _add_matmul_(grad_k, weighted, grad_projector.transpose(-1, -2))
+            per_row = grad_weighted.unflatten(-1, (rows.shape[-1], d_key))  # (L, m, d)
+            grad_rows = _rowdot(per_row, k.unsqueeze(-2)).to(coef_dtype)  # (L, m)
+            grad_k += (per_row * rows.unsqueeze(-1)).sum(-2)
+
+            # Abar = K o (q k^T)
+            grad_coef = (grad_scores * qk).to(coef_dtype)
+            grad_qk = grad_scores.mul_(coef.to(dtype))
+            grad_q = _add_matmul_(grad_q, grad_qk, k)
+            grad_k = _add_matmul_(grad_k, grad_qk.transpose(-1, -2), q)
+            grad_coef[..., -1, :] += grad_rows[..., 0]
+
+            # the coefficients back to the rates (h = dL/dD o D is what reaches a decay's log)
+            minus_u = (-u.to(coef_dtype)).unsqueeze(-2)
+            if momentum:
+                grad_m = d_alpha.transpose(-1, -2) @ grad_coef
+                grad_m[..., -1, :] += grad_rows[..., 1]
+                g_e += (d_alpha.transpose(-1, -2) @ g_sigma.unsqueeze(-1)).squeeze(-1)
+                grad_d_alpha = (grad_coef @ m.transpose(-1, -2)).addcmul_(
+                    g_sigma.unsqueeze(-1), e.unsqueeze(-2)
+                )
+                h_eta = grad_m.mul_(d_eta)
+                grad_u = -h_eta.sum(-2)
+                h_eta.mul_(minus_u)
+                grad_log_eta = _reverse_cumsum(g_e * e + h_eta.sum(-1) - h_eta.sum(-2))
+                h_alpha = grad_d_alpha.mul_(d_alpha)
+            else:
+                h_alpha = grad_coef.mul_(d_alpha)
+                grad_u = -h_alpha.sum(-2)
+                h_alpha.mul_(minus_u)
+                grad_log_eta = None
+            grad_log_alpha = _reverse_cumsum(g_beta * beta + h_alpha.sum(-1) - h_alpha.sum(-2))
+
+        return (
+            grad_q,
+            grad_k,
+            grad_offset,
+            grad_u.to(u.dtype),
+            grad_log_alpha,
+            grad_log_eta,
+            grad_w0,
+            grad_s0,
+            None,
+        )
+
+
+def linear_chunks(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    offset: torch.Tensor,
+    u: torch.Tensor,
+    log_alpha: torch.Tensor,
+    log_eta: torch.Tensor | None,
+    w0: torch.Tensor,
+    s0: torch.Tensor | None,
+    slope: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """q, k (B, H, n, L, d), offset (B, H, n, L, d_v), u / log_alpha / log_eta (B, H, n, L),
+    w0 / s0 (B, H, d_v, d).  Returns the reads (B, H, n, L, d_v) and the final W and S."""
+    return LinearChunks.apply(q, k, offset, u, log_alpha, log_eta, w0, s0, slope)
