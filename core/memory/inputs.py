@@ -11,6 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .short_conv import causal_conv
+
 
 class MemoryInputs(nn.Module):
     def __init__(
@@ -31,21 +33,12 @@ class MemoryInputs(nn.Module):
             self.conv = nn.Conv1d(inner, inner, conv_kernel, groups=inner, bias=True)
 
     def _convolve(
-        self, qkv: torch.Tensor, past: torch.Tensor | None
+        self, qkv: torch.Tensor, past: torch.Tensor | None, activate: bool
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Causal depthwise convolution; the last kernel-1 inputs carry over to the next call."""
+        """Causal depthwise convolution (and SiLU); the last kernel-1 inputs carry over to the next call."""
         if not self.conv_kernel:
-            return qkv, None
-        kernel, length = self.conv_kernel, qkv.shape[1]
-        if past is None:
-            past = qkv.new_zeros(qkv.shape[0], qkv.shape[2], kernel - 1)
-        padded = torch.cat([past.transpose(1, 2).to(qkv.dtype), qkv], dim=1)  # (B, kernel - 1 + T, C)
-        # a sum of shifted products, not F.conv1d: PyTorch's depthwise conv backward is slow on CPU
-        weight = self.conv.weight.squeeze(1).to(qkv.dtype)  # (C, kernel)
-        y = torch.addcmul(self.conv.bias.to(qkv.dtype), padded[:, :length], weight[:, 0])
-        for j in range(1, kernel):
-            y = torch.addcmul(y, padded[:, j : j + length], weight[:, j])
-        return y, padded[:, padded.shape[1] - (kernel - 1) :].transpose(1, 2)
+            return (F.silu(qkv) if activate else qkv), None
+        return causal_conv(qkv, self.conv.weight.squeeze(1), self.conv.bias, past, silu=activate)
 
     def forward(self, x: torch.Tensor, conv_state: torch.Tensor | None = None, convolve: bool = True):
         """x (B, T, dim) -> q, k, v (B, H, T, head_dim) and the convolution's carry.
@@ -53,9 +46,12 @@ class MemoryInputs(nn.Module):
         ``convolve=False`` skips the convolution: each token's q, k, v then depend on that
         token alone (MAC's retrieval queries, which must not mix tokens of a segment).
         """
-        qkv, carry = self._convolve(self.qkv(x), conv_state) if convolve else (self.qkv(x), conv_state)
-        if self.activation == "silu":
-            qkv = F.silu(qkv)
+        activate = self.activation == "silu"
+        if convolve:
+            qkv, carry = self._convolve(self.qkv(x), conv_state, activate)
+        else:
+            qkv, carry = self.qkv(x), conv_state
+            qkv = F.silu(qkv) if activate else qkv
         batch, seq, _ = x.shape
         q, k, v = (
             t.view(batch, seq, self.heads, self.head_dim).transpose(1, 2) for t in qkv.chunk(3, dim=-1)
