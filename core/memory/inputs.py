@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .short_conv import causal_conv
+from .split_heads import split_heads
 
 
 class MemoryInputs(nn.Module):
@@ -52,10 +53,5 @@ class MemoryInputs(nn.Module):
         else:
             qkv, carry = self.qkv(x), conv_state
             qkv = F.silu(qkv) if activate else qkv
-        batch, seq, _ = x.shape
-        q, k, v = (
-            t.view(batch, seq, self.heads, self.head_dim).transpose(1, 2) for t in qkv.chunk(3, dim=-1)
-        )
-        if self.qk_norm:
-            q, k = F.normalize(q, dim=-1), F.normalize(k, dim=-1)
+        q, k, v = split_heads(qkv, self.heads, self.qk_norm)
         return q, k, v, carry

@@ -100,17 +100,17 @@ class LinearChunks(torch.autograd.Function):
             if momentum:
                 sigma_end, eta_end = sigma[..., -1].to(state_dtype), e[..., -1].to(state_dtype)
             starts_w, starts_s = [], []
-            for c in range(n):
+            for c in range(n):  # fused, in-place updates: this loop is latency-bound
                 starts_w.append(weights)
-                following = beta_end[:, :, c, None, None] * weights + shifts[:, :, c, :, :d_key]
+                following = torch.addcmul(shifts[:, :, c, :, :d_key], beta_end[:, :, c, None, None], weights)
                 if projectors is not None:
-                    following = following + weights @ projectors[:, :, c, :, :d_key]
+                    following = _add_matmul_(following, weights, projectors[:, :, c, :, :d_key])
                 if momentum:
                     starts_s.append(state_s)
-                    following = following + sigma_end[:, :, c, None, None] * state_s
-                    state_s = eta_end[:, :, c, None, None] * state_s + shifts[:, :, c, :, d_key:]
+                    following.addcmul_(sigma_end[:, :, c, None, None], state_s)
+                    state_s = torch.addcmul(shifts[:, :, c, :, d_key:], eta_end[:, :, c, None, None], state_s)
                     if projectors is not None:
-                        state_s = state_s + starts_w[-1] @ projectors[:, :, c, :, d_key:]
+                        state_s = _add_matmul_(state_s, weights, projectors[:, :, c, :, d_key:])
                 weights = following
             starts_w = torch.stack(starts_w, dim=2)
             y = _add_matmul_(y, q_eff, starts_w.to(dtype).transpose(-1, -2))
