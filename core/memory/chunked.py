@@ -174,19 +174,12 @@ def _piece(
     new_weights, new_momentum, new_decayed = {}, {}, {}
     for name, (h, delta) in factors.items():
         scale = retention.lr_scale(state.extra, name)
-        update = _scaled(outer_sum(last_row(coef), delta, h), scale)
-        w = torch.addcmul(
-            update.to(torch.promote_types(update.dtype, start_w[name].dtype)),
-            beta[..., -1, None, None],
-            start_w[name],
-        )
+        # scalar * matrix as a plain product: addcmul's backward also multiplies by its value
+        w = beta[..., -1, None, None] * start_w[name] + _scaled(outer_sum(last_row(coef), delta, h), scale)
         if carry is not None:
-            w = torch.addcmul(w, carry[..., -1, None, None], start_s[name])
-            momentum_update = _scaled(outer_sum(last_row(momentum_coef), delta, h), scale)
-            new_momentum[name] = torch.addcmul(
-                momentum_update.to(torch.promote_types(momentum_update.dtype, start_s[name].dtype)),
-                eta_end,
-                start_s[name],
+            w = w + carry[..., -1, None, None] * start_s[name]
+            new_momentum[name] = eta_end * start_s[name] + _scaled(
+                outer_sum(last_row(momentum_coef), delta, h), scale
             )
         new_weights[name] = w
     if retention.needs_decayed_update:
