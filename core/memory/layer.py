@@ -148,13 +148,16 @@ class MemoryLayer(nn.Module):
         return_state: bool = False,
         path: str | None = None,
     ) -> torch.Tensor | tuple[torch.Tensor, LayerState]:
-        state = state or LayerState()
-        q, k, v, conv = self.inputs(x, state.conv)
-        y, memory_state = self.memory(q, k, v, x, state.memory, path)
+        # no LayerState() for a missing state: dynamo cannot trace a dataclass's default factory
+        conv_in, memory_in, position = (
+            (state.conv, state.memory, state.position) if state else (None, None, 0)
+        )
+        q, k, v, conv = self.inputs(x, conv_in)
+        y, memory_state = self.memory(q, k, v, x, memory_in, path)
         out = self.out(self.merge_heads(y, x.dtype))
         if not return_state:
             return out
-        return out, LayerState(memory_state, conv, state.position + x.shape[1])
+        return out, LayerState(memory_state, conv, position + x.shape[1])
 
     def retrieve(self, x: torch.Tensor, state: LayerState | None) -> torch.Tensor:
         """Read the memory with x's queries without writing (MAC's h_t = M*(q_t)).

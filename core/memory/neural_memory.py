@@ -89,15 +89,16 @@ class NeuralMemory(nn.Module):
         state: NeuralMemoryState | None = None,
         path: str | None = None,
     ):
-        state = state or NeuralMemoryState()
+        # no NeuralMemoryState() for a missing state: dynamo cannot trace a dataclass's default factory
+        qk_in, memory_in = (state.qk, state.memory) if state is not None else (None, None)
         qk_state = None
         if self.use_qk_projection:
-            q, qk_state = qk_project(q, k, state.qk, self.chunk_size)
+            q, qk_state = qk_project(q, k, qk_in, self.chunk_size)
             if self.qk_norm:
                 q = F.normalize(q, dim=-1)
         q, k = self.features(q, query=True), self.features(k)
         y, memory_state = memory_op(
-            self.rule, q, k, v, self.gates(x), state.memory, self.chunk_size, path or self.path
+            self.rule, q, k, v, self.gates(x), memory_in, self.chunk_size, path or self.path
         )
         if self.record:
             self.last_norms = state_norms(memory_state)
