@@ -10,6 +10,11 @@ def matmul_add(base: torch.Tensor, a: torch.Tensor, b: torch.Tensor, alpha: floa
 
     Leading dimensions broadcast like ``torch.matmul``'s; ``base`` has the result's shape.
     """
+    if base.dim() == 3 and a.dim() == 3 and b.dim() == 3:
+        return torch.baddbmm(base, a, b, alpha=alpha)
+    if base.shape[:-2] == a.shape[:-2] == b.shape[:-2]:  # the usual case: no broadcast to resolve
+        out = torch.baddbmm(base.flatten(0, -3), a.flatten(0, -3), b.flatten(0, -3), alpha=alpha)
+        return out.view(base.shape)
     lead = torch.broadcast_shapes(base.shape[:-2], a.shape[:-2], b.shape[:-2])
 
     def flat(x: torch.Tensor) -> torch.Tensor:

@@ -149,16 +149,18 @@ def _piece(
 
     start_w, start_s = state.weights, state.momentum
 
+    read_dtype = q.dtype  # the per-token coefficients, cast once for every read
+    coef_read, beta_read = coef.to(read_dtype), beta.unsqueeze(-1).to(read_dtype)
+    carry_read = carry.unsqueeze(-1).to(read_dtype) if carry is not None else None
+
     def linear(name: str, x: torch.Tensor) -> torch.Tensor:
         """W_i x_i for every token: K o (x h^T) @ delta + beta x W^T + sigma x S^T."""
         h, delta = factors[name]
-        attend = _scaled(coef.to(x.dtype) * (x @ h.transpose(-1, -2)), retention.lr_scale(state.extra, name))
+        attend = _scaled(coef_read * (x @ h.transpose(-1, -2)), retention.lr_scale(state.extra, name))
         y = attend @ delta.to(x.dtype)
-        y = matmul_add(y, beta.unsqueeze(-1).to(x.dtype) * x, start_w[name].transpose(-1, -2).to(x.dtype))
-        if carry is not None:
-            y = matmul_add(
-                y, carry.unsqueeze(-1).to(x.dtype) * x, start_s[name].transpose(-1, -2).to(x.dtype)
-            )
+        y = matmul_add(y, beta_read * x, start_w[name].transpose(-1, -2).to(x.dtype))
+        if carry_read is not None:
+            y = matmul_add(y, carry_read * x, start_s[name].transpose(-1, -2).to(x.dtype))
         return y
 
     y = rule.arch(q, linear)
