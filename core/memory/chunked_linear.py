@@ -12,7 +12,10 @@ dot).  Everything the general chunked path computes is then affine in W_0 (and S
 So every chunk's q~, r, P and R are computed at once, batched over chunks with large
 matmuls; only the (d x d) recurrence from one chunk's weights to the next is a loop; then
 all reads are one batched matmul.  Same semantics as ``chunked._piece`` (tested equal),
-much less per-chunk work.  Used for whole chunks that start at a chunk boundary.
+much less per-chunk work.  Used for whole chunks that start at a chunk boundary.  The
+normalised step s folds into the learning-rate rows.  Without an Omega window or a decayed
+gradient point (a = 1) the pass runs as ``linear_chunks_function.LinearChunks`` (backward by
+hand); the autograd form below stays for those cases and as the tests' reference.
 """
 
 from __future__ import annotations
