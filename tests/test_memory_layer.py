@@ -141,3 +141,17 @@ def test_layer_accepts_component_tables_and_rejects_nonsense_combinations():
         MemoryLayer(16, heads=2, retention="kl", algorithm="muon")
     with pytest.raises(RecipeError, match="residual = true needs"):
         MemoryLayer(16, heads=2, features={"name": "polynomial", "degree": 2})
+
+
+def test_the_layer_compiles_without_graph_breaks_and_matches_eager():
+    """fullgraph=True raises on a graph break; the custom autograd Functions (short
+    convolution, head split, batched matrix-memory pass) must trace.  Tolerance 1e-5."""
+    torch.manual_seed(0)
+    layer = MemoryLayer(16, heads=2, memory="linear", retention="decay", algorithm="momentum", chunk_size=4)
+    x = torch.randn(2, 12, 16, requires_grad=True)
+    eager = layer(x)
+    (grad_eager,) = torch.autograd.grad(eager.square().sum(), x)
+    compiled = torch.compile(layer, fullgraph=True)(x)
+    (grad_compiled,) = torch.autograd.grad(compiled.square().sum(), x)
+    torch.testing.assert_close(compiled, eager, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(grad_compiled, grad_eager, rtol=1e-5, atol=1e-5)

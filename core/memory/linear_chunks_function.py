@@ -20,6 +20,7 @@ Tested against autograd through ``chunked_linear``'s reference graph (float64).
 from __future__ import annotations
 
 import torch
+from torch.autograd.function import once_differentiable
 
 
 def _rowdot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -143,6 +144,7 @@ class LinearChunks(torch.autograd.Function):
         return y, weights, state_s
 
     @staticmethod
+    @once_differentiable  # its in-place updates are not themselves differentiable
     def backward(ctx, grad_y, grad_w_end, grad_s_end):
         (
             q,
