@@ -23,6 +23,7 @@ from torch import nn
 from ..params import Component, make_component
 from ..registry import Registry, get_registry
 from .inputs import MemoryInputs
+from .merge_heads import rms_merge_heads
 from .neural_memory import NeuralMemory, NeuralMemoryState
 from .spec import MemorySpec
 
@@ -138,7 +139,9 @@ class MemoryLayer(nn.Module):
 
     def merge_heads(self, y: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         """(B, H, T, d) read-outs -> (B, T, H*d), normalised per head."""
-        y = self.norm(y.to(dtype))
+        y = y.to(dtype)
+        if isinstance(self.norm, nn.RMSNorm):
+            return rms_merge_heads(y, self.norm.weight, self.norm.eps)
         return y.transpose(1, 2).reshape(y.shape[0], y.shape[2], -1)
 
     def forward(

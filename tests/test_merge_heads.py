@@ -1,0 +1,24 @@
+"""rms_merge_heads against nn.RMSNorm + transpose + reshape (float64: values 1e-12, gradients 1e-10)."""
+
+from __future__ import annotations
+
+import torch
+
+from miraslab.memory.merge_heads import rms_merge_heads
+
+
+def test_matches_rmsnorm_then_merge_and_gradchecks():
+    g = torch.Generator().manual_seed(0)
+    y = torch.randn(2, 3, 5, 4, generator=g, dtype=torch.float64, requires_grad=True)
+    norm = torch.nn.RMSNorm(4, eps=1e-6).double()
+    with torch.no_grad():
+        norm.weight.uniform_(0.5, 1.5, generator=g)
+    ours = rms_merge_heads(y, norm.weight, 1e-6)
+    reference = norm(y).transpose(1, 2).reshape(2, 5, 12)
+    torch.testing.assert_close(ours, reference, rtol=1e-12, atol=1e-12)
+    cotangent = torch.randn(2, 5, 12, generator=g, dtype=torch.float64)
+    got = torch.autograd.grad((ours * cotangent).sum(), (y, norm.weight))
+    want = torch.autograd.grad((reference * cotangent).sum(), (y, norm.weight))
+    for a, b in zip(got, want, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+    assert torch.autograd.gradcheck(lambda y, w: rms_merge_heads(y, w, 1e-6), (y, norm.weight))
