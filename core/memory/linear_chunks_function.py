@@ -22,6 +22,8 @@ from __future__ import annotations
 import torch
 from torch.autograd.function import once_differentiable
 
+from .sources import decay_matrix
+
 
 def _rowdot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """sum over the last dimension of a * b."""
@@ -37,13 +39,6 @@ def _add_matmul_(base: torch.Tensor, a: torch.Tensor, b: torch.Tensor, alpha: fl
     b3 = b.expand(*lead, *b.shape[-2:]).reshape(-1, *b.shape[-2:])
     base.view(-1, *base.shape[-2:]).baddbmm_(a3, b3, alpha=alpha)
     return base
-
-
-def _decay_matrix(cum: torch.Tensor) -> torch.Tensor:
-    """``sources.decay_matrix`` with one allocation: exp(A_i - A_s) for s <= i, else 0."""
-    length = cum.shape[-1]
-    upper = torch.ones(length, length, dtype=torch.bool, device=cum.device).triu_(1)
-    return (cum.unsqueeze(-1) - cum.unsqueeze(-2)).masked_fill_(upper, float("-inf")).exp_()
 
 
 def _reverse_cumsum(x: torch.Tensor) -> torch.Tensor:
@@ -69,12 +64,12 @@ class LinearChunks(torch.autograd.Function):
             coef_dtype = torch.promote_types(u.dtype, torch.float32)
             state_dtype = torch.promote_types(w0.dtype, torch.float32)
             cum_alpha = torch.cumsum(log_alpha.to(coef_dtype), dim=-1)
-            d_alpha = _decay_matrix(cum_alpha)
+            d_alpha = decay_matrix(cum_alpha)
             beta = torch.exp(cum_alpha)
             minus_u = (-u.to(coef_dtype)).unsqueeze(-2)
             if momentum:
                 cum_eta = torch.cumsum(log_eta.to(coef_dtype), dim=-1)
-                d_eta = _decay_matrix(cum_eta)
+                d_eta = decay_matrix(cum_eta)
                 m = d_eta * minus_u
                 coef = d_alpha @ m
                 e = torch.exp(cum_eta)

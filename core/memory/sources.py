@@ -71,7 +71,7 @@ def window_band(
 
 def decay_matrix(log_alpha_cumsum: torch.Tensor) -> torch.Tensor:
     """exp(A_i - A_s) for s <= i, else 0; (B, H, L) -> (B, H, L, L). Stable: A is non-increasing."""
-    diff = log_alpha_cumsum.unsqueeze(-1) - log_alpha_cumsum.unsqueeze(-2)
     length = log_alpha_cumsum.shape[-1]
-    lower = torch.ones(length, length, dtype=torch.bool, device=diff.device).tril()
-    return torch.exp(diff.masked_fill(~lower, float("-inf")))
+    upper = torch.ones(length, length, dtype=torch.bool, device=log_alpha_cumsum.device).triu_(1)
+    diff = log_alpha_cumsum.unsqueeze(-1) - log_alpha_cumsum.unsqueeze(-2)
+    return diff.masked_fill_(upper, float("-inf")).exp_()  # in place: one (L x L) allocation
