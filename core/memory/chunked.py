@@ -20,9 +20,9 @@ import dataclasses
 import torch
 
 from . import chunked_linear
-from .batched import matmul_add
 from .chunk_boundary import close_chunk
 from .coefficients import ChunkCoefficients, piece_coefficients
+from .dual_read import dual_read
 from .parts import Gates, at_least_fp32
 from .recurrent import _scaled, outer_sum
 from .rule import MemoryRule
@@ -156,12 +156,17 @@ def _piece(
     def linear(name: str, x: torch.Tensor) -> torch.Tensor:
         """W_i x_i for every token: K o (x h^T) @ delta + beta x W^T + sigma x S^T."""
         h, delta = factors[name]
-        attend = _scaled(coef_read * (x @ h.transpose(-1, -2)), retention.lr_scale(state.extra, name))
-        y = attend @ delta.to(x.dtype)
-        y = matmul_add(y, beta_read * x, start_w[name].transpose(-1, -2).to(x.dtype))
-        if carry_read is not None:
-            y = matmul_add(y, carry_read * x, start_s[name].transpose(-1, -2).to(x.dtype))
-        return y
+        dtype = x.dtype
+        return dual_read(
+            x,
+            h.to(dtype),
+            delta.to(dtype),
+            _scaled(coef_read, retention.lr_scale(state.extra, name)).to(dtype),
+            beta_read.to(dtype),
+            carry_read.to(dtype) if carry_read is not None else None,
+            start_w[name].to(dtype),
+            start_s[name].to(dtype) if carry_read is not None else None,
+        )
 
     y = rule.arch(q, linear)
 
