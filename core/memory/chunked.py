@@ -21,6 +21,7 @@ import torch
 
 from . import chunked_linear
 from .chunk_boundary import close_chunk
+from .chunk_end_update import chunk_end_update
 from .coefficients import ChunkCoefficients, piece_coefficients
 from .dual_read import dual_read
 from .parts import Gates, at_least_fp32
@@ -113,6 +114,15 @@ def _join_whole_chunks(lengths: list[int], chunk_size: int, offset: int) -> list
     return [*lengths[:first], sum(lengths[first:last]), *lengths[last:]]
 
 
+def _scaled_rows(row: torch.Tensor, scale: torch.Tensor | float, dtype: torch.dtype) -> torch.Tensor:
+    """Coefficient rows (B, H, L) times the retention's update scale (a float or (B, H))."""
+    if isinstance(scale, torch.Tensor):
+        row = row * scale.unsqueeze(-1)
+    elif scale != 1.0:
+        row = row * scale
+    return row.to(dtype)
+
+
 def _piece(
     rule: MemoryRule,
     q: torch.Tensor,
@@ -179,16 +189,25 @@ def _piece(
     if carry is not None:
         eta_end = torch.exp(cum_eta[..., -1])[..., None, None]
     new_weights, new_momentum, new_decayed = {}, {}, {}
+    row_w = last_row(coef)
+    row_s = last_row(momentum_coef) if carry is not None else None
     for name, (h, delta) in factors.items():
         scale = retention.lr_scale(state.extra, name)
-        # scalar * matrix as a plain product: addcmul's backward also multiplies by its value
-        w = beta[..., -1, None, None] * start_w[name] + _scaled(outer_sum(last_row(coef), delta, h), scale)
-        if carry is not None:
-            w = w + carry[..., -1, None, None] * start_s[name]
-            new_momentum[name] = eta_end * start_s[name] + _scaled(
-                outer_sum(last_row(momentum_coef), delta, h), scale
-            )
+        state_dtype = torch.promote_types(start_w[name].dtype, torch.float32)
+        w, s_next = chunk_end_update(
+            delta,
+            h.to(delta.dtype),
+            _scaled_rows(row_w, scale, delta.dtype),
+            _scaled_rows(row_s, scale, delta.dtype) if row_s is not None else None,
+            beta[..., -1, None, None].to(state_dtype),
+            carry[..., -1, None, None].to(state_dtype) if carry is not None else None,
+            eta_end.to(state_dtype) if carry is not None else None,
+            start_w[name].to(state_dtype),
+            start_s[name].to(state_dtype) if carry is not None else None,
+        )
         new_weights[name] = w
+        if s_next is not None:
+            new_momentum[name] = s_next
     if retention.needs_decayed_update:
         aux_cum = torch.cumsum(at_least_fp32(retention.aux_log_alpha(gates)), dim=-1)
         aux_row = decay_matrix(aux_cum)[..., -1, :]  # exp(A_L - A_s)
