@@ -123,15 +123,21 @@ def test_under_bf16_autocast_gate_parameters_stay_fp32_and_can_take_tiny_steps()
     assert (bias != before).all()
 
 
-def test_bf16_autocast_output_is_close_to_fp32():
-    """Tolerance: bf16 matmuls keep ~3 significant digits; relative error of the output < 5e-2."""
+@pytest.mark.parametrize("memory", ["mlp", "linear"])
+def test_bf16_autocast_output_and_gradients_are_close_to_fp32(memory):
+    """Every hand-written backward on the way (convolution, head split, batched or per-chunk
+    passes, read-out norm) under autocast.  Tolerance: bf16 matmuls keep ~3 significant
+    digits; relative error of the output and of the input gradient < 5e-2."""
     torch.manual_seed(0)
-    module = MemoryLayer(32, heads=2, chunk_size=8)
-    x = torch.randn(2, 24, 32)
+    module = MemoryLayer(32, heads=2, chunk_size=8, memory=memory)
+    x = torch.randn(2, 24, 32, requires_grad=True)
     exact = module(x)
+    (grad_exact,) = torch.autograd.grad(exact.square().sum(), x)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         approx = module(x).float()
+    (grad_approx,) = torch.autograd.grad(approx.square().sum(), x)
     assert (approx - exact).norm() / exact.norm() < 5e-2
+    assert (grad_approx - grad_exact).norm() / grad_exact.norm() < 5e-2
 
 
 def test_layer_accepts_component_tables_and_rejects_nonsense_combinations():
