@@ -22,3 +22,24 @@ def matmul_add(base: torch.Tensor, a: torch.Tensor, b: torch.Tensor, alpha: floa
 
     out = torch.baddbmm(flat(base), flat(a), flat(b), alpha=alpha)
     return out.view(*lead, *out.shape[-2:])
+
+
+def matmul_add_(base: torch.Tensor, a: torch.Tensor, b: torch.Tensor, alpha: float = 1.0) -> torch.Tensor:
+    """``matmul_add`` in place when ``base`` is contiguous (a tensor its caller made); returns it."""
+    if not base.is_contiguous():
+        return matmul_add(base, a, b, alpha)
+    lead = base.shape[:-2]
+    a3 = a.expand(*lead, *a.shape[-2:]).reshape(-1, *a.shape[-2:])
+    b3 = b.expand(*lead, *b.shape[-2:]).reshape(-1, *b.shape[-2:])
+    base.view(-1, *base.shape[-2:]).baddbmm_(a3, b3, alpha=alpha)
+    return base
+
+
+def outer_sum(coef: torch.Tensor, delta: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+    """sum_j coef_j * delta_j h_j^T: (B, H, N) x (B, H, N, o) x (B, H, N, i) -> (B, H, o, i).
+
+    The coefficients scale the narrower factor: the same product, fewer elementwise ops.
+    """
+    if delta.shape[-1] <= h.shape[-1]:
+        return (delta * coef.unsqueeze(-1).to(delta.dtype)).transpose(-1, -2) @ h
+    return delta.transpose(-1, -2) @ (h * coef.unsqueeze(-1).to(h.dtype))

@@ -14,23 +14,18 @@ from __future__ import annotations
 import torch
 from torch.autograd.function import once_differentiable
 
-
-def _weighted_outer(row: torch.Tensor, delta: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
-    """sum_j row_j delta_j h_j^T, scaling the narrower factor."""
-    if delta.shape[-1] <= h.shape[-1]:
-        return (delta * row.unsqueeze(-1)).transpose(-1, -2) @ h
-    return delta.transpose(-1, -2) @ (h * row.unsqueeze(-1))
+from .batched import outer_sum
 
 
 class _ChunkEnd(torch.autograd.Function):
     @staticmethod
     def forward(ctx, delta, h, row_w, row_s, beta, sigma, eta, w, s):
         state_dtype = w.dtype
-        new_w = torch.addcmul(_weighted_outer(row_w, delta, h).to(state_dtype), beta, w)
+        new_w = torch.addcmul(outer_sum(row_w, delta, h).to(state_dtype), beta, w)
         new_s = None
         if s is not None:
             new_w.addcmul_(sigma, s)
-            new_s = torch.addcmul(_weighted_outer(row_s, delta, h).to(state_dtype), eta, s)
+            new_s = torch.addcmul(outer_sum(row_s, delta, h).to(state_dtype), eta, s)
         ctx.save_for_backward(delta, h, row_w, row_s, beta, sigma, eta, w, s)
         return new_w, new_s
 

@@ -20,12 +20,13 @@ import dataclasses
 import torch
 
 from . import chunked_linear
+from .batched import outer_sum
 from .chunk_boundary import close_chunk
 from .chunk_end_update import chunk_end_update
 from .coefficients import ChunkCoefficients, piece_coefficients
 from .dual_read import dual_read
 from .parts import Gates, at_least_fp32
-from .recurrent import _scaled, outer_sum
+from .recurrent import _scaled
 from .rule import MemoryRule
 from .sources import decay_matrix, keep_window, window_band, with_window
 from .state import MemoryState
@@ -114,15 +115,6 @@ def _join_whole_chunks(lengths: list[int], chunk_size: int, offset: int) -> list
     return [*lengths[:first], sum(lengths[first:last]), *lengths[last:]]
 
 
-def _scaled_rows(row: torch.Tensor, scale: torch.Tensor | float, dtype: torch.dtype) -> torch.Tensor:
-    """Coefficient rows (B, H, L) times the retention's update scale (a float or (B, H))."""
-    if isinstance(scale, torch.Tensor):
-        row = row * scale.unsqueeze(-1)
-    elif scale != 1.0:
-        row = row * scale
-    return row.to(dtype)
-
-
 def _piece(
     rule: MemoryRule,
     q: torch.Tensor,
@@ -197,8 +189,8 @@ def _piece(
         w, s_next = chunk_end_update(
             delta,
             h.to(delta.dtype),
-            _scaled_rows(row_w, scale, delta.dtype),
-            _scaled_rows(row_s, scale, delta.dtype) if row_s is not None else None,
+            _scaled(row_w, scale).to(delta.dtype),
+            _scaled(row_s, scale).to(delta.dtype) if row_s is not None else None,
             beta[..., -1, None, None].to(state_dtype),
             carry[..., -1, None, None].to(state_dtype) if carry is not None else None,
             eta_end.to(state_dtype) if carry is not None else None,

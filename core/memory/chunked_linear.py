@@ -24,7 +24,7 @@ import torch
 
 from .batched import matmul_add
 from .coefficients import piece_coefficients, piece_rates
-from .linear_chunks_function import linear_chunks
+from .linear_chunks_function import chunk_list, chunk_recurrence, end_terms, linear_chunks
 from .parts import Gates, at_least_fp32
 from .rule import MemoryRule
 from .sources import keep_window, window_band, with_window
@@ -145,52 +145,24 @@ def whole_chunks(
     rows = torch.stack(
         [coef[..., -1, :]] + ([momentum_coef[..., -1, :]] if carry is not None else []), dim=-1
     )
-    weighted_keys = (k_src.unsqueeze(-2) * rows.unsqueeze(-1).to(dtype)).flatten(-2)
+    projectors, shifts = end_terms(k_src, offset, rows, slope, grad_keys)
     state_dtype = torch.promote_types(state.weights["w"].dtype, torch.float32)
-    shifts = (offset.transpose(-1, -2) @ weighted_keys).to(state_dtype)  # [R_W | R_S]
-    projectors = None
-    if slope:
-        projectors = grad_keys.transpose(-1, -2) @ weighted_keys
-        projectors = (projectors if slope == 1 else slope * projectors).to(state_dtype)
     d_key = k_src.shape[-1]
 
-    def each(x: torch.Tensor | None, split: bool = False) -> list:
-        """Per-chunk pieces (split into the W and S halves), unbound and split once: indexing
-        or slicing in the loop would make backward zero-fill a full-size gradient each time."""
-        if x is None:
-            return [None] * n
-        pieces = x.to(state_dtype).unbind(2)
-        return [p.split(d_key, dim=-1) for p in pieces] if split else list(pieces)
-
-    # only this loop is sequential: (d x d) steps per chunk, out of autocast so the state
-    # accumulates in (at least) fp32.  W' = beta_L W + sigma_L S + c W P_W + R_W,
-    # S' = eta_L S + c W P_S + R_S
-    beta_end, shift_c, projector_c = (
-        each(beta[..., -1, None, None]),
-        each(shifts, True),
-        each(projectors, True),
-    )
-    if carry is not None:
-        carry_end, eta_end = (
-            each(carry[..., -1, None, None]),
-            each(torch.exp(coefficients.cum_eta[..., -1, None, None])),
-        )
-    starts_w, starts_s = [], []
+    # only the chunk recurrence is sequential, out of autocast so the state accumulates in
+    # (at least) fp32
     with torch.autocast(device_type=q.device.type, enabled=False):
-        weights = state.weights["w"].to(state_dtype)
-        momentum = state.momentum["w"].to(state_dtype) if carry is not None else None
-        for c in range(n):
-            starts_w.append(weights)
-            following = torch.addcmul(shift_c[c][0], beta_end[c], weights)
-            if momentum is not None:
-                starts_s.append(momentum)
-                following = torch.addcmul(following, carry_end[c], momentum)
-                momentum = torch.addcmul(shift_c[c][1], eta_end[c], momentum)
-                if slope:
-                    momentum = matmul_add(momentum, weights, projector_c[c][1])
-            if slope:
-                following = matmul_add(following, weights, projector_c[c][0])
-            weights = following
+        starts_w, starts_s, weights, momentum = chunk_recurrence(
+            state.weights["w"].to(state_dtype),
+            state.momentum["w"].to(state_dtype) if carry is not None else None,
+            chunk_list(beta[..., -1, None, None].to(state_dtype)),
+            chunk_list(carry[..., -1, None, None].to(state_dtype)) if carry is not None else None,
+            chunk_list(torch.exp(coefficients.cum_eta[..., -1, None, None]).to(state_dtype))
+            if carry is not None
+            else None,
+            chunk_list(shifts.to(state_dtype), d_key),
+            chunk_list(projectors.to(state_dtype), d_key) if projectors is not None else None,
+        )
 
     # all reads at once: y = r + q~ W_c^T + sigma q S_c^T
     y = matmul_add(reads_offset, q_eff, torch.stack(starts_w, dim=2).to(dtype).transpose(-1, -2))

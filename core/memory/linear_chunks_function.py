@@ -22,6 +22,7 @@ from __future__ import annotations
 import torch
 from torch.autograd.function import once_differentiable
 
+from .batched import matmul_add_
 from .sources import decay_matrix
 
 
@@ -30,29 +31,65 @@ def _rowdot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return (a * b).sum(-1)
 
 
-def _add_matmul_(base: torch.Tensor, a: torch.Tensor, b: torch.Tensor, alpha: float = 1.0) -> torch.Tensor:
-    """base += alpha a @ b, in place when base is contiguous (it is when we made it); any leading dims."""
-    if not base.is_contiguous():
-        return base + alpha * (a @ b)
-    lead = base.shape[:-2]
-    a3 = a.expand(*lead, *a.shape[-2:]).reshape(-1, *a.shape[-2:])
-    b3 = b.expand(*lead, *b.shape[-2:]).reshape(-1, *b.shape[-2:])
-    base.view(-1, *base.shape[-2:]).baddbmm_(a3, b3, alpha=alpha)
-    return base
-
-
 def _reverse_cumsum(x: torch.Tensor) -> torch.Tensor:
     return x.flip(-1).cumsum(-1).flip(-1)
 
 
-def _end_terms(k: torch.Tensor, offset: torch.Tensor, rows: torch.Tensor, slope: float):
-    """P (d x m d) and R (d_v x m d) for m chunk-end rows (..., L, m), in one matmul each."""
+def end_terms(
+    k: torch.Tensor,
+    offset: torch.Tensor,
+    rows: torch.Tensor,
+    slope: float,
+    grad_keys: torch.Tensor | None = None,
+) -> tuple[torch.Tensor | None, torch.Tensor]:
+    """P = c a-k^T diag(row) k (d x m d) and R = b^T diag(row) k (d_v x m d) for m chunk-end
+    rows (..., L, m), in one matmul each; ``grad_keys`` (a k, the gradient point) defaults to k."""
     weighted = (k.unsqueeze(-2) * rows.unsqueeze(-1).to(k.dtype)).flatten(-2)  # [row_1 k | row_2 k]
     shifts = offset.transpose(-1, -2) @ weighted
-    projectors = k.transpose(-1, -2) @ weighted if slope else None
-    if projectors is not None and slope != 1:
-        projectors = slope * projectors
+    projectors = None
+    if slope:
+        projectors = (k if grad_keys is None else grad_keys).transpose(-1, -2) @ weighted
+        if slope != 1:
+            projectors = slope * projectors
     return projectors, shifts
+
+
+def chunk_recurrence(
+    weights: torch.Tensor,
+    momentum: torch.Tensor | None,
+    beta_end: list[torch.Tensor],
+    carry_end: list[torch.Tensor] | None,
+    eta_end: list[torch.Tensor] | None,
+    shifts: list[tuple[torch.Tensor, ...]],
+    projectors: list[tuple[torch.Tensor, ...]] | None,
+) -> tuple[list[torch.Tensor], list[torch.Tensor], torch.Tensor, torch.Tensor | None]:
+    """W' = beta_L W + sigma_L S + W P_W + R_W,  S' = eta_L S + W P_S + R_S, chunk after chunk.
+
+    Per-chunk inputs come as lists (scalars (B, H, 1, 1), [R_W, R_S] and [P_W, P_S] pairs):
+    unbound once, so that under autograd indexing in the loop does not zero-fill a full-size
+    gradient per chunk.  Updates are fused and in place on tensors made here: the loop is
+    latency-bound.  Returns the chunk-start states and the final W and S.
+    """
+    starts_w, starts_s = [], []
+    for c, shift in enumerate(shifts):
+        starts_w.append(weights)
+        following = torch.addcmul(shift[0], beta_end[c], weights)
+        if projectors is not None:
+            following = matmul_add_(following, weights, projectors[c][0])
+        if momentum is not None:
+            starts_s.append(momentum)
+            following.addcmul_(carry_end[c], momentum)
+            momentum = torch.addcmul(shift[1], eta_end[c], momentum)
+            if projectors is not None:
+                momentum = matmul_add_(momentum, weights, projectors[c][1])
+        weights = following
+    return starts_w, starts_s, weights, momentum
+
+
+def chunk_list(x: torch.Tensor, halves: int | None = None) -> list:
+    """(B, H, n, ...) -> a list over the n chunks; with ``halves``, each split into pieces that wide."""
+    pieces = x.unbind(2)
+    return [p.split(halves, dim=-1) for p in pieces] if halves else list(pieces)
 
 
 class LinearChunks(torch.autograd.Function):
@@ -60,7 +97,7 @@ class LinearChunks(torch.autograd.Function):
     def forward(ctx, q, k, offset, u, log_alpha, log_eta, w0, s0, slope):
         momentum = log_eta is not None
         with torch.autocast(device_type=q.device.type, enabled=False):
-            dtype, d_key, n = q.dtype, q.shape[-1], q.shape[2]
+            dtype, d_key = q.dtype, q.shape[-1]
             coef_dtype = torch.promote_types(u.dtype, torch.float32)
             state_dtype = torch.promote_types(w0.dtype, torch.float32)
             cum_alpha = torch.cumsum(log_alpha.to(coef_dtype), dim=-1)
@@ -83,36 +120,27 @@ class LinearChunks(torch.autograd.Function):
             scores = coef.to(dtype) * qk
             q_eff = beta.unsqueeze(-1).to(dtype) * q
             if slope:
-                q_eff = _add_matmul_(q_eff, scores, k, slope)
+                q_eff = matmul_add_(q_eff, scores, k, slope)
             y = scores @ offset
-            projectors, shifts = _end_terms(k, offset, rows, slope)
+            projectors, shifts = end_terms(k, offset, rows, slope)
 
             # the chunk recurrence in (at least) fp32
-            beta_end = beta[..., -1].to(state_dtype)
             shifts = shifts.to(state_dtype)
             projectors = projectors.to(state_dtype) if projectors is not None else None
-            weights = w0.to(state_dtype)
-            state_s = s0.to(state_dtype) if momentum else None
-            if momentum:
-                sigma_end, eta_end = sigma[..., -1].to(state_dtype), e[..., -1].to(state_dtype)
-            starts_w, starts_s = [], []
-            for c in range(n):  # fused, in-place updates: this loop is latency-bound
-                starts_w.append(weights)
-                following = torch.addcmul(shifts[:, :, c, :, :d_key], beta_end[:, :, c, None, None], weights)
-                if projectors is not None:
-                    following = _add_matmul_(following, weights, projectors[:, :, c, :, :d_key])
-                if momentum:
-                    starts_s.append(state_s)
-                    following.addcmul_(sigma_end[:, :, c, None, None], state_s)
-                    state_s = torch.addcmul(shifts[:, :, c, :, d_key:], eta_end[:, :, c, None, None], state_s)
-                    if projectors is not None:
-                        state_s = _add_matmul_(state_s, weights, projectors[:, :, c, :, d_key:])
-                weights = following
+            starts_w, starts_s, weights, state_s = chunk_recurrence(
+                w0.to(state_dtype),
+                s0.to(state_dtype) if momentum else None,
+                chunk_list(beta[..., -1, None, None].to(state_dtype)),
+                chunk_list(sigma[..., -1, None, None].to(state_dtype)) if momentum else None,
+                chunk_list(e[..., -1, None, None].to(state_dtype)) if momentum else None,
+                chunk_list(shifts, d_key),
+                chunk_list(projectors, d_key) if projectors is not None else None,
+            )
             starts_w = torch.stack(starts_w, dim=2)
-            y = _add_matmul_(y, q_eff, starts_w.to(dtype).transpose(-1, -2))
+            y = matmul_add_(y, q_eff, starts_w.to(dtype).transpose(-1, -2))
             if momentum:
                 starts_s = torch.stack(starts_s, dim=2)
-                y = _add_matmul_(y, sigma.unsqueeze(-1).to(dtype) * q, starts_s.to(dtype).transpose(-1, -2))
+                y = matmul_add_(y, sigma.unsqueeze(-1).to(dtype) * q, starts_s.to(dtype).transpose(-1, -2))
             else:
                 starts_s = None
 
@@ -188,12 +216,12 @@ class LinearChunks(torch.autograd.Function):
                 ends_w[c], ends_s[c] = g_w, g_s
                 previous_w = torch.addcmul(read_w[:, :, c], beta_end[:, :, c, None, None], g_w)
                 if projectors is not None:
-                    previous_w = _add_matmul_(
+                    previous_w = matmul_add_(
                         previous_w, g_w, projectors[:, :, c, :, :d_key].transpose(-1, -2)
                     )
                 if momentum:
                     if projectors is not None:
-                        previous_w = _add_matmul_(
+                        previous_w = matmul_add_(
                             previous_w, g_s, projectors[:, :, c, :, d_key:].transpose(-1, -2)
                         )
                     g_s = torch.addcmul(read_s[:, :, c], sigma_end[:, :, c, None, None], g_w).addcmul_(
@@ -221,7 +249,7 @@ class LinearChunks(torch.autograd.Function):
             grad_scores = grad_y @ offset.transpose(-1, -2)
             grad_offset = scores.transpose(-1, -2) @ grad_y
             if slope:
-                grad_scores = _add_matmul_(grad_scores, grad_q_eff, k.transpose(-1, -2), slope)
+                grad_scores = matmul_add_(grad_scores, grad_q_eff, k.transpose(-1, -2), slope)
                 grad_k = scores.transpose(-1, -2) @ grad_q_eff
                 if slope != 1:
                     grad_k.mul_(slope)
@@ -238,13 +266,13 @@ class LinearChunks(torch.autograd.Function):
             weighted = (k.unsqueeze(-2) * rows.unsqueeze(-1)).flatten(-2)
             grad_shift = grad_shift.to(dtype)
             grad_weighted = offset @ grad_shift
-            grad_offset = _add_matmul_(grad_offset, weighted, grad_shift.transpose(-1, -2))
+            grad_offset = matmul_add_(grad_offset, weighted, grad_shift.transpose(-1, -2))
             if projectors is not None:
                 grad_projector = starts_w.transpose(-1, -2).to(dtype) @ grad_shift  # W^T g: (d x m d)
                 if slope != 1:
                     grad_projector.mul_(slope)
-                grad_weighted = _add_matmul_(grad_weighted, k, grad_projector)
-                grad_k = _add_matmul_(grad_k, weighted, grad_projector.transpose(-1, -2))
+                grad_weighted = matmul_add_(grad_weighted, k, grad_projector)
+                grad_k = matmul_add_(grad_k, weighted, grad_projector.transpose(-1, -2))
             per_row = grad_weighted.unflatten(-1, (rows.shape[-1], d_key))  # (L, m, d)
             grad_rows = _rowdot(per_row, k.unsqueeze(-2)).to(coef_dtype)  # (L, m)
             grad_k += (per_row * rows.unsqueeze(-1)).sum(-2)
@@ -252,8 +280,8 @@ class LinearChunks(torch.autograd.Function):
             # Abar = K o (q k^T)
             grad_coef = (grad_scores * qk).to(coef_dtype)
             grad_qk = grad_scores.mul_(coef.to(dtype))
-            grad_q = _add_matmul_(grad_q, grad_qk, k)
-            grad_k = _add_matmul_(grad_k, grad_qk.transpose(-1, -2), q)
+            grad_q = matmul_add_(grad_q, grad_qk, k)
+            grad_k = matmul_add_(grad_k, grad_qk.transpose(-1, -2), q)
             grad_coef[..., -1, :] += grad_rows[..., 0]
 
             # the coefficients back to the rates (h = dL/dD o D is what reaches a decay's log)

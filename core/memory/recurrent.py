@@ -12,6 +12,7 @@ import dataclasses
 
 import torch
 
+from .batched import outer_sum
 from .chunk_boundary import close_chunk
 from .parts import Gates
 from .rule import MemoryRule
@@ -19,21 +20,12 @@ from .sources import keep_window, window_band, with_window
 from .state import MemoryState
 
 
-def outer_sum(coef: torch.Tensor, delta: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
-    """sum_j coef_j * delta_j h_j^T: (B, H, N) x (B, H, N, o) x (B, H, N, i) -> (B, H, o, i).
-
-    The coefficients scale the narrower factor: the same product, fewer elementwise ops.
-    """
-    if delta.shape[-1] <= h.shape[-1]:
-        return (delta * coef.unsqueeze(-1).to(delta.dtype)).transpose(-1, -2) @ h
-    return delta.transpose(-1, -2) @ (h * coef.unsqueeze(-1).to(h.dtype))
-
-
 def _scaled(value: torch.Tensor, scale: torch.Tensor | float) -> torch.Tensor:
+    """value * scale; a tensor scale is (B, H), one factor per batch element and head."""
     if isinstance(scale, float) and scale == 1.0:
         return value
-    if isinstance(scale, torch.Tensor):  # (B, H): one factor per batch element and head
-        return value * scale[..., None, None].to(value.dtype)
+    if isinstance(scale, torch.Tensor):
+        return value * scale.reshape(*scale.shape, *[1] * (value.dim() - scale.dim())).to(value.dtype)
     return value * scale
 
 
