@@ -125,9 +125,11 @@ def test_under_bf16_autocast_gate_parameters_stay_fp32_and_can_take_tiny_steps()
 
 @pytest.mark.parametrize("memory", ["mlp", "linear"])
 def test_bf16_autocast_output_and_gradients_are_close_to_fp32(memory):
-    """Every hand-written backward on the way (convolution, head split, batched or per-chunk
-    passes, read-out norm) under autocast.  Tolerance: bf16 matmuls keep ~3 significant
-    digits; relative error of the output and of the input gradient < 5e-2."""
+    """Forward and backward under autocast through every hand-written backward on the way
+    (convolution, head split, batched or per-chunk passes, read-out norm): a dtype mismatch in
+    one raises here.  Tolerance: bf16 matmuls keep ~3 significant digits; relative error of
+    the output and of the input gradient < 5e-2.  At this size that bound does not tell fp32
+    from bf16 accumulation of the state; test_linear_chunks_backward checks the state's dtype."""
     torch.manual_seed(0)
     module = MemoryLayer(32, heads=2, chunk_size=8, memory=memory)
     x = torch.randn(2, 24, 32, requires_grad=True)
