@@ -22,3 +22,11 @@ def test_matches_rmsnorm_then_merge_and_gradchecks():
     for a, b in zip(got, want, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
     assert torch.autograd.gradcheck(lambda y, w: rms_merge_heads(y, w, 1e-6), (y, norm.weight))
+
+
+def test_input_gradient_is_laid_out_like_the_input():
+    """In the merged (B, T, H, d) layout every matmul of the memory's backward would copy it first."""
+    y = torch.randn(2, 3, 5, 4, requires_grad=True) * 1.0  # not a leaf: no layout fix on accumulation
+    out = rms_merge_heads(y, torch.ones(4), 1e-6)
+    (grad,) = torch.autograd.grad(out, y, torch.randn_like(out))
+    assert grad.is_contiguous()
