@@ -30,6 +30,7 @@ from ..recipe.resolve import recipe_to_dict
 from ..recipe.schema import Recipe
 from ..recipe.toml_writer import dumps
 from ..registry import get_registry
+from .allocator import keep_freed_memory
 from .checkpoint import load_checkpoint, save_checkpoint
 from .distributed import Distributed, full_state_dicts, load_full_state_dicts
 from .optim import build_optimizer, freeze_except, schedule_factor, set_learning_rate
@@ -158,6 +159,8 @@ class Trainer:
         total = self.train.total_steps
         last = min(total, self.max_steps) if self.max_steps is not None else total
         self.progress = TrainingProgress(last, 0, self.show_progress and self.dist.is_main)
+        if self.dist.device.type == "cpu":
+            keep_freed_memory()  # each step reuses the last one's memory instead of faulting it in again
         try:
             return self._run(last)
         finally:
