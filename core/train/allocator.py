@@ -4,7 +4,7 @@ By default glibc gives heap memory back to the kernel once a little of it sits f
 top of the heap, and serves large blocks from fresh mappings that it unmaps on free.  A
 training step frees and reallocates tens of MB of activations, so every step faults them
 back in as new zero pages: about 10,000 minor faults per forward+backward of one memory
-layer here, and 19 % of the quickstart's training time (120 steps: 27 s against 22 s,
+layer here, and 17 % of the quickstart's training time (120 steps: 26 s against 22 s,
 the same losses).  With no mappings for large blocks (the heap serves every size; glibc
 still maps when the heap cannot grow) and a 1 GiB trim threshold, freed blocks stay for
 the next step.  Peak memory is the same; the process just does not shrink after a peak.
