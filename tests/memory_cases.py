@@ -43,6 +43,7 @@ def make_rule(
     d_key: int | None = None,
     channelwise_lr: bool = False,
     options: dict[str, dict] | None = None,
+    channelwise_window: bool = False,
 ) -> MemoryRule:
     """A float64 rule; ``options`` = {"retention": {...}, ...} overrides a part's params."""
     options = options or {}
@@ -55,6 +56,7 @@ def make_rule(
         d_key=d_key or d,
         d_value=d,
         channelwise_lr=channelwise_lr,
+        channelwise_window=channelwise_window,
     ).double()
 
 

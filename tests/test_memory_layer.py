@@ -26,6 +26,7 @@ LAYER_CASES = {
     },
     "tensor-features": {"memory": {"name": "mlp", "residual": False}, "features": "polynomial"},
     "qk-projection": {"qk_projection": True, "conv_kernel": 2},
+    "channelwise-window": {"bias": {"name": "omega", "window": 3}, "channelwise_window": True},
 }
 
 

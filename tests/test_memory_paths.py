@@ -161,6 +161,62 @@ def test_an_empty_sequence_returns_no_outputs_and_the_initial_state():
     assert y.shape == (2, 2, 0, 4) and state.offset == 0
 
 
+WINDOWED = [
+    (memory, "omega", retention, algorithm)
+    for memory in ("linear", "mlp", "gated_mlp")
+    for retention in ("none", "decay")
+    for algorithm in ("gd", "momentum")
+]
+
+
+@pytest.mark.parametrize("combo", WINDOWED, ids="-".join)
+def test_channelwise_window_gates_agree_between_paths_and_with_decoding(combo):
+    """gamma_i per value channel: chunk 1 and chunk 4 equal the token loop, and decoding
+    token by token continues from a chunked state (the window spans the chunk boundary)."""
+    rule = make_rule(*combo, channelwise_window=True)
+    q, k, v, gates, _ = random_inputs(rule, seq=10)
+    assert gates["omega"].shape == (2, 2, 10, 4)
+    for chunk in (1, 4):
+        chunked, _ = memory_op(rule, q, k, v, gates, chunk_size=chunk, path="chunked")
+        recurrent, _ = memory_op(rule, q, k, v, gates, chunk_size=chunk, path="recurrent")
+        assert_close(chunked, recurrent)
+    _, state = memory_op(
+        rule, q[:, :, :6], k[:, :, :6], v[:, :, :6], {n: g[:, :, :6] for n, g in gates.items()}, chunk_size=4
+    )
+    rest, _ = memory_op(
+        rule,
+        q[:, :, 6:],
+        k[:, :, 6:],
+        v[:, :, 6:],
+        {n: g[:, :, 6:] for n, g in gates.items()},
+        state,
+        chunk_size=4,
+        path="recurrent",
+    )
+    assert_close(rest, chunked[:, :, 6:])
+
+
+@pytest.mark.parametrize("bias", ["l2", "omega-ungated"])
+def test_channelwise_window_gates_without_window_gates_are_rejected(bias):
+    from miraslab.errors import RecipeError
+
+    options = {"bias": {"gated": False}} if bias == "omega-ungated" else None
+    with pytest.raises(
+        RecipeError, match=r"model\.memory: channel-wise window gates need .*omega with gated = true"
+    ):
+        make_rule("linear", bias.split("-")[0], "none", "gd", options=options, channelwise_window=True)
+
+
+def test_channelwise_window_gates_change_the_output_per_channel():
+    """Not the per-head gate in disguise: replacing each gamma_i by its channel mean changes the output."""
+    rule = make_rule("mlp", "omega", "decay", "momentum", channelwise_window=True)
+    q, k, v, gates, _ = random_inputs(rule, seq=8)
+    y, _ = memory_op(rule, q, k, v, gates, chunk_size=4)
+    mean = {**gates, "omega": gates["omega"].mean(-1, keepdim=True).expand_as(gates["omega"])}
+    y_mean, _ = memory_op(rule, q, k, v, mean, chunk_size=4)
+    assert (y - y_mean).abs().max() > 1e-6
+
+
 def test_channelwise_learning_rate_agrees_between_paths_and_differs_per_channel():
     rule = make_rule("mlp", "l2", "decay", "momentum", channelwise_lr=True)
     q, k, v, gates, _ = random_inputs(rule, seq=9)

@@ -128,22 +128,39 @@ def test_omega_with_window_1_and_no_gate_is_its_inner_bias():
     torch.testing.assert_close(y_omega, y_huber, atol=ATOL, rtol=0)
 
 
+def omega_loop(q, k, v, theta, gamma, window=3, decay=0.9):
+    """Atlas eq. 9, linear memory, l2: M_t = M_{t-1} - theta_t sum_{i=t-c+1}^t decay^(t-i) G_i (M k_i - v_i) k_i^T,
+    with G_i = gamma_i (B, H) or diag(gamma_i) (B, H, d_v) per value channel."""
+    batch, heads, seq, d = q.shape
+    memory = q.new_zeros(batch, heads, d, d)
+    out = []
+    for t in range(seq):
+        grad = 0
+        for i in range(max(0, t - window + 1), t + 1):
+            ki, vi = k[:, :, i].unsqueeze(-1), v[:, :, i].unsqueeze(-1)
+            g = gamma[:, :, i, :, None] if gamma.dim() == 4 else gamma[:, :, i, None, None]
+            grad = grad + decay ** (t - i) * (g * (memory @ ki - vi)) @ ki.transpose(-1, -2)
+        memory = memory - theta[:, :, t, None, None] * grad
+        out.append((memory @ q[:, :, t].unsqueeze(-1)).squeeze(-1))
+    return torch.stack(out, dim=2)
+
+
 def test_omega_window_sums_the_gated_gradients_of_the_last_c_tokens():
-    """Atlas eq. 9 with a linear memory: M_t = M_{t-1} - theta_t sum_{i=t-c+1}^t gamma_i (M k_i - v_i) k_i^T."""
     rule = make_rule("linear", "omega", "none", "gd")  # window 3, decay_base 0.9 (memory_cases.OPTIONS)
     q, k, v, gates, _ = random_inputs(rule, seq=9)
-    memory = q.new_zeros(2, 2, 4, 4)
-    out = []
-    for t in range(9):
-        grad = 0
-        for i in range(max(0, t - 2), t + 1):
-            ki, vi = k[:, :, i].unsqueeze(-1), v[:, :, i].unsqueeze(-1)
-            weight = gates["omega"][:, :, i, None, None] * 0.9 ** (t - i)
-            grad = grad + weight * (memory @ ki - vi) @ ki.transpose(-1, -2)
-        memory = memory - gates["lr"][:, :, t, None, None] * grad
-        out.append((memory @ q[:, :, t].unsqueeze(-1)).squeeze(-1))
     y, _ = memory_op(rule, q, k, v, gates, chunk_size=1, path="chunked")
-    torch.testing.assert_close(y, torch.stack(out, dim=2), atol=ATOL, rtol=0)
+    torch.testing.assert_close(y, omega_loop(q, k, v, gates["lr"], gates["omega"]), atol=ATOL, rtol=0)
+
+
+def test_omega_window_with_channelwise_gates_weights_each_value_channel():
+    """gamma_i per value channel: one weight per row of M (per output channel of each gradient)."""
+    rule = make_rule("linear", "omega", "none", "gd", channelwise_window=True)
+    q, k, v, gates, _ = random_inputs(rule, seq=9)
+    assert gates["omega"].shape == (2, 2, 9, 4)
+    want = omega_loop(q, k, v, gates["lr"], gates["omega"])
+    for path in ("chunked", "recurrent"):
+        y, _ = memory_op(rule, q, k, v, gates, chunk_size=1, path=path)
+        torch.testing.assert_close(y, want, atol=ATOL, rtol=0)
 
 
 def test_kl_retention_keeps_rows_on_the_scaled_simplex():

@@ -18,6 +18,7 @@ def build_rule(
     d_key: int,
     d_value: int,
     channelwise_lr: bool = False,
+    channelwise_window: bool = False,
 ) -> MemoryRule:
     """The four Miras parts for ``heads`` heads with keys of width ``d_key`` (after phi)."""
     parts = (
@@ -29,7 +30,7 @@ def build_rule(
     for part, component in zip(parts, (memory, bias, retention, algorithm), strict=True):
         part.component_name = component.name
     try:
-        return MemoryRule(*parts, channelwise_lr=channelwise_lr)
+        return MemoryRule(*parts, channelwise_lr=channelwise_lr, channelwise_window=channelwise_window)
     except ValueError as exc:
         raise RecipeError([f"model.memory: {exc}"]) from None
 

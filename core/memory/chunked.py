@@ -146,7 +146,7 @@ def _piece(
     weight_scale = None
     if retention.gradient_at_decayed:  # window 1: sources are this piece's tokens
         weight_scale = torch.exp(state.log_decay.unsqueeze(-1) + cum_alpha)
-    out_weight = theta if rule.channelwise_lr else None
+    out_weight = rule.source_weights(theta, source_gates)  # channel-wise theta: window 1, sources = tokens
     factors = rule.factors(state.start, keys, values, source_gates, weight_scale, out_weight)
 
     start_w, start_s = state.weights, state.momentum

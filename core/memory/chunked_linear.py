@@ -38,6 +38,7 @@ def supports(rule: MemoryRule) -> bool:
         and not rule.nonlinear
         and not rule.retention.needs_decayed_update
         and not rule.channelwise_lr
+        and not rule.channelwise_window
     )
 
 

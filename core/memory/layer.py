@@ -76,6 +76,7 @@ class MemoryLayer(nn.Module):
         output_norm: bool = True,
         qk_projection: bool = False,
         channelwise_lr: bool = False,
+        channelwise_window: bool = False,
         gate_rank: int = 16,
         registry: Registry | None = None,
     ):
@@ -99,6 +100,7 @@ class MemoryLayer(nn.Module):
             qk_projection=qk_projection,
             qk_norm=qk_norm,
             channelwise_lr=channelwise_lr,
+            channelwise_window=channelwise_window,
             gate_rank=gate_rank,
         )
         self.norm = nn.RMSNorm(head_dim, eps=1e-6) if output_norm else nn.Identity()
@@ -128,6 +130,7 @@ class MemoryLayer(nn.Module):
             output_norm=spec.output_norm,
             qk_projection=spec.qk_projection,
             channelwise_lr=spec.gates.channelwise_lr,
+            channelwise_window=spec.gates.channelwise_window,
             gate_rank=spec.gates.rank,
         )
         options.update(overrides)

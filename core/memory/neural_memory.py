@@ -60,6 +60,7 @@ class NeuralMemory(nn.Module):
         qk_projection: bool = False,
         qk_norm: bool = True,
         channelwise_lr: bool = False,
+        channelwise_window: bool = False,
         gate_rank: int = 16,
     ):
         super().__init__()
@@ -75,6 +76,7 @@ class NeuralMemory(nn.Module):
             d_key=self.features.out_dim,
             d_value=head_dim,
             channelwise_lr=channelwise_lr,
+            channelwise_window=channelwise_window,
         )
         self.gates = GateProjections(dim, heads, self.rule.gate_defs(), head_dim, gate_rank)
         self.record = False  # keep the norms of the last state for monitors

@@ -228,6 +228,7 @@ def check_parts(
     retention: Retention,
     algorithm: LearningAlgorithm,
     channelwise_lr: bool,
+    channelwise_window: bool = False,
 ) -> list[str]:
     """Combinations the engine cannot run (or that make no sense), as sentences."""
     problems = []
@@ -245,6 +246,10 @@ def check_parts(
         )
     if bias.window > 1 and channelwise_lr:
         problems.append("a channel-wise learning rate needs bias window 1 (the Omega rule sums over tokens)")
+    if channelwise_window and bias.window_gate is None:
+        problems.append(
+            f"channel-wise window gates need a bias with window gates (omega with gated = true), not {_name(bias)}"
+        )
     return problems
 
 

@@ -53,7 +53,7 @@ def step(
     weight_scale = None
     if retention.gradient_at_decayed:
         weight_scale = torch.exp(log_decay).unsqueeze(-1).expand(-1, -1, keys.shape[2])
-    out_weight = theta.unsqueeze(2) if rule.channelwise_lr else None
+    out_weight = rule.source_weights(theta.unsqueeze(2), source_gates)
     factors = rule.factors(state.start, keys, values, source_gates, weight_scale, out_weight)
     dtype = torch.promote_types(theta.dtype, torch.float32)
     coef = window_band(rule, source_gates, buffered, 1, dtype, q.device)[..., 0, :]

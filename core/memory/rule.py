@@ -37,11 +37,12 @@ class MemoryRule(nn.Module):
         retention: Retention,
         algorithm: LearningAlgorithm,
         channelwise_lr: bool = False,
+        channelwise_window: bool = False,
     ):
         super().__init__()
         self.arch, self.bias, self.retention, self.algorithm = arch, bias, retention, algorithm
-        self.channelwise_lr = channelwise_lr
-        problems = check_parts(arch, bias, retention, algorithm, channelwise_lr)
+        self.channelwise_lr, self.channelwise_window = channelwise_lr, channelwise_window
+        problems = check_parts(arch, bias, retention, algorithm, channelwise_lr, channelwise_window)
         if problems:
             raise ValueError("; ".join(problems))
 
@@ -55,11 +56,19 @@ class MemoryRule(nn.Module):
 
     def gate_defs(self) -> list[GateDef]:
         defs = [*self.bias.gates(), *self.retention.gates(), *self.algorithm.gates()]
-        if self.channelwise_lr:
-            defs = [
-                GateDef(d.name, d.activation, d.init, d.scale, True) if d.name == "lr" else d for d in defs
-            ]
-        return defs
+        wide = {"lr"} if self.channelwise_lr else set()
+        if self.channelwise_window:
+            wide.add(self.bias.window_gate)
+        return [GateDef(d.name, d.activation, d.init, d.scale, True) if d.name in wide else d for d in defs]
+
+    def source_weights(self, theta: torch.Tensor, source_gates: Gates) -> torch.Tensor | None:
+        """Per source and value channel, what multiplies dl/dy: a channel-wise theta (given per
+        source, (B, H, N or 1, d_v)) and channel-wise window gates gamma; None if neither."""
+        weight = theta if self.channelwise_lr else None
+        if self.channelwise_window:
+            gamma = source_gates[self.bias.window_gate]
+            weight = gamma if weight is None else weight * gamma
+        return weight
 
     def bias_gate_names(self) -> list[str]:
         return [d.name for d in self.bias.gates()]

@@ -64,7 +64,7 @@ def window_band(
     if bias.window_decay != 1.0:
         decay = torch.tensor(bias.window_decay, device=device, dtype=dtype)
         band = band * torch.pow(decay, distance.clamp(min=0).to(dtype))
-    if bias.window_gate is not None:
+    if bias.window_gate is not None and not rule.channelwise_window:  # channel-wise: on the sources
         band = band * source_gates[bias.window_gate].to(dtype).unsqueeze(-2)
     return band
 

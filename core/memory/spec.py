@@ -25,7 +25,12 @@ class GatesSpec:
     channelwise_lr: bool = param(
         False, doc="learning rate theta per value channel (Miras), through a low-rank projection"
     )
-    rank: int = param(16, ge=1, doc="rank of the channel-wise projection")
+    channelwise_window: bool = param(
+        False,
+        doc="the Omega rule's window gates gamma_i per value channel, through a low-rank projection "
+        "(needs bias omega with gated = true)",
+    )
+    rank: int = param(16, ge=1, doc="rank of the channel-wise projections")
 
 
 @attrs.frozen

@@ -75,6 +75,7 @@ class HierarchicalMemory(nn.Module):
                 qk_projection=qk_projection,
                 qk_norm=spec.qk_norm,
                 channelwise_lr=spec.gates.channelwise_lr,
+                channelwise_window=spec.gates.channelwise_window,
                 gate_rank=spec.gates.rank,
             )
 
