@@ -22,6 +22,14 @@ MIRASLAB_CONFIGS: dict[str, dict[str, Any]] = {
     "deep": {"memory": {"name": "mlp", "expansion": 4}, "retention": "decay", "algorithm": "momentum"},
     "linear": {"memory": "linear", "retention": "decay", "algorithm": "momentum"},
     "delta": {"memory": "linear", "retention": "none", "algorithm": "gd"},  # the delta rule
+    # linear with alpha and eta per value channel: the exact per-channel decay matrices, through autograd
+    "linear-channelwise": {
+        "memory": "linear",
+        "retention": "decay",
+        "algorithm": "momentum",
+        "channelwise_decay": True,
+        "channelwise_momentum": True,
+    },
 }
 
 # titans-pytorch NeuralMemory keyword arguments, spelled out in full (see README.md for why).

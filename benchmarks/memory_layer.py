@@ -62,6 +62,7 @@ class Plan:
     threads: int
     memory: bool = True
     titans: bool = True
+    configs: tuple[str, ...] = tuple(MIRASLAB_CONFIGS)  # the miraslab configurations measured
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> Plan:
@@ -79,6 +80,8 @@ class Plan:
             plan.recurrent_repeats = min(plan.recurrent_repeats, args.repeats)
         plan.memory = not args.no_memory
         plan.titans = titans_available() and not args.no_titans
+        if args.configs:
+            plan.configs = tuple(args.configs)
         return plan
 
 
@@ -101,7 +104,7 @@ class Job:
 
 def make_jobs(plan: Plan) -> list[Job]:
     jobs = []
-    for config in MIRASLAB_CONFIGS:
+    for config in plan.configs:
         jobs += [Job(Case(MIRASLAB, config, "chunked"), n) for n in plan.lengths]
         jobs += [Job(Case(MIRASLAB, config, "recurrent"), n) for n in plan.recurrent_lengths]
     if plan.titans:
@@ -302,8 +305,9 @@ def _fmt(value: float | None, spec: str) -> str:
 
 
 def print_table(table: list[dict[str, Any]]) -> None:
+    width = max(8, *(len(row["config"]) + 2 for row in table))
     header = (
-        f"{'impl':<15}{'config':<8}{'path':<10}{'seq':>6}{'tok/s':>10}{'n':>3}{'iqr':>6}"
+        f"{'impl':<15}{'config':<{width}}{'path':<10}{'seq':>6}{'tok/s':>10}{'n':>3}{'iqr':>6}"
         f"{'peak MiB':>10}{'x prev':>8}{'GF/s':>7}{'%mm':>6}  vs titans-pytorch"
     )
     print(header)
@@ -313,7 +317,7 @@ def print_table(table: list[dict[str, Any]]) -> None:
         fraction = row.get("matmul_fraction")
         spread = "-" if row["spread"] is None else f"{row['spread']:.0%}"
         print(
-            f"{row['impl']:<15}{row['config']:<8}{row['path']:<10}{row['seq']:>6}"
+            f"{row['impl']:<15}{row['config']:<{width}}{row['path']:<10}{row['seq']:>6}"
             f"{row['tokens_per_s']:>10.0f}{len(row['times_s']):>3}{spread:>6}"
             f"{_fmt(row['peak_growth_mib'], '.1f'):>10}{_fmt(row['peak_growth_vs_previous_seq'], '.2f'):>8}"
             f"{_fmt(row['counted_gflops_per_s'], '.1f'):>7}"
@@ -379,7 +383,10 @@ def targets(jobs: list[Job], table: list[dict[str, Any]]) -> list[Target]:
         )
     )
 
-    for config in MIRASLAB_CONFIGS:
+    measured_configs = [
+        c for c in MIRASLAB_CONFIGS if any(j.case == Case(MIRASLAB, c, "chunked") for j in jobs)
+    ]
+    for config in measured_configs:
         both = sorted(
             {j.seq for j in jobs if j.case.config == config and j.case.path == "recurrent"}
             & {j.seq for j in jobs if j.case.config == config and j.case.path == "chunked"}
@@ -401,7 +408,7 @@ def targets(jobs: list[Job], table: list[dict[str, Any]]) -> list[Target]:
             )
         )
 
-    for config in MIRASLAB_CONFIGS:
+    for config in measured_configs:
         measured = sorted(
             (
                 j
@@ -532,6 +539,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, help="timed passes per configuration and length")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory child processes")
     parser.add_argument("--no-titans", action="store_true", help="skip titans-pytorch even if installed")
+    parser.add_argument(
+        "--configs",
+        nargs="+",
+        choices=tuple(MIRASLAB_CONFIGS),
+        help="the miraslab configurations to measure (default: all)",
+    )
     parser.add_argument(
         "--compile",
         action="store_true",

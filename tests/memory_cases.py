@@ -44,6 +44,7 @@ def make_rule(
     channelwise_lr: bool = False,
     options: dict[str, dict] | None = None,
     channelwise_window: bool = False,
+    channelwise: tuple[str, ...] = (),
 ) -> MemoryRule:
     """A float64 rule; ``options`` = {"retention": {...}, ...} overrides a part's params."""
     options = options or {}
@@ -55,8 +56,11 @@ def make_rule(
         heads=heads,
         d_key=d_key or d,
         d_value=d,
-        channelwise_lr=channelwise_lr,
-        channelwise_window=channelwise_window,
+        channelwise={
+            *channelwise,
+            *(["lr"] if channelwise_lr else []),
+            *(["window"] if channelwise_window else []),
+        },
     ).double()
 
 

@@ -216,6 +216,45 @@ def test_a_set_value_that_breaks_a_rule_names_the_key(capsys, in_repo):
     assert lines == ["error: --set: model.n_heads: expected at most d_model / 2 (384), got 400"]
 
 
+def test_a_memory_combination_that_cannot_run_is_refused_at_recipe_time(capsys, in_tmp):
+    """Checked when the recipe loads, not when the model is built: one line, the files that wrote
+    [model.memory], the key and the reason."""
+    base = write(in_tmp / "base.toml", '[model]\nlayout = "lmm"\nd_model = 64\nn_heads = 2\n')
+    name = write(
+        in_tmp / "child.toml",
+        f"""
+        extends = "{base}"
+        [model.memory]
+        memory = "mlp"
+        retention = "decay"
+        """,
+    )
+    lines = assert_user_error(
+        *run(capsys, "recipe", "validate", name, "--set", "model.memory.gates.channelwise_decay=true")
+    )
+    assert lines == [
+        "error: child.toml + --set: model.memory: a channel-wise decay scales the rows (value channels) of a "
+        "matrix memory; memory 'mlp' has hidden layers without value channels: use memory 'linear'"
+    ]
+    code, out, _ = run(
+        capsys,
+        "recipe",
+        "validate",
+        name,
+        "--set",
+        'model.memory.memory="linear"',
+        "--set",
+        "model.memory.gates.channelwise_decay=true",
+    )
+    assert code == 0 and "memory linear/l2/decay/momentum" in out
+
+
+def test_a_layout_without_memory_ignores_the_memory_table(capsys, in_tmp):
+    name = write(in_tmp / "attn.toml", '[model]\nlayout = "attention"\n[model.memory]\nretention = "kl"\n')
+    code, out, _ = run(capsys, "recipe", "validate", name)
+    assert code == 0 and "no memory" in out
+
+
 RECIPES = sorted(
     str(p.relative_to(REPO)) for p in (REPO / "recipes").rglob("*.toml") if "base" not in p.parts
 )

@@ -27,6 +27,12 @@ LAYER_CASES = {
     "tensor-features": {"memory": {"name": "mlp", "residual": False}, "features": "polynomial"},
     "qk-projection": {"qk_projection": True, "conv_kernel": 2},
     "channelwise-window": {"bias": {"name": "omega", "window": 3}, "channelwise_window": True},
+    "channelwise-decays": {
+        "memory": "linear",
+        "retention": {"name": "decay", "gradient_at": "decayed"},
+        "channelwise_decay": True,
+        "channelwise_momentum": True,
+    },
 }
 
 
@@ -124,15 +130,26 @@ def test_under_bf16_autocast_gate_parameters_stay_fp32_and_can_take_tiny_steps()
     assert (bias != before).all()
 
 
-@pytest.mark.parametrize("memory", ["mlp", "linear"])
-def test_bf16_autocast_output_and_gradients_are_close_to_fp32(memory):
+BF16_CASES = {
+    "mlp": {"memory": "mlp"},
+    "linear": {"memory": "linear"},
+    "linear-channelwise-decays": {
+        "memory": "linear",
+        "channelwise_decay": True,
+        "channelwise_momentum": True,
+    },
+}
+
+
+@pytest.mark.parametrize("options", BF16_CASES.values(), ids=BF16_CASES.keys())
+def test_bf16_autocast_output_and_gradients_are_close_to_fp32(options):
     """Forward and backward under autocast through every hand-written backward on the way
     (convolution, head split, batched or per-chunk passes, read-out norm): a dtype mismatch in
     one raises here.  Tolerance: bf16 matmuls keep ~3 significant digits; relative error of
     the output and of the input gradient < 5e-2.  At this size that bound does not tell fp32
     from bf16 accumulation of the state; test_linear_chunks_backward checks the state's dtype."""
     torch.manual_seed(0)
-    module = MemoryLayer(32, heads=2, chunk_size=8, memory=memory)
+    module = MemoryLayer(32, heads=2, chunk_size=8, **options)
     x = torch.randn(2, 24, 32, requires_grad=True)
     exact = module(x)
     (grad_exact,) = torch.autograd.grad(exact.square().sum(), x)

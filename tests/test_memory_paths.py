@@ -10,6 +10,7 @@ import pytest
 import torch
 from memory_cases import all_combinations, make_rule, random_inputs
 
+from miraslab.errors import RecipeError
 from miraslab.memory.engine import memory_op
 
 VALID, REJECTED = all_combinations()
@@ -92,7 +93,6 @@ def test_gradients_reach_every_gate_and_memory_parameter(combo):
 
 @pytest.mark.parametrize("combo", REJECTED, ids="-".join)
 def test_combinations_that_make_no_sense_are_rejected_with_a_reason(combo):
-    from miraslab.errors import RecipeError
 
     with pytest.raises(RecipeError, match=r"model\.memory: .*(compose|use algorithm 'gd')"):
         make_rule(*combo)
@@ -198,7 +198,6 @@ def test_channelwise_window_gates_agree_between_paths_and_with_decoding(combo):
 
 @pytest.mark.parametrize("bias", ["l2", "omega-ungated"])
 def test_channelwise_window_gates_without_window_gates_are_rejected(bias):
-    from miraslab.errors import RecipeError
 
     options = {"bias": {"gated": False}} if bias == "omega-ungated" else None
     with pytest.raises(
@@ -224,3 +223,113 @@ def test_channelwise_learning_rate_agrees_between_paths_and_differs_per_channel(
     chunked, _ = memory_op(rule, q, k, v, gates, chunk_size=4, path="chunked")
     recurrent, _ = memory_op(rule, q, k, v, gates, chunk_size=4, path="recurrent")
     assert_close(chunked, recurrent)
+
+
+def _channelwise_decay_cases() -> list[tuple[tuple[str, ...], tuple[str, ...]]]:
+    cases = []
+    for bias in ("l2", "dot", "huber", "omega"):
+        for retention in ("decay", "lq_norm", "elastic_net"):
+            for algorithm in ("gd", "momentum", "muon"):
+                for roles in (("decay",), ("momentum",), ("decay", "momentum")):
+                    try:
+                        make_rule("linear", bias, retention, algorithm, channelwise=roles)
+                    except RecipeError:
+                        continue
+                    cases.append((("linear", bias, retention, algorithm), roles))
+    return cases
+
+
+CHANNELWISE_DECAYS = _channelwise_decay_cases()
+
+
+@pytest.mark.parametrize(
+    "combo, roles", CHANNELWISE_DECAYS, ids=["-".join((*c, *r)) for c, r in CHANNELWISE_DECAYS]
+)
+def test_channelwise_decays_agree_between_paths_and_with_decoding(combo, roles):
+    """alpha and/or eta per value channel: chunks of 1, 4 and 37 equal the token loop (37 runs
+    as two sub-chunks of SUB tokens and a shorter piece, or, with an Omega window, as pieces of
+    SUB tokens), the states agree, and decoding token by token continues from a chunked state
+    mid-chunk.  Tolerance: float64, atol 1e-10."""
+    from miraslab.memory.chunked_channelwise import SUB
+
+    assert 2 * SUB < 37
+    rule = make_rule(*combo, channelwise=roles)
+    q, k, v, gates, _ = random_inputs(rule, seq=80)
+    for chunk in (1, 4, 37):
+        chunked, chunked_state = memory_op(rule, q, k, v, gates, chunk_size=chunk, path="chunked")
+        recurrent, recurrent_state = memory_op(rule, q, k, v, gates, chunk_size=chunk, path="recurrent")
+        assert_close(chunked, recurrent)
+        assert_close(chunked_state.weights["w"], recurrent_state.weights["w"])
+        assert chunked_state.log_decay.shape == recurrent_state.log_decay.shape
+    split = 37 + 21  # the chunked call ends inside the second chunk, after a piece boundary
+    _, state = memory_op(
+        rule,
+        q[:, :, :split],
+        k[:, :, :split],
+        v[:, :, :split],
+        {n: g[:, :, :split] for n, g in gates.items()},
+        chunk_size=37,
+    )
+    assert state.log_decay.shape == ((2, 2, 4) if "decay" in roles else (2, 2))
+    rest, _ = memory_op(
+        rule,
+        q[:, :, split:],
+        k[:, :, split:],
+        v[:, :, split:],
+        {n: g[:, :, split:] for n, g in gates.items()},
+        state,
+        chunk_size=37,
+        path="recurrent",
+    )
+    assert_close(rest, chunked[:, :, split:])
+
+
+@pytest.mark.parametrize("gate", ["decay", "momentum"])
+def test_channelwise_decays_change_the_output_per_channel(gate):
+    """Not the per-head gate in disguise: replacing each token's gate by its channel mean changes the output."""
+    rule = make_rule("linear", "l2", "decay", "momentum", channelwise=(gate,))
+    q, k, v, gates, _ = random_inputs(rule, seq=8)
+    y, _ = memory_op(rule, q, k, v, gates, chunk_size=4)
+    mean = {**gates, gate: gates[gate].mean(-1, keepdim=True).expand_as(gates[gate])}
+    y_mean, _ = memory_op(rule, q, k, v, mean, chunk_size=4)
+    assert (y - y_mean).abs().max() > 1e-6
+
+
+REJECTED_CHANNELWISE = [
+    (
+        ("mlp", "l2", "decay", "momentum"),
+        ("decay",),
+        r"rows \(value channels\) of a matrix memory.*use memory 'linear'",
+    ),
+    (("gated_mlp", "l2", "decay", "momentum"), ("momentum",), r"memory 'gated_mlp' has hidden layers"),
+    (
+        ("linear", "l2", "none", "gd"),
+        ("decay",),
+        r"channel-wise decay needs a retention with a decay gate.*'none'",
+    ),
+    (
+        ("linear", "l2", "kl", "gd"),
+        ("decay",),
+        r"channel-wise decay needs a retention with a decay gate.*'kl'",
+    ),
+    (
+        ("linear", "l2", "decay", "gd"),
+        ("momentum",),
+        r"channel-wise momentum needs an algorithm with a momentum gate",
+    ),
+    (
+        ("linear", "l2", "decay", "muon"),
+        ("decay",),
+        r"algorithm 'muon' scales its chunk-end step by one decay",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    "combo, roles, message",
+    REJECTED_CHANNELWISE,
+    ids=["-".join((*c, *r)) for c, r, _ in REJECTED_CHANNELWISE],
+)
+def test_channelwise_decays_that_cannot_run_are_rejected(combo, roles, message):
+    with pytest.raises(RecipeError, match=r"model\.memory: .*" + message):
+        make_rule(*combo, channelwise=roles)

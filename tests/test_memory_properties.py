@@ -12,12 +12,14 @@ from memory_cases import make_rule, random_inputs
 
 from miraslab.memory.engine import memory_op
 
-COMBOS = [
-    ("linear", "l2", "decay", "momentum"),
-    ("mlp", "omega", "decay", "gd"),
-    ("gated_mlp", "huber", "lq_norm", "momentum"),
-    ("mlp", "lp", "none", "muon"),
-    ("linear", "dot", "kl", "gd"),
+COMBOS = [  # the four axes, then the channel-wise gates
+    ("linear", "l2", "decay", "momentum", ()),
+    ("mlp", "omega", "decay", "gd", ()),
+    ("gated_mlp", "huber", "lq_norm", "momentum", ()),
+    ("mlp", "lp", "none", "muon", ()),
+    ("linear", "dot", "kl", "gd", ()),
+    ("linear", "l2", "decay", "momentum", ("decay", "momentum")),
+    ("linear", "omega", "elastic_net", "gd", ("decay", "window")),
 ]
 
 
@@ -33,7 +35,8 @@ COMBOS = [
 )
 def test_chunked_equals_recurrent_for_any_shape_chunk_and_split(combo, batch, heads, seq, chunk, split, seed):
     torch.manual_seed(seed)
-    rule = make_rule(*combo, heads=heads)
+    *axes, channelwise = combo
+    rule = make_rule(*axes, heads=heads, channelwise=channelwise)
     q, k, v, gates, _ = random_inputs(rule, batch=batch, seq=seq, seed=seed)
     expected, _ = memory_op(rule, q, k, v, gates, chunk_size=chunk, path="recurrent")
     split = min(split, seq)  # two calls, the second continuing the first's state

@@ -13,10 +13,16 @@ from miraslab.memory.engine import memory_op
 ATOL = 1e-10
 
 
+def rows(gate):
+    """A gate per head (B, H) or per value channel (B, H, d) as a factor on (B, H, d, d): diag(alpha) S."""
+    return gate[..., None, None] if gate.dim() == 2 else gate[..., None]
+
+
 def delta_rule(q, k, v, beta, alpha=None):
     """DeltaNet: S_t = S_{t-1} (I - beta_t k_t k_t^T) + beta_t v_t k_t^T;  o_t = S_t q_t.
 
-    Gated DeltaNet (arXiv 2412.06464 eq. 10): S_t = alpha_t S_{t-1} (I - beta_t k k^T) + beta_t v k^T.
+    Gated DeltaNet (arXiv 2412.06464 eq. 10): S_t = alpha_t S_{t-1} (I - beta_t k k^T) + beta_t v k^T,
+    with alpha_t a scalar or, per value channel, diag(alpha_t).
     """
     batch, heads, seq, d = q.shape
     state = q.new_zeros(batch, heads, d, d)
@@ -24,7 +30,7 @@ def delta_rule(q, k, v, beta, alpha=None):
     out = []
     for t in range(seq):
         kt, vt, qt, bt = k[:, :, t], v[:, :, t], q[:, :, t], beta[:, :, t, None, None]
-        decayed = state if alpha is None else alpha[:, :, t, None, None] * state
+        decayed = state if alpha is None else rows(alpha[:, :, t]) * state
         state = decayed @ (eye - bt * kt.unsqueeze(-1) @ kt.unsqueeze(-2)) + bt * vt.unsqueeze(
             -1
         ) @ kt.unsqueeze(-2)
@@ -33,7 +39,8 @@ def delta_rule(q, k, v, beta, alpha=None):
 
 
 def titans_momentum(q, k, v, theta, eta, alpha):
-    """Titans eq. 13-14 with a linear memory and l2 loss: S_t = eta S - theta grad; M_t = alpha M + S."""
+    """Titans eq. 13-14 with a linear memory and l2 loss: S_t = eta S - theta grad; M_t = alpha M + S
+    (eta and alpha scalars or, per value channel, diagonal matrices on the left)."""
     batch, heads, seq, d = q.shape
     memory = q.new_zeros(batch, heads, d, d)
     surprise = torch.zeros_like(memory)
@@ -41,8 +48,8 @@ def titans_momentum(q, k, v, theta, eta, alpha):
     for t in range(seq):
         kt, vt = k[:, :, t].unsqueeze(-1), v[:, :, t].unsqueeze(-1)
         grad = (memory @ kt - vt) @ kt.transpose(-1, -2)
-        surprise = eta[:, :, t, None, None] * surprise - theta[:, :, t, None, None] * grad
-        memory = alpha[:, :, t, None, None] * memory + surprise
+        surprise = rows(eta[:, :, t]) * surprise - theta[:, :, t, None, None] * grad
+        memory = rows(alpha[:, :, t]) * memory + surprise
         out.append((memory @ q[:, :, t].unsqueeze(-1)).squeeze(-1))
     return torch.stack(out, dim=2)
 
@@ -77,6 +84,34 @@ def test_momentum_and_decay_are_titans_surprise_rule():
     expected = titans_momentum(q, k, v, gates["lr"], torch.exp(gates["momentum"]), torch.exp(gates["decay"]))
     y, _ = memory_op(rule, q, k, v, gates, chunk_size=1, path="chunked")
     torch.testing.assert_close(y, expected, atol=ATOL, rtol=0)
+
+
+def test_channelwise_decay_is_the_gated_delta_rule_with_a_diagonal_gate():
+    """diag(alpha_t) S_{t-1} (I - beta k k^T) + beta v k^T, alpha_t one per value channel."""
+    rule = make_rule(
+        "linear",
+        "l2",
+        "decay",
+        "gd",
+        options={"retention": {"gradient_at": "decayed"}},
+        channelwise=("decay",),
+    )
+    q, k, v, gates, _ = random_inputs(rule, seq=12)
+    assert gates["decay"].shape == (2, 2, 12, 4)
+    expected = delta_rule(q, k, v, gates["lr"], alpha=torch.exp(gates["decay"]))
+    for path in ("recurrent", "chunked"):
+        y, _ = memory_op(rule, q, k, v, gates, chunk_size=1, path=path)
+        torch.testing.assert_close(y, expected, atol=ATOL, rtol=0)
+
+
+def test_channelwise_decay_and_momentum_are_titans_rule_with_diagonal_gates():
+    rule = make_rule("linear", "l2", "decay", "momentum", channelwise=("decay", "momentum"))
+    q, k, v, gates, _ = random_inputs(rule, seq=12)
+    assert gates["decay"].shape == gates["momentum"].shape == (2, 2, 12, 4)
+    expected = titans_momentum(q, k, v, gates["lr"], torch.exp(gates["momentum"]), torch.exp(gates["decay"]))
+    for path in ("recurrent", "chunked"):
+        y, _ = memory_op(rule, q, k, v, gates, chunk_size=1, path=path)
+        torch.testing.assert_close(y, expected, atol=ATOL, rtol=0)
 
 
 def test_dot_bias_is_linear_attention_at_any_chunk_size():

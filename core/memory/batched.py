@@ -43,3 +43,9 @@ def outer_sum(coef: torch.Tensor, delta: torch.Tensor, h: torch.Tensor) -> torch
     if delta.shape[-1] <= h.shape[-1]:
         return (delta * coef.unsqueeze(-1).to(delta.dtype)).transpose(-1, -2) @ h
     return delta.transpose(-1, -2) @ (h * coef.unsqueeze(-1).to(h.dtype))
+
+
+def outer_sum_rows(rows: torch.Tensor, delta: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+    """sum_j rows[c, j] delta_jc h_j^T per output row c: rows (B, H, C, N) with C = o or 1,
+    delta (B, H, N, o), h (B, H, N, i) -> (B, H, o, i)."""
+    return (delta * rows.transpose(-1, -2).to(delta.dtype)).transpose(-1, -2) @ h

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from ..components import build_component
 from ..errors import RecipeError
 from ..params import Component
-from .parts import FeatureMap
+from ..registry import Registry
+from .parts import AttentionalBias, FeatureMap, LearningAlgorithm, MemoryArchitecture, Retention, check_parts
 from .rule import MemoryRule
+from .spec import MemorySpec
 
 
 def build_rule(
@@ -17,22 +21,49 @@ def build_rule(
     heads: int,
     d_key: int,
     d_value: int,
-    channelwise_lr: bool = False,
-    channelwise_window: bool = False,
+    channelwise: Iterable[str] = (),
 ) -> MemoryRule:
-    """The four Miras parts for ``heads`` heads with keys of width ``d_key`` (after phi)."""
+    """The four Miras parts for ``heads`` heads with keys of width ``d_key`` (after phi);
+    ``channelwise`` names the gates with one value per value channel (``MemoryRule``)."""
+    parts = _parts(memory, bias, retention, algorithm, heads, d_key, d_value)
+    try:
+        return MemoryRule(*parts, channelwise=channelwise)
+    except ValueError as exc:
+        raise RecipeError([f"model.memory: {exc}"]) from None
+
+
+def combination_problems(
+    spec: MemorySpec, d_model: int, n_heads: int, registry: Registry | None = None
+) -> list[str]:
+    """What ``MemoryRule`` would refuse in this ``[model.memory]``, found without building a model."""
+    heads = spec.heads or n_heads
+    head_dim = spec.head_dim or d_model // heads
+    if head_dim == 0:  # the model's own checks say so
+        return []
+    d_key = build_component(spec.features, registry, dim=head_dim).out_dim
+    parts = _parts(spec.memory, spec.bias, spec.retention, spec.algorithm, heads, d_key, head_dim, registry)
+    return check_parts(*parts, spec.gates.channelwise())
+
+
+def _parts(
+    memory: Component,
+    bias: Component,
+    retention: Component,
+    algorithm: Component,
+    heads: int,
+    d_key: int,
+    d_value: int,
+    registry: Registry | None = None,
+) -> tuple[MemoryArchitecture, AttentionalBias, Retention, LearningAlgorithm]:
     parts = (
-        build_component(memory, heads=heads, d_in=d_key, d_out=d_value),
-        build_component(bias),
-        build_component(retention),
-        build_component(algorithm),
+        build_component(memory, registry, heads=heads, d_in=d_key, d_out=d_value),
+        build_component(bias, registry),
+        build_component(retention, registry),
+        build_component(algorithm, registry),
     )
     for part, component in zip(parts, (memory, bias, retention, algorithm), strict=True):
         part.component_name = component.name
-    try:
-        return MemoryRule(*parts, channelwise_lr=channelwise_lr, channelwise_window=channelwise_window)
-    except ValueError as exc:
-        raise RecipeError([f"model.memory: {exc}"]) from None
+    return parts
 
 
 def build_features(features: Component, dim: int) -> FeatureMap:

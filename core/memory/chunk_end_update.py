@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 from torch.autograd.function import once_differentiable
 
-from .batched import outer_sum
+from .batched import outer_sum, outer_sum_rows
 
 
 class _ChunkEnd(torch.autograd.Function):
@@ -88,3 +88,24 @@ def chunk_end_update(
     """delta (B, H, L, d_out), h (B, H, L, d_in), rows (B, H, L) in their dtype; beta, sigma,
     eta (B, H, 1, 1), w, s (B, H, d_out, d_in) in the state's dtype -> (W', S' or None)."""
     return _ChunkEnd.apply(delta, h, row_w, row_s, beta, sigma, eta, w, s)
+
+
+def channel_chunk_end(
+    delta: torch.Tensor,
+    h: torch.Tensor,
+    row_w: torch.Tensor,
+    row_s: torch.Tensor | None,
+    beta: torch.Tensor,
+    sigma: torch.Tensor | None,
+    eta: torch.Tensor | None,
+    w: torch.Tensor,
+    s: torch.Tensor | None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``chunk_end_update`` with channel-wise decays: rows (B, H, C, L) and beta, sigma, eta
+    (B, H, C, 1), one per row of W (C = d_out or 1); through autograd."""
+    state_dtype = w.dtype
+    new_w = outer_sum_rows(row_w, delta, h).to(state_dtype) + beta * w
+    if s is None:
+        return new_w, None
+    new_w = new_w + sigma * s
+    return new_w, outer_sum_rows(row_s, delta, h).to(state_dtype) + eta * s

@@ -19,12 +19,13 @@ import dataclasses
 
 import torch
 
-from . import chunked_linear
+from . import chunked_channelwise, chunked_linear
 from .batched import outer_sum
 from .chunk_boundary import close_chunk
-from .chunk_end_update import chunk_end_update
+from .chunk_end_update import channel_chunk_end, chunk_end_update
+from .chunked_channelwise import SUB
 from .coefficients import ChunkCoefficients, piece_coefficients
-from .dual_read import dual_read
+from .dual_read import channel_dual_read, dual_read
 from .parts import Gates, at_least_fp32
 from .recurrent import _scaled
 from .rule import MemoryRule
@@ -50,6 +51,9 @@ def chunked(
     batched = chunked_linear.supports(rule)
     if batched:  # whole chunks at a chunk boundary go in one batch
         lengths = _join_whole_chunks(lengths, chunk_size, state.offset)
+    sub_chunked = chunked_channelwise.supports(rule)
+    if rule.channelwise_rows:  # an L x L decay matrix per value channel: sub-chunks of SUB tokens
+        lengths = [part for length in lengths for part in _split(length, SUB, whole=sub_chunked)]
     # split once: slicing each piece separately would make backward zero-fill a full-length
     # gradient per piece (quadratic in the sequence length)
     names = list(gates)
@@ -66,6 +70,10 @@ def chunked(
         piece_gates = dict(zip(names, gate_pieces, strict=True))
         if batched and q_piece.shape[2] > chunk_size:
             y, state = chunked_linear.whole_chunks(
+                rule, q_piece, k_piece, v_piece, piece_gates, state, chunk_size
+            )
+        elif sub_chunked and q_piece.shape[2] % SUB == 0:
+            y, state = chunked_channelwise.sub_chunked(
                 rule, q_piece, k_piece, v_piece, piece_gates, state, chunk_size
             )
         else:
@@ -89,14 +97,15 @@ def _whole_chunk_coefficients(
 
     They depend on the gates alone, not on the state, so the per-chunk loop then does only
     the state-dependent work.  Not with an Omega window, whose band depends on how many
-    tokens the state buffers.
+    tokens the state buffers, nor with channel-wise decays, whose (pieces x channels x L x L)
+    matrices at once run slower than piece by piece (they leave the cache).
     """
     first = 1 if offset else 0
     whole = first
     while whole < len(lengths) and lengths[whole] == chunk_size:
         whole += 1
     count = whole - first
-    if batched or rule.window > 1 or count < 2:
+    if batched or rule.window > 1 or rule.channelwise_rows or count < 2:
         return {}
     start, end = first and lengths[0], (first and lengths[0]) + count * chunk_size
     theta, coefficients = piece_coefficients(
@@ -104,6 +113,12 @@ def _whole_chunk_coefficients(
     )
     thetas = theta.unbind(2)
     return {first + c: (thetas[c], part) for c, part in enumerate(coefficients.unbind(2))}
+
+
+def _split(length: int, unit: int, whole: bool) -> list[int]:
+    """``length`` tokens as pieces of ``unit`` (``whole``: one piece of all of them) and a shorter last one."""
+    pieces = [length - length % unit] if whole else [unit] * (length // unit)
+    return [p for p in pieces if p] + ([length % unit] if length % unit else [])
 
 
 def _join_whole_chunks(lengths: list[int], chunk_size: int, offset: int) -> list[int]:
@@ -143,23 +158,32 @@ def _piece(
     )  # cum_alpha: A_i, relative to the piece start
     carry, momentum_coef, cum_eta = coefficients.carry, coefficients.momentum_coef, coefficients.cum_eta
 
+    channels = coefficients.channels  # decays per value channel: (B, H, C, L) and (B, H, C, L, L)
     weight_scale = None
     if retention.gradient_at_decayed:  # window 1: sources are this piece's tokens
-        weight_scale = torch.exp(state.log_decay.unsqueeze(-1) + cum_alpha)
+        start_log = (
+            state.log_decay.unsqueeze(-1) if channels and not rule.channelwise_decay else state.log_decay
+        )
+        weight_scale = torch.exp(start_log.unsqueeze(-1) + cum_alpha)
+        weight_scale = weight_scale.transpose(-1, -2) if channels else weight_scale  # (B, H, L[, C])
     out_weight = rule.source_weights(theta, source_gates)  # channel-wise theta: window 1, sources = tokens
     factors = rule.factors(state.start, keys, values, source_gates, weight_scale, out_weight)
 
     start_w, start_s = state.weights, state.momentum
 
+    def per_token(x: torch.Tensor) -> torch.Tensor:  # (B, H, L) -> (B, H, L, 1); (B, H, C, L) -> (B, H, L, C)
+        return x.transpose(-1, -2) if channels else x.unsqueeze(-1)
+
     read_dtype = q.dtype  # the per-token coefficients, cast once for every read
-    coef_read, beta_read = coef.to(read_dtype), beta.unsqueeze(-1).to(read_dtype)
-    carry_read = carry.unsqueeze(-1).to(read_dtype) if carry is not None else None
+    coef_read, beta_read = coef.to(read_dtype), per_token(beta).to(read_dtype)
+    carry_read = per_token(carry).to(read_dtype) if carry is not None else None
+    read = channel_dual_read if channels else dual_read
 
     def linear(name: str, x: torch.Tensor) -> torch.Tensor:
         """W_i x_i for every token: K o (x h^T) @ delta + beta x W^T + sigma x S^T."""
         h, delta = factors[name]
         dtype = x.dtype
-        return dual_read(
+        return read(
             x,
             h.to(dtype),
             delta.to(dtype),
@@ -178,21 +202,24 @@ def _piece(
         row = matrix[..., -1, :]
         return row.expand(batch, heads, -1) if row.dim() == 1 else row
 
-    if carry is not None:
-        eta_end = torch.exp(cum_eta[..., -1])[..., None, None]
+    def end_value(x: torch.Tensor) -> torch.Tensor:  # the last token's, to scale (B, H, d_out, d_in)
+        return x[..., -1, None] if channels else x[..., -1, None, None]
+
+    eta_end = end_value(torch.exp(cum_eta)) if carry is not None else None
     new_weights, new_momentum, new_decayed = {}, {}, {}
     row_w = last_row(coef)
     row_s = last_row(momentum_coef) if carry is not None else None
+    end_update = channel_chunk_end if channels else chunk_end_update
     for name, (h, delta) in factors.items():
         scale = retention.lr_scale(state.extra, name)
         state_dtype = torch.promote_types(start_w[name].dtype, torch.float32)
-        w, s_next = chunk_end_update(
+        w, s_next = end_update(
             delta,
             h.to(delta.dtype),
             _scaled(row_w, scale).to(delta.dtype),
             _scaled(row_s, scale).to(delta.dtype) if row_s is not None else None,
-            beta[..., -1, None, None].to(state_dtype),
-            carry[..., -1, None, None].to(state_dtype) if carry is not None else None,
+            end_value(beta).to(state_dtype),
+            end_value(carry).to(state_dtype) if carry is not None else None,
             eta_end.to(state_dtype) if carry is not None else None,
             start_w[name].to(state_dtype),
             start_s[name].to(state_dtype) if carry is not None else None,
@@ -215,9 +242,15 @@ def _piece(
     state.weights = new_weights
     if carry is not None:
         state.momentum = new_momentum
-    theta_head = theta.mean(-1) if theta.dim() == 4 else theta  # channel-wise: the mean rate
-    state.lr_sum = beta[..., -1] * state.lr_sum + (d_alpha[..., -1, :] * at_least_fp32(theta_head)).sum(-1)
-    state.log_decay = state.log_decay + cum_alpha[..., -1]
+    theta_head = at_least_fp32(theta.mean(-1) if theta.dim() == 4 else theta)  # channel-wise: the mean rate
+    if channels:
+        theta_head = theta_head.unsqueeze(-2)
+    beta_end, log_end = beta[..., -1], cum_alpha[..., -1]
+    lr_added = (d_alpha[..., -1, :] * theta_head).sum(-1)
+    if channels and not rule.channelwise_decay:  # one decay per head: drop the channel dimension of 1
+        beta_end, lr_added, log_end = beta_end.squeeze(-1), lr_added.squeeze(-1), log_end.squeeze(-1)
+    state.lr_sum = beta_end * state.lr_sum + lr_added
+    state.log_decay = state.log_decay + log_end
     state.offset += length
     keep_window(rule, state, keys, values, source_gates)
     if state.offset == chunk_size:

@@ -37,8 +37,7 @@ def supports(rule: MemoryRule) -> bool:
         and rule.bias.gradient_slope is not None
         and not rule.nonlinear
         and not rule.retention.needs_decayed_update
-        and not rule.channelwise_lr
-        and not rule.channelwise_window
+        and not rule.channelwise
     )
 
 

@@ -10,6 +10,11 @@ with beta = exp(A), Dalpha[i, s] = exp(A_i - A_s) (s <= i), Deta likewise,
 momentum_coef = -Deta diag(theta) Gamma, coef = Dalpha momentum_coef (or -Dalpha diag(theta)
 Gamma without momentum) and sigma = Dalpha exp(E).  Leading dimensions (batch, heads,
 chunks) broadcast.
+
+With a channel-wise decay alpha or eta (one per value channel: per row of a matrix
+memory) every row has its own decay matrices: the coefficients get a channel dimension
+before the token dimension, (..., C, L) and (..., C, L, sources), with C = d_v or 1 where
+a factor is the same for every row.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ class ChunkCoefficients:
     momentum_coef: torch.Tensor | None = None  # (..., L, sources)
     carry: torch.Tensor | None = None  # sigma (..., L)
     cum_eta: torch.Tensor | None = None  # (..., L)
+    channels: bool = False  # a channel dimension before L: (..., C, L), (..., C, L, L)
 
     def times_theta_band(self, matrix: torch.Tensor, negate: bool = False) -> torch.Tensor:
         """matrix @ diag(theta) @ Gamma (or with -theta: negated on the rows, not the product)."""
@@ -44,11 +50,16 @@ class ChunkCoefficients:
         """One ChunkCoefficients per index of ``dim`` (a chunk dimension), without the band."""
         if self.band is not None:
             raise ValueError("coefficients with an Omega band are computed per piece")
-        fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "band"}
-        parts = {name: value.unbind(dim) if value is not None else None for name, value in fields.items()}
+        tensors = [f.name for f in dataclasses.fields(self) if f.name not in ("band", "channels")]
+        parts = {
+            name: getattr(self, name).unbind(dim) if getattr(self, name) is not None else None
+            for name in tensors
+        }
         count = len(parts["beta"])
         return [
-            ChunkCoefficients(**{name: p[i] if p is not None else None for name, p in parts.items()})
+            ChunkCoefficients(
+                **{name: p[i] if p is not None else None for name, p in parts.items()}, channels=self.channels
+            )
             for i in range(count)
         ]
 
@@ -59,10 +70,21 @@ def chunk_coefficients(
     theta_rows: torch.Tensor,
     band: torch.Tensor | None,
 ) -> ChunkCoefficients:
-    """``band`` None means the identity (no Omega window): diag(theta) Gamma is then a column scaling."""
+    """``band`` None means the identity (no Omega window): diag(theta) Gamma is then a column scaling.
+
+    ``log_alpha`` and ``log_eta`` are (..., L) or, channel-wise, (..., L, C); ``theta_rows`` (..., L).
+    """
+    channels = log_alpha.dim() > theta_rows.dim() or (
+        log_eta is not None and log_eta.dim() > theta_rows.dim()
+    )
+    if channels:  # channels before tokens; what is one per head gets a channel dimension of 1
+        log_alpha = _channels_first(log_alpha, theta_rows)
+        log_eta = _channels_first(log_eta, theta_rows) if log_eta is not None else None
+        theta_rows = theta_rows.unsqueeze(-2)
+        band = band.unsqueeze(-3) if band is not None else None
     cum_alpha = torch.cumsum(at_least_fp32(log_alpha), dim=-1)
     d_alpha = decay_matrix(cum_alpha)
-    out = ChunkCoefficients(cum_alpha, d_alpha, torch.exp(cum_alpha), theta_rows, band)
+    out = ChunkCoefficients(cum_alpha, d_alpha, torch.exp(cum_alpha), theta_rows, band, channels=channels)
     if log_eta is not None:  # momentum
         out.cum_eta = torch.cumsum(at_least_fp32(log_eta), dim=-1)
         out.momentum_coef = out.times_theta_band(decay_matrix(out.cum_eta), negate=True)
@@ -71,6 +93,11 @@ def chunk_coefficients(
     else:
         out.coef = out.times_theta_band(d_alpha, negate=True)
     return out
+
+
+def _channels_first(log_decay: torch.Tensor, theta_rows: torch.Tensor) -> torch.Tensor:
+    """(..., L, C) -> (..., C, L); per head (..., L) -> (..., 1, L)."""
+    return log_decay.transpose(-1, -2) if log_decay.dim() > theta_rows.dim() else log_decay.unsqueeze(-2)
 
 
 def fold_chunks(x: torch.Tensor, chunks: int) -> torch.Tensor:
@@ -112,7 +139,7 @@ def piece_rates(
         log_eta = fold_chunks(log_eta, chunks) if log_eta is not None else None
     if rule.channelwise_lr:
         dtype = torch.promote_types(theta.dtype, torch.float32)
-        theta_rows = torch.ones(log_alpha.shape, dtype=dtype, device=like.device)
+        theta_rows = torch.ones(theta.shape[:-1], dtype=dtype, device=like.device)
     else:
         theta_rows = at_least_fp32(theta)
     if row_scale is not None:

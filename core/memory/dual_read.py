@@ -66,3 +66,28 @@ def dual_read(
     """x, h (B, H, L, d_in), delta (B, H, L, d_out), coef (B, H, L, L), beta / sigma (B, H, L, 1),
     w / s (B, H, d_out, d_in), all one dtype -> W_i x_i for every token (B, H, L, d_out)."""
     return _DualRead.apply(x, h, delta, coef, beta, sigma, w, s)
+
+
+def channel_dual_read(
+    x: torch.Tensor,
+    h: torch.Tensor,
+    delta: torch.Tensor,
+    coef: torch.Tensor,
+    beta: torch.Tensor,
+    sigma: torch.Tensor | None,
+    w: torch.Tensor,
+    s: torch.Tensor | None,
+) -> torch.Tensor:
+    """``dual_read`` with one coefficient matrix per value channel (channel-wise decays):
+    coef (B, H, C, L, L), beta / sigma (B, H, L, C), C = d_out or 1.  Row c of W_i is
+    beta_ic W[c] + sigma_ic S[c] + sum_j K_c[i, j] delta_jc h_j^T, so
+
+        y_ic = sum_j K_c[i, j] (x_i . h_j) delta_jc + beta_ic (W x_i)_c + sigma_ic (S x_i)_c
+
+    Through autograd: a (B, H, d_out, L, L) product per chunk, for the feature, not for speed."""
+    attend = coef * (x @ h.transpose(-1, -2)).unsqueeze(-3)
+    y = (attend @ delta.transpose(-1, -2).unsqueeze(-1)).squeeze(-1).transpose(-1, -2)
+    y = y + beta * (x @ w.transpose(-1, -2))
+    if sigma is not None:
+        y = y + sigma * (x @ s.transpose(-1, -2))
+    return y

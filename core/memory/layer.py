@@ -25,7 +25,7 @@ from ..registry import Registry, get_registry
 from .inputs import MemoryInputs
 from .merge_heads import rms_merge_heads
 from .neural_memory import NeuralMemory, NeuralMemoryState
-from .spec import MemorySpec
+from .spec import GatesSpec, MemorySpec
 
 ComponentLike = str | Mapping[str, Any] | Component
 
@@ -77,6 +77,8 @@ class MemoryLayer(nn.Module):
         qk_projection: bool = False,
         channelwise_lr: bool = False,
         channelwise_window: bool = False,
+        channelwise_decay: bool = False,
+        channelwise_momentum: bool = False,
         gate_rank: int = 16,
         registry: Registry | None = None,
     ):
@@ -99,8 +101,12 @@ class MemoryLayer(nn.Module):
             path=path,
             qk_projection=qk_projection,
             qk_norm=qk_norm,
-            channelwise_lr=channelwise_lr,
-            channelwise_window=channelwise_window,
+            channelwise=GatesSpec(
+                channelwise_lr=channelwise_lr,
+                channelwise_window=channelwise_window,
+                channelwise_decay=channelwise_decay,
+                channelwise_momentum=channelwise_momentum,
+            ).channelwise(),
             gate_rank=gate_rank,
         )
         self.norm = nn.RMSNorm(head_dim, eps=1e-6) if output_norm else nn.Identity()
@@ -131,6 +137,8 @@ class MemoryLayer(nn.Module):
             qk_projection=spec.qk_projection,
             channelwise_lr=spec.gates.channelwise_lr,
             channelwise_window=spec.gates.channelwise_window,
+            channelwise_decay=spec.gates.channelwise_decay,
+            channelwise_momentum=spec.gates.channelwise_momentum,
             gate_rank=spec.gates.rank,
         )
         options.update(overrides)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterable
 
 import torch
 import torch.nn.functional as F
@@ -59,8 +60,7 @@ class NeuralMemory(nn.Module):
         path: str = "chunked",
         qk_projection: bool = False,
         qk_norm: bool = True,
-        channelwise_lr: bool = False,
-        channelwise_window: bool = False,
+        channelwise: Iterable[str] = (),
         gate_rank: int = 16,
     ):
         super().__init__()
@@ -75,8 +75,7 @@ class NeuralMemory(nn.Module):
             heads=heads,
             d_key=self.features.out_dim,
             d_value=head_dim,
-            channelwise_lr=channelwise_lr,
-            channelwise_window=channelwise_window,
+            channelwise=channelwise,
         )
         self.gates = GateProjections(dim, heads, self.rule.gate_defs(), head_dim, gate_rank)
         self.record = False  # keep the norms of the last state for monitors

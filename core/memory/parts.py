@@ -157,6 +157,7 @@ class ChunkEnd:
 class Retention(nn.Module):
     """Miras axis 3: how the memory forgets.  The linear part is a decay alpha_t."""
 
+    decay_gate: str | None = None  # the gate log_alpha reads: it can be made channel-wise
     gradient_at_decayed: bool = False  # take gradients at alpha-decayed weights (gated delta rule)
     nonlinear: bool = False  # has a chunk-end step
     needs_decayed_update: bool = False  # the chunk-end step needs ChunkEnd.decayed_update
@@ -165,7 +166,8 @@ class Retention(nn.Module):
         return []
 
     def log_alpha(self, gates: Gates) -> torch.Tensor | None:
-        """log alpha_t (B, H, T) of the within-chunk dynamics, or None for alpha = 1."""
+        """log alpha_t (B, H, T), or channel-wise (B, H, T, d_v), of the within-chunk dynamics;
+        None for alpha = 1."""
         return None
 
     def aux_log_alpha(self, gates: Gates) -> torch.Tensor | None:
@@ -188,6 +190,7 @@ class LearningAlgorithm(nn.Module):
     """Miras axis 4: the optimizer of the inner loop.  ``theta`` is its learning rate."""
 
     momentum: bool = False
+    momentum_gate: str | None = None  # the gate log_eta reads: it can be made channel-wise
     nonlinear: bool = False
     # divide each token's gradient by sum_l ||h_l||^2, the squared norms of the inputs of the
     # memory's linear maps (normalised LMS): theta then means "the share of the error corrected"
@@ -202,7 +205,7 @@ class LearningAlgorithm(nn.Module):
         return gates["lr"]
 
     def log_eta(self, gates: Gates) -> torch.Tensor | None:
-        """log eta_t (B, H, T), the momentum decay, when ``momentum``."""
+        """log eta_t (B, H, T) or channel-wise (B, H, T, d_v), the momentum decay, when ``momentum``."""
         return None
 
     def chunk_end(self, end: ChunkEnd) -> Weights:
@@ -222,13 +225,15 @@ class FeatureMap(nn.Module):
         return x
 
 
+CHANNELWISE = ("lr", "window", "decay", "momentum")  # the gates that can be one per value channel
+
+
 def check_parts(
     arch: MemoryArchitecture,
     bias: AttentionalBias,
     retention: Retention,
     algorithm: LearningAlgorithm,
-    channelwise_lr: bool,
-    channelwise_window: bool = False,
+    channelwise: frozenset[str] = frozenset(),
 ) -> list[str]:
     """Combinations the engine cannot run (or that make no sense), as sentences."""
     problems = []
@@ -244,11 +249,33 @@ def check_parts(
             "the Omega window (bias window > 1) needs gradients at the chunk-start weights; "
             'set the retention\'s gradient_at = "previous"'
         )
-    if bias.window > 1 and channelwise_lr:
+    unknown = sorted(channelwise - set(CHANNELWISE))
+    if unknown:
+        problems.append(f"unknown channel-wise gate(s) {unknown}: expected some of {list(CHANNELWISE)}")
+    if bias.window > 1 and "lr" in channelwise:
         problems.append("a channel-wise learning rate needs bias window 1 (the Omega rule sums over tokens)")
-    if channelwise_window and bias.window_gate is None:
+    if "window" in channelwise and bias.window_gate is None:
         problems.append(
             f"channel-wise window gates need a bias with window gates (omega with gated = true), not {_name(bias)}"
+        )
+    if "decay" in channelwise and retention.decay_gate is None:
+        problems.append(
+            f"a channel-wise decay needs a retention with a decay gate alpha_t, not {_name(retention)}"
+        )
+    if "momentum" in channelwise and algorithm.momentum_gate is None:
+        problems.append(
+            f"a channel-wise momentum needs an algorithm with a momentum gate eta_t, not {_name(algorithm)}"
+        )
+    decays = sorted(channelwise & {"decay", "momentum"})
+    if decays and not arch.linear_map:
+        problems.append(
+            f"a channel-wise {' and '.join(decays)} scales the rows (value channels) of a matrix memory; "
+            f"memory {_name(arch)} has hidden layers without value channels: use memory 'linear'"
+        )
+    if "decay" in channelwise and algorithm.nonlinear:
+        problems.append(
+            f"algorithm {_name(algorithm)} scales its chunk-end step by one decay per head: "
+            "a channel-wise decay needs algorithm 'gd' or 'momentum'"
         )
     return problems
 

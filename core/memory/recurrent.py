@@ -29,6 +29,11 @@ def _scaled(value: torch.Tensor, scale: torch.Tensor | float) -> torch.Tensor:
     return value * scale
 
 
+def _rows(x: torch.Tensor) -> torch.Tensor:
+    """A factor per head (B, H) or per value channel (B, H, d_v), shaped to scale (B, H, d_v, d_in)."""
+    return x[..., None, None] if x.dim() == 2 else x[..., None]
+
+
 def step(
     rule: MemoryRule,
     q: torch.Tensor,
@@ -51,8 +56,8 @@ def step(
     keys, values, source_gates, buffered = with_window(rule, state, k, v, seq_gates)
     theta = algorithm.lr(seq_gates)[:, :, 0]  # (B, H) or (B, H, d_v)
     weight_scale = None
-    if retention.gradient_at_decayed:
-        weight_scale = torch.exp(log_decay).unsqueeze(-1).expand(-1, -1, keys.shape[2])
+    if retention.gradient_at_decayed:  # (B, H, sources[, d_v])
+        weight_scale = torch.exp(log_decay).unsqueeze(2).expand(-1, -1, keys.shape[2], *log_decay.shape[2:])
     out_weight = rule.source_weights(theta.unsqueeze(2), source_gates)
     factors = rule.factors(state.start, keys, values, source_gates, weight_scale, out_weight)
     dtype = torch.promote_types(theta.dtype, torch.float32)
@@ -62,10 +67,10 @@ def step(
     if not rule.channelwise_lr:
         coef = coef * theta.unsqueeze(-1)
 
-    alpha = torch.exp(log_alpha)[..., None, None]
+    alpha = _rows(torch.exp(log_alpha))
     eta = None
     if algorithm.momentum:
-        eta = torch.exp(algorithm.log_eta(seq_gates)[:, :, 0])[..., None, None]
+        eta = _rows(torch.exp(algorithm.log_eta(seq_gates)[:, :, 0]))
     aux_alpha = None
     if retention.needs_decayed_update:
         aux_log = retention.aux_log_alpha(seq_gates)[:, :, 0]
@@ -89,6 +94,8 @@ def step(
         state.decayed_update = new_decayed
     state.log_decay = log_decay
     theta_head = theta.mean(-1) if theta.dim() == 3 else theta  # channel-wise: the mean rate
+    if rule.channelwise_decay:
+        theta_head = theta_head.unsqueeze(-1)
     state.lr_sum = torch.exp(log_alpha) * state.lr_sum + theta_head
     state.offset += 1
     keep_window(rule, state, keys, values, source_gates)

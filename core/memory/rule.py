@@ -10,6 +10,8 @@ outer loss trains everything that produced q, k, v and the gates.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import torch
 from torch import nn
 
@@ -36,15 +38,34 @@ class MemoryRule(nn.Module):
         bias: AttentionalBias,
         retention: Retention,
         algorithm: LearningAlgorithm,
-        channelwise_lr: bool = False,
-        channelwise_window: bool = False,
+        channelwise: Iterable[str] = (),
     ):
+        """``channelwise``: which gates have one value per value channel, some of
+        ``parts.CHANNELWISE``: "lr", "window", "decay", "momentum"."""
         super().__init__()
         self.arch, self.bias, self.retention, self.algorithm = arch, bias, retention, algorithm
-        self.channelwise_lr, self.channelwise_window = channelwise_lr, channelwise_window
-        problems = check_parts(arch, bias, retention, algorithm, channelwise_lr, channelwise_window)
+        self.channelwise = frozenset(channelwise)
+        problems = check_parts(arch, bias, retention, algorithm, self.channelwise)
         if problems:
             raise ValueError("; ".join(problems))
+
+    @property
+    def channelwise_lr(self) -> bool:
+        return "lr" in self.channelwise
+
+    @property
+    def channelwise_window(self) -> bool:
+        return "window" in self.channelwise
+
+    @property
+    def channelwise_decay(self) -> bool:
+        """alpha_t per value channel: the state's log_decay and lr_sum are then (B, H, d_v)."""
+        return "decay" in self.channelwise
+
+    @property
+    def channelwise_rows(self) -> bool:
+        """A decay (alpha or eta) per value channel: the coefficients get a channel dimension."""
+        return bool(self.channelwise & {"decay", "momentum"})
 
     @property
     def window(self) -> int:
@@ -56,9 +77,13 @@ class MemoryRule(nn.Module):
 
     def gate_defs(self) -> list[GateDef]:
         defs = [*self.bias.gates(), *self.retention.gates(), *self.algorithm.gates()]
-        wide = {"lr"} if self.channelwise_lr else set()
-        if self.channelwise_window:
-            wide.add(self.bias.window_gate)
+        role_gates = {
+            "lr": "lr",
+            "window": self.bias.window_gate,
+            "decay": self.retention.decay_gate,
+            "momentum": self.algorithm.momentum_gate,
+        }
+        wide = {role_gates[role] for role in self.channelwise}
         return [GateDef(d.name, d.activation, d.init, d.scale, True) if d.name in wide else d for d in defs]
 
     def source_weights(self, theta: torch.Tensor, source_gates: Gates) -> torch.Tensor | None:
@@ -77,8 +102,9 @@ class MemoryRule(nn.Module):
         learned = {name: w.unsqueeze(0).expand(batch, *w.shape) for name, w in self.arch.init.items()}
         weights, extra = self.retention.initial(learned)
         sample = next(iter(weights.values()))
+        rows = (sample.shape[2],) if self.channelwise_decay else ()  # a matrix memory's value channels
         zeros = sample.new_zeros(
-            batch, sample.shape[1], dtype=torch.promote_types(sample.dtype, torch.float32)
+            batch, sample.shape[1], *rows, dtype=torch.promote_types(sample.dtype, torch.float32)
         )
         momentum = {n: torch.zeros_like(w) for n, w in weights.items()} if self.algorithm.momentum else None
         decayed = (
@@ -114,19 +140,23 @@ class MemoryRule(nn.Module):
         """Per-source ``(h, delta)`` of ``grad l(W; k_j, v_j)`` for every linear map of M.
 
         ``weight_scale`` (B, H, N) evaluates source j at ``scale_j * W`` (the gated delta
-        rule's decayed point); ``out_weight`` (B, H, N[, d_v]) multiplies dl/dy per source
+        rule's decayed point), or (B, H, N, d_out) at ``diag(scale_j) W`` (channel-wise decay); ``out_weight`` (B, H, N[, d_v]) multiplies dl/dy per source
         (a channel-wise learning rate).
         """
 
+        rows_scale = None
+        if weight_scale is not None:
+            rows_scale = weight_scale if weight_scale.dim() == keys.dim() else weight_scale.unsqueeze(-1)
+
         def linear(name: str, h: torch.Tensor) -> torch.Tensor:
             z = h @ weights[name].transpose(-1, -2).to(h.dtype)
-            return z * weight_scale.unsqueeze(-1).to(z.dtype) if weight_scale is not None else z
+            return z * rows_scale.to(z.dtype) if rows_scale is not None else z
 
         def transposed(
             name: str, delta: torch.Tensor
         ) -> torch.Tensor:  # delta -> delta W (back through z = W h)
-            if weight_scale is not None:
-                delta = delta * weight_scale.unsqueeze(-1).to(delta.dtype)
+            if rows_scale is not None:
+                delta = delta * rows_scale.to(delta.dtype)
             return delta @ weights[name].to(delta.dtype)
 
         def dloss(pred: torch.Tensor) -> torch.Tensor:

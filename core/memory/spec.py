@@ -30,7 +30,27 @@ class GatesSpec:
         doc="the Omega rule's window gates gamma_i per value channel, through a low-rank projection "
         "(needs bias omega with gated = true)",
     )
+    channelwise_decay: bool = param(
+        False,
+        doc="the retention's decay alpha_t per value channel (the rows of a matrix memory), through a "
+        "low-rank projection (needs memory linear)",
+    )
+    channelwise_momentum: bool = param(
+        False,
+        doc="the momentum decay eta_t per value channel (the rows of a matrix memory), through a "
+        "low-rank projection (needs memory linear)",
+    )
     rank: int = param(16, ge=1, doc="rank of the channel-wise projections")
+
+    def channelwise(self) -> frozenset[str]:
+        """The channel-wise gates, as ``MemoryRule`` names them."""
+        flags = {
+            "lr": self.channelwise_lr,
+            "window": self.channelwise_window,
+            "decay": self.channelwise_decay,
+            "momentum": self.channelwise_momentum,
+        }
+        return frozenset(role for role, on in flags.items() if on)
 
 
 @attrs.frozen

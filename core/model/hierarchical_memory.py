@@ -74,8 +74,7 @@ class HierarchicalMemory(nn.Module):
                 path=spec.path,
                 qk_projection=qk_projection,
                 qk_norm=spec.qk_norm,
-                channelwise_lr=spec.gates.channelwise_lr,
-                channelwise_window=spec.gates.channelwise_window,
+                channelwise=spec.gates.channelwise(),
                 gate_rank=spec.gates.rank,
             )
 

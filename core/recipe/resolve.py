@@ -35,7 +35,11 @@ def recipe_from_dict(
         raise RecipeError(
             [f"{origin_of(p, origins, default_origin)}: {join_path(p)}: {m}" for p, m in exc.problems]
         ) from None
-    problems = list(_stage_problems(recipe, data, converter, default_origin, origins))
+    problems = list(_stage_problems(recipe, data, converter, default_origin, origins, registry))
+    problems += [
+        f"{_memory_origin(origins, default_origin)}: model.memory: {p}"
+        for p in _memory_problems(recipe, registry)
+    ]
     if problems:
         raise RecipeError(problems)
     return recipe
@@ -47,8 +51,29 @@ STAGE_TRAIN_KEYS = frozenset(
 )
 
 
+def _memory_problems(recipe: Recipe, registry: Registry) -> list[str]:
+    """Memory-axis combinations the engine refuses, when the layout has a memory."""
+    from ..memory.build import combination_problems  # the memory engine, only for recipes that use it
+
+    model = recipe.model
+    if not getattr(registry.get("layout", model.layout.name).factory, "uses_memory", False):
+        return []
+    return combination_problems(model.memory, model.d_model, model.n_heads, registry)
+
+
+def _memory_origin(origins: Origins, default_origin: str) -> str:
+    """The files (and --set) that wrote the keys of [model.memory], in order: a combination spans them."""
+    sources = [origin for path, origin in origins.items() if path[:2] == ("model", "memory")]
+    return " + ".join(dict.fromkeys(sources)) or default_origin
+
+
 def _stage_problems(
-    recipe: Recipe, data: dict[str, Any], converter: Any, default_origin: str, origins: Origins
+    recipe: Recipe,
+    data: dict[str, Any],
+    converter: Any,
+    default_origin: str,
+    origins: Origins,
+    registry: Registry,
 ) -> Iterable[str]:
     """Each stage's overrides must name real keys and leave a valid recipe."""
     for index, stage in enumerate(recipe.train.stages):
@@ -70,10 +95,13 @@ def _stage_problems(
             except RecipeError as exc:
                 yield from exc.problems
         try:
-            structure_with(converter, staged, Recipe)
+            staged_recipe = structure_with(converter, staged, Recipe)
         except ParamsError as exc:
             for path, message in exc.problems:
                 yield f"{shown}: {join_path(where)}: {join_path(path)}: {message}"
+            continue
+        for problem in _memory_problems(staged_recipe, registry):
+            yield f"{shown}: {join_path(where)}: model.memory: {problem}"
 
 
 def recipe_to_dict(recipe: Recipe, registry: Registry | None = None) -> dict[str, Any]:

@@ -36,6 +36,7 @@ class Momentum(LearningAlgorithm):
     """Gradient descent with data-dependent momentum eta_t (Titans' surprise)."""
 
     momentum = True
+    momentum_gate = "momentum"
 
     def __init__(self, params: MomentumParams):
         super().__init__()

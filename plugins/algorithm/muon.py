@@ -54,6 +54,7 @@ class Muon(LearningAlgorithm):
     """Momentum whose chunk update is orthogonalised by Newton-Schulz (norm-preserving)."""
 
     momentum = True
+    momentum_gate = "momentum"
     nonlinear = True
 
     def __init__(self, params: MuonParams):

@@ -26,6 +26,8 @@ class DecayParams:
 class Decay(Retention):
     """alpha_t = sigmoid(w . x_t + b): forget a fraction 1 - alpha_t of the memory per token."""
 
+    decay_gate = "decay"
+
     def __init__(self, params: DecayParams):
         super().__init__()
         self.init_value = params.init

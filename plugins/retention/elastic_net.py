@@ -28,6 +28,8 @@ class ElasticNetParams:
 class ElasticNet(Retention):
     """Decay alpha_t, then soft-threshold by lambda at chunk ends."""
 
+    decay_gate = "decay"
+
     nonlinear = True
 
     def __init__(self, params: ElasticNetParams):

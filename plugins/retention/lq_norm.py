@@ -29,6 +29,8 @@ class LqNormParams:
 class LqNorm(Retention):
     """Decay alpha_t, then W = A / ||A||_q^(q-2) at chunk ends."""
 
+    decay_gate = "decay"
+
     nonlinear = True
 
     def __init__(self, params: LqNormParams):
