@@ -31,9 +31,10 @@ class _NormMerge(torch.autograd.Function):
         g = grad.view(batch, length, heads, d).permute(0, 2, 1, 3)
         unit = y * rstd
         grad_weight = (g * unit).sum((0, 1, 2)).to(weight.dtype) if ctx.needs_input_grad[1] else None
-        # written in y's layout: left in the merged one, every matmul the gradient reaches
-        # in the memory's backward would copy it first
-        scaled = torch.mul(g, weight.to(g.dtype), out=torch.empty_like(y))
+        # written in the per-head layout (B, H, T, d): left in the merged one, every matmul the
+        # gradient reaches in the memory's backward would copy it first.  Contiguous, not
+        # empty_like(y): dynamo refuses a strided out=, and y can be strided (channel-wise decays)
+        scaled = torch.mul(g, weight.to(g.dtype), out=torch.empty(y.shape, dtype=g.dtype, device=g.device))
         # d(y rstd) = rstd (g - unit mean(g unit)) for g the gradient of the unit vector
         grad_y = torch.addcmul(scaled, unit, (scaled * unit).mean(-1, keepdim=True), value=-1).mul_(rstd)
         return grad_y, grad_weight, None
