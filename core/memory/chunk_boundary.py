@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import torch
+
 from .parts import ChunkEnd
 from .rule import MemoryRule
 from .state import MemoryState
@@ -33,3 +35,17 @@ def close_chunk(rule: MemoryRule, state: MemoryState) -> MemoryState:
         state.decayed_update = {n: d.new_zeros(d.shape) for n, d in state.decayed_update.items()}
         state.aux_log_decay = state.aux_log_decay.new_zeros(state.aux_log_decay.shape)
     return state
+
+
+def end_piece(
+    rule: MemoryRule, state: MemoryState, q: torch.Tensor, y: torch.Tensor, chunk_size: int
+) -> tuple[torch.Tensor, MemoryState]:
+    """After a chunked piece: when it ends the chunk, close the chunk; the chunk's last token
+    then reads the state after the non-linear steps (q, y: the piece's queries and reads)."""
+    if state.offset != chunk_size:
+        return y, state
+    state = close_chunk(rule, state)
+    if rule.nonlinear:
+        y_last = rule.read(state.weights, q[:, :, -1:])
+        y = torch.cat([y[:, :, :-1], y_last.to(y.dtype)], dim=2)
+    return y, state

@@ -21,7 +21,7 @@ import torch
 
 from . import chunked_channelwise, chunked_linear
 from .batched import outer_sum
-from .chunk_boundary import close_chunk
+from .chunk_boundary import end_piece
 from .chunk_end_update import channel_chunk_end, chunk_end_update
 from .chunked_channelwise import SUB
 from .coefficients import ChunkCoefficients, piece_coefficients
@@ -97,8 +97,9 @@ def _whole_chunk_coefficients(
 
     They depend on the gates alone, not on the state, so the per-chunk loop then does only
     the state-dependent work.  Not with an Omega window, whose band depends on how many
-    tokens the state buffers, nor with channel-wise decays, whose (pieces x channels x L x L)
-    matrices at once run slower than piece by piece (they leave the cache).
+    tokens the state buffers, nor with channel-wise decays: chunks of a multiple of SUB
+    tokens run in ``chunked_channelwise``, which computes its sub-chunks' coefficients itself,
+    and smaller chunks run piece by piece.
     """
     first = 1 if offset else 0
     whole = first
@@ -253,9 +254,4 @@ def _piece(
     state.log_decay = state.log_decay + log_end
     state.offset += length
     keep_window(rule, state, keys, values, source_gates)
-    if state.offset == chunk_size:
-        state = close_chunk(rule, state)
-        if rule.nonlinear:  # the chunk's last token reads the state after the chunk-end step
-            y_last = rule.read(state.weights, q[:, :, -1:])
-            y = torch.cat([y[:, :, :-1], y_last.to(y.dtype)], dim=2)
-    return y, state
+    return end_piece(rule, state, q, y, chunk_size)

@@ -20,7 +20,7 @@ import dataclasses
 
 import torch
 
-from .chunk_boundary import close_chunk
+from .chunk_boundary import end_piece
 from .chunk_end_update import channel_chunk_end
 from .coefficients import chunk_coefficients, fold_chunks, piece_rates
 from .dual_read import channel_dual_read
@@ -130,9 +130,4 @@ def sub_chunked(
     if momentum:
         state.momentum = {name: s}
     state.offset += length
-    if state.offset == chunk_size:
-        state = close_chunk(rule, state)
-        if rule.nonlinear:  # the chunk's last token reads the state after the chunk-end step
-            y_last = rule.read(state.weights, q[:, :, -1:])
-            y = torch.cat([y[:, :, :-1], y_last.to(y.dtype)], dim=2)
-    return y, state
+    return end_piece(rule, state, q, y, chunk_size)

@@ -140,8 +140,9 @@ class MemoryRule(nn.Module):
         """Per-source ``(h, delta)`` of ``grad l(W; k_j, v_j)`` for every linear map of M.
 
         ``weight_scale`` (B, H, N) evaluates source j at ``scale_j * W`` (the gated delta
-        rule's decayed point), or (B, H, N, d_out) at ``diag(scale_j) W`` (channel-wise decay); ``out_weight`` (B, H, N[, d_v]) multiplies dl/dy per source
-        (a channel-wise learning rate).
+        rule's decayed point), or (B, H, N, d_out) at ``diag(scale_j) W`` (a channel-wise
+        decay); ``out_weight`` (B, H, N[, d_v]) multiplies dl/dy per source (a channel-wise
+        learning rate).
         """
 
         rows_scale = None
