@@ -86,21 +86,24 @@ def sub_chunked(
     end_eta = torch.exp(c.cum_eta[..., -1:]).to(state_dtype) if momentum else None
     row_w = coef[..., -1, :]
     row_s = _scaled(c.momentum_coef[..., -1, :], scale) if momentum else None
+    # unbound once: indexing sub-chunk b in the loop would make backward zero-fill a
+    # full-size gradient per sub-chunk and input
+    unset = [None] * subs
+    per_sub = zip(
+        delta_sub.unbind(2),
+        h_sub.to(delta.dtype).unbind(2),
+        row_w.to(delta.dtype).unbind(2),
+        row_s.to(delta.dtype).unbind(2) if momentum else unset,
+        end_beta.unbind(2),
+        end_carry.unbind(2) if momentum else unset,
+        end_eta.unbind(2) if momentum else unset,
+        strict=True,
+    )
     starts_w, starts_s = [], []
-    for b in range(subs):
+    for delta_b, h_b, row_w_b, row_s_b, beta_b, carry_b, eta_b in per_sub:
         starts_w.append(w)
         starts_s.append(s)
-        w, s = channel_chunk_end(
-            delta_sub[:, :, b],
-            h_sub[:, :, b].to(delta.dtype),
-            row_w[:, :, b].to(delta.dtype),
-            row_s[:, :, b].to(delta.dtype) if momentum else None,
-            end_beta[:, :, b],
-            end_carry[:, :, b] if momentum else None,
-            end_eta[:, :, b] if momentum else None,
-            w,
-            s,
-        )
+        w, s = channel_chunk_end(delta_b, h_b, row_w_b, row_s_b, beta_b, carry_b, eta_b, w, s)
 
     def read(x: torch.Tensor) -> torch.Tensor:
         dtype = x.dtype
