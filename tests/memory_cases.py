@@ -77,6 +77,11 @@ def all_combinations() -> tuple[list[tuple[str, ...]], list[tuple[str, ...]]]:
     return valid, rejected
 
 
+def tokens(q, k, v, gates, part: slice):
+    """q, k, v and every gate restricted to the tokens ``part`` (dimension 2), in memory_op's order."""
+    return q[:, :, part], k[:, :, part], v[:, :, part], {n: g[:, :, part] for n, g in gates.items()}
+
+
 def random_inputs(
     rule: MemoryRule,
     batch: int = 2,

@@ -11,7 +11,7 @@ import dataclasses
 
 import pytest
 import torch
-from memory_cases import make_rule, random_inputs
+from memory_cases import make_rule, random_inputs, tokens
 
 from miraslab.memory import chunked_linear
 from miraslab.memory.linear_chunks_function import linear_chunks
@@ -38,15 +38,7 @@ def test_gradients_match_autograd(combo, from_initial):
     q, k, v, gates, gate_module = random_inputs(rule, seq=12, requires_grad=True, seed=3)
     state = rule.initial_state(q.shape[0])
     if not from_initial:  # a state with momentum and non-trivial weights, itself differentiable
-        _, state = run(
-            rule,
-            q[:, :, :8],
-            k[:, :, :8],
-            v[:, :, :8],
-            {n: g[:, :, :8] for n, g in gates.items()},
-            state,
-            False,
-        )
+        _, state = run(rule, *tokens(q, k, v, gates, slice(8)), state, False)
     generator = torch.Generator().manual_seed(1)
     inputs = [q, k, v, *gate_module.parameters(), *rule.parameters()]
 

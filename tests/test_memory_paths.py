@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from memory_cases import all_combinations, make_rule, random_inputs
+from memory_cases import all_combinations, make_rule, random_inputs, tokens
 
 from miraslab.errors import RecipeError
 from miraslab.memory.engine import memory_op
@@ -54,26 +54,11 @@ def test_decoding_token_by_token_continues_exactly_from_the_chunked_state(combo)
     rule = make_rule(*combo)
     q, k, v, gates, _ = random_inputs(rule, seq=10)
     full, _ = memory_op(rule, q, k, v, gates, chunk_size=4, path="chunked")
-    _, state = memory_op(
-        rule,
-        q[:, :, :5],
-        k[:, :, :5],
-        v[:, :, :5],
-        {n: g[:, :, :5] for n, g in gates.items()},
-        chunk_size=4,
-        path="chunked",
-    )
+    _, state = memory_op(rule, *tokens(q, k, v, gates, slice(5)), chunk_size=4, path="chunked")
     steps = []
     for t in range(5, 10):
         y, state = memory_op(
-            rule,
-            q[:, :, t : t + 1],
-            k[:, :, t : t + 1],
-            v[:, :, t : t + 1],
-            {n: g[:, :, t : t + 1] for n, g in gates.items()},
-            state,
-            chunk_size=4,
-            path="recurrent",
+            rule, *tokens(q, k, v, gates, slice(t, t + 1)), state, chunk_size=4, path="recurrent"
         )
         steps.append(y)
     assert_close(torch.cat(steps, dim=2), full[:, :, 5:])
@@ -105,10 +90,8 @@ def test_a_call_that_starts_mid_chunk_then_runs_whole_chunks_matches_the_loop(co
     q, k, v, gates, _ = random_inputs(rule, seq=19)
 
     def two_calls(path):
-        first = {n: g[:, :, :5] for n, g in gates.items()}
-        _, state = memory_op(rule, q[:, :, :5], k[:, :, :5], v[:, :, :5], first, chunk_size=4, path=path)
-        rest = {n: g[:, :, 5:] for n, g in gates.items()}
-        return memory_op(rule, q[:, :, 5:], k[:, :, 5:], v[:, :, 5:], rest, state, chunk_size=4, path=path)
+        _, state = memory_op(rule, *tokens(q, k, v, gates, slice(5)), chunk_size=4, path=path)
+        return memory_op(rule, *tokens(q, k, v, gates, slice(5, None)), state, chunk_size=4, path=path)
 
     (chunked, state_c), (recurrent, state_r) = two_calls("chunked"), two_calls("recurrent")
     assert_close(chunked, recurrent)
@@ -180,19 +163,8 @@ def test_channelwise_window_gates_agree_between_paths_and_with_decoding(combo):
         chunked, _ = memory_op(rule, q, k, v, gates, chunk_size=chunk, path="chunked")
         recurrent, _ = memory_op(rule, q, k, v, gates, chunk_size=chunk, path="recurrent")
         assert_close(chunked, recurrent)
-    _, state = memory_op(
-        rule, q[:, :, :6], k[:, :, :6], v[:, :, :6], {n: g[:, :, :6] for n, g in gates.items()}, chunk_size=4
-    )
-    rest, _ = memory_op(
-        rule,
-        q[:, :, 6:],
-        k[:, :, 6:],
-        v[:, :, 6:],
-        {n: g[:, :, 6:] for n, g in gates.items()},
-        state,
-        chunk_size=4,
-        path="recurrent",
-    )
+    _, state = memory_op(rule, *tokens(q, k, v, gates, slice(6)), chunk_size=4)
+    rest, _ = memory_op(rule, *tokens(q, k, v, gates, slice(6, None)), state, chunk_size=4, path="recurrent")
     assert_close(rest, chunked[:, :, 6:])
 
 
@@ -262,24 +234,10 @@ def test_channelwise_decays_agree_between_paths_and_with_decoding(combo, roles):
         assert_close(chunked_state.weights["w"], recurrent_state.weights["w"])
         assert chunked_state.log_decay.shape == recurrent_state.log_decay.shape
     split = 37 + 21  # the chunked call ends inside the second chunk, after a piece boundary
-    _, state = memory_op(
-        rule,
-        q[:, :, :split],
-        k[:, :, :split],
-        v[:, :, :split],
-        {n: g[:, :, :split] for n, g in gates.items()},
-        chunk_size=37,
-    )
+    _, state = memory_op(rule, *tokens(q, k, v, gates, slice(split)), chunk_size=37)
     assert state.log_decay.shape == ((2, 2, 4) if "decay" in roles else (2, 2))
     rest, _ = memory_op(
-        rule,
-        q[:, :, split:],
-        k[:, :, split:],
-        v[:, :, split:],
-        {n: g[:, :, split:] for n, g in gates.items()},
-        state,
-        chunk_size=37,
-        path="recurrent",
+        rule, *tokens(q, k, v, gates, slice(split, None)), state, chunk_size=37, path="recurrent"
     )
     assert_close(rest, chunked[:, :, split:])
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from memory_cases import make_rule, random_inputs
+from memory_cases import make_rule, random_inputs, tokens
 
 from miraslab.memory.engine import memory_op
 
@@ -40,23 +40,8 @@ def test_chunked_equals_recurrent_for_any_shape_chunk_and_split(combo, batch, he
     q, k, v, gates, _ = random_inputs(rule, batch=batch, seq=seq, seed=seed)
     expected, _ = memory_op(rule, q, k, v, gates, chunk_size=chunk, path="recurrent")
     split = min(split, seq)  # two calls, the second continuing the first's state
-    first, state = memory_op(
-        rule,
-        q[:, :, :split],
-        k[:, :, :split],
-        v[:, :, :split],
-        {n: g[:, :, :split] for n, g in gates.items()},
-        chunk_size=chunk,
-    )
-    second, _ = memory_op(
-        rule,
-        q[:, :, split:],
-        k[:, :, split:],
-        v[:, :, split:],
-        {n: g[:, :, split:] for n, g in gates.items()},
-        state,
-        chunk_size=chunk,
-    )
+    first, state = memory_op(rule, *tokens(q, k, v, gates, slice(split)), chunk_size=chunk)
+    second, _ = memory_op(rule, *tokens(q, k, v, gates, slice(split, None)), state, chunk_size=chunk)
     got = torch.cat([first, second], dim=2)
     scale = max(1.0, expected.abs().max().item())
     assert (got - expected).abs().max().item() <= 1e-9 * scale
