@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from .parts import ChunkEnd
+from .parts import ChunkEnd, at_least_fp32
 from .rule import MemoryRule
 from .state import MemoryState
 
@@ -35,6 +35,23 @@ def close_chunk(rule: MemoryRule, state: MemoryState) -> MemoryState:
         state.decayed_update = {n: d.new_zeros(d.shape) for n, d in state.decayed_update.items()}
         state.aux_log_decay = state.aux_log_decay.new_zeros(state.aux_log_decay.shape)
     return state
+
+
+def add_piece_decay(rule: MemoryRule, state: MemoryState, theta: torch.Tensor, cum: torch.Tensor) -> None:
+    """Carry a piece's decay and learning rates into the state's chunk sums, in place.
+
+    cum (B, H, L[, d_v]): the cumulative log alpha since the piece start, one per value
+    channel when the decay is channel-wise; theta (B, H, L[, d_v]) as the algorithm gives it
+    (a channel-wise rate enters as its mean).  lr_sum then decays by exp(A_L) and gains
+    sum_s exp(A_L - A_s) theta_s.
+    """
+    theta_head = at_least_fp32(theta.mean(-1) if rule.channelwise_lr else theta)
+    log_end = cum[:, :, -1]  # (B, H[, d_v])
+    if cum.dim() == 4:
+        theta_head = theta_head.unsqueeze(-1)
+    lr_added = (torch.exp(log_end.unsqueeze(2) - cum) * theta_head).sum(2)
+    state.lr_sum = torch.exp(log_end) * state.lr_sum + lr_added
+    state.log_decay = state.log_decay + log_end
 
 
 def end_piece(

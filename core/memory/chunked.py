@@ -21,7 +21,7 @@ import torch
 
 from . import chunked_channelwise, chunked_linear
 from .batched import outer_sum
-from .chunk_boundary import end_piece
+from .chunk_boundary import add_piece_decay, end_piece
 from .chunk_end_update import channel_chunk_end, chunk_end_update
 from .chunked_channelwise import SUB
 from .coefficients import ChunkCoefficients, piece_coefficients
@@ -151,9 +151,8 @@ def _piece(
         dtype = torch.promote_types(rule.algorithm.lr(gates).dtype, torch.float32)
         band = window_band(rule, source_gates, buffered, length, dtype, q.device) if rule.window > 1 else None
         theta, coefficients = piece_coefficients(rule, gates, q, band)
-    cum_alpha, d_alpha, beta, coef = (
+    cum_alpha, beta, coef = (
         coefficients.cum_alpha,
-        coefficients.d_alpha,
         coefficients.beta,
         coefficients.coef,
     )  # cum_alpha: A_i, relative to the piece start
@@ -243,15 +242,10 @@ def _piece(
     state.weights = new_weights
     if carry is not None:
         state.momentum = new_momentum
-    theta_head = at_least_fp32(theta.mean(-1) if theta.dim() == 4 else theta)  # channel-wise: the mean rate
-    if channels:
-        theta_head = theta_head.unsqueeze(-2)
-    beta_end, log_end = beta[..., -1], cum_alpha[..., -1]
-    lr_added = (d_alpha[..., -1, :] * theta_head).sum(-1)
-    if channels and not rule.channelwise_decay:  # one decay per head: drop the channel dimension of 1
-        beta_end, lr_added, log_end = beta_end.squeeze(-1), lr_added.squeeze(-1), log_end.squeeze(-1)
-    state.lr_sum = beta_end * state.lr_sum + lr_added
-    state.log_decay = state.log_decay + log_end
+    cum = cum_alpha  # per token: (B, H, L), or (B, H, L, C) with a channel-wise decay
+    if channels:  # channels first; a decay per head has a channel dimension of 1 here
+        cum = cum.transpose(-1, -2) if rule.channelwise_decay else cum[..., 0, :]
+    add_piece_decay(rule, state, theta, cum)
     state.offset += length
     keep_window(rule, state, keys, values, source_gates)
     return end_piece(rule, state, q, y, chunk_size)

@@ -20,7 +20,7 @@ import dataclasses
 
 import torch
 
-from .chunk_boundary import end_piece
+from .chunk_boundary import add_piece_decay, end_piece
 from .chunk_end_update import channel_chunk_end
 from .coefficients import chunk_coefficients, fold_chunks, piece_rates
 from .dual_read import channel_dual_read
@@ -121,14 +121,7 @@ def sub_chunked(
 
     y = rule.arch(q, lambda _, x: read(x))
 
-    # the piece as a whole: its decay and learning-rate sum since the chunk start
-    theta_head = at_least_fp32(theta.mean(-1) if theta.dim() == 4 else theta)  # channel-wise: the mean
-    log_end = cum[:, :, -1]  # (B, H[, C])
-    if cum.dim() == 4:
-        theta_head = theta_head.unsqueeze(-1)
-    lr_added = (torch.exp(log_end.unsqueeze(2) - cum) * theta_head).sum(2)
-    state.lr_sum = torch.exp(log_end) * state.lr_sum + lr_added
-    state.log_decay = state.log_decay + log_end
+    add_piece_decay(rule, state, theta, cum)  # the piece as a whole, since the chunk start
     state.weights = {name: w}
     if momentum:
         state.momentum = {name: s}
