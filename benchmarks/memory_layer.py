@@ -1,12 +1,13 @@
 """Speed and peak memory of miraslab's MemoryLayer, beside titans-pytorch's NeuralMemory.
 
-    python benchmarks/memory_layer.py [--quick] [--json out.json] [--threads 2]
+    python benchmarks/memory_layer.py [--quick] [--json out.json] [--threads 2] [--allocator glibc]
     python benchmarks/memory_layer.py --profile [deep|linear|delta]
 
 Measures, at dim 256, batch 2, 4 heads of width 64, chunk 64 (see README.md):
 forward+backward tokens/s (median over interleaved repeats), peak-RSS growth of one
 forward+backward (fresh child process per configuration), the CPU's fp32 matmul GFLOP/s
-in the same run, and the fraction of it the chunked linear-memory layer reaches.
+in the same run, and the fraction of it the chunked linear-memory layer reaches.  The timing
+process keeps freed memory as miraslab's trainer does (``--allocator glibc``: glibc's defaults).
 Targets are printed with pass/fail; nothing is asserted.
 """
 
@@ -18,6 +19,7 @@ import json
 import math
 import platform
 import random
+import resource
 import statistics
 import subprocess
 import sys
@@ -90,6 +92,7 @@ class Job:
     case: Case
     seq: int
     samples: dict[int, float] = field(default_factory=dict)  # round -> seconds per forward+backward
+    faults: dict[int, int] = field(default_factory=dict)  # round -> minor page faults in that pass
     peak: dict[str, float | bool] | None = None
     flops: int | None = None  # matmul FLOPs torch executed (FlopCounterMode)
 
@@ -146,12 +149,17 @@ def log(message: str) -> None:
 # --------------------------------------------------------------------------- timing
 
 
-def _timed(step: Callable[[], None]) -> float:
+def _minor_faults() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
+def _timed(step: Callable[[], None]) -> tuple[float, int]:
+    """Seconds and minor page faults of one pass."""
     gc.disable()  # as timeit does: a collection inside one sample is noise, not the layer's cost
     try:
-        start = time.perf_counter()
+        faults, start = _minor_faults(), time.perf_counter()
         step()
-        return time.perf_counter() - start
+        return time.perf_counter() - start, _minor_faults() - faults
     finally:
         gc.enable()
 
@@ -183,7 +191,7 @@ def run_timing(plan: Plan, jobs: list[Job]) -> tuple[list[float], dict[int, floa
         order = [i for i, job in enumerate(jobs) if job.case.path != "recurrent" or r in recurrent_rounds]
         rng.shuffle(order)
         for i in order:
-            jobs[i].samples[r] = _timed(steps[i])
+            jobs[i].samples[r], jobs[i].faults[r] = _timed(steps[i])
         gc.collect()
         log(f"  round {r + 1}/{plan.repeats}: {time.perf_counter() - started:.1f} s")
     matmul += matmul_gflops(repeats=10)
@@ -282,6 +290,7 @@ def rows(jobs: list[Job], matmul_per_round: dict[int, float]) -> list[dict[str, 
             "median_s": median,
             "times_s": job.times,
             "rounds": list(job.samples),
+            "minor_faults_per_pass": statistics.median(job.faults.values()) if job.faults else None,
             "spread": iqr / median if (iqr := _iqr(job.times)) is not None else None,
             "peak_growth_mib": job.peak["peak_growth_mib"] if job.peak else None,
             "peak_growth_vs_previous_seq": memory_growth(jobs, job),
@@ -308,7 +317,7 @@ def print_table(table: list[dict[str, Any]]) -> None:
     width = max(8, *(len(row["config"]) + 2 for row in table))
     header = (
         f"{'impl':<15}{'config':<{width}}{'path':<10}{'seq':>6}{'tok/s':>10}{'n':>3}{'iqr':>6}"
-        f"{'peak MiB':>10}{'x prev':>8}{'GF/s':>7}{'%mm':>6}  vs titans-pytorch"
+        f"{'faults':>7}{'peak MiB':>10}{'x prev':>8}{'GF/s':>7}{'%mm':>6}  vs titans-pytorch"
     )
     print(header)
     print("-" * len(header))
@@ -319,13 +328,14 @@ def print_table(table: list[dict[str, Any]]) -> None:
         print(
             f"{row['impl']:<15}{row['config']:<{width}}{row['path']:<10}{row['seq']:>6}"
             f"{row['tokens_per_s']:>10.0f}{len(row['times_s']):>3}{spread:>6}"
+            f"{_fmt(row['minor_faults_per_pass'], '.0f'):>7}"
             f"{_fmt(row['peak_growth_mib'], '.1f'):>10}{_fmt(row['peak_growth_vs_previous_seq'], '.2f'):>8}"
             f"{_fmt(row['counted_gflops_per_s'], '.1f'):>7}"
             f"{_fmt(fraction * 100 if fraction is not None else None, '.0f'):>6}  {ratios}"
         )
     print(
         "tok/s: median forward+backward tokens/s (batch x seq / time) over n rounds; iqr: interquartile "
-        "range / median;\npeak MiB: peak-RSS growth of one forward+backward in a fresh process; x prev: peak / "
+        "range / median; faults: median minor page faults per pass;\npeak MiB: peak-RSS growth of one forward+backward in a fresh process; x prev: peak / "
         "peak at the previous length;\nGF/s: matmul FLOPs executed (FlopCounterMode) / time; %mm: formula "
         "FLOPs / time / the same round's matmul GFLOP/s (linear memory only);\nvs titans-pytorch: "
         "median over rounds of the per-round speed ratio."
@@ -442,7 +452,7 @@ def print_targets(found: list[Target]) -> None:
         value = (
             "-"
             if t.measured is None
-            else f"{t.measured * 100:.0f} %"
+            else f"{t.measured * 100:.1f} %"
             if "%" in t.wanted
             else f"{t.measured:.2f}"
         )
@@ -530,6 +540,23 @@ def profile(config: str, seq: int, threads: int, rows_shown: int = 10) -> None:
 # --------------------------------------------------------------------------- main
 
 
+def set_allocator(choice: str) -> str:
+    """Tune this process's malloc as ``miraslab train`` does (for every subject alike); says what holds.
+
+    Under glibc's defaults, whether a pass faults its temporaries back in as fresh pages
+    depends on the blocks earlier passes freed (the mmap threshold adapts), so it changed
+    with the shuffled order of the rounds: the same layer measured 4,000 faults and 9 %
+    slower per pass in one process, none in another.
+    """
+    if choice == "glibc":
+        return "glibc defaults"
+    from miraslab.train.allocator import keep_freed_memory
+
+    if keep_freed_memory():
+        return "keeps freed memory (as miraslab train sets it)"
+    return "glibc defaults (keeping freed memory needs Linux glibc and MIRASLAB_KEEP_FREED_MEMORY != 0)"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--json", type=Path, help="write the results here")
@@ -558,8 +585,17 @@ def main(argv: list[str] | None = None) -> int:
         help="instead of benchmarking, profile one chunked forward+backward (default: deep) at --profile-seq",
     )
     parser.add_argument("--profile-seq", type=int, default=1024)
+    parser.add_argument(
+        "--allocator",
+        choices=("trainer", "glibc"),
+        default="trainer",
+        help="trainer (default): keep freed memory for reuse, as `miraslab train` does on Linux; "
+        "glibc: its defaults, under which passes fault memory back in depending on what ran before",
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
+    allocator = set_allocator(args.allocator)
+    log(f"allocator: {allocator}")
     if args.profile:
         profile(args.profile, args.profile_seq, args.threads)
         return 0
@@ -572,6 +608,7 @@ def main(argv: list[str] | None = None) -> int:
         log("compiled: chunked layers and titans-pytorch run under torch.compile (the first pass compiles)")
     env = environment(plan)
     env["compiled"] = args.compile
+    env["allocator"] = allocator
     jobs = make_jobs(plan)
     began = time.perf_counter()
     if plan.memory:
@@ -606,7 +643,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     print(
         f"torch {env['torch']}, titans-pytorch {env['titans_pytorch'] or 'not installed'}, {env['cpu']}; "
-        f"batch {BATCH}, dim {DIM}, heads {HEADS}x{HEAD_DIM}, chunk {CHUNK}\n"
+        f"batch {BATCH}, dim {DIM}, heads {HEADS}x{HEAD_DIM}, chunk {CHUNK}; allocator: {allocator}\n"
     )
     table = rows(jobs, per_round)
     print_table(table)

@@ -8,6 +8,8 @@ agree on which tokens a window holds and how each is weighted.
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from .parts import Gates
@@ -70,8 +72,16 @@ def window_band(
 
 
 def decay_matrix(log_alpha_cumsum: torch.Tensor) -> torch.Tensor:
-    """exp(A_i - A_s) for s <= i, else 0; (B, H, L) -> (B, H, L, L). Stable: A is non-increasing."""
-    length = log_alpha_cumsum.shape[-1]
-    upper = torch.ones(length, length, dtype=torch.bool, device=log_alpha_cumsum.device).triu_(1)
+    """exp(A_i - A_s) for s <= i, else 0; (B, H, L) -> (B, H, L, L). Stable: A is non-increasing.
+
+    The exponent is clamped to [1 + log(smallest normal), 0] before exp, and the upper
+    triangle zeroed after: exp of -inf, of an overflowing exponent or with a subnormal result
+    takes a slow path on CPU (436, 1134 and 5174 us against 164 us for a (2, 4, 16, 64, 64)
+    exp here), and subnormals slow every later product.  A decay below e times the smallest
+    normal (3.2e-38 in fp32) comes out as that value instead, with gradient 0.
+    """
+    floor = 1.0 + math.log(torch.finfo(log_alpha_cumsum.dtype).tiny)
     diff = log_alpha_cumsum.unsqueeze(-1) - log_alpha_cumsum.unsqueeze(-2)
-    return diff.masked_fill_(upper, float("-inf")).exp_()  # in place: one (L x L) allocation
+    if torch.is_grad_enabled() and diff.requires_grad:
+        return diff.clamp(min=floor, max=0.0).exp().tril()
+    return diff.clamp_(min=floor, max=0.0).exp_().tril_()  # in place: one (L x L) allocation
