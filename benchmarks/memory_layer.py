@@ -605,6 +605,11 @@ def main(argv: list[str] | None = None) -> int:
         import _subjects
 
         _subjects.COMPILE = True
+        # every (configuration, length) compiles its own static graph, as a training run's
+        # fixed shapes do: with the defaults the second length of a layer recompiles with a
+        # symbolic length, and past 8 variants of one forward dynamo runs the rest eager
+        torch._dynamo.config.automatic_dynamic_shapes = False
+        torch._dynamo.config.recompile_limit = 64
         log("compiled: chunked layers and titans-pytorch run under torch.compile (the first pass compiles)")
     env = environment(plan)
     env["compiled"] = args.compile

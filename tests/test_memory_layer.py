@@ -171,6 +171,12 @@ def test_layer_accepts_component_tables_and_rejects_nonsense_combinations():
 
 COMPILE_CASES = {
     "linear": ({"chunk_size": 4}, 12, 1e-5),
+    # no momentum: the batched pass has no S to return (a None output made dynamo fall back
+    # to eager for the whole layer)
+    "delta-rule": ({"chunk_size": 4, "retention": "none", "algorithm": "gd"}, 12, 1e-5),
+    "deep": ({"chunk_size": 4, "memory": {"name": "mlp", "expansion": 2}}, 12, 1e-5),
+    # the Omega rule's gate names are read in the forward (a plugin building GateDefs there broke the graph)
+    "omega": ({"chunk_size": 4, "bias": {"name": "omega", "window": 3}}, 12, 1e-5),
     # one sub-chunk: compiling unrolls the sub-chunk loop, and its time grows faster than the
     # graph (two sub-chunks: two minutes); fp32 sums in another order
     "channelwise-decays": (
@@ -184,10 +190,12 @@ COMPILE_CASES = {
 @pytest.mark.parametrize("options, seq, tolerance", COMPILE_CASES.values(), ids=COMPILE_CASES.keys())
 def test_the_layer_compiles_without_graph_breaks_and_matches_eager(options, seq, tolerance):
     """fullgraph=True raises on a graph break; the custom autograd Functions (short
-    convolution, head split, batched matrix-memory pass) and the sub-chunk loop must trace.
+    convolution, head split, batched matrix-memory pass, dual-form read, chunk end) and the
+    sub-chunk loop must trace.
     Tolerance: the case's, absolute and relative."""
     torch.manual_seed(0)
-    layer = MemoryLayer(16, heads=2, memory="linear", retention="decay", algorithm="momentum", **options)
+    rule = {"memory": "linear", "retention": "decay", "algorithm": "momentum"}
+    layer = MemoryLayer(16, heads=2, **{**rule, **options})
     x = torch.randn(2, seq, 16, requires_grad=True)
     eager = layer(x)
     (grad_eager,) = torch.autograd.grad(eager.square().sum(), x)

@@ -164,7 +164,10 @@ class LinearChunks(torch.autograd.Function):
             starts_s,
             projectors,
         )
-        return y, weights, state_s
+        # no momentum: an empty tensor, not None, in the S slot (dynamo cannot trace a Function
+        # with a None output: it fell back to eager for the whole layer, and for every layer
+        # sharing its code)
+        return y, weights, state_s if momentum else weights.new_empty(0)
 
     @staticmethod
     @once_differentiable  # its in-place updates are not themselves differentiable
@@ -331,4 +334,5 @@ def linear_chunks(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """q, k (B, H, n, L, d), offset (B, H, n, L, d_v), u / log_alpha / log_eta (B, H, n, L),
     w0 / s0 (B, H, d_v, d).  Returns the reads (B, H, n, L, d_v) and the final W and S."""
-    return LinearChunks.apply(q, k, offset, u, log_alpha, log_eta, w0, s0, slope)
+    y, weights, momentum = LinearChunks.apply(q, k, offset, u, log_alpha, log_eta, w0, s0, slope)
+    return y, weights, momentum if log_eta is not None else None

@@ -48,6 +48,9 @@ class MemoryRule(nn.Module):
         problems = check_parts(arch, bias, retention, algorithm, self.channelwise)
         if problems:
             raise ValueError("; ".join(problems))
+        # read once: the forward asks for them, and torch.compile cannot trace a plugin
+        # building its (frozen attrs) GateDefs there
+        self._bias_gate_names = tuple(d.name for d in bias.gates())
 
     @property
     def channelwise_lr(self) -> bool:
@@ -96,7 +99,7 @@ class MemoryRule(nn.Module):
         return weight
 
     def bias_gate_names(self) -> list[str]:
-        return [d.name for d in self.bias.gates()]
+        return list(self._bias_gate_names)
 
     def initial_state(self, batch: int) -> MemoryState:
         learned = {name: w.unsqueeze(0).expand(batch, *w.shape) for name, w in self.arch.init.items()}
