@@ -80,8 +80,10 @@ def decay_matrix(log_alpha_cumsum: torch.Tensor) -> torch.Tensor:
     exp here), and subnormals slow every later product.  A decay below e times the smallest
     normal (3.2e-38 in fp32) comes out as that value instead, with gradient 0.
     """
-    floor = 1.0 + math.log(torch.finfo(log_alpha_cumsum.dtype).tiny)
+    length, dtype = log_alpha_cumsum.shape[-1], log_alpha_cumsum.dtype
+    floor = 1.0 + math.log(torch.finfo(dtype).tiny)
+    lower = torch.ones(length, length, dtype=dtype, device=log_alpha_cumsum.device).tril_()
     diff = log_alpha_cumsum.unsqueeze(-1) - log_alpha_cumsum.unsqueeze(-2)
-    if torch.is_grad_enabled() and diff.requires_grad:
-        return diff.clamp(min=floor, max=0.0).exp().tril()
-    return diff.clamp_(min=floor, max=0.0).exp_().tril_()  # in place: one (L x L) allocation
+    decay = diff.clamp_(min=floor, max=0.0).exp_()  # in place: one (L x L) allocation ...
+    # ... and under autograd one more, as exp_'s backward needs its result unchanged
+    return decay.mul(lower) if decay.requires_grad else decay.mul_(lower)
