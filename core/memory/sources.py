@@ -81,7 +81,8 @@ def decay_matrix(log_alpha_cumsum: torch.Tensor) -> torch.Tensor:
     normal (3.2e-38 in fp32) comes out as that value instead, with gradient 0.
     """
     length, dtype = log_alpha_cumsum.shape[-1], log_alpha_cumsum.dtype
-    floor = 1.0 + math.log(torch.finfo(dtype).tiny)
+    # fp32's floor at least: fp16's smallest normal (6e-5) would clamp decays that matter
+    floor = 1.0 + math.log(torch.finfo(torch.promote_types(dtype, torch.float32)).tiny)
     lower = torch.ones(length, length, dtype=dtype, device=log_alpha_cumsum.device).tril_()
     diff = log_alpha_cumsum.unsqueeze(-1) - log_alpha_cumsum.unsqueeze(-2)
     decay = diff.clamp_(min=floor, max=0.0).exp_()  # in place: one (L x L) allocation ...
