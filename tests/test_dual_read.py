@@ -53,3 +53,20 @@ def test_an_expanded_state_gets_its_gradient_summed():
     (got,) = torch.autograd.grad(dual_read(x, h, delta, coef, beta, None, w, None).sum(), learned)
     (want,) = torch.autograd.grad(reference(x, h, delta, coef, beta, None, w, None).sum(), learned)
     torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+
+
+def test_column_product_matches_matmul_and_its_gradients():
+    """The one-column product the channel-wise read and the momentum carry use, against
+    autograd through a @ b (float64, 1e-12), with a broadcast leading dimension too."""
+    from miraslab.memory.batched import column_product
+
+    g = torch.Generator().manual_seed(5)
+    for a_shape, b_shape in (((2, 3, 8, 8), (2, 3, 8, 1)), ((2, 3, 8, 8), (3, 8, 1))):
+        a = torch.randn(*a_shape, generator=g, dtype=torch.float64, requires_grad=True)
+        b = torch.randn(*b_shape, generator=g, dtype=torch.float64, requires_grad=True)
+        upstream = torch.randn(*a_shape[:-1], 1, generator=g, dtype=torch.float64)
+        ours = torch.autograd.grad((column_product(a, b) * upstream).sum(), (a, b))
+        want = torch.autograd.grad(((a @ b) * upstream).sum(), (a, b))
+        torch.testing.assert_close(column_product(a, b), a @ b, rtol=1e-12, atol=1e-12)
+        for got, ref in zip(ours, want, strict=True):
+            torch.testing.assert_close(got, ref, rtol=1e-12, atol=1e-12)

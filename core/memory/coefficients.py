@@ -23,6 +23,7 @@ import dataclasses
 
 import torch
 
+from .batched import column_product
 from .parts import Gates, at_least_fp32
 from .rule import MemoryRule
 from .sources import decay_matrix
@@ -93,7 +94,7 @@ def chunk_coefficients(
         out.momentum_coef = out.times_theta_band(decay_matrix(out.cum_eta), negate=True)
         with _no_autocast(d_alpha):  # autocast would run these products of decays in bf16
             out.coef = d_alpha @ out.momentum_coef
-            out.carry = (d_alpha @ torch.exp(out.cum_eta).unsqueeze(-1)).squeeze(-1)
+            out.carry = column_product(d_alpha, torch.exp(out.cum_eta).unsqueeze(-1)).squeeze(-1)
     else:
         out.coef = out.times_theta_band(d_alpha, negate=True)
     return out

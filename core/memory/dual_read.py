@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 from torch.autograd.function import once_differentiable
 
-from .batched import matmul_add
+from .batched import column_product, matmul_add
 
 
 class _DualRead(torch.autograd.Function):
@@ -86,9 +86,7 @@ def channel_dual_read(
 
     Through autograd: a (B, H, d_out, L, L) product per chunk, for the feature, not for speed."""
     attend = coef * (x @ h.transpose(-1, -2)).unsqueeze(-3)
-    # a matmul with one column, not (attend * delta).sum(-1): that form's backward is miscompiled
-    # by inductor (torch 2.13, CPU; aot_eager exact), which test_memory_layer's compile case catches
-    y = (attend @ delta.transpose(-1, -2).unsqueeze(-1)).squeeze(-1).transpose(-1, -2)
+    y = column_product(attend, delta.transpose(-1, -2).unsqueeze(-1)).squeeze(-1).transpose(-1, -2)
     y = y + beta * (x @ w.transpose(-1, -2))
     if sigma is not None:
         y = y + sigma * (x @ s.transpose(-1, -2))
