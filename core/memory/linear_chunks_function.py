@@ -214,27 +214,26 @@ class LinearChunks(torch.autograd.Function):
             beta_end = beta[..., -1].to(state_dtype)
             if momentum:
                 sigma_end, eta_end = sigma[..., -1].to(state_dtype), e[..., -1].to(state_dtype)
-            ends_w, ends_s = [None] * n, [None] * n  # gradients of the state after chunk c
+            # [dL/dW | dL/dS] after each chunk c = [dL/dR_W | dL/dR_S], written in place as the
+            # loop makes them (a stack and a cat afterwards cost three passes over cold memory);
+            # the slice then meets [P_W | P_S] in one matmul
+            grad_shift = starts_w.new_empty(
+                *state_shape[:2], n, state_shape[2], (2 if momentum else 1) * d_key
+            )
             for c in reversed(range(n)):
-                ends_w[c], ends_s[c] = g_w, g_s
+                end = grad_shift[:, :, c]
+                end[..., :d_key].copy_(g_w)
+                if momentum:
+                    end[..., d_key:].copy_(g_s)
                 previous_w = torch.addcmul(read_w[:, :, c], beta_end[:, :, c, None, None], g_w)
                 if projectors is not None:
-                    previous_w = matmul_add_(
-                        previous_w, g_w, projectors[:, :, c, :, :d_key].transpose(-1, -2)
-                    )
+                    previous_w = matmul_add_(previous_w, end, projectors[:, :, c].transpose(-1, -2))
                 if momentum:
-                    if projectors is not None:
-                        previous_w = matmul_add_(
-                            previous_w, g_s, projectors[:, :, c, :, d_key:].transpose(-1, -2)
-                        )
                     g_s = torch.addcmul(read_s[:, :, c], sigma_end[:, :, c, None, None], g_w).addcmul_(
                         eta_end[:, :, c, None, None], g_s
                     )
                 g_w = previous_w
             grad_w0, grad_s0 = g_w, g_s
-            grad_shift = torch.stack(ends_w, dim=2)  # [dL/dR_W | dL/dR_S]
-            if momentum:
-                grad_shift = torch.cat([grad_shift, torch.stack(ends_s, dim=2)], dim=-1)
 
             # the recurrence's scalars beta_L, sigma_L, eta_L
             g_beta = torch.zeros_like(beta)
