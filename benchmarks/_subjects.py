@@ -32,6 +32,12 @@ MIRASLAB_CONFIGS: dict[str, dict[str, Any]] = {
     },
 }
 
+# the configurations whose chunked path runs a step per chunk, which ``compile_chunks``
+# compiles (path "compiled" in the table); the others take the batched matrix-memory or
+# sub-chunked passes, which it leaves eager
+CHUNK_STEP_CONFIGS = ("deep",)
+COMPILED_CHUNKS = "compiled"  # the path name of MemoryLayer(path="chunked", compile_chunks=True)
+
 # titans-pytorch NeuralMemory keyword arguments, spelled out in full (see README.md for why).
 # batch_size=64 commits the weights after every 64-token chunk, like miraslab's chunked path;
 # without batch_size every chunk's gradient is taken at the call's initial weights.
@@ -58,7 +64,7 @@ MIRASLAB, TITANS = "miraslab", "titans-pytorch"
 class Case:
     impl: str  # MIRASLAB or TITANS
     config: str  # a MIRASLAB_CONFIGS key, or "deep" / "linear" for titans-pytorch
-    path: str  # miraslab: "chunked" / "recurrent"; titans-pytorch: "batch64" / "default"
+    path: str  # miraslab: "chunked" / "compiled" / "recurrent"; titans-pytorch: "batch64" / "default"
 
     @property
     def key(self) -> str:
@@ -111,8 +117,11 @@ def build(case: Case) -> nn.Module:
     if case.impl == MIRASLAB:
         from miraslab.memory.layer import MemoryLayer
 
-        options = MIRASLAB_CONFIGS[case.config]
-        module = MemoryLayer(DIM, heads=HEADS, chunk_size=CHUNK, path=case.path, **options)
+        options = dict(MIRASLAB_CONFIGS[case.config])
+        path = case.path
+        if path == COMPILED_CHUNKS:
+            path, options["compile_chunks"] = "chunked", True
+        module = MemoryLayer(DIM, heads=HEADS, chunk_size=CHUNK, path=path, **options)
     else:
         from titans_pytorch import NeuralMemory
 

@@ -36,6 +36,8 @@ from _flops import counted_flops, linear_chunked_flops, matmul_gflops
 from _subjects import (
     BATCH,
     CHUNK,
+    CHUNK_STEP_CONFIGS,
+    COMPILED_CHUNKS,
     DIM,
     HEAD_DIM,
     HEADS,
@@ -64,6 +66,7 @@ class Plan:
     threads: int
     memory: bool = True
     titans: bool = True
+    compiled_chunks: bool = True  # also time CHUNK_STEP_CONFIGS with compile_chunks=True
     configs: tuple[str, ...] = tuple(MIRASLAB_CONFIGS)  # the miraslab configurations measured
 
     @classmethod
@@ -82,6 +85,7 @@ class Plan:
             plan.recurrent_repeats = min(plan.recurrent_repeats, args.repeats)
         plan.memory = not args.no_memory
         plan.titans = titans_available() and not args.no_titans
+        plan.compiled_chunks = not args.no_compiled_chunks and not args.compile
         if args.configs:
             plan.configs = tuple(args.configs)
         return plan
@@ -110,6 +114,8 @@ def make_jobs(plan: Plan) -> list[Job]:
     for config in plan.configs:
         jobs += [Job(Case(MIRASLAB, config, "chunked"), n) for n in plan.lengths]
         jobs += [Job(Case(MIRASLAB, config, "recurrent"), n) for n in plan.recurrent_lengths]
+        if plan.compiled_chunks and config in CHUNK_STEP_CONFIGS:
+            jobs += [Job(Case(MIRASLAB, config, COMPILED_CHUNKS), n) for n in plan.lengths]
     if plan.titans:
         for name in TITANS_CONFIGS:
             config, mode = name.split("/")
@@ -122,10 +128,13 @@ def memory_jobs(jobs: list[Job]) -> dict[str, list[int]]:
 
     The recurrent path only at its shortest length: it keeps every token's materialised
     weights for backward (625 MiB for deep memory at seq 256, so ~5 GiB at 2048), and
-    page-faulting that in on this shared VM took minutes.
+    page-faulting that in on this shared VM took minutes.  Not the compiled chunk step:
+    each child would compile it again.
     """
     wanted: dict[str, list[int]] = {}
     for job in jobs:
+        if job.case.path == COMPILED_CHUNKS:
+            continue
         wanted.setdefault(job.case.key, []).append(job.seq)
     return {
         key: [min(lengths)] if key.endswith("/recurrent") else sorted(lengths)
@@ -201,12 +210,17 @@ def run_timing(plan: Plan, jobs: list[Job]) -> tuple[list[float], dict[int, floa
 def count_flops(jobs: list[Job]) -> None:
     """Matmul FLOPs per pass (FlopCounterMode), outside the timed runs; not for the token loop."""
     for job in jobs:
-        if job.case.path == "recurrent":
+        if job.case.path in ("recurrent", COMPILED_CHUNKS):
             continue
         try:
             job.flops = counted_flops(make_step(build(job.case), make_input(job.seq)))
         except Exception as error:  # a counter failure must not lose the timings
             log(f"  FLOP count failed for {job.case.key}: {error}")
+    for job in jobs:  # compiling the chunk step keeps its matmuls: the eager pass's count
+        if job.case.path == COMPILED_CHUNKS and (
+            eager := _find(jobs, MIRASLAB, job.case.config, "chunked", job.seq)
+        ):
+            job.flops = eager.flops
 
 
 # --------------------------------------------------------------------------- report
@@ -236,7 +250,7 @@ def _ratio(a: Job | None, b: Job | None) -> float | None:
 
 def titans_ratios(jobs: list[Job], job: Job) -> dict[str, float]:
     """Speed of a miraslab chunked row relative to the matching titans-pytorch rows."""
-    if job.case.impl != MIRASLAB or job.case.path != "chunked":
+    if job.case.impl != MIRASLAB or job.case.path not in ("chunked", COMPILED_CHUNKS):
         return {}
     partners = {"deep": ("batch64", "default"), "linear": ("batch64",)}.get(job.case.config, ())
     out = {}
@@ -338,7 +352,8 @@ def print_table(table: list[dict[str, Any]]) -> None:
         "range / median; faults: median minor page faults per pass;\npeak MiB: peak-RSS growth of one forward+backward in a fresh process; x prev: peak / "
         "peak at the previous length;\nGF/s: matmul FLOPs executed (FlopCounterMode) / time; %mm: formula "
         "FLOPs / time / the same round's matmul GFLOP/s (linear memory only);\nvs titans-pytorch: "
-        "median over rounds of the per-round speed ratio."
+        "median over rounds of the per-round speed ratio; path compiled: chunked with compile_chunks=True\n"
+        "(the per-chunk step under torch.compile, compiled in the warm-up pass; peak memory not measured)."
     )
 
 
@@ -361,8 +376,10 @@ def targets(jobs: list[Job], table: list[dict[str, Any]]) -> list[Target]:
     seq = _nearest(chunked, TARGET_SEQ)
     at = "" if seq == TARGET_SEQ else f" (measured at seq {seq}, not {TARGET_SEQ})"
 
-    def speed(config: str, mode: str, wanted: float, text: str) -> None:
-        ours = _find(jobs, MIRASLAB, config, "chunked", seq) if seq else None
+    def speed(config: str, mode: str, wanted: float, text: str, path: str = "chunked") -> None:
+        ours = _find(jobs, MIRASLAB, config, path, seq) if seq else None
+        if ours is None and path != "chunked":
+            return
         ratio = _ratio(ours, _find(jobs, TITANS, config, mode, seq)) if seq else None
         passed = None
         if ratio is not None:
@@ -373,6 +390,9 @@ def targets(jobs: list[Job], table: list[dict[str, Any]]) -> list[Target]:
     speed("deep", "batch64", 2.0, "deep memory vs titans-pytorch deep batch_size=64")
     speed("deep", "default", 1.0, "deep memory vs titans-pytorch deep default")
     speed("linear", "batch64", 1.5, "linear memory vs titans-pytorch linear batch_size=64")
+    compiled = "deep memory, compile_chunks, vs titans-pytorch (eager) deep"
+    speed("deep", "batch64", 2.0, f"{compiled} batch_size=64", COMPILED_CHUNKS)
+    speed("deep", "default", 1.0, f"{compiled} default", COMPILED_CHUNKS)
 
     linear_row = next(
         (
@@ -566,6 +586,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, help="timed passes per configuration and length")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory child processes")
     parser.add_argument("--no-titans", action="store_true", help="skip titans-pytorch even if installed")
+    parser.add_argument(
+        "--no-compiled-chunks",
+        action="store_true",
+        help="skip the rows of layers with compile_chunks=True (about 15 s of compiling)",
+    )
     parser.add_argument(
         "--configs",
         nargs="+",

@@ -22,6 +22,7 @@ import torch
 from . import chunked_channelwise, chunked_linear
 from .batched import outer_sum
 from .chunk_boundary import add_piece_decay, end_piece
+from .chunk_compile import chunk_major, run_compiled
 from .chunk_end_update import channel_chunk_end, chunk_end_update
 from .chunked_channelwise import SUB
 from .coefficients import ChunkCoefficients, piece_coefficients
@@ -41,8 +42,13 @@ def chunked(
     gates: Gates,
     state: MemoryState,
     chunk_size: int,
+    compile_chunks: bool = False,
 ) -> tuple[torch.Tensor, MemoryState]:
-    """q, k, v (B, H, T, d): one pass per chunk (the first may finish a chunk the state began)."""
+    """q, k, v (B, H, T, d): one pass per chunk (the first may finish a chunk the state began).
+
+    ``compile_chunks`` runs the per-chunk step of whole chunks through ``torch.compile``
+    (see ``chunk_compile``); the batched and sub-chunked passes stay eager.
+    """
     state = dataclasses.replace(state)
     total = q.shape[2]
     lengths = [min(chunk_size - state.offset, total)]
@@ -54,17 +60,15 @@ def chunked(
     sub_chunked = chunked_channelwise.supports(rule)
     if rule.channelwise_rows:  # an L x L decay matrix per value channel: sub-chunks of SUB tokens
         lengths = [part for length in lengths for part in _split(length, SUB, whole=sub_chunked)]
-    # split once: slicing each piece separately would make backward zero-fill a full-length
-    # gradient per piece (quadratic in the sequence length)
+    compiled = range(0)  # the pieces that are whole chunks, when compiling (two or more)
+    if compile_chunks and not batched and not rule.channelwise_rows:
+        compiled = _whole_run(lengths, chunk_size)
+        compiled = compiled if len(compiled) > 1 else range(0)
     names = list(gates)
-    pieces = zip(
-        q.split(lengths, dim=2),
-        k.split(lengths, dim=2),
-        v.split(lengths, dim=2),
-        *(g.split(lengths, dim=2) for g in gates.values()),
-        strict=True,
+    pieces = zip(*_split_pieces([q, k, v, *gates.values()], lengths, compiled), strict=True)
+    precomputed = _whole_chunk_coefficients(
+        rule, q, gates, lengths, chunk_size, state.offset, batched, chunk_major=bool(compiled)
     )
-    precomputed = _whole_chunk_coefficients(rule, q, gates, lengths, chunk_size, state.offset, batched)
     outputs = []
     for index, (q_piece, k_piece, v_piece, *gate_pieces) in enumerate(pieces):
         piece_gates = dict(zip(names, gate_pieces, strict=True))
@@ -77,9 +81,12 @@ def chunked(
                 rule, q_piece, k_piece, v_piece, piece_gates, state, chunk_size
             )
         else:
-            y, state = _piece(
-                rule, q_piece, k_piece, v_piece, piece_gates, state, chunk_size, precomputed.get(index)
-            )
+            args = (rule, q_piece, k_piece, v_piece, piece_gates, state, chunk_size, precomputed.get(index))
+            # the first whole chunk stays eager: its state (initial, or carried over) differs
+            # from every later chunk's in strides, aliasing and requires_grad, and would
+            # need a graph of its own
+            eager = index not in compiled or index == compiled.start
+            y, state = _piece(*args) if eager else run_compiled(_piece, *args)
         outputs.append(y)
     return torch.cat(outputs, dim=2) if len(outputs) > 1 else outputs[0], state
 
@@ -92,6 +99,7 @@ def _whole_chunk_coefficients(
     chunk_size: int,
     offset: int,
     batched: bool,
+    chunk_major: bool = False,
 ) -> dict[int, tuple[torch.Tensor, ChunkCoefficients]]:
     """The coefficients of every whole chunk at once, by piece index.
 
@@ -112,8 +120,43 @@ def _whole_chunk_coefficients(
     theta, coefficients = piece_coefficients(
         rule, {n: g[:, :, start:end] for n, g in gates.items()}, q[:, :, start:end], None, chunks=count
     )
-    thetas = theta.unbind(2)
-    return {first + c: (thetas[c], part) for c, part in enumerate(coefficients.unbind(2))}
+    thetas = _chunk_major(theta) if chunk_major else theta.unbind(2)
+    parts = coefficients.unbind(2, split=_chunk_major if chunk_major else None)
+    return {first + c: (thetas[c], part) for c, part in enumerate(parts)}
+
+
+def _whole_run(lengths: list[int], chunk_size: int) -> range:
+    """The indices of the whole chunks: all pieces but a partial first and a partial last."""
+    first = 0 if lengths[0] == chunk_size else 1
+    last = len(lengths) - (1 if len(lengths) > first and lengths[-1] != chunk_size else 0)
+    return range(first, max(first, last))
+
+
+def _split_pieces(tensors: list[torch.Tensor], lengths: list[int], run: range) -> list[list[torch.Tensor]]:
+    """Each (B, H, T, ...) tensor cut into the pieces (dim 2), the ``run`` of whole chunks chunk-major.
+
+    Split once: slicing each piece separately would make backward zero-fill a full-length
+    gradient per piece (quadratic in the sequence length).
+    """
+    if not run:
+        return [list(t.split(lengths, dim=2)) for t in tensors]
+    before, inside, after = lengths[: run.start], lengths[run.start : run.stop], lengths[run.stop :]
+    out = []
+    for t in tensors:
+        head, middle, tail = t.split([sum(before), sum(inside), sum(after)], dim=2)
+        chunks = _chunk_major(middle.unflatten(2, (len(inside), inside[0])))
+        out.append(
+            [
+                *(head.split(before, dim=2) if before else ()),
+                *chunks,
+                *(tail.split(after, dim=2) if after else ()),
+            ]
+        )
+    return out
+
+
+def _chunk_major(x: torch.Tensor) -> list[torch.Tensor]:
+    return list(chunk_major(x, dim=2))
 
 
 def _split(length: int, unit: int, whole: bool) -> list[int]:

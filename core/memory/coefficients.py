@@ -20,6 +20,7 @@ a factor is the same for every row.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -50,14 +51,17 @@ class ChunkCoefficients:
         with _no_autocast(scaled):
             return scaled @ self.band
 
-    def unbind(self, dim: int) -> list[ChunkCoefficients]:
-        """One ChunkCoefficients per index of ``dim`` (a chunk dimension), without the band."""
+    def unbind(
+        self, dim: int, split: Callable[[torch.Tensor], Sequence[torch.Tensor]] | None = None
+    ) -> list[ChunkCoefficients]:
+        """One ChunkCoefficients per index of ``dim`` (a chunk dimension), without the band;
+        ``split`` cuts each tensor instead of ``unbind(dim)``."""
         if self.band is not None:
             raise ValueError("coefficients with an Omega band are computed per piece")
         tensors = [f.name for f in dataclasses.fields(self) if f.name not in ("band", "channels")]
+        cut = split or (lambda x: x.unbind(dim))
         parts = {
-            name: getattr(self, name).unbind(dim) if getattr(self, name) is not None else None
-            for name in tensors
+            name: cut(getattr(self, name)) if getattr(self, name) is not None else None for name in tensors
         }
         count = len(parts["beta"])
         return [

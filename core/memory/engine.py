@@ -22,6 +22,7 @@ def memory_op(
     state: MemoryState | None = None,
     chunk_size: int = 64,
     path: str = "chunked",
+    compile_chunks: bool = False,
 ) -> tuple[torch.Tensor, MemoryState]:
     """Run a Miras memory over a sequence.
 
@@ -34,6 +35,10 @@ def memory_op(
         state: where to continue from; ``None`` starts at the learned W_init.
         chunk_size: tokens per mini-batch step.
         path: ``"chunked"`` (training) or ``"recurrent"`` (oracle, decoding).
+        compile_chunks: run the chunked path's per-chunk step through ``torch.compile``,
+            compiled once per configuration and reused for every chunk and length (the
+            general path: deep memories, Omega windows; the batched matrix-memory pass stays
+            eager).  Falls back to eager, with a warning, where compiling fails.
 
     Returns:
         outputs (batch, heads, seq, d_v) and the state after the last token.
@@ -52,4 +57,4 @@ def memory_op(
     # (heads split off the feature dimension) every one of them would first copy its operands
     q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
     gates = {name: g.contiguous() for name, g in gates.items()}
-    return chunked(rule, q, k, v, gates, state, chunk_size)
+    return chunked(rule, q, k, v, gates, state, chunk_size, compile_chunks)

@@ -80,6 +80,7 @@ class MemoryLayer(nn.Module):
         channelwise_decay: bool = False,
         channelwise_momentum: bool = False,
         gate_rank: int = 16,
+        compile_chunks: bool = False,
         registry: Registry | None = None,
     ):
         super().__init__()
@@ -108,6 +109,7 @@ class MemoryLayer(nn.Module):
                 channelwise_momentum=channelwise_momentum,
             ).channelwise(),
             gate_rank=gate_rank,
+            compile_chunks=compile_chunks,
         )
         self.norm = nn.RMSNorm(head_dim, eps=1e-6) if output_norm else nn.Identity()
         self.out = nn.Linear(heads * head_dim, dim, bias=False)
@@ -140,6 +142,7 @@ class MemoryLayer(nn.Module):
             channelwise_decay=spec.gates.channelwise_decay,
             channelwise_momentum=spec.gates.channelwise_momentum,
             gate_rank=spec.gates.rank,
+            compile_chunks=spec.compile_chunks,
         )
         options.update(overrides)
         return cls(dim, heads, spec.head_dim or dim // heads, registry=registry, **options)

@@ -62,9 +62,10 @@ class NeuralMemory(nn.Module):
         qk_norm: bool = True,
         channelwise: Iterable[str] = (),
         gate_rank: int = 16,
+        compile_chunks: bool = False,
     ):
         super().__init__()
-        self.chunk_size, self.path = chunk_size, path
+        self.chunk_size, self.path, self.compile_chunks = chunk_size, path, compile_chunks
         self.use_qk_projection, self.qk_norm = qk_projection, qk_norm
         self.features = build_features(features, head_dim)
         self.rule = build_rule(
@@ -99,7 +100,15 @@ class NeuralMemory(nn.Module):
                 q = F.normalize(q, dim=-1)
         q, k = self.features(q, query=True), self.features(k)
         y, memory_state = memory_op(
-            self.rule, q, k, v, self.gates(x), memory_in, self.chunk_size, path or self.path
+            self.rule,
+            q,
+            k,
+            v,
+            self.gates(x),
+            memory_in,
+            self.chunk_size,
+            path or self.path,
+            self.compile_chunks,
         )
         if self.record:
             self.last_norms = state_norms(memory_state)

@@ -73,4 +73,9 @@ class MemorySpec:
     qk_norm: bool = param(True, doc="l2-normalise queries and keys")
     output_norm: bool = param(True, doc="RMSNorm on the memory read-out before the output projection")
     qk_projection: bool = param(False, doc="project queries onto the span of past keys (TNT eq. 7)")
+    compile_chunks: bool = param(
+        False,
+        doc="torch.compile the chunked path's per-chunk step once and reuse it for every chunk and "
+        "sequence length (deep memories, Omega windows; seconds to compile, eager if it fails)",
+    )
     gates: GatesSpec = attrs.field(factory=GatesSpec, metadata={"doc": "gate projections"})

@@ -1,0 +1,67 @@
+"""The chunk step under torch.compile: compiled once, then run for every whole chunk.
+
+Compiling a whole layer unrolls its Python loop over chunks, so the graph grows with the
+sequence (a deep memory at seq 2048 took 199 s to compile here) and every new length
+compiles again.  The general chunked path's per-chunk step has the same shapes for every
+whole chunk, so it is compiled once per configuration (rule, dtype, grad mode, autocast)
+and reused by every chunk, every layer of that configuration and every sequence length.
+
+Dynamo guards on strides too: a chunk sliced out of a (B, H, T, d) tensor has strides that
+depend on T, and would compile again for each length.  The whole chunks' inputs are
+therefore laid out chunk-major, (n, B, H, L, ...) contiguous, one copy per call.
+
+If compiling fails (no C++ toolchain, an op inductor cannot lower), the step runs eagerly
+from then on, after one warning.  Inside a whole-model ``torch.compile`` the step is
+traced inline with the rest.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+import torch._dynamo
+
+# one graph per configuration; a model may mix several memories, each under grad and
+# no-grad, fp32 and autocast: well past dynamo's default of 8 entries per function
+RECOMPILE_LIMIT = 64
+
+_compiled: dict[Callable, Callable] = {}
+_failed: set[Callable] = set()
+
+
+def _compile_error(exc: BaseException) -> bool:
+    """An error of dynamo or inductor (tracing, lowering, the C++ compiler), not of the step."""
+    return type(exc).__module__.startswith(("torch._dynamo", "torch._inductor"))
+
+
+def run_compiled(step: Callable[..., Any], *args: Any) -> Any:
+    """``step(*args)`` through ``torch.compile(step)`` (static shapes), compiled on first use."""
+    if torch.compiler.is_compiling() or step in _failed:
+        return step(*args)
+    compiled = _compiled.get(step)
+    if compiled is None:
+        compiled = _compiled[step] = torch.compile(step, dynamic=False)
+    try:
+        with torch._dynamo.config.patch(recompile_limit=RECOMPILE_LIMIT):
+            return compiled(*args)
+    except Exception as exc:
+        if not _compile_error(exc):
+            raise
+        _failed.add(step)
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        warnings.warn(
+            f"compile_chunks: torch.compile of the memory's chunk step failed "
+            f"({type(exc).__name__}: {first_line}); running it eagerly",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+        return step(*args)
+
+
+def chunk_major(x: torch.Tensor, dim: int = 2) -> Sequence[torch.Tensor]:
+    """The slices of ``x`` along its chunk dimension ``dim``, each contiguous, with strides
+    that do not depend on the number of chunks (one copy of ``x``)."""
+    return x.movedim(dim, 0).contiguous().unbind(0)

@@ -1,0 +1,131 @@
+"""compile_chunks: the chunked path's per-chunk step under torch.compile.
+
+It must equal the eager layer (outputs, carried state, every gradient), run compiled for
+every whole chunk after a call's first, compile one graph for every sequence length, and
+fall back to eager with one warning when compiling fails.  Each test uses a shape of its
+own: dynamo's cache is process-wide, and a graph another test compiled would hide a
+recompile (or a failure) here.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+import torch._dynamo.utils
+import torch._inductor.config
+from torch.profiler import ProfilerActivity, profile
+
+from miraslab.memory import chunk_compile
+from miraslab.memory.layer import MemoryLayer
+
+CASES = {
+    "titans-deep": {"memory": {"name": "mlp", "expansion": 2}},
+    # Newton-Schulz on the materialised chunk-end state, inside the compiled step
+    "atlas-gated-mlp-muon": {"memory": "gated_mlp", "algorithm": {"name": "muon", "ns_steps": 2}},
+    # the Omega window: buffered keys of the previous chunk, a band per chunk
+    "omega-huber": {
+        "memory": {"name": "mlp", "expansion": 2},
+        "bias": {"name": "omega", "window": 3, "inner": "huber"},
+    },
+    # a bias whose gradient is not affine in W: a matrix memory takes the per-chunk step too
+    "linear-huber-kl": {"memory": "linear", "bias": "huber", "retention": "kl", "algorithm": "gd"},
+}
+
+
+def pair(dim: int, **options) -> tuple[MemoryLayer, MemoryLayer]:
+    """An eager layer and a compile_chunks layer with the same weights, in float64."""
+    torch.manual_seed(0)
+    eager = MemoryLayer(dim, heads=2, chunk_size=4, **options).double()
+    compiled = MemoryLayer(dim, heads=2, chunk_size=4, compile_chunks=True, **options).double()
+    compiled.load_state_dict(eager.state_dict())
+    return eager, compiled
+
+
+def compiled_regions(run) -> int:
+    """How many times ``run()`` entered a torch.compile'd region (the profiler's record)."""
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        run()
+    return sum(e.count for e in prof.key_averages() if e.key.startswith("Torch-Compiled Region"))
+
+
+@pytest.mark.parametrize("options", CASES.values(), ids=CASES.keys())
+def test_compiled_chunks_equal_eager_across_calls(options):
+    """Two calls: 14 tokens from scratch (3 whole chunks and 2 tokens), then 13 from
+    mid-chunk (2, then 2 whole chunks, then 3); the whole chunks after each call's first
+    run compiled (3 of them).  Tolerance 1e-10 (float64; the compiled graph may sum in
+    another order)."""
+    eager, compiled = pair(12, **options)
+    x = torch.randn(2, 27, 12, dtype=torch.float64)
+
+    def run(layer: MemoryLayer):
+        y1, state = layer(x[:, :14], return_state=True)
+        y2, state = layer(x[:, 14:], state=state, return_state=True)
+        y = torch.cat([y1, y2], dim=1)
+        y.square().sum().backward()
+        return y, state
+
+    y_eager, state_eager = run(eager)
+    compiled(x[:, :14])  # compile outside the profiled pass: its tracing runs ops too
+    outputs = {}
+    regions = compiled_regions(lambda: outputs.update(zip(("y", "state"), run(compiled), strict=True)))
+    assert regions == 3
+    torch.testing.assert_close(outputs["y"], y_eager, rtol=1e-10, atol=1e-10)
+    memory_eager, memory = state_eager.memory.memory, outputs["state"].memory.memory
+    for name, w in memory_eager.weights.items():
+        torch.testing.assert_close(memory.weights[name], w, rtol=1e-10, atol=1e-10)
+    assert memory.offset == memory_eager.offset
+    for (name, p_eager), (_, p) in zip(eager.named_parameters(), compiled.named_parameters(), strict=True):
+        assert p.grad is not None, name
+        torch.testing.assert_close(p.grad, p_eager.grad, rtol=1e-10, atol=1e-10, msg=name)
+
+
+def test_one_graph_serves_every_sequence_length():
+    """Lengths 12, 20, 9 and 33 (and a call from mid-chunk) compile one graph in all: each
+    chunk's inputs are laid out so their strides do not depend on the length."""
+    _, layer = pair(10, memory={"name": "mlp", "expansion": 3})
+    stats = torch._dynamo.utils.counters["stats"]
+    before = stats["unique_graphs"]
+    state = None
+    for length in (12, 20, 9, 33):
+        x = torch.randn(2, length, 10, dtype=torch.float64)
+        y, state = layer(x, state=state, return_state=True)
+        y.sum().backward()
+        state = state.detach()
+    assert stats["unique_graphs"] - before == 1
+    assert chunk_compile._failed == set()
+
+
+def test_a_failed_compile_runs_eagerly_after_one_warning(monkeypatch):
+    """No working C++ compiler (a real inductor failure, caches off so nothing compiled
+    before can stand in): one RuntimeWarning, then the eager result, exactly."""
+    monkeypatch.setattr(chunk_compile, "_failed", set())
+    eager, compiled = pair(14, memory={"name": "mlp", "expansion": 5})
+    x = torch.randn(2, 16, 14, dtype=torch.float64)
+    broken = {"cpp.cxx": ("/nonexistent/c++",), "force_disable_caches": True}
+    with torch._inductor.config.patch(broken), warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        first, second = compiled(x), compiled(x)
+    ours = [w for w in caught if "compile_chunks" in str(w.message)]
+    assert len(ours) == 1 and "InvalidCxxCompiler" in str(ours[0].message)
+    assert issubclass(ours[0].category, RuntimeWarning)
+    expected = eager(x)
+    torch.testing.assert_close(first, expected, rtol=0, atol=0)
+    torch.testing.assert_close(second, expected, rtol=0, atol=0)
+
+
+def test_inside_a_whole_model_compile_the_step_is_traced_inline():
+    """torch.compile(layer, fullgraph=True) with compile_chunks on: no nested compile, no
+    graph break.  Tolerance 1e-10 (float64)."""
+    eager, compiled = pair(6, memory={"name": "mlp", "expansion": 2})
+    x = torch.randn(1, 12, 6, dtype=torch.float64)
+    torch.testing.assert_close(torch.compile(compiled, fullgraph=True)(x), eager(x), rtol=1e-10, atol=1e-10)
+
+
+def test_recipes_and_the_layer_take_the_option():
+    from miraslab.memory.spec import MemorySpec
+
+    layer = MemoryLayer.from_spec(MemorySpec(compile_chunks=True), dim=16, default_heads=2)
+    assert layer.memory.compile_chunks
+    assert not MemoryLayer(16, heads=2).memory.compile_chunks
