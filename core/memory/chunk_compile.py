@@ -22,7 +22,6 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
-import torch._dynamo
 
 # one graph per configuration; a model may mix several memories, each under grad and
 # no-grad, fp32 and autocast: well past dynamo's default of 8 entries per function
@@ -41,11 +40,13 @@ def run_compiled(step: Callable[..., Any], *args: Any) -> Any:
     """``step(*args)`` through ``torch.compile(step)`` (static shapes), compiled on first use."""
     if torch.compiler.is_compiling() or step in _failed:
         return step(*args)
+    from torch._dynamo import config as dynamo  # here: importing dynamo takes about a second
+
     compiled = _compiled.get(step)
     if compiled is None:
         compiled = _compiled[step] = torch.compile(step, dynamic=False)
     try:
-        with torch._dynamo.config.patch(recompile_limit=RECOMPILE_LIMIT):
+        with dynamo.patch(recompile_limit=RECOMPILE_LIMIT):
             return compiled(*args)
     except Exception as exc:
         if not _compile_error(exc):
