@@ -32,10 +32,6 @@ MIRASLAB_CONFIGS: dict[str, dict[str, Any]] = {
     },
 }
 
-# the configurations whose chunked path runs a step per chunk, which ``compile_chunks``
-# compiles (path "compiled" in the table); the others take the batched matrix-memory or
-# sub-chunked passes, which it leaves eager
-CHUNK_STEP_CONFIGS = ("deep",)
 COMPILED_CHUNKS = "compiled"  # the path name of MemoryLayer(path="chunked", compile_chunks=True)
 
 # titans-pytorch NeuralMemory keyword arguments, spelled out in full (see README.md for why).
@@ -109,6 +105,16 @@ class CompiledOrEager(nn.Module):
                     flush=True,
                 )
         return self.module(*args, **kwargs)
+
+
+def runs_chunk_step(config: str) -> bool:
+    """Whether ``config``'s chunked path runs a step per chunk, which ``compile_chunks``
+    compiles; the others take the batched matrix-memory or sub-chunked passes, left eager."""
+    from miraslab.memory.chunked import per_chunk_step
+    from miraslab.memory.layer import MemoryLayer
+
+    layer = MemoryLayer(DIM, heads=HEADS, chunk_size=CHUNK, **MIRASLAB_CONFIGS[config])
+    return per_chunk_step(layer.memory.rule)
 
 
 def build(case: Case) -> nn.Module:

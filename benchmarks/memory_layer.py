@@ -36,7 +36,6 @@ from _flops import counted_flops, linear_chunked_flops, matmul_gflops
 from _subjects import (
     BATCH,
     CHUNK,
-    CHUNK_STEP_CONFIGS,
     COMPILED_CHUNKS,
     DIM,
     HEAD_DIM,
@@ -49,6 +48,7 @@ from _subjects import (
     build,
     make_input,
     make_step,
+    runs_chunk_step,
     titans_available,
     titans_version,
 )
@@ -66,7 +66,7 @@ class Plan:
     threads: int
     memory: bool = True
     titans: bool = True
-    compiled_chunks: bool = True  # also time CHUNK_STEP_CONFIGS with compile_chunks=True
+    compiled_chunks: bool = True  # also time the configurations that run a chunk step, compiled
     configs: tuple[str, ...] = tuple(MIRASLAB_CONFIGS)  # the miraslab configurations measured
 
     @classmethod
@@ -114,7 +114,7 @@ def make_jobs(plan: Plan) -> list[Job]:
     for config in plan.configs:
         jobs += [Job(Case(MIRASLAB, config, "chunked"), n) for n in plan.lengths]
         jobs += [Job(Case(MIRASLAB, config, "recurrent"), n) for n in plan.recurrent_lengths]
-        if plan.compiled_chunks and config in CHUNK_STEP_CONFIGS:
+        if plan.compiled_chunks and runs_chunk_step(config):
             jobs += [Job(Case(MIRASLAB, config, COMPILED_CHUNKS), n) for n in plan.lengths]
     if plan.titans:
         for name in TITANS_CONFIGS:

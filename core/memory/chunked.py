@@ -60,15 +60,12 @@ def chunked(
     sub_chunked = chunked_channelwise.supports(rule)
     if rule.channelwise_rows:  # an L x L decay matrix per value channel: sub-chunks of SUB tokens
         lengths = [part for length in lengths for part in _split(length, SUB, whole=sub_chunked)]
-    compiled = range(0)  # the pieces that are whole chunks, when compiling (two or more)
-    if compile_chunks and not batched and not rule.channelwise_rows:
-        compiled = _whole_run(lengths, chunk_size)
-        compiled = compiled if len(compiled) > 1 else range(0)
+    # the pieces that are whole chunks, each through _piece (and compiled: two or more)
+    whole = _whole_run(lengths, chunk_size) if per_chunk_step(rule) else range(0)
+    compiled = whole if compile_chunks and len(whole) > 1 else range(0)
     names = list(gates)
     pieces = zip(*_split_pieces([q, k, v, *gates.values()], lengths, compiled), strict=True)
-    precomputed = _whole_chunk_coefficients(
-        rule, q, gates, lengths, chunk_size, state.offset, batched, chunk_major=bool(compiled)
-    )
+    precomputed = _whole_chunk_coefficients(rule, q, gates, lengths, whole, contiguous=bool(compiled))
     outputs = []
     for index, (q_piece, k_piece, v_piece, *gate_pieces) in enumerate(pieces):
         piece_gates = dict(zip(names, gate_pieces, strict=True))
@@ -91,38 +88,40 @@ def chunked(
     return torch.cat(outputs, dim=2) if len(outputs) > 1 else outputs[0], state
 
 
+def per_chunk_step(rule: MemoryRule) -> bool:
+    """Whether whole chunks run one at a time through ``_piece`` (what ``compile_chunks``
+    compiles): not the batched matrix-memory pass, not channel-wise sub-chunks."""
+    return not chunked_linear.supports(rule) and not rule.channelwise_rows
+
+
 def _whole_chunk_coefficients(
     rule: MemoryRule,
     q: torch.Tensor,
     gates: Gates,
     lengths: list[int],
-    chunk_size: int,
-    offset: int,
-    batched: bool,
-    chunk_major: bool = False,
+    whole: range,
+    contiguous: bool = False,
 ) -> dict[int, tuple[torch.Tensor, ChunkCoefficients]]:
-    """The coefficients of every whole chunk at once, by piece index.
+    """The coefficients of the ``whole`` chunks' pieces at once, by piece index.
 
     They depend on the gates alone, not on the state, so the per-chunk loop then does only
     the state-dependent work.  Not with an Omega window, whose band depends on how many
-    tokens the state buffers, nor with channel-wise decays: chunks of a multiple of SUB
-    tokens run in ``chunked_channelwise``, which computes its sub-chunks' coefficients itself,
-    and smaller chunks run piece by piece.
+    tokens the state buffers.  ``whole`` is empty with channel-wise decays: chunks of a
+    multiple of SUB tokens run in ``chunked_channelwise``, which computes its sub-chunks'
+    coefficients itself, and smaller chunks run piece by piece.
     """
-    first = 1 if offset else 0
-    whole = first
-    while whole < len(lengths) and lengths[whole] == chunk_size:
-        whole += 1
-    count = whole - first
-    if batched or rule.window > 1 or rule.channelwise_rows or count < 2:
+    count = len(whole)
+    if rule.window > 1 or count < 2:
         return {}
-    start, end = first and lengths[0], (first and lengths[0]) + count * chunk_size
+    start = sum(lengths[: whole.start])
+    end = start + count * lengths[whole.start]
     theta, coefficients = piece_coefficients(
         rule, {n: g[:, :, start:end] for n, g in gates.items()}, q[:, :, start:end], None, chunks=count
     )
-    thetas = _chunk_major(theta) if chunk_major else theta.unbind(2)
-    parts = coefficients.unbind(2, split=_chunk_major if chunk_major else None)
-    return {first + c: (thetas[c], part) for c, part in enumerate(parts)}
+    split = chunk_major if contiguous else None  # chunk-major copies, for the compiled step
+    thetas = split(theta) if split else theta.unbind(2)
+    parts = coefficients.unbind(2, split=split)
+    return {whole.start + c: (thetas[c], part) for c, part in enumerate(parts)}
 
 
 def _whole_run(lengths: list[int], chunk_size: int) -> range:
@@ -144,7 +143,7 @@ def _split_pieces(tensors: list[torch.Tensor], lengths: list[int], run: range) -
     out = []
     for t in tensors:
         head, middle, tail = t.split([sum(before), sum(inside), sum(after)], dim=2)
-        chunks = _chunk_major(middle.unflatten(2, (len(inside), inside[0])))
+        chunks = chunk_major(middle.unflatten(2, (len(inside), inside[0])))
         out.append(
             [
                 *(head.split(before, dim=2) if before else ()),
@@ -153,10 +152,6 @@ def _split_pieces(tensors: list[torch.Tensor], lengths: list[int], run: range) -
             ]
         )
     return out
-
-
-def _chunk_major(x: torch.Tensor) -> list[torch.Tensor]:
-    return list(chunk_major(x, dim=2))
 
 
 def _split(length: int, unit: int, whole: bool) -> list[int]:
