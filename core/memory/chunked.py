@@ -118,10 +118,10 @@ def _whole_chunk_coefficients(
     theta, coefficients = piece_coefficients(
         rule, {n: g[:, :, start:end] for n, g in gates.items()}, q[:, :, start:end], None, chunks=count
     )
-    split = chunk_major if contiguous else None  # chunk-major copies, for the compiled step
-    thetas = split(theta) if split else theta.unbind(2)
-    parts = coefficients.unbind(2, split=split)
-    return {whole.start + c: (thetas[c], part) for c, part in enumerate(parts)}
+    # chunk-major copies for the compiled step, views otherwise
+    cut = chunk_major if contiguous else (lambda x: x.unbind(2))
+    thetas = cut(theta)
+    return {whole.start + c: (thetas[c], part) for c, part in enumerate(coefficients.split(cut))}
 
 
 def _whole_run(lengths: list[int], chunk_size: int) -> range:

@@ -51,15 +51,12 @@ class ChunkCoefficients:
         with _no_autocast(scaled):
             return scaled @ self.band
 
-    def unbind(
-        self, dim: int, split: Callable[[torch.Tensor], Sequence[torch.Tensor]] | None = None
-    ) -> list[ChunkCoefficients]:
-        """One ChunkCoefficients per index of ``dim`` (a chunk dimension), without the band;
-        ``split`` cuts each tensor instead of ``unbind(dim)``."""
+    def split(self, cut: Callable[[torch.Tensor], Sequence[torch.Tensor]]) -> list[ChunkCoefficients]:
+        """One ChunkCoefficients per chunk, without the band: ``cut`` splits each tensor along
+        its chunk dimension (``unbind``, or chunk-major copies)."""
         if self.band is not None:
             raise ValueError("coefficients with an Omega band are computed per piece")
         tensors = [f.name for f in dataclasses.fields(self) if f.name not in ("band", "channels")]
-        cut = split or (lambda x: x.unbind(dim))
         parts = {
             name: cut(getattr(self, name)) if getattr(self, name) is not None else None for name in tensors
         }
