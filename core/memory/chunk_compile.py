@@ -17,11 +17,14 @@ traced inline with the rest.
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
+
+from .state import MemoryState
 
 # one graph per configuration; a model may mix several memories, each under grad and
 # no-grad, fp32 and autocast: well past dynamo's default of 8 entries per function
@@ -60,6 +63,36 @@ def run_compiled(step: Callable[..., Any], *args: Any) -> Any:
             stacklevel=2,
         )
         return step(*args)
+
+
+def like_chunk_end(state: MemoryState, inputs: Sequence[torch.Tensor]) -> MemoryState:
+    """``state`` as the compiled step returns it at a chunk end, so the run's first chunk
+    takes the graph every later chunk takes instead of compiling a second one.
+
+    Dynamo guards on each input's strides, aliasing and ``requires_grad``.  A call's initial
+    state has the learned weights expanded over the batch (stride 0) and, under grad mode,
+    a zero momentum that requires no grad; a carried state may have been detached, which
+    also makes its chunk-start weights tensors of their own.  Here weights and momentum
+    become contiguous, the chunk-start weights the very tensors of the weights (at a chunk
+    boundary they are equal: as after every chunk end), and, when the chunk ends will
+    require grad (grad mode, and the state or one of the step's ``inputs`` requires it),
+    every one requires grad: one that did not becomes a leaf whose gradient nobody reads.
+    """
+    if torch.compiler.is_compiling():  # traced inline into a whole-model graph: no guards to meet
+        return state
+    tensors = [*inputs, *state.weights.values(), *(state.momentum or {}).values()]
+    grad = torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+
+    def laid_out(x: torch.Tensor) -> torch.Tensor:
+        x = x.contiguous() if x._base is None else x.clone()
+        return x.detach().requires_grad_() if grad and not x.requires_grad else x
+
+    assert state.offset == 0, "a whole chunk starts at a chunk boundary"
+    weights = {name: laid_out(w) for name, w in state.weights.items()}
+    out = dataclasses.replace(state, start=weights, weights=weights)
+    if state.momentum is not None:
+        out.momentum = {name: laid_out(s) for name, s in state.momentum.items()}
+    return out
 
 
 def chunk_major(x: torch.Tensor, dim: int = 2) -> Sequence[torch.Tensor]:

@@ -22,7 +22,7 @@ import torch
 from . import chunked_channelwise, chunked_linear
 from .batched import outer_sum
 from .chunk_boundary import add_piece_decay, end_piece
-from .chunk_compile import chunk_major, run_compiled
+from .chunk_compile import chunk_major, like_chunk_end, run_compiled
 from .chunk_end_update import channel_chunk_end, chunk_end_update
 from .chunked_channelwise import SUB
 from .coefficients import ChunkCoefficients, piece_coefficients
@@ -78,12 +78,10 @@ def chunked(
                 rule, q_piece, k_piece, v_piece, piece_gates, state, chunk_size
             )
         else:
+            if compiled and index == compiled.start:  # its state laid out as later chunks get theirs
+                state = like_chunk_end(state, [q_piece, k_piece, v_piece, *gate_pieces])
             args = (rule, q_piece, k_piece, v_piece, piece_gates, state, chunk_size, precomputed.get(index))
-            # the first whole chunk stays eager: its state (initial, or carried over) differs
-            # from every later chunk's in strides, aliasing and requires_grad, and would
-            # need a graph of its own
-            eager = index not in compiled or index == compiled.start
-            y, state = _piece(*args) if eager else run_compiled(_piece, *args)
+            y, state = _piece(*args) if index not in compiled else run_compiled(_piece, *args)
         outputs.append(y)
     return torch.cat(outputs, dim=2) if len(outputs) > 1 else outputs[0], state
 
