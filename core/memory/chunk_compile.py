@@ -84,6 +84,7 @@ def like_chunk_end(state: MemoryState, inputs: Sequence[torch.Tensor]) -> Memory
     grad = torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
 
     def laid_out(x: torch.Tensor) -> torch.Tensor:
+        # a view gets storage of its own, as the step's outputs have
         x = x.contiguous() if x._base is None else x.clone()
         return x.detach().requires_grad_() if grad and not x.requires_grad else x
 
