@@ -114,6 +114,25 @@ def test_a_frozen_layer_under_grad_mode_builds_no_graph():
     torch.testing.assert_close(y, eager(x), rtol=1e-10, atol=1e-10)
 
 
+def test_a_rule_parameter_alone_requiring_grad_keeps_one_graph():
+    """Everything frozen but elastic-net retention's learned threshold, which the chunk-end
+    step uses: the chunk ends require grad, so the first chunk's state is made to as well,
+    one graph serves every chunk and the threshold's gradient equals eager.  Tolerance
+    1e-10 (float64)."""
+    eager, layer = pair(9, memory={"name": "mlp", "expansion": 2}, retention="elastic_net")
+    thresholds = []
+    for module in (eager, layer):
+        module.requires_grad_(False)
+        thresholds.append(module.memory.rule.retention.log_threshold.requires_grad_(True))
+    stats = torch._dynamo.utils.counters["stats"]
+    before = stats["unique_graphs"]
+    x = torch.randn(2, 16, 9, dtype=torch.float64)
+    layer(x).square().sum().backward()
+    assert stats["unique_graphs"] - before == 1
+    eager(x).square().sum().backward()
+    torch.testing.assert_close(thresholds[1].grad, thresholds[0].grad, rtol=1e-10, atol=1e-10)
+
+
 def test_a_failed_compile_runs_eagerly_after_one_warning(monkeypatch):
     """No working C++ compiler (a real inductor failure, caches off so nothing compiled
     before can stand in): one RuntimeWarning, then the eager result.  Tolerance 1e-13

@@ -75,8 +75,9 @@ def like_chunk_end(state: MemoryState, inputs: Sequence[torch.Tensor]) -> Memory
     also makes its chunk-start weights tensors of their own.  Here weights and momentum
     become contiguous, the chunk-start weights the very tensors of the weights (at a chunk
     boundary they are equal: as after every chunk end), and, when the chunk ends will
-    require grad (grad mode, and the state or one of the step's ``inputs`` requires it),
-    every one requires grad: one that did not becomes a leaf whose gradient nobody reads.
+    require grad (grad mode, and the state or one of the step's ``inputs``, the rule's
+    parameters among them, requires it), every one requires grad: one that did not becomes
+    a leaf whose gradient nobody reads.
     """
     if torch.compiler.is_compiling():  # traced inline into a whole-model graph: no guards to meet
         return state

@@ -79,7 +79,8 @@ def chunked(
             )
         else:
             if compiled and index == compiled.start:  # its state laid out as later chunks get theirs
-                state = like_chunk_end(state, [q_piece, k_piece, v_piece, *gate_pieces])
+                step_inputs = [q_piece, k_piece, v_piece, *gate_pieces, *rule.parameters()]
+                state = like_chunk_end(state, step_inputs)
             args = (rule, q_piece, k_piece, v_piece, piece_gates, state, chunk_size, precomputed.get(index))
             y, state = _piece(*args) if index not in compiled else run_compiled(_piece, *args)
         outputs.append(y)
