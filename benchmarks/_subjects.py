@@ -109,7 +109,7 @@ class CompiledOrEager(nn.Module):
 
 def runs_chunk_step(config: str) -> bool:
     """Whether ``config``'s chunked path runs a step per chunk, which ``compile_chunks``
-    compiles; the others take the batched matrix-memory or sub-chunked passes, left eager."""
+    compiles; the others take the batched matrix-memory pass, left eager."""
     from miraslab.memory.chunked import per_chunk_step
     from miraslab.memory.layer import MemoryLayer
 

@@ -422,21 +422,21 @@ def targets(jobs: list[Job], table: list[dict[str, Any]]) -> list[Target]:
             & {j.seq for j in jobs if j.case.config == config and j.case.path == "chunked"}
         )
         n = _nearest(both, RECURRENT_TARGET_SEQ)
-        ratio = None
-        if n is not None:
-            ratio = _ratio(
-                _find(jobs, MIRASLAB, config, "chunked", n), _find(jobs, MIRASLAB, config, "recurrent", n)
-            )
         note = "" if n == RECURRENT_TARGET_SEQ else f" (measured at seq {n}, not {RECURRENT_TARGET_SEQ})"
-        out.append(
-            Target(
-                f"{config}: chunked vs recurrent",
-                ">= 10x",
-                ratio,
-                None if ratio is None else ratio >= 10,
-                note,
+        for path, text in (("chunked", "chunked"), (COMPILED_CHUNKS, "chunked with compile_chunks")):
+            ours = _find(jobs, MIRASLAB, config, path, n) if n is not None else None
+            if ours is None and path != "chunked":
+                continue
+            ratio = _ratio(ours, _find(jobs, MIRASLAB, config, "recurrent", n)) if n is not None else None
+            out.append(
+                Target(
+                    f"{config}: {text} vs recurrent",
+                    ">= 10x",
+                    ratio,
+                    None if ratio is None else ratio >= 10,
+                    note,
+                )
             )
-        )
 
     for config in measured_configs:
         measured = sorted(

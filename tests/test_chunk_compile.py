@@ -35,11 +35,11 @@ CASES = {
 }
 
 
-def pair(dim: int, **options) -> tuple[MemoryLayer, MemoryLayer]:
+def pair(dim: int, chunk_size: int = 4, **options) -> tuple[MemoryLayer, MemoryLayer]:
     """An eager layer and a compile_chunks layer with the same weights, in float64."""
     torch.manual_seed(0)
-    eager = MemoryLayer(dim, heads=2, chunk_size=4, **options).double()
-    compiled = MemoryLayer(dim, heads=2, chunk_size=4, compile_chunks=True, **options).double()
+    eager = MemoryLayer(dim, heads=2, chunk_size=chunk_size, **options).double()
+    compiled = MemoryLayer(dim, heads=2, chunk_size=chunk_size, compile_chunks=True, **options).double()
     compiled.load_state_dict(eager.state_dict())
     return eager, compiled
 
@@ -51,26 +51,25 @@ def compiled_regions(run) -> int:
     return sum(e.count for e in prof.key_averages() if e.key.startswith("Torch-Compiled Region"))
 
 
-@pytest.mark.parametrize("options", CASES.values(), ids=CASES.keys())
-def test_compiled_chunks_equal_eager_across_calls(options):
-    """Two calls: 14 tokens from scratch (3 whole chunks and 2 tokens), then 13 from
-    mid-chunk (2, then 2 whole chunks, then 3); every whole chunk runs compiled (5 of
-    them).  Tolerance 1e-10 (float64; the compiled graph may sum in another order)."""
-    eager, compiled = pair(12, **options)
-    x = torch.randn(2, 27, 12, dtype=torch.float64)
+def assert_two_calls_equal_eager(
+    eager: MemoryLayer, compiled: MemoryLayer, x: torch.Tensor, cut: int, whole_chunks: int
+) -> None:
+    """Two calls, ``x[:, :cut]`` then the rest from where the first left off: outputs,
+    carried state and every parameter's gradient equal eager to 1e-10 (float64; the
+    compiled graph may sum in another order); each of the ``whole_chunks`` ran compiled."""
 
     def run(layer: MemoryLayer):
-        y1, state = layer(x[:, :14], return_state=True)
-        y2, state = layer(x[:, 14:], state=state, return_state=True)
+        y1, state = layer(x[:, :cut], return_state=True)
+        y2, state = layer(x[:, cut:], state=state, return_state=True)
         y = torch.cat([y1, y2], dim=1)
         y.square().sum().backward()
         return y, state
 
     y_eager, state_eager = run(eager)
-    compiled(x[:, :14])  # compile outside the profiled pass: its tracing runs ops too
+    compiled(x[:, :cut])  # compile outside the profiled pass: its tracing runs ops too
     outputs = {}
     regions = compiled_regions(lambda: outputs.update(zip(("y", "state"), run(compiled), strict=True)))
-    assert regions == 5
+    assert regions == whole_chunks
     torch.testing.assert_close(outputs["y"], y_eager, rtol=1e-10, atol=1e-10)
     memory_eager, memory = state_eager.memory.memory, outputs["state"].memory.memory
     for name, w in memory_eager.weights.items():
@@ -79,6 +78,27 @@ def test_compiled_chunks_equal_eager_across_calls(options):
     for (name, p_eager), (_, p) in zip(eager.named_parameters(), compiled.named_parameters(), strict=True):
         assert p.grad is not None, name
         torch.testing.assert_close(p.grad, p_eager.grad, rtol=1e-10, atol=1e-10, msg=name)
+
+
+@pytest.mark.parametrize("options", CASES.values(), ids=CASES.keys())
+def test_compiled_chunks_equal_eager_across_calls(options):
+    """14 tokens from scratch (3 whole chunks and 2 tokens), then 13 from mid-chunk (2,
+    then 2 whole chunks, then 3): 5 whole chunks compiled."""
+    eager, compiled = pair(12, **options)
+    x = torch.randn(2, 27, 12, dtype=torch.float64)
+    assert_two_calls_equal_eager(eager, compiled, x, cut=14, whole_chunks=5)
+
+
+def test_channelwise_sub_chunks_compiled_equal_eager():
+    """Decay and momentum per value channel: whole chunks of 64 tokens take the sub-chunked
+    step (four sub-chunks of 16).  200 tokens (3 whole chunks and 8), then 189 from
+    mid-chunk (56 as sub-chunk pieces of 48 and 8, 2 whole chunks, 5).  Heads of 32
+    channels and four sub-chunks: the shape at which inductor had miscompiled the decay
+    gate's gradient (see ``batched.times_transposed``; chunks of 32 did not show it)."""
+    options = {"memory": "linear", "channelwise_decay": True, "channelwise_momentum": True}
+    eager, compiled = pair(64, chunk_size=64, retention="decay", algorithm="momentum", **options)
+    x = torch.randn(2, 389, 64, dtype=torch.float64)
+    assert_two_calls_equal_eager(eager, compiled, x, cut=200, whole_chunks=5)
 
 
 def test_one_graph_serves_every_sequence_length():

@@ -70,3 +70,24 @@ def test_column_product_matches_matmul_and_its_gradients():
         torch.testing.assert_close(column_product(a, b), a @ b, rtol=1e-12, atol=1e-12)
         for got, ref in zip(ours, want, strict=True):
             torch.testing.assert_close(got, ref, rtol=1e-12, atol=1e-12)
+
+
+def test_times_transposed_matches_matmul_and_its_gradients():
+    """x @ w^T with w's gradient made in w's layout, against autograd through the matmul
+    (float64, 1e-12): w of x's leading shape, expanded over the batch (a first chunk's
+    learned weights), and broadcast; w's gradient comes out contiguous."""
+    from miraslab.memory.batched import times_transposed
+
+    g = torch.Generator().manual_seed(6)
+    x = torch.randn(2, 3, 8, 5, generator=g, dtype=torch.float64, requires_grad=True)
+    upstream = torch.randn(2, 3, 8, 4, generator=g, dtype=torch.float64)
+    full = torch.randn(2, 3, 4, 5, generator=g, dtype=torch.float64, requires_grad=True)
+    learned = torch.randn(3, 4, 5, generator=g, dtype=torch.float64, requires_grad=True)
+    for leaf, w in ((full, full), (learned, learned.expand(2, -1, -1, -1)), (learned, learned)):
+        ours = torch.autograd.grad((times_transposed(x, w) * upstream).sum(), (x, leaf))
+        want = torch.autograd.grad(((x @ w.transpose(-1, -2)) * upstream).sum(), (x, leaf))
+        torch.testing.assert_close(times_transposed(x, w), x @ w.transpose(-1, -2), rtol=1e-12, atol=1e-12)
+        for got, ref in zip(ours, want, strict=True):
+            torch.testing.assert_close(got, ref, rtol=1e-12, atol=1e-12)
+    (grad_w,) = torch.autograd.grad((times_transposed(x, full) * upstream).sum(), full)
+    assert grad_w.is_contiguous()

@@ -170,36 +170,43 @@ def test_layer_accepts_component_tables_and_rejects_nonsense_combinations():
 
 
 COMPILE_CASES = {
-    "linear": ({"chunk_size": 4}, 12, 1e-5),
+    "linear": ({"chunk_size": 4}, 16, 12, 1e-5),
     # no momentum: the batched pass has no S to return (a None output made dynamo fall back
     # to eager for the whole layer)
-    "delta-rule": ({"chunk_size": 4, "retention": "none", "algorithm": "gd"}, 12, 1e-5),
-    "deep": ({"chunk_size": 4, "memory": {"name": "mlp", "expansion": 2}}, 12, 1e-5),
+    "delta-rule": ({"chunk_size": 4, "retention": "none", "algorithm": "gd"}, 16, 12, 1e-5),
+    "deep": ({"chunk_size": 4, "memory": {"name": "mlp", "expansion": 2}}, 16, 12, 1e-5),
     # the Omega rule's gate names are read in the forward (a plugin building GateDefs there broke the graph)
-    "omega": ({"chunk_size": 4, "bias": {"name": "omega", "window": 3}}, 12, 1e-5),
+    "omega": ({"chunk_size": 4, "bias": {"name": "omega", "window": 3}}, 16, 12, 1e-5),
     # one sub-chunk: compiling unrolls the sub-chunk loop, and its time grows faster than the
     # graph (two sub-chunks: two minutes); fp32 sums in another order
     "channelwise-decays": (
         {"chunk_size": 16, "channelwise_decay": True, "channelwise_momentum": True},
         16,
+        16,
         1e-4,
     ),
+    # width 8, one chunk: where inductor had got every gradient before the memory wrong (the
+    # head split wrote q, k and v with out= into one buffer; see split_heads)
+    "channelwise-momentum": ({"chunk_size": 4, "channelwise_momentum": True}, 8, 4, 1e-5),
 }
 
 
-@pytest.mark.parametrize("options, seq, tolerance", COMPILE_CASES.values(), ids=COMPILE_CASES.keys())
-def test_the_layer_compiles_without_graph_breaks_and_matches_eager(options, seq, tolerance):
+@pytest.mark.parametrize("options, dim, seq, tolerance", COMPILE_CASES.values(), ids=COMPILE_CASES.keys())
+def test_the_layer_compiles_without_graph_breaks_and_matches_eager(options, dim, seq, tolerance):
     """fullgraph=True raises on a graph break; the custom autograd Functions (short
     convolution, head split, batched matrix-memory pass, dual-form read, chunk end) and the
-    sub-chunk loop must trace.
-    Tolerance: the case's, absolute and relative."""
+    sub-chunk loop must trace; outputs and the gradients of the input and of every
+    parameter match eager.  Tolerance: the case's, absolute and relative."""
     torch.manual_seed(0)
     rule = {"memory": "linear", "retention": "decay", "algorithm": "momentum"}
-    layer = MemoryLayer(16, heads=2, **{**rule, **options})
-    x = torch.randn(2, seq, 16, requires_grad=True)
+    layer = MemoryLayer(dim, heads=2, **{**rule, **options})
+    x = torch.randn(2, seq, dim, requires_grad=True)
+    inputs = [x, *layer.parameters()]
     eager = layer(x)
-    (grad_eager,) = torch.autograd.grad(eager.square().sum(), x)
+    grads_eager = torch.autograd.grad(eager.square().sum(), inputs)
     compiled = torch.compile(layer, fullgraph=True)(x)
-    (grad_compiled,) = torch.autograd.grad(compiled.square().sum(), x)
+    grads_compiled = torch.autograd.grad(compiled.square().sum(), inputs)
     torch.testing.assert_close(compiled, eager, rtol=tolerance, atol=tolerance)
-    torch.testing.assert_close(grad_compiled, grad_eager, rtol=tolerance, atol=tolerance)
+    names = ["x", *(name for name, _ in layer.named_parameters())]
+    for name, got, expected in zip(names, grads_compiled, grads_eager, strict=True):
+        torch.testing.assert_close(got, expected, rtol=tolerance, atol=tolerance, msg=name)

@@ -76,3 +76,32 @@ class _ColumnProduct(torch.autograd.Function):
 def column_product(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """a @ b, b (..., k, 1): a matrix times one column per leading index."""
     return _ColumnProduct.apply(a, b)
+
+
+class _TimesTransposed(torch.autograd.Function):
+    """x @ w^T with w's gradient made as grad^T @ x, in w's own (contiguous) layout.
+
+    Through autograd it comes out as the transpose of x^T @ grad: a strided view that every
+    later use reads across rows.  In the channel-wise chunk step inductor (torch 2.13, CPU)
+    tiles the kernel that sums over it in 2-D and then reuses a per-row local buffer across
+    16 rows at once, which made the decay gate's gradient wrong (tests/test_chunk_compile.py's
+    channel-wise case catches it)."""
+
+    @staticmethod
+    def forward(ctx, x, w):
+        ctx.save_for_backward(x, w)
+        return x @ w.transpose(-1, -2)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad):
+        x, w = ctx.saved_tensors
+        grad_x = grad @ w if ctx.needs_input_grad[0] else None
+        grad_w = grad.transpose(-1, -2) @ x if ctx.needs_input_grad[1] else None
+        return grad_x, grad_w
+
+
+def times_transposed(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """x @ w^T: x (..., n, i), w (..., o, i) with leading dimensions that broadcast to x's
+    (autograd sums w's gradient back to its shape) -> (..., n, o)."""
+    return _TimesTransposed.apply(x, w)

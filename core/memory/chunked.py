@@ -46,8 +46,9 @@ def chunked(
 ) -> tuple[torch.Tensor, MemoryState]:
     """q, k, v (B, H, T, d): one pass per chunk (the first may finish a chunk the state began).
 
-    ``compile_chunks`` runs the per-chunk step of whole chunks through ``torch.compile``
-    (see ``chunk_compile``); the batched and sub-chunked passes stay eager.
+    ``compile_chunks`` runs the per-chunk step of whole chunks (``_piece``, or the
+    channel-wise sub-chunked step) through ``torch.compile`` (see ``chunk_compile``); the
+    batched matrix-memory pass stays eager.
     """
     state = dataclasses.replace(state)
     total = q.shape[2]
@@ -60,12 +61,14 @@ def chunked(
     sub_chunked = chunked_channelwise.supports(rule)
     if rule.channelwise_rows:  # an L x L decay matrix per value channel: sub-chunks of SUB tokens
         lengths = [part for length in lengths for part in _split(length, SUB, whole=sub_chunked)]
-    # the pieces that are whole chunks, each through _piece (and compiled: two or more)
+    # the pieces that are whole chunks, each through one step (and compiled: two or more)
     whole = _whole_run(lengths, chunk_size) if per_chunk_step(rule) else range(0)
     compiled = whole if compile_chunks and len(whole) > 1 else range(0)
     names = list(gates)
     pieces = zip(*_split_pieces([q, k, v, *gates.values()], lengths, compiled), strict=True)
-    precomputed = _whole_chunk_coefficients(rule, q, gates, lengths, whole, contiguous=bool(compiled))
+    precomputed = {}
+    if not sub_chunked:  # sub-chunks compute their coefficients themselves
+        precomputed = _whole_chunk_coefficients(rule, q, gates, lengths, whole, contiguous=bool(compiled))
     outputs = []
     for index, (q_piece, k_piece, v_piece, *gate_pieces) in enumerate(pieces):
         piece_gates = dict(zip(names, gate_pieces, strict=True))
@@ -73,24 +76,28 @@ def chunked(
             y, state = chunked_linear.whole_chunks(
                 rule, q_piece, k_piece, v_piece, piece_gates, state, chunk_size
             )
-        elif sub_chunked and q_piece.shape[2] % SUB == 0:
-            y, state = chunked_channelwise.sub_chunked(
-                rule, q_piece, k_piece, v_piece, piece_gates, state, chunk_size
-            )
+            outputs.append(y)
+            continue
+        if sub_chunked and q_piece.shape[2] % SUB == 0:
+            step, args = chunked_channelwise.sub_chunked, ()
         else:
-            if compiled and index == compiled.start:  # its state laid out as later chunks get theirs
-                step_inputs = [q_piece, k_piece, v_piece, *gate_pieces, *rule.parameters()]
-                state = like_chunk_end(state, step_inputs)
-            args = (rule, q_piece, k_piece, v_piece, piece_gates, state, chunk_size, precomputed.get(index))
-            y, state = _piece(*args) if index not in compiled else run_compiled(_piece, *args)
+            step, args = _piece, (precomputed.get(index),)
+        if compiled and index == compiled.start:  # its state laid out as later chunks get theirs
+            step_inputs = [q_piece, k_piece, v_piece, *gate_pieces, *rule.parameters()]
+            state = like_chunk_end(state, step_inputs)
+        args = (rule, q_piece, k_piece, v_piece, piece_gates, state, chunk_size, *args)
+        y, state = step(*args) if index not in compiled else run_compiled(step, *args)
         outputs.append(y)
     return torch.cat(outputs, dim=2) if len(outputs) > 1 else outputs[0], state
 
 
 def per_chunk_step(rule: MemoryRule) -> bool:
-    """Whether whole chunks run one at a time through ``_piece`` (what ``compile_chunks``
-    compiles): not the batched matrix-memory pass, not channel-wise sub-chunks."""
-    return not chunked_linear.supports(rule) and not rule.channelwise_rows
+    """Whether whole chunks run one at a time (what ``compile_chunks`` compiles): through
+    ``_piece``, or in channel-wise sub-chunks; not the batched matrix-memory pass, nor
+    channel-wise decays under an Omega window (pieces of SUB tokens)."""
+    return not chunked_linear.supports(rule) and (
+        not rule.channelwise_rows or chunked_channelwise.supports(rule)
+    )
 
 
 def _whole_chunk_coefficients(
@@ -105,9 +112,9 @@ def _whole_chunk_coefficients(
 
     They depend on the gates alone, not on the state, so the per-chunk loop then does only
     the state-dependent work.  Not with an Omega window, whose band depends on how many
-    tokens the state buffers.  ``whole`` is empty with channel-wise decays: chunks of a
-    multiple of SUB tokens run in ``chunked_channelwise``, which computes its sub-chunks'
-    coefficients itself, and smaller chunks run piece by piece.
+    tokens the state buffers, nor with channel-wise decays (the caller does not ask):
+    chunks of a multiple of SUB tokens run in ``chunked_channelwise``, which computes its
+    sub-chunks' coefficients itself, and the others compute theirs piece by piece.
     """
     count = len(whole)
     if rule.window > 1 or count < 2:
@@ -124,10 +131,14 @@ def _whole_chunk_coefficients(
 
 
 def _whole_run(lengths: list[int], chunk_size: int) -> range:
-    """The indices of the whole chunks: all pieces but a partial first and a partial last."""
-    first = 0 if lengths[0] == chunk_size else 1
-    last = len(lengths) - (1 if len(lengths) > first and lengths[-1] != chunk_size else 0)
-    return range(first, max(first, last))
+    """The indices of the whole chunks' pieces: those of ``chunk_size`` tokens, one run of
+    them between the pieces of a partial first chunk and of a partial last one."""
+    whole = [i for i, length in enumerate(lengths) if length == chunk_size]
+    if not whole:
+        return range(0)
+    run = range(whole[0], whole[-1] + 1)
+    assert len(run) == len(whole), "whole chunks are consecutive"
+    return run
 
 
 def _split_pieces(tensors: list[torch.Tensor], lengths: list[int], run: range) -> list[list[torch.Tensor]]:

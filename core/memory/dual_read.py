@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 from torch.autograd.function import once_differentiable
 
-from .batched import column_product, matmul_add
+from .batched import column_product, matmul_add, times_transposed
 
 
 class _DualRead(torch.autograd.Function):
@@ -87,7 +87,7 @@ def channel_dual_read(
     Through autograd: a (B, H, d_out, L, L) product per chunk, for the feature, not for speed."""
     attend = coef * (x @ h.transpose(-1, -2)).unsqueeze(-3)
     y = column_product(attend, delta.transpose(-1, -2).unsqueeze(-1)).squeeze(-1).transpose(-1, -2)
-    y = y + beta * (x @ w.transpose(-1, -2))
+    y = y + beta * times_transposed(x, w)
     if sigma is not None:
-        y = y + sigma * (x @ s.transpose(-1, -2))
+        y = y + sigma * times_transposed(x, s)
     return y

@@ -76,6 +76,7 @@ class MemorySpec:
     compile_chunks: bool = param(
         False,
         doc="torch.compile the chunked path's per-chunk step once and reuse it for every chunk and "
-        "sequence length (deep memories, Omega windows; seconds to compile, eager if it fails)",
+        "sequence length (deep memories, Omega windows, channel-wise decays; seconds to compile, "
+        "eager if it fails)",
     )
     gates: GatesSpec = attrs.field(factory=GatesSpec, metadata={"doc": "gate projections"})

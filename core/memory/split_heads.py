@@ -21,19 +21,21 @@ class _SplitHeads(torch.autograd.Function):
         per_head = qkv.view(batch, length, 3, heads, width // (3 * heads)).permute(
             2, 0, 3, 1, 4
         )  # (3, B, H, T, d)
-        out = (
-            per_head.contiguous()
-            if not normalize
-            else torch.empty_like(per_head, memory_format=torch.contiguous_format)
-        )
         norms = None
         if normalize:
+            # q and k in a buffer of their own, v copied apart: with all three written into
+            # slices of one buffer, inductor (torch 2.13, CPU) got the gradients before the
+            # memory wrong under a whole-model compile (tests/test_memory_layer.py,
+            # channel-wise momentum)
             norms = torch.linalg.vector_norm(per_head[:2], dim=-1, keepdim=True).clamp_min_(EPS)
-            torch.div(per_head[:2], norms, out=out[:2])
-            out[2].copy_(per_head[2])
+            qk = torch.empty_like(per_head[:2], memory_format=torch.contiguous_format)
+            torch.div(per_head[:2], norms, out=qk)
+            q, k, v = qk[0], qk[1], per_head[2].contiguous()
+        else:
+            q, k, v = per_head.contiguous().unbind(0)
         ctx.normalize, ctx.shape = normalize, qkv.shape
-        ctx.save_for_backward(out[:2] if normalize else None, norms)
-        return out[0], out[1], out[2]
+        ctx.save_for_backward(qk if normalize else None, norms)
+        return q, k, v
 
     @staticmethod
     @once_differentiable
