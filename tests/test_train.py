@@ -296,6 +296,35 @@ def test_a_model_torch_compile_cannot_handle_trains_eager_with_a_warning(capsys)
     assert "warning: torch.compile failed" in capsys.readouterr().err
 
 
+def test_a_new_input_shape_compiles_a_static_graph_of_its_own():
+    """An evaluation batch or a stage's sequence length of another shape must not turn the
+    model's graph symbolic (under torch.compile's default a second shape does, and with the
+    memory's loops over chunks that compile took minutes)."""
+    from miraslab.train.progress import TrainingProgress
+    from miraslab.train.trainer import CompiledOrEager
+
+    symbolic = []
+
+    def recording_backend(graph, example_inputs):
+        values = [node.meta.get("example_value") for node in graph.graph.nodes if node.op == "placeholder"]
+        symbolic.append(
+            any(
+                isinstance(v, torch.SymInt)
+                or (isinstance(v, torch.Tensor) and any(isinstance(n, torch.SymInt) for n in v.shape))
+                for v in values
+            )
+        )
+        return graph.forward
+
+    model = torch.nn.Linear(3, 2)
+    wrapped = CompiledOrEager(model, TrainingProgress(1, 0), backend=recording_backend)
+    for rows in (4, 6, 4):
+        x = torch.randn(rows, 3)
+        torch.testing.assert_close(wrapped(x), model(x))
+    assert symbolic == [False, False]
+    assert wrapped.use_compiled
+
+
 def test_a_stage_may_not_override_what_the_run_keeps(workspace):
     from miraslab.errors import RecipeError
 
