@@ -204,7 +204,7 @@ def test_the_layer_compiles_without_graph_breaks_and_matches_eager(options, dim,
     inputs = [x, *layer.parameters()]
     eager = layer(x)
     grads_eager = torch.autograd.grad(eager.square().sum(), inputs)
-    compiled = torch.compile(layer, fullgraph=True)(x)
+    compiled = torch.compile(layer, fullgraph=True, dynamic=False)(x)  # static, as train.compile
     grads_compiled = torch.autograd.grad(compiled.square().sum(), inputs)
     torch.testing.assert_close(compiled, eager, rtol=tolerance, atol=tolerance)
     names = ["x", *(name for name, _ in layer.named_parameters())]
