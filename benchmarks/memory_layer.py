@@ -226,7 +226,7 @@ def count_flops(jobs: list[Job]) -> None:
 # --------------------------------------------------------------------------- report
 
 
-def _find(jobs: list[Job], impl: str, config: str, path: str, seq: int) -> Job | None:
+def _find(jobs: list[Job], impl: str, config: str, path: str, seq: int | None) -> Job | None:
     for job in jobs:
         if (job.case.impl, job.case.config, job.case.path, job.seq) == (impl, config, path, seq):
             return job
@@ -424,10 +424,10 @@ def targets(jobs: list[Job], table: list[dict[str, Any]]) -> list[Target]:
         n = _nearest(both, RECURRENT_TARGET_SEQ)
         note = "" if n == RECURRENT_TARGET_SEQ else f" (measured at seq {n}, not {RECURRENT_TARGET_SEQ})"
         for path, text in (("chunked", "chunked"), (COMPILED_CHUNKS, "chunked with compile_chunks")):
-            ours = _find(jobs, MIRASLAB, config, path, n) if n is not None else None
+            ours = _find(jobs, MIRASLAB, config, path, n)  # None when n is
             if ours is None and path != "chunked":
                 continue
-            ratio = _ratio(ours, _find(jobs, MIRASLAB, config, "recurrent", n)) if n is not None else None
+            ratio = _ratio(ours, _find(jobs, MIRASLAB, config, "recurrent", n))
             out.append(
                 Target(
                     f"{config}: {text} vs recurrent",

@@ -66,9 +66,7 @@ def chunked(
     compiled = whole if compile_chunks and len(whole) > 1 else range(0)
     names = list(gates)
     pieces = zip(*_split_pieces([q, k, v, *gates.values()], lengths, compiled), strict=True)
-    precomputed = {}
-    if not sub_chunked:  # sub-chunks compute their coefficients themselves
-        precomputed = _whole_chunk_coefficients(rule, q, gates, lengths, whole, contiguous=bool(compiled))
+    precomputed = _whole_chunk_coefficients(rule, q, gates, lengths, whole, contiguous=bool(compiled))
     outputs = []
     for index, (q_piece, k_piece, v_piece, *gate_pieces) in enumerate(pieces):
         piece_gates = dict(zip(names, gate_pieces, strict=True))
@@ -79,13 +77,13 @@ def chunked(
             outputs.append(y)
             continue
         if sub_chunked and q_piece.shape[2] % SUB == 0:
-            step, args = chunked_channelwise.sub_chunked, ()
+            step, extra = chunked_channelwise.sub_chunked, ()
         else:
-            step, args = _piece, (precomputed.get(index),)
+            step, extra = _piece, (precomputed.get(index),)
         if compiled and index == compiled.start:  # its state laid out as later chunks get theirs
             step_inputs = [q_piece, k_piece, v_piece, *gate_pieces, *rule.parameters()]
             state = like_chunk_end(state, step_inputs)
-        args = (rule, q_piece, k_piece, v_piece, piece_gates, state, chunk_size, *args)
+        args = (rule, q_piece, k_piece, v_piece, piece_gates, state, chunk_size, *extra)
         y, state = step(*args) if index not in compiled else run_compiled(step, *args)
         outputs.append(y)
     return torch.cat(outputs, dim=2) if len(outputs) > 1 else outputs[0], state
@@ -112,12 +110,12 @@ def _whole_chunk_coefficients(
 
     They depend on the gates alone, not on the state, so the per-chunk loop then does only
     the state-dependent work.  Not with an Omega window, whose band depends on how many
-    tokens the state buffers, nor with channel-wise decays (the caller does not ask):
-    chunks of a multiple of SUB tokens run in ``chunked_channelwise``, which computes its
-    sub-chunks' coefficients itself, and the others compute theirs piece by piece.
+    tokens the state buffers, nor with channel-wise decays: chunks of a multiple of SUB
+    tokens run in ``chunked_channelwise``, which computes its sub-chunks' coefficients
+    itself, and the others compute theirs piece by piece.
     """
     count = len(whole)
-    if rule.window > 1 or count < 2:
+    if rule.window > 1 or rule.channelwise_rows or count < 2:
         return {}
     start = sum(lengths[: whole.start])
     end = start + count * lengths[whole.start]

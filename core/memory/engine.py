@@ -38,7 +38,8 @@ def memory_op(
         compile_chunks: run the chunked path's per-chunk step through ``torch.compile``,
             compiled once per configuration and reused for every chunk and length (the
             general path: deep memories, Omega windows, channel-wise decays; the batched
-            matrix-memory pass stays eager).  Falls back to eager, with a warning, where compiling fails.
+            matrix-memory pass stays eager).  Falls back to eager, with a warning, where
+            compiling fails.
 
     Returns:
         outputs (batch, heads, seq, d_v) and the state after the last token.
