@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -19,6 +20,7 @@ from importlib import metadata
 from pathlib import Path
 
 import pytest
+from markdown_blocks import fenced_blocks
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURES = Path(__file__).resolve().parent / "plugin_fixtures"
@@ -27,6 +29,8 @@ BASE_RECIPE = REPO / "recipes" / "base" / "lm.toml"
 ACME = "acme-forget"
 BROKEN = "broken-plugin"
 MISSPELLED = "misspelled-hook"
+DOCS_ACME = "docs-acme-forget"  # the distribution docs/plugins.md spells out, built from its text
+PLUGINS_DOC = REPO / "docs" / "plugins.md"
 
 
 def _setuptools_builds_wheels_offline() -> bool:
@@ -55,9 +59,12 @@ def plugin_sites(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         )
     root = tmp_path_factory.mktemp("plugins")
     sites = {}
-    for name in (ACME, BROKEN, MISSPELLED):
+    for name in (ACME, BROKEN, MISSPELLED, DOCS_ACME):
         source = root / "src" / name  # a copy: setuptools writes build/ and *.egg-info beside the source
-        shutil.copytree(FIXTURES / name, source)
+        if name == DOCS_ACME:
+            write_docs_plugin(source)
+        else:
+            shutil.copytree(FIXTURES / name, source)
         target = root / "site" / name
         result = subprocess.run(
             [sys.executable, "-m", "pip", "install", "--no-deps", "--no-build-isolation", "--no-index",
@@ -67,6 +74,21 @@ def plugin_sites(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         assert result.returncode == 0, f"pip could not install {name}:\n{result.stdout}\n{result.stderr}"
         sites[name] = target
     return sites
+
+
+def write_docs_plugin(directory: Path) -> None:
+    """The "plugin in five minutes" of docs/plugins.md: its pyproject.toml and module, verbatim."""
+    blocks = fenced_blocks(PLUGINS_DOC)
+    files = {}
+    for language, text in blocks:
+        first = text.splitlines()[0] if text else ""
+        for filename in ("pyproject.toml", "acme_forget.py"):
+            if language in ("toml", "python") and first.startswith("#") and filename in first:
+                files[filename] = text
+    assert sorted(files) == ["acme_forget.py", "pyproject.toml"], f"{PLUGINS_DOC}: blocks changed"
+    directory.mkdir(parents=True)
+    for filename, text in files.items():
+        (directory / filename).write_text(text)
 
 
 @pytest.fixture
@@ -172,6 +194,28 @@ def test_plugins_text_shows_the_plugin_component_under_its_kind(miraslab_with):
     assert "rate = 0.9  [a number in (0, 1)]" in result.stdout
 
 
+def test_the_plugin_written_as_docs_plugins_md_shows_lists_and_is_checked_as_it_says(
+    miraslab_with, acme_recipe
+):
+    """docs/plugins.md's distribution, built from its text: `miraslab plugins --kind
+    retention` prints the lines the page shows, and a recipe's out-of-range rate gets the
+    message the page quotes."""
+    listing = next(text for language, text in fenced_blocks(PLUGINS_DOC) if "$ miraslab plugins" in text)
+    shown = [
+        line for line in listing.splitlines() if "acme_forget" in line or line.lstrip().startswith("rate =")
+    ]
+    result = miraslab_with(DOCS_ACME)("plugins", "--kind", "retention")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    start = next(i for i, line in enumerate(lines) if "acme_forget" in line)
+    assert lines[start : start + 2] == shown
+
+    assert miraslab_with(DOCS_ACME)("recipe", "validate", acme_recipe(0.5)).returncode == 0
+    quoted = re.search(r"refused with `(.*?)`", PLUGINS_DOC.read_text().replace("\n", " ")).group(1)
+    error = assert_user_error(miraslab_with(DOCS_ACME)("recipe", "validate", acme_recipe(2.0)))
+    assert error == [f"error: acme.toml: {quoted}"]
+
+
 def test_without_the_distribution_on_the_path_the_component_is_unknown(miraslab_with, acme_recipe):
     lines = assert_user_error(miraslab_with()("recipe", "validate", acme_recipe(0.5)))
     assert lines == [
@@ -231,12 +275,15 @@ print(json.dumps({
 """
 
 
-def test_a_memory_layer_runs_forward_and_backward_with_the_plugin_retention(miraslab_with):
-    result = miraslab_with(ACME)("-c", FORWARD, module=False)
+@pytest.mark.parametrize(("site", "retention_class"), [(ACME, "ConstantForget"), (DOCS_ACME, "AcmeForget")])
+def test_a_memory_layer_runs_forward_and_backward_with_the_plugin_retention(
+    miraslab_with, site, retention_class
+):
+    result = miraslab_with(site)("-c", FORWARD, module=False)
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
     assert report["shape"] == [2, 12, 32] and report["finite"]
-    assert report["retention_class"] == "ConstantForget"
+    assert report["retention_class"] == retention_class
     assert report["chunked_vs_recurrent"] < 1e-5  # the two paths agree at the same chunk size (fp32)
     assert report["rate_changes_output"] > 1e-3  # the retention is really applied
 
