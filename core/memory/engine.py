@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from .chunked import chunked
+from .op_inputs import check_op_inputs
 from .parts import Gates
 from .recurrent import recurrent
 from .rule import MemoryRule
@@ -48,6 +49,7 @@ def memory_op(
         raise ValueError(f"path must be one of {PATHS}, got {path!r}")
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    check_op_inputs(rule, q, k, v, gates, state)
     if state is None:
         state = rule.initial_state(q.shape[0])
     if q.shape[2] == 0:

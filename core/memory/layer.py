@@ -165,6 +165,10 @@ class MemoryLayer(nn.Module):
         return_state: bool = False,
         path: str | None = None,
     ) -> torch.Tensor | tuple[torch.Tensor, LayerState]:
+        if x.dim() != 3 or x.shape[-1] != self.dim:
+            raise ValueError(
+                f"MemoryLayer: x must be (batch, seq, dim={self.dim}), got shape {tuple(x.shape)}"
+            )
         # no LayerState() for a missing state: dynamo cannot trace a dataclass's default factory
         conv_in, memory_in, position = (
             (state.conv, state.memory, state.position) if state else (None, None, 0)

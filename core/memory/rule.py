@@ -51,6 +51,8 @@ class MemoryRule(nn.Module):
         # read once: the forward asks for them, and torch.compile cannot trace a plugin
         # building its (frozen attrs) GateDefs there
         self._bias_gate_names = tuple(d.name for d in bias.gates())
+        # name -> one value per value channel: what memory_op checks its gates against
+        self.gate_layout = {d.name: d.channelwise for d in self.gate_defs()}
 
     @property
     def channelwise_lr(self) -> bool:
