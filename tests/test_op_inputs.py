@@ -122,3 +122,26 @@ def test_the_layer_names_the_input_shape_it_needs(shape):
     message = f"MemoryLayer: x must be (batch, seq, dim=32), got shape {shape}"
     with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
         layer(torch.randn(*shape))
+
+
+def test_the_layer_refuses_a_state_that_is_not_its_own_or_for_another_batch():
+    layer = MemoryLayer(32, heads=2, chunk_size=4)
+    _, state = layer(torch.randn(2, 10, 32), return_state=True)
+    message = "MemoryLayer: state is for batch 2, x has batch 1"
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+        layer(torch.randn(1, 3, 32), state=state)
+    message = "MemoryLayer: state must be the LayerState the layer returned (return_state=True), got NeuralMemoryState"
+    with pytest.raises(TypeError, match=f"^{re.escape(message)}$"):
+        layer(torch.randn(2, 3, 32), state=state.memory)
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"chunk_size": 0}, "chunk_size must be >= 1, got 0"),
+        ({"path": "fast"}, "path must be one of ('chunked', 'recurrent'), got 'fast'"),
+    ],
+)
+def test_the_layer_checks_its_chunk_size_and_path_when_built(options, message):
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+        MemoryLayer(32, heads=2, **options)

@@ -14,6 +14,13 @@ from .state import MemoryState
 PATHS = ("chunked", "recurrent")
 
 
+def check_path_and_chunk(path: str, chunk_size: int) -> None:
+    if path not in PATHS:
+        raise ValueError(f"path must be one of {PATHS}, got {path!r}")
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+
+
 def memory_op(
     rule: MemoryRule,
     q: torch.Tensor,
@@ -45,10 +52,7 @@ def memory_op(
     Returns:
         outputs (batch, heads, seq, d_v) and the state after the last token.
     """
-    if path not in PATHS:
-        raise ValueError(f"path must be one of {PATHS}, got {path!r}")
-    if chunk_size < 1:
-        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    check_path_and_chunk(path, chunk_size)
     check_op_inputs(rule, q, k, v, gates, state)
     if state is None:
         state = rule.initial_state(q.shape[0])

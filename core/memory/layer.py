@@ -54,6 +54,21 @@ def as_component(kind: str, value: ComponentLike, registry: Registry | None = No
     return make_component(kind, table.pop("name"), table, registry)
 
 
+def check_layer_input(x: torch.Tensor, dim: int, state: LayerState | None) -> None:
+    """One line naming what does not fit, before the projections raise a torch error."""
+    if x.dim() != 3 or x.shape[-1] != dim:
+        raise ValueError(f"MemoryLayer: x must be (batch, seq, dim={dim}), got shape {tuple(x.shape)}")
+    if state is None:
+        return
+    if not isinstance(state, LayerState):
+        raise TypeError(
+            f"MemoryLayer: state must be the LayerState the layer returned (return_state=True), "
+            f"got {type(state).__name__}"
+        )
+    if state.conv is not None and state.conv.shape[0] != x.shape[0]:
+        raise ValueError(f"MemoryLayer: state is for batch {state.conv.shape[0]}, x has batch {x.shape[0]}")
+
+
 class MemoryLayer(nn.Module):
     """A Miras neural memory as a sequence layer."""
 
@@ -165,10 +180,7 @@ class MemoryLayer(nn.Module):
         return_state: bool = False,
         path: str | None = None,
     ) -> torch.Tensor | tuple[torch.Tensor, LayerState]:
-        if x.dim() != 3 or x.shape[-1] != self.dim:
-            raise ValueError(
-                f"MemoryLayer: x must be (batch, seq, dim={self.dim}), got shape {tuple(x.shape)}"
-            )
+        check_layer_input(x, self.dim, state)
         # no LayerState() for a missing state: dynamo cannot trace a dataclass's default factory
         conv_in, memory_in, position = (
             (state.conv, state.memory, state.position) if state else (None, None, 0)

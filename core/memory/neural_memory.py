@@ -11,7 +11,7 @@ from torch import nn
 
 from ..params import Component
 from .build import build_features, build_rule
-from .engine import memory_op
+from .engine import check_path_and_chunk, memory_op
 from .gates import GateProjections
 from .qk_projection import qk_project
 from .state import MemoryState
@@ -65,6 +65,7 @@ class NeuralMemory(nn.Module):
         compile_chunks: bool = False,
     ):
         super().__init__()
+        check_path_and_chunk(path, chunk_size)  # here, not at the first forward
         self.chunk_size, self.path, self.compile_chunks = chunk_size, path, compile_chunks
         self.use_qk_projection, self.qk_norm = qk_projection, qk_norm
         self.features = build_features(features, head_dim)
