@@ -69,15 +69,15 @@ def test_the_memory_op_example_runs_on_the_gates_its_comment_lists(in_repo):
     ns = run_block("docs/memory.md", 1, q=q, k=k, v=v, gates=gates)
     assert sorted(gate.name for gate in ns["rule"].gate_defs()) == sorted(listed) == sorted(gates)
     assert ns["y"].shape == (batch, heads, length, width)
+
+    def tokens(part: slice, state):  # the block's call on some of the tokens
+        inputs = [x[:, :, part] for x in (q, k, v)]
+        part_gates = {name: g[:, :, part] for name, g in gates.items()}
+        return ns["memory_op"](ns["rule"], *inputs, part_gates, state=state, chunk_size=64, path="chunked")
+
     # the returned state continues the sequence: two calls equal one
-    first, state = ns["memory_op"](
-        ns["rule"], q[:, :, :60], k[:, :, :60], v[:, :, :60],
-        {name: g[:, :, :60] for name, g in gates.items()}, state=None, chunk_size=64, path="chunked",
-    )  # fmt: skip
-    second, _ = ns["memory_op"](
-        ns["rule"], q[:, :, 60:], k[:, :, 60:], v[:, :, 60:],
-        {name: g[:, :, 60:] for name, g in gates.items()}, state=state, chunk_size=64, path="chunked",
-    )  # fmt: skip
+    first, state = tokens(slice(None, 60), None)
+    second, _ = tokens(slice(60, None), state)
     torch.testing.assert_close(torch.cat([first, second], dim=2), ns["y"], rtol=0, atol=1e-5)
 
 

@@ -78,13 +78,12 @@ def plugin_sites(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 def write_docs_plugin(directory: Path) -> None:
     """The "plugin in five minutes" of docs/plugins.md: its pyproject.toml and module, verbatim."""
-    blocks = fenced_blocks(PLUGINS_DOC)
-    files = {}
-    for language, text in blocks:
-        first = text.splitlines()[0] if text else ""
-        for filename in ("pyproject.toml", "acme_forget.py"):
-            if language in ("toml", "python") and first.startswith("#") and filename in first:
-                files[filename] = text
+    files = {
+        filename: text
+        for language, text in fenced_blocks(PLUGINS_DOC)
+        for filename in ("pyproject.toml", "acme_forget.py")
+        if language in ("toml", "python") and text.startswith(f"# {filename}")  # the block names its file
+    }
     assert sorted(files) == ["acme_forget.py", "pyproject.toml"], f"{PLUGINS_DOC}: blocks changed"
     directory.mkdir(parents=True)
     for filename, text in files.items():
