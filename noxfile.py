@@ -1,16 +1,18 @@
-"""Developer sessions: ``nox -s tests``, ``nox -s lint``.
+"""Developer sessions: ``nox -s tests``, ``nox -s slow_tests``, ``nox -s lint``.
 
 By default every session runs in the environment nox itself runs in (the venv where
 ``pip install -e '.[test]'`` put miraslab and its test tools), so nothing is installed
 and PyTorch is not downloaded again::
 
-    nox -s tests                      # the whole suite, slow tests included
-    nox -s tests -- -m "not slow"     # arguments after -- go to pytest
-    nox -s tests -- tests/test_cli.py -x
+    nox -s tests                      # every test but the compile and slow ones (about 2 minutes)
+    nox -s slow_tests                 # torch.compile (inductor) and process tests (about 8 minutes cold)
+    nox -s tests -- tests/test_cli.py -x          # arguments after -- go to pytest
+    nox -s tests -- -m ""                         # a -m after -- replaces the tier: everything
     nox -s lint                       # ruff check + ruff format --check
 
-To run in an isolated, freshly created venv instead (``tests`` installs setuptools >= 70.1,
-then torch==2.13.0, the CPU build, then ``-e '.[test]'``; ``lint`` installs only ruff)::
+CI runs all three.  To run in an isolated, freshly created venv instead (the test sessions
+install setuptools >= 70.1, then torch==2.13.0, the CPU build, then ``-e '.[test]'``;
+``lint`` installs only ruff)::
 
     nox -s tests --force-venv-backend venv      # or: -fb venv, -db venv
     nox -s tests -fb venv -r                    # reuse that venv on the next run
@@ -25,7 +27,7 @@ from pathlib import Path
 import nox
 
 nox.options.default_venv_backend = "none"
-nox.options.sessions = ["tests", "lint"]
+nox.options.sessions = ["tests", "slow_tests", "lint"]
 
 TORCH = "torch==2.13.0"  # the CPU wheel; a bare `torch` would pull a multi-GB CUDA build
 # A new Python 3.11 venv has setuptools 65.5, which cannot build the test suite's wheels
@@ -43,14 +45,31 @@ def python_of(session: nox.Session) -> str:
     return sys.executable
 
 
-@nox.session
-def tests(session: nox.Session) -> None:
-    """Run pytest; pass pytest arguments after ``--``."""
+# The tiers, by pytest marker (pyproject.toml): what must pass on every change, and the
+# torch.compile and process tests, whose inductor compiles take minutes on a cold cache.
+FAST = "not compile and not slow"
+SLOW = "compile or slow"
+
+
+def install_for_tests(session: nox.Session) -> None:
     if session.venv_backend != "none":
         session.install("--upgrade", *BUILD_TOOLS)
         session.install(TORCH)
         session.install("-e", ".[test]")
-    session.run(python_of(session), "-m", "pytest", *session.posargs)
+
+
+@nox.session
+def tests(session: nox.Session) -> None:
+    """Every test not marked compile or slow; pass pytest arguments after ``--``."""
+    install_for_tests(session)
+    session.run(python_of(session), "-m", "pytest", "-m", FAST, *session.posargs)
+
+
+@nox.session
+def slow_tests(session: nox.Session) -> None:
+    """The compile and slow tests (inductor, torchrun, wheel builds); pytest arguments after ``--``."""
+    install_for_tests(session)
+    session.run(python_of(session), "-m", "pytest", "-m", SLOW, "--durations=10", *session.posargs)
 
 
 @nox.session

@@ -1,8 +1,10 @@
 """Attention: every backend equals the naive reference; the visibility rule; RoPE; and the
 Attention module's persistent tokens, prefix, sliding window and KV cache.
 
-Tolerances: a backend in float32 against the reference in float64, atol 1e-5; the Attention
-module in float32, one call against many calls through the cache, atol 1e-5.
+Tolerances, relative to the expected tensor's largest magnitude (tests/tolerance.py): a
+backend in float32 against the reference in float64, 1e-5; the Attention module in float32,
+one call against many calls through the cache, 1e-5.  RoPE's relative-position check is
+float64.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import warnings
 import attrs
 import pytest
 import torch
+from tolerance import assert_close_to_scale
 
 import miraslab
 from miraslab.errors import RecipeError
@@ -29,8 +32,8 @@ from miraslab.params import structure
 
 CPU = torch.device("cpu")
 BACKENDS = ["sdpa", "flex", "xformers"]
-BACKEND_ATOL = 1e-5
-MODULE_ATOL = 1e-5
+BACKEND_TOL = 1e-5
+MODULE_TOL = 1e-5
 
 # eager flex attention tells once per process that it materialises the scores; expected here
 pytestmark = pytest.mark.filterwarnings("ignore:flex_attention called without torch.compile:UserWarning")
@@ -62,7 +65,7 @@ def assert_backend_matches_reference(backend, q_pos, k_pos, window):
     out = backend(q, k, v, q_pos, k_pos, window)
     expected = reference_attention(q.double(), k.double(), v.double(), q_pos, k_pos, window)
     assert out.dtype == torch.float32
-    torch.testing.assert_close(out.double(), expected, atol=BACKEND_ATOL, rtol=0)
+    assert_close_to_scale(out, expected, BACKEND_TOL, "attention output")
 
 
 @pytest.fixture(params=BACKENDS)
@@ -203,7 +206,7 @@ def test_one_call_equals_piecewise_calls_through_the_cache(pieces, window, persi
     with torch.no_grad():
         whole = attention(x, prefix=prefix)
         piecewise = run_in_pieces(attention, x, pieces, prefix=prefix)
-    torch.testing.assert_close(piecewise, whole, atol=MODULE_ATOL, rtol=0)
+    assert_close_to_scale(piecewise, whole, MODULE_TOL, "piecewise")
 
 
 def test_cache_never_holds_more_than_window_minus_1_tokens():
@@ -234,7 +237,7 @@ def test_first_call_without_a_cache_starts_at_position_zero():
     assert cache.positions.tolist() == [0, 1, 2, 3] and cache.next_position == 4
     empty = torch.zeros(1, 2, 0, 8)
     from_empty_cache = attention(x, cache=KVCache(empty, empty, torch.zeros(0, dtype=torch.long), 0))
-    torch.testing.assert_close(from_empty_cache, attention(x), atol=MODULE_ATOL, rtol=0)
+    assert_close_to_scale(from_empty_cache, attention(x), MODULE_TOL, "from an empty cache")
 
 
 def test_every_query_sees_the_persistent_tokens_even_with_a_window_of_1():
@@ -305,7 +308,7 @@ def test_flex_on_cpu_refuses_training_but_serves_inference():
         attention(x)
     reference = make_attention(backend="sdpa", window=3, persistent_tokens=2)
     with torch.no_grad():
-        torch.testing.assert_close(attention(x), reference(x), atol=MODULE_ATOL, rtol=0)
+        assert_close_to_scale(attention(x), reference(x), MODULE_TOL, "flex")
 
 
 def test_flex_falls_back_to_eager_when_compiling_fails(monkeypatch):

@@ -21,6 +21,8 @@ from torch.profiler import ProfilerActivity, profile
 from miraslab.memory import chunk_compile
 from miraslab.memory.layer import MemoryLayer
 
+pytestmark = pytest.mark.compile
+
 CASES = {
     "titans-deep": {"memory": {"name": "mlp", "expansion": 2}},
     # Newton-Schulz on the materialised chunk-end state, inside the compiled step

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
+from tolerance import assert_close_to_scale
 
 from miraslab.memory.merge_heads import rms_merge_heads
 
@@ -32,18 +34,24 @@ def test_input_gradient_is_laid_out_like_the_input():
     assert grad.is_contiguous()
 
 
+@pytest.mark.compile
 def test_a_strided_input_compiles_without_graph_breaks_and_matches_eager():
     """The channel-wise path hands the merge a strided y; dynamo refuses a strided out= in the
-    backward.  Tolerance 1e-6 (fp32, the same sums)."""
-    base = torch.randn(2, 3, 4, 5, requires_grad=True)
+    backward.  The gradient is taken against a random cotangent: the gradient of
+    ``out.square().sum()`` through an RMS norm is zero but for the eps, all rounding, and
+    can be compared to nothing.  Tolerance: 1e-5 of each tensor's largest magnitude (fp32,
+    sums in another order)."""
+    generator = torch.Generator().manual_seed(0)
+    base = torch.randn(2, 3, 4, 5, generator=generator, requires_grad=True)
+    cotangent = torch.randn(2, 5, 12, generator=generator)
 
     def merged(base: torch.Tensor) -> torch.Tensor:
         y = base.transpose(-1, -2) * 1.0  # (2, 3, 5, 4) with the strides of a transpose
         return rms_merge_heads(y, torch.ones(4), 1e-6)
 
     eager = merged(base)
-    (grad_eager,) = torch.autograd.grad(eager.square().sum(), base)
+    (grad_eager,) = torch.autograd.grad((eager * cotangent).sum(), base)
     compiled = torch.compile(merged, fullgraph=True)(base)
-    (grad_compiled,) = torch.autograd.grad(compiled.square().sum(), base)
-    torch.testing.assert_close(compiled, eager, rtol=1e-6, atol=1e-6)
-    torch.testing.assert_close(grad_compiled, grad_eager, rtol=1e-6, atol=1e-6)
+    (grad_compiled,) = torch.autograd.grad((compiled * cotangent).sum(), base)
+    assert_close_to_scale(compiled, eager, 1e-5, "output")
+    assert_close_to_scale(grad_compiled, grad_eager, 1e-5, "gradient")

@@ -264,12 +264,14 @@ def layer(rate, path):
 chunked = layer(0.5, "chunked")
 y = chunked(x)
 y.sum().backward()
+recurrent = layer(0.5, "recurrent")(x)
 print(json.dumps({
     "shape": list(y.shape),
     "finite": bool(torch.isfinite(y).all()),
     "retention_class": type(chunked.memory.rule.retention).__name__,
-    "chunked_vs_recurrent": (y - layer(0.5, "recurrent")(x)).abs().max().item(),
-    "rate_changes_output": (y - layer(0.99, "chunked")(x)).abs().max().item(),
+    # relative to the output's largest magnitude (tests/tolerance.py)
+    "chunked_vs_recurrent": ((y - recurrent).abs().max() / recurrent.abs().max()).item(),
+    "rate_changes_output": ((y - layer(0.99, "chunked")(x)).abs().max() / y.abs().max()).item(),
 }))
 """
 
@@ -284,7 +286,7 @@ def test_a_memory_layer_runs_forward_and_backward_with_the_plugin_retention(
     assert report["shape"] == [2, 12, 32] and report["finite"]
     assert report["retention_class"] == retention_class
     assert report["chunked_vs_recurrent"] < 1e-5  # the two paths agree at the same chunk size (fp32)
-    assert report["rate_changes_output"] > 1e-3  # the retention is really applied
+    assert report["rate_changes_output"] > 1e-3  # the retention is really applied (of the scale)
 
 
 # --- failures name the plugin and its distribution ----------------------------------------

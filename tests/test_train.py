@@ -272,6 +272,7 @@ def test_torchrun_with_two_processes_reproduces_the_single_process_curve(workspa
     assert len(list((tmp_path / "ddp" / "checkpoints").glob("step-*"))) >= 1
 
 
+@pytest.mark.compile
 def test_torch_compile_trains_to_the_same_losses(workspace, tmp_path):
     """inductor on CPU. Tolerance: relative 1e-4 (fused kernels reorder float sums)."""
     small = ["model.n_layers=1", "data.seq_len=16", "train.eval_every=0"]
