@@ -5,7 +5,7 @@ By default every session runs in the environment nox itself runs in (the venv wh
 and PyTorch is not downloaded again::
 
     nox -s tests                      # every test but the compile and slow ones (about 2 minutes)
-    nox -s slow_tests                 # torch.compile (inductor) and process tests (about 8 minutes cold)
+    nox -s slow_tests                 # torch.compile (inductor) and process tests (8 minutes cold, 5 warm)
     nox -s tests -- tests/test_cli.py -x          # arguments after -- go to pytest
     nox -s tests -- -m ""                         # a -m after -- replaces the tier: everything
     nox -s lint                       # ruff check + ruff format --check

@@ -24,11 +24,15 @@ if TYPE_CHECKING:
 SPLITS = ("train", "val")
 
 
-class Batches(Iterator["torch.Tensor"], ABC):
-    """Endless ``(batch_size // world_size, seq_len + 1)`` int64 token tensors for one process.
+class Batches(Iterator["torch.Tensor | dict[str, torch.Tensor]"], ABC):
+    """Endless batches of ``batch_size // world_size`` rows for one process.
 
-    A row holds ``seq_len + 1`` tokens: the model reads ``row[:, :-1]`` and predicts
-    ``row[:, 1:]``.  ``state_dict()`` is JSON-serialisable and the same on every process;
+    A text batch is one int64 tensor of ``seq_len + 1`` tokens a row: the model reads
+    ``row[:, :-1]`` and predicts ``row[:, 1:]``.  A task with answers yields a dict of
+    ``(rows, seq_len)`` tensors, ``inputs`` and ``labels`` (what the logits at each position
+    must predict, -100 where nothing is asked; loss and accuracy count only the rest) and
+    anything else an evaluator may use (MQAR's ``distance``); see ``miraslab.data.batch``.
+    ``state_dict()`` is JSON-serialisable and the same on every process;
     a task given it back as ``state`` continues with exactly the batch that would have
     come next.
     """
@@ -37,7 +41,7 @@ class Batches(Iterator["torch.Tensor"], ABC):
         return self
 
     @abstractmethod
-    def __next__(self) -> torch.Tensor: ...
+    def __next__(self) -> torch.Tensor | dict[str, torch.Tensor]: ...
 
     @abstractmethod
     def state_dict(self) -> dict[str, Any]: ...

@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from ..components import build_component
+from ..data.batch import IGNORE, TrainingBatch
 from ..errors import MiraslabError, RecipeError
 from ..model.language_model import LanguageModel
 from ..recipe.resolve import recipe_to_dict
@@ -265,30 +266,35 @@ class Trainer:
     def _optimizer_step(self, batches: Any, context: RunContext, hook: Any) -> dict[str, Any]:
         stage_train = self.stage.recipe.train
         lr = set_learning_rate(self.optimizer, stage_train.lr, schedule_factor(self.step, self.train))
-        rows = next(batches).to(self.dist.device)
-        micro = self.train.micro_batch_size or rows.shape[0]
-        if rows.shape[0] % micro:
+        batch = TrainingBatch.of(next(batches)).to(self.dist.device)
+        micro = self.train.micro_batch_size or batch.rows
+        if batch.rows % micro:
             raise RecipeError(
                 [
                     f"train.micro_batch_size: expected a divisor of the per-process batch "
-                    f"({rows.shape[0]}), got {micro}"
+                    f"({batch.rows}), got {micro}"
                 ]
             )
-        pieces = rows.split(micro)
+        pieces = batch.split(micro)
+        # the loss is the mean over the batch's labelled targets: each micro-batch's sum over
+        # its own, divided by the batch's count (a synthetic task's rows may differ in count)
+        labelled = max(batch.labelled, 1)
         total_loss, extras = 0.0, {}
         self.model.train()
         for index, piece in enumerate(pieces):
-            inputs, targets = piece[:, :-1], piece[:, 1:]
             with self.dist.no_sync(self.model, last=index == len(pieces) - 1), self._precision_context():
-                logits = self.model(inputs)
-                loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1))
-                objective = loss
+                logits = self.model(piece.inputs)
+                loss_sum = F.cross_entropy(
+                    logits.float().reshape(-1, logits.shape[-1]), piece.targets.reshape(-1), reduction="sum"
+                )
+                loss = loss_sum / max(piece.labelled, 1)
+                objective = loss_sum / labelled
                 for terms in hook.loss_terms(run=context, outputs={"logits": logits, "loss": loss}):
                     for name, value in (terms or {}).items():
-                        objective = objective + value
+                        objective = objective + value / len(pieces)
                         extras[name] = extras.get(name, 0.0) + float(value.detach()) / len(pieces)
-                (objective / len(pieces)).backward()
-            total_loss += float(loss.detach()) / len(pieces)
+                objective.backward()
+            total_loss += float(loss_sum.detach()) / labelled
         clip = self.stage.recipe.train.grad_clip
         parameters = [p for p in self.raw.parameters() if p.grad is not None]
         if clip > 0:
@@ -326,23 +332,34 @@ class Trainer:
     def _evaluate(self, task: Any, context: RunContext, hook: Any) -> dict[str, Any]:
         val = self._batches(task, "val")  # a fresh iterator: every pass sees the same batches
         self.model.eval()
-        losses = []
+        losses, correct, asked, partial = [], 0, 0, False
         with torch.no_grad(), self._precision_context():
             for _ in range(self.train.eval_batches):
-                rows = next(val).to(self.dist.device)
-                logits = self.model(rows[:, :-1])
+                batch = TrainingBatch.of(next(val)).to(self.dist.device)
+                logits = self.model(batch.inputs)
                 losses.append(
                     float(
-                        F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), rows[:, 1:].reshape(-1))
+                        F.cross_entropy(
+                            logits.float().reshape(-1, logits.shape[-1]), batch.targets.reshape(-1)
+                        )
                     )
                 )
+                mask = batch.targets != IGNORE
+                partial = partial or not bool(mask.all())
+                correct += int((logits.argmax(-1) == batch.targets)[mask].sum())
+                asked += int(mask.sum())
         self.model.train()
         loss = self.dist.mean(sum(losses) / len(losses))
         metrics = {"step": self.step, "event": "eval", "val_loss": loss, "val_ppl": math.exp(min(loss, 50.0))}
+        if partial:  # a task with answers (labels IGNORE elsewhere): the share answered right
+            metrics["val_accuracy"] = self.dist.mean(correct / max(asked, 1))
         hook.on_eval(run=context, metrics=metrics)
         if self.dist.is_main:
             self.run_dir.log(metrics)
-        self.progress.event(f"step {self.step}: val_loss {loss:.4f}, val_ppl {metrics['val_ppl']:.2f}")
+        line = f"step {self.step}: val_loss {loss:.4f}, val_ppl {metrics['val_ppl']:.2f}"
+        if "val_accuracy" in metrics:
+            line += f", val_accuracy {metrics['val_accuracy']:.1%}"
+        self.progress.event(line)
         return metrics
 
     def _save(self, batches: Any, hook: Any, context: RunContext) -> None:
