@@ -5,40 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from training_cases import MQAR_RECIPE as RECIPE
 
 import miraslab
 from miraslab.data.batch import IGNORE, TrainingBatch
 from miraslab.train.run_dir import RunDir, load_run
 from miraslab.train.trainer import Trainer
-
-RECIPE = """
-name = "mqar-tiny"
-[model]
-vocab_size = 64
-d_model = 16
-n_layers = 1
-n_heads = 2
-layout = "mal"
-[model.attention]
-window = 4
-[model.memory]
-memory = "linear"
-retention = "none"
-algorithm = "gd"
-chunk_size = 8
-[data]
-task = { name = "mqar", vocab_size = 64, seq_len = 32, num_kv_pairs = 4, min_query_distance = 9 }
-seq_len = 32
-[train]
-steps = 4
-batch_size = 4
-lr = 1e-3
-warmup_steps = 0
-log_every = 1
-eval_every = 2
-eval_batches = 2
-checkpoint_every = 4
-"""
 
 
 def train(write_recipe, out, sets=()) -> list[dict]:

@@ -66,3 +66,34 @@ def write_recipe(directory: Path, corpus: Path, extra: str = "", layout: str = "
     path = directory / "tiny.toml"
     path.write_text(text)
     return path
+
+
+# A one-layer memory model on MQAR small enough to train in a second (tasks with answers).
+MQAR_RECIPE = """
+name = "mqar-tiny"
+[model]
+vocab_size = 64
+d_model = 16
+n_layers = 1
+n_heads = 2
+layout = "mal"
+[model.attention]
+window = 4
+[model.memory]
+memory = "linear"
+retention = "none"
+algorithm = "gd"
+chunk_size = 8
+[data]
+task = { name = "mqar", vocab_size = 64, seq_len = 32, num_kv_pairs = 4, min_query_distance = 9 }
+seq_len = 32
+[train]
+steps = 4
+batch_size = 4
+lr = 1e-3
+warmup_steps = 0
+log_every = 1
+eval_every = 2
+eval_batches = 2
+checkpoint_every = 4
+"""

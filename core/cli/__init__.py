@@ -7,9 +7,16 @@ import sys
 from collections.abc import Sequence
 
 from ..errors import MiraslabError
-from . import generate_command, plugins_command, recipe_command, tokenizer_command, train_command
+from . import (
+    eval_command,
+    generate_command,
+    plugins_command,
+    recipe_command,
+    tokenizer_command,
+    train_command,
+)
 
-COMMANDS = (plugins_command, recipe_command, tokenizer_command, train_command, generate_command)
+COMMANDS = (plugins_command, recipe_command, tokenizer_command, train_command, generate_command, eval_command)
 
 
 def build_parser() -> argparse.ArgumentParser:

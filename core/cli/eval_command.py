@@ -1,0 +1,62 @@
+"""``miraslab eval RUN [--task NAME] [--set task.x=...] [--json]``: accuracy of a trained run."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+
+def add_parser(sub: Any) -> None:
+    from . import add_set_option
+
+    parser = sub.add_parser(
+        "eval", help="accuracy of a trained run on its task (or another), overall and by distance"
+    )
+    parser.add_argument("run_dir", type=Path, metavar="RUN", help="a run directory written by miraslab train")
+    parser.add_argument("--task", help="a task plugin to evaluate on instead of the run's own (e.g. mqar)")
+    add_set_option(parser)  # task.x=... is short for data.task.x=...
+    parser.add_argument("--batches", type=int, default=8, help="validation batches to evaluate (default 8)")
+    parser.add_argument("--checkpoint", type=Path, help="a checkpoint directory instead of the run's latest")
+    parser.add_argument("--json", action="store_true", help="print the result as JSON")
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..components import build_component
+    from ..errors import MiraslabError
+    from ..evaluation import evaluate
+    from ..recipe.resolve import load_recipe
+    from ..train.run_dir import load_run
+
+    if args.batches < 1:
+        raise MiraslabError(f"--batches: expected an integer >= 1, got {args.batches}")
+    loaded = load_run(args.run_dir, args.checkpoint)
+    sets = [f'data.task={{ name = "{args.task}" }}'] if args.task else []
+    sets += [f"data.{item}" if item.startswith("task.") else item for item in args.sets]
+    recipe = load_recipe(args.run_dir / "recipe.toml", sets) if sets else loaded.recipe
+    task = build_component(recipe.data.task)
+    if task.vocab_size() > recipe.model.vocab_size:
+        raise MiraslabError(
+            f"data.task.vocab_size: the task's {task.vocab_size()} tokens do not fit the run's "
+            f"model.vocab_size ({recipe.model.vocab_size})"
+        )
+    batches = task.batches(
+        "val", seq_len=recipe.data.seq_len, batch_size=recipe.train.batch_size, seed=recipe.seed
+    )
+    result = {"run": str(args.run_dir), "step": loaded.step, "task": recipe.data.task.name}
+    result |= evaluate(loaded.model, batches, args.batches)
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return 0
+    print(
+        f"{args.run_dir} at step {loaded.step} on {result['task']}: accuracy {result['accuracy']:.1%} "
+        f"over {result['answers']:,} answers, loss {result['loss']:.4f}"
+    )
+    for bucket in result["by_distance"]:
+        print(
+            f"  distance {bucket['from']:>5}-{bucket['to'] - 1:<5} accuracy {bucket['accuracy']:6.1%}"
+            f"  ({bucket['answers']:,} answers)"
+        )
+    return 0

@@ -1,0 +1,60 @@
+"""Accuracy of a trained model on a task's validation batches, overall and by distance.
+
+For a task with answers (labels -100 elsewhere, e.g. MQAR) accuracy is the share of
+answers whose argmax is right; for text, next-token accuracy over every position.  Where
+the batches carry each answer's key-to-query ``distance``, accuracy is also reported per
+distance bucket: powers of two, [2, 4), [4, 8), ... — how far back the model can recall.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from .data.batch import IGNORE, TrainingBatch
+
+
+def distance_bucket(distance: int) -> tuple[int, int]:
+    """The power-of-two bucket [2^j, 2^(j+1)) holding ``distance`` (>= 1)."""
+    low = 1 << (max(distance, 1).bit_length() - 1)
+    return low, 2 * low
+
+
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, batches: Any, count: int) -> dict[str, Any]:
+    """Loss and accuracy over ``count`` batches of ``batches`` (an iterator of a task's batches)."""
+    was_training = model.training
+    model.eval()
+    loss_sum, correct, asked = 0.0, 0, 0
+    by_bucket: dict[tuple[int, int], list[int]] = {}
+    try:
+        for _ in range(count):
+            batch = TrainingBatch.of(next(batches))
+            logits = model(batch.inputs).float()
+            answers = batch.targets != IGNORE
+            right = logits.argmax(-1) == batch.targets
+            loss_sum += float(F.cross_entropy(logits[answers], batch.targets[answers], reduction="sum"))
+            correct += int(right[answers].sum())
+            asked += int(answers.sum())
+            distance = batch.extras.get("distance")
+            if distance is not None:
+                for d, hit in zip(distance[answers].tolist(), right[answers].tolist(), strict=True):
+                    tally = by_bucket.setdefault(distance_bucket(d), [0, 0])
+                    tally[0] += int(hit)
+                    tally[1] += 1
+    finally:
+        model.train(was_training)
+    loss = loss_sum / max(asked, 1)
+    return {
+        "accuracy": correct / max(asked, 1),
+        "loss": loss,
+        "ppl": math.exp(min(loss, 50.0)),
+        "answers": asked,
+        "by_distance": [
+            {"from": low, "to": high, "accuracy": hits / total, "answers": total}
+            for (low, high), (hits, total) in sorted(by_bucket.items())
+        ],
+    }
