@@ -48,9 +48,21 @@ def test_a_task_setting_changes_what_is_asked(mqar_run, capsys):
 def test_text_output_and_a_bad_key_is_one_line(mqar_run, capsys):
     assert main(["eval", str(mqar_run), "--batches", "1"]) == 0
     out = capsys.readouterr().out
-    assert "on mqar: accuracy" in out and "distance" in out
+    assert "on mqar, memory carried: accuracy" in out and "distance" in out
     assert main(["eval", str(mqar_run), "--set", "task.vocab_sise=3"]) == 2
     assert "data.task.vocab_sise: unknown key" in capsys.readouterr().err
+
+
+def test_memory_all_evaluates_the_same_batches_carried_reset_and_zeroed(mqar_run, capsys):
+    result = eval_json(capsys, str(mqar_run), "--memory", "all", "--batches", "2")
+    modes = result["by_memory"]
+    assert list(modes) == ["carried", "reset", "zero"]
+    assert {m["answers"] for m in modes.values()} == {2 * 4 * 4}
+    carried = eval_json(capsys, str(mqar_run), "--batches", "2")
+    assert modes["carried"]["loss"] == pytest.approx(carried["loss"])  # the mode is restored between
+    reset = eval_json(capsys, str(mqar_run), "--memory", "reset", "--batches", "2")
+    assert reset["memory"] == "reset" and reset["loss"] == pytest.approx(modes["reset"]["loss"])
+    assert modes["reset"]["loss"] != pytest.approx(carried["loss"], rel=1e-6)  # the ablation acts
 
 
 def test_distance_buckets_are_powers_of_two():

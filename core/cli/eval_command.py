@@ -1,4 +1,5 @@
-"""``miraslab eval RUN [--task NAME] [--set task.x=...] [--json]``: accuracy of a trained run."""
+"""``miraslab eval RUN [--task NAME] [--set task.x=...] [--memory MODE] [--json]``: accuracy of a
+trained run, with its memory as trained or ablated (see ``miraslab.memory.ablation``)."""
 
 from __future__ import annotations
 
@@ -19,6 +20,13 @@ def add_parser(sub: Any) -> None:
     add_set_option(parser)  # task.x=... is short for data.task.x=...
     parser.add_argument("--batches", type=int, default=8, help="validation batches to evaluate (default 8)")
     parser.add_argument("--checkpoint", type=Path, help="a checkpoint directory instead of the run's latest")
+    parser.add_argument(
+        "--memory",
+        default="carried",
+        choices=("carried", "reset", "zero", "all"),
+        help="the memory as trained (carried), its state reset at every chunk (reset), its read "
+        "zeroed (zero), or all three on the same batches (all)",
+    )
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     parser.set_defaults(run=run)
 
@@ -27,6 +35,7 @@ def run(args: argparse.Namespace) -> int:
     from ..components import build_component
     from ..errors import MiraslabError
     from ..evaluation import evaluate
+    from ..memory.ablation import MODES, memory_ablation
     from ..recipe.resolve import load_recipe
     from ..train.run_dir import load_run
 
@@ -42,21 +51,27 @@ def run(args: argparse.Namespace) -> int:
             f"data.task.vocab_size: the task's {task.vocab_size()} tokens do not fit the run's "
             f"model.vocab_size ({recipe.model.vocab_size})"
         )
-    batches = task.batches(
-        "val", seq_len=recipe.data.seq_len, batch_size=recipe.train.batch_size, seed=recipe.seed
-    )
-    result = {"run": str(args.run_dir), "step": loaded.step, "task": recipe.data.task.name}
-    result |= evaluate(loaded.model, batches, args.batches)
-    if args.json:
-        print(json.dumps(result, indent=2))
-        return 0
-    print(
-        f"{args.run_dir} at step {loaded.step} on {result['task']}: accuracy {result['accuracy']:.1%} "
-        f"over {result['answers']:,} answers, loss {result['loss']:.4f}"
-    )
-    for bucket in result["by_distance"]:
-        print(
-            f"  distance {bucket['from']:>5}-{bucket['to'] - 1:<5} accuracy {bucket['accuracy']:6.1%}"
-            f"  ({bucket['answers']:,} answers)"
+    modes = MODES if args.memory == "all" else (args.memory,)
+    results = {}
+    for mode in modes:  # a fresh iterator per mode: every mode sees the same batches
+        batches = task.batches(
+            "val", seq_len=recipe.data.seq_len, batch_size=recipe.train.batch_size, seed=recipe.seed
         )
+        with memory_ablation(loaded.model, mode):
+            results[mode] = {"memory": mode, **evaluate(loaded.model, batches, args.batches)}
+    head = {"run": str(args.run_dir), "step": loaded.step, "task": recipe.data.task.name}
+    if args.json:
+        output = head | results[modes[0]] if len(modes) == 1 else head | {"by_memory": results}
+        print(json.dumps(output, indent=2))
+        return 0
+    for mode, result in results.items():
+        print(
+            f"{args.run_dir} at step {loaded.step} on {head['task']}, memory {mode}: accuracy "
+            f"{result['accuracy']:.1%} over {result['answers']:,} answers, loss {result['loss']:.4f}"
+        )
+        for bucket in result["by_distance"]:
+            print(
+                f"  distance {bucket['from']:>5}-{bucket['to'] - 1:<5} accuracy {bucket['accuracy']:6.1%}"
+                f"  ({bucket['answers']:,} answers)"
+            )
     return 0

@@ -82,6 +82,9 @@ class NeuralMemory(nn.Module):
         self.gates = GateProjections(dim, heads, self.rule.gate_defs(), head_dim, gate_rank)
         self.record = False  # keep the norms of the last state for monitors
         self.last_norms: dict[str, float] = {}
+        # None, or an ablation ("reset": the state starts fresh at every chunk; "zero": the
+        # read is zeros) set by miraslab.memory.ablation.memory_ablation for evaluation
+        self.ablation: str | None = None
 
     def forward(
         self,
@@ -100,20 +103,40 @@ class NeuralMemory(nn.Module):
             if self.qk_norm:
                 q = F.normalize(q, dim=-1)
         q, k = self.features(q, query=True), self.features(k)
-        y, memory_state = memory_op(
-            self.rule,
-            q,
-            k,
-            v,
-            self.gates(x),
-            memory_in,
-            self.chunk_size,
-            path or self.path,
-            self.compile_chunks,
-        )
+        gates = self.gates(x)
+        if self.ablation == "reset":
+            y, memory_state = self._fresh_every_chunk(q, k, v, gates, path or self.path)
+        else:
+            y, memory_state = memory_op(
+                self.rule, q, k, v, gates, memory_in, self.chunk_size, path or self.path, self.compile_chunks
+            )
+        if self.ablation == "zero":
+            y = torch.zeros_like(y)
         if self.record:
             self.last_norms = state_norms(memory_state)
         return y, NeuralMemoryState(memory_state, qk_state)
+
+    def _fresh_every_chunk(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, gates: dict[str, torch.Tensor], path: str
+    ) -> tuple[torch.Tensor, MemoryState]:
+        """Each chunk of the call (from its first token) written and read from the initial
+        state: nothing carries from one chunk to the next, nor from an earlier call."""
+        outputs, state = [], None
+        for start in range(0, q.shape[2], self.chunk_size):
+            part = slice(start, start + self.chunk_size)
+            piece_gates = {name: gate[:, :, part] for name, gate in gates.items()}
+            y, state = memory_op(
+                self.rule,
+                q[:, :, part],
+                k[:, :, part],
+                v[:, :, part],
+                piece_gates,
+                None,
+                self.chunk_size,
+                path,
+            )
+            outputs.append(y)
+        return torch.cat(outputs, dim=2), state
 
     def retrieve(self, q: torch.Tensor, state: NeuralMemoryState | None) -> torch.Tensor:
         """Read with the state's current weights, without writing (MAC's h_t = M*_{t-1}(q_t))."""
@@ -123,6 +146,7 @@ class NeuralMemory(nn.Module):
                 q = F.normalize(q, dim=-1)
         q = self.features(q, query=True)
         memory_state = state.memory if state is not None and state.memory is not None else None
-        if memory_state is None:
+        if memory_state is None or self.ablation == "reset":  # reset: nothing carried in
             memory_state = self.rule.initial_state(q.shape[0])
-        return self.rule.read(memory_state.weights, q)
+        y = self.rule.read(memory_state.weights, q)
+        return torch.zeros_like(y) if self.ablation == "zero" else y
