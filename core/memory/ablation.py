@@ -21,6 +21,10 @@ from .neural_memory import NeuralMemory
 MODES = ("carried", "reset", "zero")
 
 
+def has_memory(model: nn.Module) -> bool:
+    return any(isinstance(module, NeuralMemory) for module in model.modules())
+
+
 @contextlib.contextmanager
 def memory_ablation(model: nn.Module, mode: str) -> Iterator[int]:
     """Run ``model`` under ``mode`` inside the block; yields how many memories it changed."""

@@ -76,6 +76,11 @@ class TrainSpec:
     log_every: int = param(10, ge=1, doc="steps between metrics.jsonl lines")
     eval_every: int = param(200, ge=0, doc="steps between validation passes; 0 disables")
     eval_batches: int = param(4, ge=1, doc="batches per validation pass")
+    memory_use: bool = param(
+        True,
+        doc="each validation pass also takes the loss with the memory state reset at every chunk and "
+        "with its read zeroed (memory_use/carry_gain, read_gain): two more forwards per batch",
+    )
     checkpoint_every: int = param(500, ge=0, doc="steps between checkpoints; 0 keeps only the final one")
     keep_checkpoints: int = param(3, ge=1, doc="checkpoints kept on disk")
 

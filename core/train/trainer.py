@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from ..components import build_component
 from ..data.batch import IGNORE, TrainingBatch
 from ..errors import MiraslabError, RecipeError
+from ..memory.ablation import has_memory, memory_ablation
 from ..model.language_model import LanguageModel
 from ..recipe.resolve import recipe_to_dict
 from ..recipe.schema import Recipe
@@ -333,17 +334,17 @@ class Trainer:
         val = self._batches(task, "val")  # a fresh iterator: every pass sees the same batches
         self.model.eval()
         losses, correct, asked, partial = [], 0, 0, False
+        # the memory-use metric: the same batches with the memory's carried state taken away,
+        # on the unwrapped model (a compiled one would compile each ablation anew)
+        ablations = {"reset": [], "zero": []} if self.train.memory_use and has_memory(self.raw) else {}
         with torch.no_grad(), self._precision_context():
             for _ in range(self.train.eval_batches):
                 batch = TrainingBatch.of(next(val)).to(self.dist.device)
                 logits = self.model(batch.inputs)
-                losses.append(
-                    float(
-                        F.cross_entropy(
-                            logits.float().reshape(-1, logits.shape[-1]), batch.targets.reshape(-1)
-                        )
-                    )
-                )
+                losses.append(_mean_loss(logits, batch.targets))
+                for mode, values in ablations.items():
+                    with memory_ablation(self.raw, mode):
+                        values.append(_mean_loss(self.raw(batch.inputs), batch.targets))
                 mask = batch.targets != IGNORE
                 partial = partial or not bool(mask.all())
                 correct += int((logits.argmax(-1) == batch.targets)[mask].sum())
@@ -353,12 +354,23 @@ class Trainer:
         metrics = {"step": self.step, "event": "eval", "val_loss": loss, "val_ppl": math.exp(min(loss, 50.0))}
         if partial:  # a task with answers (labels IGNORE elsewhere): the share answered right
             metrics["val_accuracy"] = self.dist.mean(correct / max(asked, 1))
+        if ablations:
+            reset = self.dist.mean(sum(ablations["reset"]) / len(losses))
+            zero = self.dist.mean(sum(ablations["zero"]) / len(losses))
+            metrics["memory_use/carry_gain"] = reset - loss  # nats the carried state is worth
+            metrics["memory_use/carry_gain_share"] = (reset - loss) / loss
+            metrics["memory_use/read_gain"] = zero - loss
         hook.on_eval(run=context, metrics=metrics)
         if self.dist.is_main:
             self.run_dir.log(metrics)
         line = f"step {self.step}: val_loss {loss:.4f}, val_ppl {metrics['val_ppl']:.2f}"
         if "val_accuracy" in metrics:
             line += f", val_accuracy {metrics['val_accuracy']:.1%}"
+        if "memory_use/carry_gain" in metrics:
+            line += (
+                f", memory carry gain {metrics['memory_use/carry_gain']:+.4f} nats "
+                f"({metrics['memory_use/carry_gain_share']:+.1%})"
+            )
         self.progress.event(line)
         return metrics
 
@@ -467,3 +479,8 @@ def _compiled(model: torch.nn.Module, progress: TrainingProgress) -> torch.nn.Mo
     except Exception as exc:
         progress.event(f"warning: torch.compile is unavailable ({type(exc).__name__}: {exc}); running eager")
         return model
+
+
+def _mean_loss(logits: torch.Tensor, targets: torch.Tensor) -> float:
+    """Cross-entropy over the targets that count (IGNORE left out), in fp32."""
+    return float(F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1)))

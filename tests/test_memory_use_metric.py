@@ -1,0 +1,66 @@
+"""The memory-use metric logged at every evaluation: what the memory's carried state is worth."""
+
+from __future__ import annotations
+
+import pytest
+import torch.nn.functional as F
+from conftest import REPO
+from training_cases import MQAR_RECIPE
+
+import miraslab
+from miraslab.components import build_component
+from miraslab.data.batch import IGNORE
+from miraslab.memory.ablation import memory_ablation
+from miraslab.train.run_dir import RunDir, load_run
+from miraslab.train.trainer import Trainer
+
+KEYS = {"memory_use/carry_gain", "memory_use/carry_gain_share", "memory_use/read_gain"}
+
+
+def evals(write_recipe, out, sets=(), recipe=MQAR_RECIPE) -> list[dict]:
+    loaded = miraslab.load_recipe(write_recipe("r.toml", recipe), list(sets))
+    Trainer(loaded, out, show_progress=False).run()
+    return [m for m in RunDir(out).metrics() if m.get("event") == "eval"]
+
+
+def test_the_gains_are_the_losses_with_the_memory_reset_and_zeroed_minus_carried(write_recipe, tmp_path):
+    last = evals(write_recipe, tmp_path / "run")[-1]
+    assert last.keys() >= KEYS
+    run = load_run(tmp_path / "run")
+    val = build_component(run.recipe.data.task).batches("val", seq_len=32, batch_size=4, seed=run.recipe.seed)
+    batches = [next(val) for _ in range(2)]
+
+    def loss(mode: str) -> float:
+        with memory_ablation(run.model, mode):
+            return sum(
+                F.cross_entropy(
+                    run.model(b["inputs"]).reshape(-1, 64), b["labels"].reshape(-1), ignore_index=IGNORE
+                ).item()
+                for b in batches
+            ) / len(batches)
+
+    carried = loss("carried")
+    assert last["memory_use/carry_gain"] == pytest.approx(loss("reset") - carried, abs=1e-5)
+    assert last["memory_use/read_gain"] == pytest.approx(loss("zero") - carried, abs=1e-5)
+    assert last["memory_use/carry_gain_share"] == pytest.approx(
+        last["memory_use/carry_gain"] / carried, rel=1e-4
+    )
+
+
+def test_a_memory_with_nothing_to_carry_shows_no_gain_and_it_can_be_turned_off(write_recipe, tmp_path):
+    # one chunk covers the whole sequence: resetting at chunk starts changes nothing
+    one_chunk = evals(write_recipe, tmp_path / "one", ["model.memory.chunk_size=32"])[-1]
+    assert one_chunk["memory_use/carry_gain"] == pytest.approx(0.0, abs=1e-6)
+    assert one_chunk["memory_use/read_gain"] != pytest.approx(0.0, abs=1e-4)  # the read itself matters
+    off = evals(write_recipe, tmp_path / "off", ["train.memory_use=false"])[-1]
+    assert not KEYS & off.keys()
+    no_memory = evals(write_recipe, tmp_path / "swa", ['model.layout="swa"'])[-1]
+    assert not KEYS & no_memory.keys()
+
+
+def test_on_recall_only_a_memory_can_do_the_carry_gain_is_large_within_a_hundred_steps(tmp_path):
+    """recipes/mqar/delta-proof.toml, 100 steps (about 8 s): well over a nat already."""
+    recipe = miraslab.load_recipe(REPO / "recipes" / "mqar" / "delta-proof.toml", ["train.eval_every=100"])
+    Trainer(recipe, tmp_path / "proof", max_steps=100, show_progress=False).run()
+    last = [m for m in RunDir(tmp_path / "proof").metrics() if m.get("event") == "eval"][-1]
+    assert last["step"] == 100 and last["memory_use/carry_gain"] > 0.5
