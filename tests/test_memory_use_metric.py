@@ -64,3 +64,24 @@ def test_on_recall_only_a_memory_can_do_the_carry_gain_is_large_within_a_hundred
     Trainer(recipe, tmp_path / "proof", max_steps=100, show_progress=False).run()
     last = [m for m in RunDir(tmp_path / "proof").metrics() if m.get("event") == "eval"][-1]
     assert last["step"] == 100 and last["memory_use/carry_gain"] > 0.5
+
+
+LOW_GAIN = ["model.memory.chunk_size=32", "train.memory_use_min_share=0.01", "train.memory_use_patience=2"]
+
+
+def test_a_carry_gain_below_the_floor_warns_after_the_patience(write_recipe, tmp_path):
+    """One chunk per sequence: the gain is 0, below a 1 % floor at both evaluations (steps 2, 4)."""
+    evals(write_recipe, tmp_path / "warn", LOW_GAIN)
+    warnings = [m for m in RunDir(tmp_path / "warn").metrics() if m.get("event") == "memory_use_warning"]
+    assert [m["step"] for m in warnings] == [4]
+    assert "below train.memory_use_min_share 1.00% for 2 evaluations" in warnings[0]["message"]
+
+
+def test_stop_ends_the_run_with_the_diagnosis_and_keeps_the_last_checkpoint(write_recipe, tmp_path):
+    from miraslab.errors import MiraslabError
+    from miraslab.train.checkpoint import load_checkpoint
+
+    sets = [*LOW_GAIN, 'train.memory_use_action="stop"', "train.checkpoint_every=2"]
+    with pytest.raises(MiraslabError, match=r"run stopped at step 4: memory_use/carry_gain_share 0\.00%"):
+        evals(write_recipe, tmp_path / "stop", sets)
+    assert load_checkpoint(tmp_path / "stop").step == 2  # step 4's checkpoint is not written

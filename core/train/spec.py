@@ -81,6 +81,18 @@ class TrainSpec:
         doc="each validation pass also takes the loss with the memory state reset at every chunk and "
         "with its read zeroed (memory_use/carry_gain, read_gain): two more forwards per batch",
     )
+    memory_use_min_share: float = param(
+        0.0,
+        ge=0,
+        doc="warn (or stop) when memory_use/carry_gain_share stays below this for memory_use_patience "
+        "evaluations in a row, e.g. 0.01; 0 never does",
+    )
+    memory_use_patience: int = param(3, ge=1, doc="evaluations in a row below memory_use_min_share")
+    memory_use_action: str = param(
+        "warn",
+        choices=("warn", "stop"),
+        doc="on a low carry gain: a warning, or stop (the last checkpoint kept)",
+    )
     checkpoint_every: int = param(500, ge=0, doc="steps between checkpoints; 0 keeps only the final one")
     keep_checkpoints: int = param(3, ge=1, doc="checkpoints kept on disk")
 

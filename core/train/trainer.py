@@ -85,6 +85,7 @@ class Trainer:
         self.stage: Stage | None = None
         self.step, self.tokens = 0, 0
         self.registry = get_registry()
+        self.low_carry_evals = 0  # evaluations in a row below train.memory_use_min_share
 
     # --- setup ------------------------------------------------------------------------
 
@@ -372,7 +373,29 @@ class Trainer:
                 f"({metrics['memory_use/carry_gain_share']:+.1%})"
             )
         self.progress.event(line)
+        self._check_carry_gain(metrics, context)
         return metrics
+
+    def _check_carry_gain(self, metrics: dict[str, Any], context: RunContext) -> None:
+        """Warn or stop once the carry gain has stayed below its floor for the patience."""
+        floor = self.train.memory_use_min_share
+        share = metrics.get("memory_use/carry_gain_share")
+        if not floor or share is None:
+            return
+        self.low_carry_evals = self.low_carry_evals + 1 if share < floor else 0
+        if self.low_carry_evals < self.train.memory_use_patience:
+            return
+        diagnosis = (
+            f"memory_use/carry_gain_share {share:.2%} below train.memory_use_min_share {floor:.2%} for "
+            f"{self.low_carry_evals} evaluations (carry gain {metrics['memory_use/carry_gain']:+.4f} nats at "
+            f"step {self.step}): the memory carries nothing across chunks"
+        )
+        if self.dist.is_main:
+            self.run_dir.log({"step": self.step, "event": "memory_use_warning", "message": diagnosis})
+        if self.train.memory_use_action == "stop":
+            context.request_stop(diagnosis)
+        else:
+            self.progress.event(f"warning: {diagnosis}")
 
     def _save(self, batches: Any, hook: Any, context: RunContext) -> None:
         model_state, optimizer_state = full_state_dicts(self.model, self.optimizer)
