@@ -9,6 +9,7 @@ distance bucket: powers of two, [2, 4), [4, 8), ... — how far back the model c
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from typing import Any
 
 import torch
@@ -24,19 +25,25 @@ def distance_bucket(distance: int) -> tuple[int, int]:
 
 
 @torch.no_grad()
-def evaluate(model: torch.nn.Module, batches: Any, count: int) -> dict[str, Any]:
-    """Loss and accuracy over ``count`` batches of ``batches`` (an iterator of a task's batches)."""
+def evaluate(model: torch.nn.Module, batches: Iterable[Any]) -> dict[str, Any]:
+    """Loss (the mean over all answers) and accuracy over ``batches`` (a task's batches, or
+    ``TrainingBatch``es); the same list can be evaluated again, e.g. under an ablation."""
     was_training = model.training
     model.eval()
     loss_sum, correct, asked = 0.0, 0, 0
     by_bucket: dict[tuple[int, int], list[int]] = {}
     try:
-        for _ in range(count):
-            batch = TrainingBatch.of(next(batches))
+        for raw in batches:
+            batch = TrainingBatch.of(raw)
             logits = model(batch.inputs).float()
             answers = batch.targets != IGNORE
             right = logits.argmax(-1) == batch.targets
-            loss_sum += float(F.cross_entropy(logits[answers], batch.targets[answers], reduction="sum"))
+            # IGNORE is cross_entropy's ignore_index: no masked copy of the logits
+            loss_sum += float(
+                F.cross_entropy(
+                    logits.reshape(-1, logits.shape[-1]), batch.targets.reshape(-1), reduction="sum"
+                )
+            )
             correct += int(right[answers].sum())
             asked += int(answers.sum())
             distance = batch.extras.get("distance")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -25,6 +27,9 @@ def test_the_loss_counts_only_the_answers_and_evaluation_reports_accuracy(write_
     evals = [m for m in metrics if m.get("event") == "eval"]
     assert len(steps) == 4 and all(torch.isfinite(torch.tensor(m["loss"])) for m in steps)
     assert [m["step"] for m in evals] == [2, 4]
+    # at initialisation the logits are near zero: the mean over the answers is near log(vocab);
+    # a sum over the answers divided by every position would be an eighth of it
+    assert steps[0]["loss"] == pytest.approx(math.log(64), abs=0.1)
     # the last evaluation, recomputed by hand from the saved model and the task's val batches:
     # cross-entropy and argmax accuracy over the answer positions alone
     run = load_run(tmp_path / "run")

@@ -51,14 +51,15 @@ def run(args: argparse.Namespace) -> int:
             f"data.task.vocab_size: the task's {task.vocab_size()} tokens do not fit the run's "
             f"model.vocab_size ({recipe.model.vocab_size})"
         )
+    val = task.batches(
+        "val", seq_len=recipe.data.seq_len, batch_size=recipe.train.batch_size, seed=recipe.seed
+    )
+    batches = [next(val) for _ in range(args.batches)]  # every mode evaluates the same ones
     modes = MODES if args.memory == "all" else (args.memory,)
     results = {}
-    for mode in modes:  # a fresh iterator per mode: every mode sees the same batches
-        batches = task.batches(
-            "val", seq_len=recipe.data.seq_len, batch_size=recipe.train.batch_size, seed=recipe.seed
-        )
+    for mode in modes:
         with memory_ablation(loaded.model, mode):
-            results[mode] = {"memory": mode, **evaluate(loaded.model, batches, args.batches)}
+            results[mode] = {"memory": mode, **evaluate(loaded.model, batches)}
     head = {"run": str(args.run_dir), "step": loaded.step, "task": recipe.data.task.name}
     if args.json:
         output = head | results[modes[0]] if len(modes) == 1 else head | {"by_memory": results}

@@ -25,6 +25,8 @@ class TrainingBatch:
 
     @classmethod
     def of(cls, batch: Any) -> TrainingBatch:
+        if isinstance(batch, TrainingBatch):
+            return batch
         if isinstance(batch, torch.Tensor):
             return cls(batch[:, :-1], batch[:, 1:])
         if isinstance(batch, dict) and {"inputs", "labels"} <= batch.keys():
@@ -53,10 +55,8 @@ class TrainingBatch:
 
     def split(self, rows: int) -> list[TrainingBatch]:
         """Micro-batches of ``rows`` rows each."""
-        extras = {name: value.split(rows) for name, value in self.extras.items()}
+        parts = (tensor.split(rows) for tensor in (self.inputs, self.targets, *self.extras.values()))
         return [
-            TrainingBatch(inputs, targets, {name: parts[i] for name, parts in extras.items()})
-            for i, (inputs, targets) in enumerate(
-                zip(self.inputs.split(rows), self.targets.split(rows), strict=True)
-            )
+            TrainingBatch(inputs, targets, dict(zip(self.extras, extras, strict=True)))
+            for inputs, targets, *extras in zip(*parts, strict=True)
         ]

@@ -21,8 +21,8 @@ from .neural_memory import NeuralMemory
 MODES = ("carried", "reset", "zero")
 
 
-def has_memory(model: nn.Module) -> bool:
-    return any(isinstance(module, NeuralMemory) for module in model.modules())
+def memories_of(model: nn.Module) -> list[NeuralMemory]:
+    return [module for module in model.modules() if isinstance(module, NeuralMemory)]
 
 
 @contextlib.contextmanager
@@ -30,7 +30,7 @@ def memory_ablation(model: nn.Module, mode: str) -> Iterator[int]:
     """Run ``model`` under ``mode`` inside the block; yields how many memories it changed."""
     if mode not in MODES:
         raise MiraslabError(f"--memory: expected one of {', '.join(MODES)}, got {mode!r}")
-    memories = [module for module in model.modules() if isinstance(module, NeuralMemory)]
+    memories = memories_of(model)
     if mode != "carried" and not memories:
         raise MiraslabError(f"--memory {mode}: the model has no neural memory to ablate")
     previous = [memory.ablation for memory in memories]

@@ -26,7 +26,8 @@ import torch.nn.functional as F
 from ..components import build_component
 from ..data.batch import IGNORE, TrainingBatch
 from ..errors import MiraslabError, RecipeError
-from ..memory.ablation import has_memory, memory_ablation
+from ..evaluation import evaluate
+from ..memory.ablation import memories_of, memory_ablation
 from ..model.language_model import LanguageModel
 from ..recipe.resolve import recipe_to_dict
 from ..recipe.schema import Recipe
@@ -268,7 +269,7 @@ class Trainer:
     def _optimizer_step(self, batches: Any, context: RunContext, hook: Any) -> dict[str, Any]:
         stage_train = self.stage.recipe.train
         lr = set_learning_rate(self.optimizer, stage_train.lr, schedule_factor(self.step, self.train))
-        batch = TrainingBatch.of(next(batches)).to(self.dist.device)
+        batch = TrainingBatch.of(next(batches))
         micro = self.train.micro_batch_size or batch.rows
         if batch.rows % micro:
             raise RecipeError(
@@ -279,17 +280,20 @@ class Trainer:
             )
         pieces = batch.split(micro)
         # the loss is the mean over the batch's labelled targets: each micro-batch's sum over
-        # its own, divided by the batch's count (a synthetic task's rows may differ in count)
-        labelled = max(batch.labelled, 1)
+        # its own, divided by the batch's count (a synthetic task's rows may differ in count);
+        # counted on the host, before the copy to the device, so a step adds no sync
+        counts = [piece.labelled for piece in pieces]
+        labelled = max(sum(counts), 1)
         total_loss, extras = 0.0, {}
         self.model.train()
-        for index, piece in enumerate(pieces):
+        for index, (piece, count) in enumerate(zip(pieces, counts, strict=True)):
+            piece = piece.to(self.dist.device)
             with self.dist.no_sync(self.model, last=index == len(pieces) - 1), self._precision_context():
                 logits = self.model(piece.inputs)
                 loss_sum = F.cross_entropy(
                     logits.float().reshape(-1, logits.shape[-1]), piece.targets.reshape(-1), reduction="sum"
                 )
-                loss = loss_sum / max(piece.labelled, 1)
+                loss = loss_sum / max(count, 1)
                 objective = loss_sum / labelled
                 for terms in hook.loss_terms(run=context, outputs={"logits": logits, "loss": loss}):
                     for name, value in (terms or {}).items():
@@ -333,31 +337,22 @@ class Trainer:
 
     def _evaluate(self, task: Any, context: RunContext, hook: Any) -> dict[str, Any]:
         val = self._batches(task, "val")  # a fresh iterator: every pass sees the same batches
-        self.model.eval()
-        losses, correct, asked, partial = [], 0, 0, False
+        batches = [TrainingBatch.of(next(val)).to(self.dist.device) for _ in range(self.train.eval_batches)]
         # the memory-use metric: the same batches with the memory's carried state taken away,
         # on the unwrapped model (a compiled one would compile each ablation anew)
-        ablations = {"reset": [], "zero": []} if self.train.memory_use and has_memory(self.raw) else {}
-        with torch.no_grad(), self._precision_context():
-            for _ in range(self.train.eval_batches):
-                batch = TrainingBatch.of(next(val)).to(self.dist.device)
-                logits = self.model(batch.inputs)
-                losses.append(_mean_loss(logits, batch.targets))
-                for mode, values in ablations.items():
-                    with memory_ablation(self.raw, mode):
-                        values.append(_mean_loss(self.raw(batch.inputs), batch.targets))
-                mask = batch.targets != IGNORE
-                partial = partial or not bool(mask.all())
-                correct += int((logits.argmax(-1) == batch.targets)[mask].sum())
-                asked += int(mask.sum())
-        self.model.train()
-        loss = self.dist.mean(sum(losses) / len(losses))
+        modes = ("reset", "zero") if self.train.memory_use and memories_of(self.raw) else ()
+        with self._precision_context():
+            result = evaluate(self.model, batches)
+            ablated = {}
+            for mode in modes:
+                with memory_ablation(self.raw, mode):
+                    ablated[mode] = self.dist.mean(evaluate(self.raw, batches)["loss"])
+        loss = self.dist.mean(result["loss"])
         metrics = {"step": self.step, "event": "eval", "val_loss": loss, "val_ppl": math.exp(min(loss, 50.0))}
-        if partial:  # a task with answers (labels IGNORE elsewhere): the share answered right
-            metrics["val_accuracy"] = self.dist.mean(correct / max(asked, 1))
-        if ablations:
-            reset = self.dist.mean(sum(ablations["reset"]) / len(losses))
-            zero = self.dist.mean(sum(ablations["zero"]) / len(losses))
+        if any(bool((batch.targets == IGNORE).any()) for batch in batches):  # a task with answers
+            metrics["val_accuracy"] = self.dist.mean(result["accuracy"])
+        if ablated:
+            reset, zero = ablated["reset"], ablated["zero"]
             metrics["memory_use/carry_gain"] = reset - loss  # nats the carried state is worth
             metrics["memory_use/carry_gain_share"] = (reset - loss) / loss
             metrics["memory_use/read_gain"] = zero - loss
@@ -502,8 +497,3 @@ def _compiled(model: torch.nn.Module, progress: TrainingProgress) -> torch.nn.Mo
     except Exception as exc:
         progress.event(f"warning: torch.compile is unavailable ({type(exc).__name__}: {exc}); running eager")
         return model
-
-
-def _mean_loss(logits: torch.Tensor, targets: torch.Tensor) -> float:
-    """Cross-entropy over the targets that count (IGNORE left out), in fp32."""
-    return float(F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1)))
