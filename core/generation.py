@@ -1,16 +1,43 @@
 """Sampling from a model through its recurrent decode path.
 
-The prompt is read in one call (chunked memory, full attention over the prompt); then each
-new token is one call with the decode state, whose size does not grow with the context for
+The prompt is read in blocks of ``PREFILL_BLOCK`` tokens, each with the decode state of the
+blocks before (chunked memory, attention over the prompt so far); then each new token is
+one call with the decode state, whose size does not grow with the context for
 memory and sliding-window layouts, so the cost per token does not depend on the prompt
 length.  (Full-attention layers keep a KV cache of the whole context, as they must.)
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 
 import torch
+
+from .errors import MiraslabError
+
+
+def check_sampling(temperature: float, top_k: int, top_p: float, max_tokens: int = 0) -> None:
+    """Refuse settings that would otherwise quietly mean something else (-1 as greedy, -5 as all)."""
+    if not (math.isfinite(temperature) and temperature >= 0):
+        raise MiraslabError(f"--temperature: expected a finite number >= 0 (0 is greedy), got {temperature}")
+    if top_k < 0:
+        raise MiraslabError(f"--top-k: expected an integer >= 0 (0 keeps every token), got {top_k}")
+    if not (math.isfinite(top_p) and 0 < top_p <= 1):
+        raise MiraslabError(f"--top-p: expected a number in (0, 1], got {top_p}")
+    if max_tokens < 0:
+        raise MiraslabError(f"--max-tokens: expected an integer >= 0, got {max_tokens}")
+
+
+def check_prompt(prompt: str) -> str:
+    """The prompt as text; bytes that are not UTF-8 (the shell passes them through) are refused."""
+    try:
+        prompt.encode("utf-8")
+    except UnicodeEncodeError as error:
+        raise MiraslabError(
+            f"--prompt: expected UTF-8 text, got bytes that are not UTF-8 at character {error.start}"
+        ) from None
+    return prompt
 
 
 def sample_next(
@@ -38,6 +65,20 @@ def sample_next(
     return torch.multinomial(probabilities, 1, generator=generator).squeeze(-1)
 
 
+# the prompt is read in blocks of this many tokens, each carrying the state of the ones
+# before: attention's mask and scores are then (block, context) instead of (T, T), which
+# for a 35k-token prompt was 12 GB; the logits equal one call's to rounding
+PREFILL_BLOCK = 1024
+
+
+def prefill(model: torch.nn.Module, prompt: torch.Tensor) -> tuple[torch.Tensor, object]:
+    """The last block's logits and the decode state after reading ``prompt`` (1, T)."""
+    state = None
+    for start in range(0, max(prompt.shape[1], 1), PREFILL_BLOCK):
+        logits, state = model(prompt[:, start : start + PREFILL_BLOCK], state=state, return_state=True)
+    return logits, state
+
+
 @torch.no_grad()
 def generate(
     model: torch.nn.Module,
@@ -51,10 +92,15 @@ def generate(
     stop_token: int | None = None,
 ) -> Iterator[int]:
     """Yield up to ``max_tokens`` new token ids after ``prompt`` (1, T)."""
+    check_sampling(temperature, top_k, top_p, max_tokens)
     generator = None
     if seed is not None:
         generator = torch.Generator(device=prompt.device).manual_seed(seed)
-    logits, state = model(prompt, return_state=True)
+    logits, state = prefill(model, prompt)
+    if max_tokens and not bool(torch.isfinite(logits[:, -1]).all()):
+        raise MiraslabError(
+            "the model's output is not finite: its weights hold NaN or inf (a checkpoint from a diverged run?)"
+        )
     for _ in range(max_tokens):
         token = sample_next(logits[:, -1], temperature, top_k, top_p, generator)
         yield int(token[0])

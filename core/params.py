@@ -394,17 +394,22 @@ def _validate(value: Any, path: tuple[str, ...]) -> Iterator[tuple[tuple[str, ..
         return
     if not attrs.has(type(value)):
         return
+    failed = False
     for field in attrs.fields(type(value)):
         item = getattr(value, field.name)
         if field.validator is not None:
             try:
                 field.validator(value, field, item)
             except ParamValueError as exc:
+                failed = True
                 yield (*path, field.name), f"expected {exc.expected}, got {format_value(exc.got)}"
                 continue
-        yield from _validate(item, (*path, field.name))
+        for problem in _validate(item, (*path, field.name)):
+            failed = True
+            yield problem
     cross_check = getattr(value, "cross_check", None)
-    if callable(cross_check):  # rules across fields: cross_check() raises ParamValueError
+    # rules across fields assume each field is valid (n_heads >= 1 before d_model // n_heads)
+    if callable(cross_check) and not failed:  # cross_check() raises ParamValueError
         try:
             cross_check()
         except ParamValueError as exc:

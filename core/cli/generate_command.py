@@ -26,13 +26,11 @@ def add_parser(sub: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from ..generation import generate
+    from ..generation import check_prompt, check_sampling, generate
     from ..train.run_dir import load_run
 
-    if args.max_tokens < 0:
-        raise MiraslabError(f"--max-tokens: expected an integer >= 0, got {args.max_tokens}")
-    if not 0 < args.top_p <= 1:
-        raise MiraslabError(f"--top-p: expected a number in (0, 1], got {args.top_p}")
+    check_sampling(args.temperature, args.top_k, args.top_p, args.max_tokens)
+    check_prompt(args.prompt)
     loaded = load_run(args.run_dir, args.checkpoint)
     tokenizer = loaded.tokenizer
     if tokenizer is None:

@@ -28,6 +28,12 @@ def add_parser(sub: Any) -> None:
         help="with --resume: continue from this checkpoint directory instead of the latest",
     )
     parser.add_argument(
+        "--init-from",
+        type=Path,
+        metavar="CHECKPOINT",
+        help="a new run that starts from this checkpoint's weights (a fresh optimizer, schedule and data)",
+    )
+    parser.add_argument(
         "--max-steps",
         type=int,
         metavar="N",
@@ -44,6 +50,8 @@ def run(args: argparse.Namespace) -> int:
 
     if args.max_steps is not None and args.max_steps < 1:
         raise MiraslabError(f"--max-steps: expected an integer >= 1, got {args.max_steps}")
+    if args.init_from is not None and args.resume is not None:
+        raise MiraslabError("--init-from starts a new run: give a RECIPE and --out instead of --resume")
     if args.resume is not None:
         if args.recipe or args.sets or args.out:
             raise MiraslabError(
@@ -63,6 +71,7 @@ def run(args: argparse.Namespace) -> int:
         out,
         resume=args.resume is not None,
         resume_from=args.resume_from,
+        init_from=args.init_from,
         max_steps=args.max_steps,
         show_progress=not args.quiet,
     )

@@ -10,18 +10,23 @@ rows (``rank_rows``); rows of other processes are skipped without building them.
 cost is that each process tokenises the whole global batch, which is cheap next to a
 training step; the gain is that the data never depends on the number of processes.
 
-Exact resume: only the document being consumed can be partly used, so the whole state is
-that document's position in the :class:`DocumentOrder` and how many of its tokens are
-used.  Restoring re-reads and re-tokenises that one document (tokenisation is
-deterministic), so the state stays a few numbers however long the document is.  The state
-is the same on every process, and a run may resume with another number of processes.
+Bounded memory: a document longer than ``MAX_PIECE_CHARS`` is tokenised in pieces (see
+``document_pieces``), and the pieces tokenised ahead are bounded in number and characters,
+so the tokens held at once do not grow with the length of a document.
+
+Exact resume: only the piece being consumed can be partly used, so the whole state is its
+document's position in the :class:`DocumentOrder`, the piece's index and how many of its
+tokens are used.  Restoring re-reads that one document and re-tokenises that one piece
+(tokenisation is deterministic), so the state stays a few numbers however long the
+document is.  The state is the same on every process, and a run may resume with another
+number of processes.
 """
 
 from __future__ import annotations
 
+import re
 from collections import deque
-from collections.abc import Callable
-from itertools import islice
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -31,13 +36,40 @@ from .document_order import DocumentOrder, Position
 from .task import Batches, rank_rows
 
 STATE_FORMAT = "miraslab.packed-documents/1"
+_STATE_KEYS = ("split", "seed", "fingerprint", "steps", "position", "used")
 
 
 Encoder = Callable[[list[str]], list[list[int]]]  # texts -> their token ids, one list each
 
-# documents tokenised together: a batch lets the tokenizer use several threads, and reading
-# ahead is free for the state, which names only the document being consumed
-LOOKAHEAD_DOCUMENTS = 32
+# pieces tokenised together: a batch lets the tokenizer use several threads, and reading
+# ahead is free for the state, which names only the piece being consumed.  Bounded both in
+# pieces and in characters, so one long document is never encoded many times over (a corpus
+# of one document wraps onto itself) and the tokens held ahead stay a few MB.
+LOOKAHEAD_PIECES = 32
+LOOKAHEAD_CHARS = 1 << 20
+# a document longer than this is tokenised in pieces of at most this many characters: memory
+# per piece is bounded, and the pieces' tokens follow each other with no separator between
+MAX_PIECE_CHARS = 1 << 18
+# where a piece may be cut: just before a run of whitespace, which the byte-level
+# pre-tokenizer never joins to the word before it, so the pieces' tokens are the whole
+# document's tokens; a piece with no whitespace in its last tenth is cut hard
+_CUT = re.compile(r"(?<=\S)\s")
+
+
+def document_pieces(text: str, limit: int = MAX_PIECE_CHARS) -> list[tuple[int, int]]:
+    """``(start, end)`` character spans covering ``text`` in order, each at most ``limit`` long."""
+    spans, start = [], 0
+    while len(text) - start > limit:
+        end = start + limit
+        cuts = [m.start() for m in _CUT.finditer(text, end - max(limit // 10, 1), end)]
+        end = cuts[-1] if cuts and cuts[-1] > start else end
+        spans.append((start, end))
+        start = end
+    spans.append((start, len(text)))
+    return spans
+
+
+Piece = tuple[Position, int]  # a document's position and the index of a piece of it
 
 
 class PackedTokens:
@@ -50,18 +82,19 @@ class PackedTokens:
         separator: int,
         *,
         position: Position | None = None,
+        piece: int = 0,
         used: int = 0,
     ):
         self._encode = encode
         self._separator = separator
-        self._documents = order.documents(position)
-        self._ahead: deque[tuple[Position, list[int]]] = deque()
-        self._position = position
+        self._pieces = self._piece_texts(order, position, piece)
+        self._ahead: deque[tuple[Piece, list[int]]] = deque()
+        self._at: Piece | None = (position, piece) if position is not None else None
         self._tokens: list[int] = []
         self._used = 0
-        if position is not None:  # the document the saved stream stopped inside
-            found, self._tokens = self._next_document()
-            if found != position or used > len(self._tokens):
+        if position is not None:  # the piece the saved stream stopped inside
+            found, self._tokens = self._next_piece()
+            if found != (position, piece) or used > len(self._tokens):
                 raise RecipeError(
                     [
                         "data: the saved data state does not fit these documents "
@@ -81,12 +114,13 @@ class PackedTokens:
         self._walk(n, None)
 
     def state(self) -> dict[str, Any]:
-        return {"position": list(self._position) if self._position else None, "used": self._used}
+        position, piece = self._at if self._at else (None, 0)
+        return {"position": list(position) if position else None, "piece": piece, "used": self._used}
 
     def _walk(self, n: int, out: list[int] | None) -> None:
         while n > 0:
             if self._used == len(self._tokens):
-                self._position, self._tokens = self._next_document()
+                self._at, self._tokens = self._next_piece()
                 self._used = 0
             step = min(n, len(self._tokens) - self._used)
             if out is not None:
@@ -94,13 +128,29 @@ class PackedTokens:
             self._used += step
             n -= step
 
-    def _next_document(self) -> tuple[Position, list[int]]:
-        """The next document's position and tokens, separator included."""
+    @staticmethod
+    def _piece_texts(
+        order: DocumentOrder, position: Position | None, first_piece: int
+    ) -> Iterator[tuple[Piece, str, bool]]:
+        """``((position, piece), text, last piece of its document)``, forever; one document held at a time."""
+        for at, text in order.documents(position):
+            spans = document_pieces(text)
+            begin = first_piece if at == position else 0
+            for index in range(min(begin, len(spans) - 1), len(spans)):
+                start, end = spans[index]
+                yield (at, index), text[start:end], index == len(spans) - 1
+
+    def _next_piece(self) -> tuple[Piece, list[int]]:
+        """The next piece's place and tokens, the separator after a document's last piece."""
         if not self._ahead:
-            batch = list(islice(self._documents, LOOKAHEAD_DOCUMENTS))  # the order never ends
-            encoded = self._encode([text for _, text in batch])
+            batch, chars = [], 0
+            while len(batch) < LOOKAHEAD_PIECES and (not batch or chars < LOOKAHEAD_CHARS):
+                batch.append(next(self._pieces))  # the order never ends
+                chars += len(batch[-1][1])
+            encoded = self._encode([text for _, text, _ in batch])
             self._ahead.extend(
-                (position, [*ids, self._separator]) for (position, _), ids in zip(batch, encoded, strict=True)
+                (at, [*ids, self._separator] if last else list(ids))
+                for (at, _, last), ids in zip(batch, encoded, strict=True)
             )
         return self._ahead.popleft()
 
@@ -135,15 +185,16 @@ class PackedBatches(Batches):
         self.fingerprint = fingerprint
         self._steps = 0
         position: Position | None = None
-        used = 0
+        piece, used = 0, 0
         if state is not None:
             self._check_state(state)
             if state["position"] is not None:
                 epoch, cursor, index = state["position"]
                 position = (int(epoch), int(cursor), int(index))
+            piece = int(state.get("piece", 0))  # states saved before pieces existed: piece 0
             used = int(state["used"])
             self._steps = int(state["steps"])
-        self._tokens = PackedTokens(order, encode, separator, position=position, used=used)
+        self._tokens = PackedTokens(order, encode, separator, position=position, piece=piece, used=used)
 
     def __next__(self) -> torch.Tensor:
         row = self.seq_len + 1
@@ -165,9 +216,16 @@ class PackedBatches(Batches):
         }
 
     def _check_state(self, state: dict[str, Any]) -> None:
+        if not isinstance(state, dict):
+            raise RecipeError([f"data: a saved data state must be a table, got {type(state).__name__}"])
         if state.get("format") != STATE_FORMAT:
             raise RecipeError(
                 [f"data: a saved data state of format {state.get('format')!r} cannot resume packed documents"]
+            )
+        missing = sorted(set(_STATE_KEYS) - set(state))
+        if missing:
+            raise RecipeError(
+                [f"data: the saved data state lacks {', '.join(missing)}; it was not saved by miraslab"]
             )
         saved = (state["split"], state["seed"])
         if saved != (self.order.split, self.order.seed):

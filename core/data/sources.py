@@ -94,7 +94,14 @@ class LocalFiles(DocumentSource):
         import datasets
 
         options = {"sample_by": self.sample_by} if builder == "text" else {}
-        return datasets.load_dataset(builder, data_files=files, split="train", streaming=True, **options)
+        try:
+            return datasets.load_dataset(builder, data_files=files, split="train", streaming=True, **options)
+        except Exception as exc:  # e.g. ArrowInvalid for a .parquet that is not one: name the files
+            reason = (str(exc).strip().splitlines() or [""])[0]
+            where = files[0] if len(files) == 1 else f"{len(files)} {builder} files ({files[0]}, ...)"
+            raise task_error(
+                "dataset", f"cannot read {where} as {builder}: {type(exc).__name__}: {reason}"
+            ) from None
 
     def describe(self) -> str:
         count = f"{len(self.files)} file{'s' if len(self.files) != 1 else ''}"

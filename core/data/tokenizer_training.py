@@ -13,10 +13,12 @@ it, a changed setting trains a new one.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
+import re
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..errors import MiraslabError
 from .cache import build_once, cached_entry
 
 if TYPE_CHECKING:
@@ -42,8 +44,38 @@ def train_byte_level_bpe(
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),  # all 256 bytes, seen or not
         show_progress=False,
     )
-    tokenizer.train_from_iterator(texts, trainer)
+    tokenizer.train_from_iterator(bounded_training_texts(texts), trainer)
     return protect_special_tokens(tokenizer)
+
+
+# BPE training time grows with the square of a word's length: a line with no whitespace is
+# one word, and 2 MB of it took over 5 minutes. Runs longer than this are cut into words of it.
+MAX_WORD_CHARS = 64
+# and it grows with the text (about 2 s per million characters): a document gives the trainer
+# its first this many characters, which are as good a sample of its bytes as all of it
+MAX_TRAINING_CHARS_PER_DOCUMENT = 1 << 20
+_LONG_RUN = re.compile(rf"\S{{{MAX_WORD_CHARS + 1},}}")
+
+
+def bounded_training_texts(texts: Iterable[str]) -> Iterator[str]:
+    """The texts in pieces of bounded size with no run of non-whitespace over MAX_WORD_CHARS.
+
+    A document gives its first MAX_TRAINING_CHARS_PER_DOCUMENT characters, split as packing
+    splits it (``document_pieces``); a long run is cut into words of MAX_WORD_CHARS.
+    """
+    from .packing import document_pieces
+
+    for text in texts:
+        text = text[:MAX_TRAINING_CHARS_PER_DOCUMENT]
+        for start, end in document_pieces(text):
+            piece, last = text[start:end], 0
+            for run in _LONG_RUN.finditer(piece):
+                if run.start() > last:
+                    yield piece[last : run.start()]
+                yield from (run[0][i : i + MAX_WORD_CHARS] for i in range(0, len(run[0]), MAX_WORD_CHARS))
+                last = run.end()
+            if last < len(piece) or not piece:
+                yield piece[last:]
 
 
 def protect_special_tokens(tokenizer: Tokenizer) -> Tokenizer:
@@ -71,7 +103,6 @@ def cached_tokenizer(
     ``material`` must name everything the texts depend on (source, split, order, count).
     Returns the tokenizer, its file and whether this call trained it.
     """
-    from tokenizers import Tokenizer
 
     key_material = _key_material(material, vocab_size, special_tokens)
     entry = cached_entry("tokenizers", key_material)
@@ -82,7 +113,21 @@ def cached_tokenizer(
 
     trained_now = build_once(entry, build, key_material)
     path = entry / FILENAME
-    return protect_special_tokens(Tokenizer.from_file(str(path))), path, trained_now
+    advice = f"delete {entry} and it is trained again"
+    return protect_special_tokens(read_tokenizer(path, advice)), path, trained_now
+
+
+def read_tokenizer(path: Path, advice: str = "") -> Tokenizer:
+    """A ``tokenizer.json`` (JSON only: the tokenizers library never unpickles); one line if it is bad."""
+    from tokenizers import Tokenizer
+
+    try:
+        return Tokenizer.from_file(str(path))
+    except Exception as exc:  # the library raises a bare Exception for any malformed file
+        reason = (str(exc).strip().splitlines() or ["empty"])[0][:200]
+        raise MiraslabError(
+            f"{path}: not a readable tokenizer.json ({reason})" + (f"; {advice}" if advice else "")
+        ) from None
 
 
 def _key_material(

@@ -65,7 +65,7 @@ class ModelSpec:
     )
     tie_embeddings: bool = param(True, doc="share the input embedding with the output head")
     norm_eps: float = param(1e-6, gt=0, doc="RMSNorm epsilon")
-    init_std: float = param(0.02, gt=0, doc="standard deviation of weight initialisation")
+    init_std: float = param(0.02, gt=0, le=10, doc="standard deviation of weight initialisation")
     dropout: float = param(0.0, ge=0, lt=1, doc="dropout on the residual branches")
 
     def cross_check(self) -> None:

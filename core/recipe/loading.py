@@ -49,9 +49,34 @@ def read_toml(path: Path) -> dict[str, Any]:
     except (OSError, UnicodeDecodeError) as exc:
         raise RecipeError([f"{shown}: cannot be read: {exc}"]) from None
     try:
-        return tomllib.loads(text)
+        data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise RecipeError([f"{shown}: invalid TOML: {exc}"]) from None
+    except RecursionError:  # tomllib parses nested inline tables recursively
+        raise RecipeError([f"{shown}: tables are nested too deeply (more than {MAX_DEPTH} levels)"]) from None
+    if (deep := _too_deep(data)) is not None:
+        raise RecipeError(
+            [f"{shown}: {'.'.join(deep[:4])}...: tables are nested too deeply (more than {MAX_DEPTH} levels)"]
+        )
+    return data
+
+
+# no recipe needs more than a handful of levels; merging and structuring recurse per level
+MAX_DEPTH = 32
+
+
+def _too_deep(data: dict[str, Any]) -> tuple[str, ...] | None:
+    """The key path of a table nested deeper than MAX_DEPTH, found without recursing."""
+    stack: list[tuple[tuple[str, ...], Any]] = [((), data)]
+    while stack:
+        path, value = stack.pop()
+        if len(path) > MAX_DEPTH:
+            return path
+        if isinstance(value, dict):
+            stack.extend(((*path, str(key)), item) for key, item in value.items())
+        elif isinstance(value, list):
+            stack.extend(((*path, f"[{index}]"), item) for index, item in enumerate(value))
+    return None
 
 
 def load_layers(path: Path, _chain: tuple[Path, ...] = ()) -> list[tuple[Path, dict[str, Any]]]:

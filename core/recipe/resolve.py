@@ -12,6 +12,7 @@ from ..params import ParamsError, join_path, make_converter, structure_with
 from ..registry import Registry, get_registry
 from .loading import Origins, apply_set, display_path, load_raw, origin_of
 from .schema import Recipe
+from .size_check import size_problems
 
 
 def load_recipe(path: str | Path, sets: Iterable[str] = (), registry: Registry | None = None) -> Recipe:
@@ -35,6 +36,12 @@ def recipe_from_dict(
         raise RecipeError(
             [f"{origin_of(p, origins, default_origin)}: {join_path(p)}: {m}" for p, m in exc.problems]
         ) from None
+    # sizes first: the memory checks below build modules, which an absurd size must not reach
+    sizes = size_problems(recipe.model)
+    if sizes:
+        raise RecipeError(
+            [f"{origin_of(tuple(p.split(':')[0].split('.')), origins, default_origin)}: {p}" for p in sizes]
+        )
     problems = list(_stage_problems(recipe, data, converter, default_origin, origins, registry))
     problems += [
         f"{_memory_origin(origins, default_origin)}: model.memory: {p}"
@@ -100,8 +107,33 @@ def _stage_problems(
             for path, message in exc.problems:
                 yield f"{shown}: {join_path(where)}: {join_path(path)}: {message}"
             continue
-        for problem in _memory_problems(staged_recipe, registry):
+        if sizes := size_problems(staged_recipe.model):
+            yield from (f"{shown}: {join_path(where)}: {problem}" for problem in sizes)
+            continue
+        memory = _memory_problems(staged_recipe, registry)
+        for problem in memory:
             yield f"{shown}: {join_path(where)}: model.memory: {problem}"
+        reshapes = not memory and any(key.startswith("model.") for key in stage.overrides)
+        if reshapes and (changed := _changed_shape(recipe, staged_recipe, registry)):
+            yield (
+                f"{shown}: {join_path(where)}: a stage may not change parameter shapes, and these "
+                f"overrides change {changed}; weights carry from stage to stage"
+            )
+
+
+def _changed_shape(recipe: Recipe, staged: Recipe, registry: Registry) -> str:
+    """The first parameter whose shape (or presence) differs between two recipes' models."""
+    import torch
+
+    from ..model.language_model import LanguageModel
+
+    with torch.device("meta"):  # shapes only, nothing allocated
+        before = {n: tuple(t.shape) for n, t in LanguageModel(recipe.model, registry).state_dict().items()}
+        after = {n: tuple(t.shape) for n, t in LanguageModel(staged.model, registry).state_dict().items()}
+    for name in sorted(before.keys() | after.keys()):
+        if before.get(name) != after.get(name):
+            return f"{name} from {list(before.get(name, ())) or 'absent'} to {list(after.get(name, ())) or 'absent'}"
+    return ""
 
 
 def recipe_to_dict(recipe: Recipe, registry: Registry | None = None) -> dict[str, Any]:

@@ -38,6 +38,7 @@ only). A caller that prefers to continue, e.g. the trainer under an explicit opt
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -148,8 +149,12 @@ def save_checkpoint(
         put(META, lambda p: write_json(p, meta_tree))
         write_json(tmp / MANIFEST, _manifest(step, files))
         fsync_dir(tmp)
-    except BaseException:
+    except BaseException as error:
         shutil.rmtree(tmp, ignore_errors=True)
+        if _disk_full(error):
+            raise CheckpointError(
+                final, "cannot be written: the disk is full", _kept_advice(run_dir)
+            ) from None
         raise
 
     if final.exists():  # re-saving a step: move the old one out of the name first
@@ -158,13 +163,7 @@ def save_checkpoint(
     fsync_dir(root)
     _test_pause("renamed", step)
     # The commit point: until this replace, a resume finds the previous checkpoint.
-    pointer_tmp = root / f"{LATEST}.tmp"
-    with open(pointer_tmp, "w", encoding="utf-8") as pointer:
-        pointer.write(final.name + "\n")
-        pointer.flush()
-        os.fsync(pointer.fileno())
-    os.replace(pointer_tmp, root / LATEST)
-    fsync_dir(root)
+    _point_latest(root, final.name)
     _prune(root, keep=keep, latest=final.name)
     return final
 
@@ -266,6 +265,12 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
     return root / name
 
 
+def has_checkpoint(run_dir: Path) -> bool:
+    """Whether a save ever committed or renamed a checkpoint in this run (valid or not)."""
+    root = Path(run_dir) / CHECKPOINTS
+    return (root / LATEST).exists() or bool(_step_dirs(root))
+
+
 def newest_valid_checkpoint(run_dir: Path) -> Path | None:
     """``latest`` if it verifies, else the highest step that does; None if none does."""
     root = Path(run_dir) / CHECKPOINTS
@@ -311,6 +316,68 @@ def _resume_advice(root: Path, exclude: Path | None = None) -> str:
         return f"no {'other ' if exclude else ''}valid checkpoint in {root}"
     names = ", ".join(d.name for d in valid)
     return f"valid checkpoints: {names}; resume from {valid[0].name} with --resume-from {valid[0]}"
+
+
+def drop_later_checkpoints(run_dir: Path, checkpoint: Path) -> list[str]:
+    """Make ``checkpoint`` the run's ``latest`` and remove the checkpoints after it.
+
+    A resume from an earlier checkpoint starts a new timeline: the later checkpoints belong
+    to the abandoned one, and pruning must not keep them over the new timeline's. Returns
+    the names removed. A checkpoint outside this run's ``checkpoints/`` changes nothing.
+    """
+    root = Path(run_dir) / CHECKPOINTS
+    checkpoint = Path(checkpoint)
+    match = _STEP_DIR.fullmatch(checkpoint.name)
+    if match is None or checkpoint.parent.resolve() != root.resolve():
+        return []
+    later = [d for d in _step_dirs(root) if int(d.name.removeprefix("step-")) > int(match[1])]
+    if not later and latest_checkpoint_name(root) == checkpoint.name:
+        return []
+    _point_latest(root, checkpoint.name)  # first: a crash below leaves a consistent run
+    for old in later:
+        _remove(root, old)
+    fsync_dir(root)
+    return [d.name for d in later]
+
+
+def latest_checkpoint_name(root: Path) -> str | None:
+    pointer = Path(root) / LATEST
+    return pointer.read_text(encoding="utf-8").strip() if pointer.is_file() else None
+
+
+def _point_latest(root: Path, name: str) -> None:
+    """Replace ``latest`` atomically (the commit point of a save)."""
+    pointer_tmp = root / f"{LATEST}.tmp"
+    with open(pointer_tmp, "w", encoding="utf-8") as pointer:
+        pointer.write(name + "\n")
+        pointer.flush()
+        os.fsync(pointer.fileno())
+    os.replace(pointer_tmp, root / LATEST)
+    fsync_dir(root)
+
+
+def _remove(root: Path, old: Path) -> None:
+    # Renamed first: a crash mid-removal must not leave a half-deleted step-* directory.
+    doomed = root / f".tmp-delete-{old.name}-{os.getpid()}"
+    shutil.rmtree(doomed, ignore_errors=True)
+    os.rename(old, doomed)
+    shutil.rmtree(doomed, ignore_errors=True)
+
+
+def _disk_full(error: BaseException) -> bool:
+    """ENOSPC, from Python (OSError) or from safetensors' Rust writer (``os error 28``)."""
+    if isinstance(error, OSError):
+        return error.errno == errno.ENOSPC
+    return "os error 28" in str(error) or "StorageFull" in str(error)
+
+
+def _kept_advice(run_dir: Path) -> str:
+    try:
+        kept = latest_checkpoint(run_dir)
+    except CheckpointError:
+        kept = None
+    where = f"the last good checkpoint {kept} is kept" if kept else "no earlier checkpoint was written"
+    return f"{where}; free some space, then `miraslab train --resume {run_dir}`"
 
 
 def _prune(root: Path, *, keep: int, latest: str) -> None:

@@ -37,12 +37,17 @@ def restore_rng_state(checkpoint: Checkpoint) -> None:
     if missing:
         problem = f"holds no RNG state ({', '.join(missing)} missing: saved without capture_rng_state?)"
         raise CheckpointError(checkpoint.path, problem)
-    torch.set_rng_state(checkpoint.tensors["rng.torch"])
-    if torch.cuda.is_available():
-        for i in range(torch.cuda.device_count()):
-            if (state := checkpoint.tensors.get(f"rng.cuda.{i}")) is not None:
-                torch.cuda.set_rng_state(state, i)
-    random.setstate(checkpoint.meta["rng.python"])
-    kind, position, has_gauss, cached_gaussian = checkpoint.meta["rng.numpy"]
-    keys = checkpoint.tensors["rng.numpy"].numpy()
-    np.random.set_state((kind, keys, position, has_gauss, cached_gaussian))
+    try:
+        torch.set_rng_state(checkpoint.tensors["rng.torch"])
+        if torch.cuda.is_available():
+            for i in range(torch.cuda.device_count()):
+                if (state := checkpoint.tensors.get(f"rng.cuda.{i}")) is not None:
+                    torch.cuda.set_rng_state(state, i)
+        random.setstate(checkpoint.meta["rng.python"])
+        kind, position, has_gauss, cached_gaussian = checkpoint.meta["rng.numpy"]
+        keys = checkpoint.tensors["rng.numpy"].numpy()
+        np.random.set_state((kind, keys, position, has_gauss, cached_gaussian))
+    except (TypeError, ValueError, RuntimeError) as error:  # a damaged or crafted state
+        reason = (str(error).strip().splitlines() or [""])[0]
+        problem = f"holds an RNG state that cannot be restored ({type(error).__name__}: {reason})"
+        raise CheckpointError(checkpoint.path, problem) from None

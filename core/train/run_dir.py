@@ -5,12 +5,17 @@ RUN/tokenizer.json     the task's tokenizer, copied so the run does not depend o
 RUN/metrics.jsonl      one JSON object per logged step, validation pass and stage switch
 RUN/checkpoints/       step-NNNNNNNN/ (safetensors + json), latest
 RUN/summary.json       written when the run ends
+RUN/.lock              held (flock) by the process training in the run, see run_lock
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import math
+import os
+import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +26,7 @@ from ..errors import MiraslabError
 from ..recipe.resolve import load_recipe, recipe_to_dict
 from ..recipe.schema import Recipe
 from ..recipe.toml_writer import dumps
+from .state_files import fsync_dir
 
 RECIPE_FILE = "recipe.toml"
 TOKENIZER_FILE = "tokenizer.json"
@@ -56,27 +62,90 @@ class RunDir:
         return load_recipe(self.recipe_path)
 
     def log(self, record: dict[str, Any]) -> None:
-        with self.metrics_path.open("a") as handle:
-            handle.write(json.dumps(_finite(record)) + "\n")
+        line = json.dumps(_finite(record)) + "\n"
+        try:
+            with self.metrics_path.open("a") as handle:
+                handle.write(line)
+        except OSError as error:
+            raise _disk_error(self.metrics_path, "cannot append a line", error, self.path) from None
 
-    def truncate_metrics(self, step: int) -> None:
-        """Forget what was logged after ``step`` (a resume from there logs it again)."""
+    def truncate_metrics(self, step: int, warn: Callable[[str], None] | None = None) -> None:
+        """Forget what was logged after ``step`` (a resume from there logs it again).
+
+        Rewritten as a new file renamed over the old one, so a kill at any moment leaves
+        either the old file or the new one, never a partial one.
+        """
+        kept = [line for line, record in self._records(warn) if record.get("step", 0) <= step]
+        for stale in self.path.glob(f".{METRICS_FILE}.tmp-*"):  # left by a rewrite that was killed
+            stale.unlink(missing_ok=True)
         if not self.metrics_path.exists():
             return
-        kept = [
-            line
-            for line in self.metrics_path.read_text().splitlines()
-            if line.strip() and json.loads(line).get("step", 0) <= step
-        ]
-        self.metrics_path.write_text("".join(line + "\n" for line in kept))
+        tmp = self.metrics_path.with_name(f".{METRICS_FILE}.tmp-{os.getpid()}")
+        try:
+            with open(tmp, "w", encoding="utf-8") as handle:
+                handle.writelines(line + "\n" for line in kept)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(tmp, self.metrics_path)
+        except OSError as error:
+            tmp.unlink(missing_ok=True)
+            raise _disk_error(
+                self.metrics_path, "cannot rewrite it for the resume", error, self.path
+            ) from None
+        fsync_dir(self.path)
 
-    def metrics(self) -> list[dict[str, Any]]:
+    def metrics(self, warn: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
+        return [record for _, record in self._records(warn)]
+
+    def _records(self, warn: Callable[[str], None] | None) -> list[tuple[str, dict[str, Any]]]:
+        """Each line of metrics.jsonl with its record; a torn last line (a kill or a full disk
+        mid-write) is dropped with a warning, a bad line before it is an error."""
         if not self.metrics_path.exists():
             return []
-        return [json.loads(line) for line in self.metrics_path.read_text().splitlines() if line.strip()]
+        try:
+            text = self.metrics_path.read_text(encoding="utf-8")
+        except UnicodeDecodeError:
+            text = self.metrics_path.read_bytes().decode("utf-8", errors="replace")
+        lines = [(number, line) for number, line in enumerate(text.splitlines(), 1) if line.strip()]
+        records = []
+        for index, (number, line) in enumerate(lines):
+            try:
+                record = json.loads(line)
+                if not isinstance(record, dict):
+                    raise ValueError("not a JSON object")
+            except ValueError:
+                if index == len(lines) - 1:
+                    shown = f"{line[:40]!r}"
+                    (warn or _warn)(
+                        f"warning: {self.metrics_path}: dropped its torn last line {number} ({shown})"
+                    )
+                    break
+                raise MiraslabError(
+                    f"{self.metrics_path}: line {number} is not a JSON object ({line[:40]!r}); "
+                    "repair or remove that line, then resume"
+                ) from None
+            records.append((line, record))
+        return records
 
     def write_summary(self, summary: dict[str, Any]) -> None:
-        (self.path / SUMMARY_FILE).write_text(json.dumps(_finite(summary), indent=2) + "\n")
+        try:
+            (self.path / SUMMARY_FILE).write_text(json.dumps(_finite(summary), indent=2) + "\n")
+        except OSError as error:
+            raise _disk_error(self.path / SUMMARY_FILE, "cannot write it", error, self.path) from None
+
+
+def _warn(message: str) -> None:
+    print(message, file=sys.stderr)
+
+
+def _disk_error(path: Path, action: str, error: OSError, run: Path) -> MiraslabError:
+    """One line for a failed write; a full disk says so and that the checkpoints are untouched."""
+    if error.errno == errno.ENOSPC:
+        return MiraslabError(
+            f"{path}: {action}: the disk is full; the checkpoints in {run / 'checkpoints'} are kept, "
+            f"free some space and continue with `miraslab train --resume {run}`"
+        )
+    return MiraslabError(f"{path}: {action}: {error.strerror or error}")
 
 
 def _finite(record: dict[str, Any]) -> dict[str, Any]:
@@ -101,13 +170,16 @@ def load_run(
 
     run = RunDir(Path(path))
     recipe = run.load_recipe()
+    from .resume_check import check_model_tensors
+
     model = build_model(recipe)
     state = load_checkpoint(Path(checkpoint) if checkpoint else run.path)
+    check_model_tensors(state.path, model.state_dict(), state.model)
     model.load_state_dict(state.model)
     model.to(device).eval()
     tokenizer = None
     if (run.path / TOKENIZER_FILE).exists():
-        from tokenizers import Tokenizer
+        from ..data.tokenizer_training import read_tokenizer
 
-        tokenizer = Tokenizer.from_file(str(run.path / TOKENIZER_FILE))
+        tokenizer = read_tokenizer(run.path / TOKENIZER_FILE)
     return LoadedRun(model, tokenizer, recipe, state.step)

@@ -13,34 +13,50 @@ run, so a monitor can log, add a loss term or stop the run without editing this 
 from __future__ import annotations
 
 import contextlib
+import copy
 import hashlib
 import math
+import random
 import time
 from pathlib import Path
 from typing import Any
 
 import attrs
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 from ..components import build_component
 from ..data.batch import IGNORE, TrainingBatch
-from ..errors import MiraslabError, RecipeError
+from ..errors import MiraslabError, RecipeError, RunStopped
 from ..evaluation import evaluate
 from ..memory.ablation import memories_of, memory_ablation
+from ..memory_use import eval_records, memory_is_used, plot_memory_use, verdict
 from ..model.language_model import LanguageModel
-from ..recipe.resolve import recipe_to_dict
+from ..recipe.resolve import recipe_from_dict, recipe_to_dict
 from ..recipe.schema import Recipe
+from ..recipe.size_check import training_problems
 from ..recipe.toml_writer import dumps
 from ..registry import get_registry
 from .allocator import keep_freed_memory
-from .checkpoint import load_checkpoint, save_checkpoint
+from .checkpoint import (
+    CheckpointError,
+    checkpoint_dir,
+    drop_later_checkpoints,
+    has_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+)
 from .distributed import Distributed, full_state_dicts, load_full_state_dicts
 from .optim import build_optimizer, freeze_except, schedule_factor, set_learning_rate
 from .progress import TrainingProgress
+from .resume_check import check_model_tensors, check_resumable
 from .rng_state import capture_rng_state, restore_rng_state
 from .run_dir import TOKENIZER_FILE, RunDir
+from .run_lock import RunLock
 from .stages import Stage, plan_stages, stage_at
+
+MEMORY_USE_PLOT = "memory_use.png"
 
 
 @attrs.define
@@ -53,10 +69,13 @@ class RunContext:
     step: int = 0
     stage: str = ""
     stop_reason: str | None = None
+    stop_cause: str = "stopped"
+    optimizer: Any = None  # the optimizer stepping ``model`` (the precision guard reads its state)
 
-    def request_stop(self, reason: str) -> None:
+    def request_stop(self, reason: str, cause: str = "stopped") -> None:
+        """Stop after this step; ``cause`` (a key of ``STOP_EXIT_CODES``) picks the exit code."""
         if self.stop_reason is None:
-            self.stop_reason = reason
+            self.stop_reason, self.stop_cause = reason, cause
 
 
 class Trainer:
@@ -67,6 +86,7 @@ class Trainer:
         *,
         resume: bool = False,
         resume_from: Path | None = None,
+        init_from: Path | None = None,
         max_steps: int | None = None,
         show_progress: bool = True,
     ):
@@ -77,6 +97,8 @@ class Trainer:
             max_steps,
         )
         self.show_progress = show_progress
+        self.init_from = init_from  # a new run starting from these weights (not a resume)
+        self.last_checkpoint: Path | None = None  # the newest checkpoint of this run known good
         self.train = recipe.train
         self.stages = plan_stages(recipe)
         self.dist = Distributed.from_environment(self.train.device)
@@ -86,6 +108,7 @@ class Trainer:
         self.stage: Stage | None = None
         self.step, self.tokens = 0, 0
         self.registry = get_registry()
+        self.last_eval: dict[str, Any] | None = None  # the memory-use verdict at the end reads it
         self.low_carry_evals = 0  # evaluations in a row below train.memory_use_min_share
 
     # --- setup ------------------------------------------------------------------------
@@ -146,7 +169,13 @@ class Trainer:
                 )
 
     def _task_and_vocabulary(self) -> Any:
-        task = build_component(self.recipe.data.task, self.registry)
+        component = self.recipe.data.task
+        saved = self.run_dir.path / TOKENIZER_FILE
+        params = component.params
+        if self.resume and saved.is_file() and attrs.has(type(params)) and getattr(params, "tokenizer", None) == "":
+            # a resumed run reads the tokenizer it was trained with, not the cache's (which may be gone)
+            component = attrs.evolve(component, params=attrs.evolve(params, tokenizer=str(saved)))
+        task = build_component(component, self.registry)
         vocab = task.vocab_size()
         if vocab > self.recipe.model.vocab_size:
             raise RecipeError(
@@ -165,29 +194,40 @@ class Trainer:
         self.progress = TrainingProgress(last, 0, self.show_progress and self.dist.is_main)
         if self.dist.device.type == "cpu":
             keep_freed_memory()  # each step reuses the last one's memory instead of faulting it in again
+        lock = None
         try:
+            if self.dist.is_main:  # one process trains in a run directory at a time
+                lock = RunLock.acquire(self.run_dir.path)
             return self._run(last)
         finally:
+            if lock is not None:
+                lock.release()
             self.progress.close()
             self.dist.close()
 
     def _run(self, last: int) -> dict[str, Any]:
+        for stage in self.stages:  # before anything is built: a size that cannot fit is one line
+            if problems := training_problems(stage.recipe, self.dist.world_size):
+                raise RecipeError(problems)
         task = self._task_and_vocabulary()
-        checkpoint = None
-        if self.resume:
-            checkpoint = load_checkpoint(self.resume_from or self.run_dir.path)
-            self.step, self.tokens = checkpoint.step, int(checkpoint.meta["tokens"])
+        checkpoint = self._resume_point() if self.resume else None
+        if checkpoint is not None:
+            self.step, self.tokens = checkpoint.step, _saved_int(checkpoint, "tokens")
             if self.dist.is_main:
-                self.run_dir.truncate_metrics(self.step)
+                self.run_dir.truncate_metrics(self.step, warn=self.progress.event)
+        elif self.resume:  # stopped before its first checkpoint: the run starts again from step 0
+            self.progress.event(f"{self.run_dir.path}: no checkpoint was written yet; training from step 0")
+            if self.dist.is_main:
+                self.run_dir.truncate_metrics(-1, warn=self.progress.event)
+                self._save_tokenizer(task, replace=False)
         elif self.dist.is_main:
             self.run_dir.create(self.recipe)
-            tokenizer = task.tokenizer()
-            if tokenizer is not None:
-                tokenizer.save(str(self.run_dir.path / TOKENIZER_FILE))
+            self._save_tokenizer(task, replace=True)
         self.dist.barrier()
 
         self._enter_stage(stage_at(self.stages, self.step))
         if checkpoint is not None:
+            check_model_tensors(checkpoint.path, self.raw.state_dict(), checkpoint.model)
             load_full_state_dicts(
                 self.model,
                 self.optimizer,
@@ -195,9 +235,21 @@ class Trainer:
                 checkpoint.optimizer,
             )
             restore_rng_state(checkpoint)
+        elif self.init_from is not None and not self.resume:
+            initial = load_checkpoint(self.init_from)
+            check_model_tensors(initial.path, self.raw.state_dict(), initial.model)
+            load_full_state_dicts(self.model, self.optimizer, initial.model, None)
+            self.progress.event(f"weights from {initial.path} (optimizer, schedule and data start afresh)")
         data_state = checkpoint.meta.get("data") if checkpoint is not None else None
-        batches = self._batches(task, "train", data_state)
+        try:
+            batches = self._batches(task, "train", data_state)
+        except (KeyError, TypeError, ValueError) as error:  # a crafted or damaged data state
+            problem = f"its data state cannot be restored ({type(error).__name__}: {error})"
+            raise CheckpointError(checkpoint.path if checkpoint else self.run_dir.path, problem) from None
+        if self.train.eval_every:  # an empty validation split is found now, not at the first evaluation
+            self._probe_validation(task)
         context = RunContext(self.recipe, self.run_dir.path, self.raw, self.step, self.stage.name)
+        context.optimizer = self.optimizer
         monitors = self._register_monitors()
         hook = self.registry.hook()
         hook.on_train_start(run=context)
@@ -215,13 +267,17 @@ class Trainer:
                 stage = stage_at(self.stages, self.step)
                 if stage is not self.stage:
                     self._enter_stage(stage)
-                    context.model, context.stage = self.raw, stage.name
+                    context.model, context.stage, context.optimizer = self.raw, stage.name, self.optimizer
                 metrics = self._optimizer_step(batches, context, hook)
                 window_tokens += metrics.pop("_tokens")
                 history.append(metrics["loss"])
                 context.step = self.step
                 if not math.isfinite(metrics["loss"]):
-                    context.request_stop(f"the loss is {metrics['loss']} at step {self.step}")
+                    context.request_stop(f"the loss is {metrics['loss']} at step {self.step}", "diverged")
+                elif not math.isfinite(metrics["grad_norm"]):  # this step's update is already non-finite
+                    context.request_stop(
+                        f"the gradient norm is {metrics['grad_norm']} at step {self.step}", "diverged"
+                    )
                 log_now = self.step % self.train.log_every == 0 or self.step == last
                 if log_now:
                     now = time.time()
@@ -234,11 +290,14 @@ class Trainer:
                 if self.train.eval_every and self.step % self.train.eval_every == 0:
                     val = self._evaluate(task, context, hook)
                     best_val = min(best_val, val["val_loss"])
-                if context.stop_reason is None and (
-                    (self.train.checkpoint_every and self.step % self.train.checkpoint_every == 0)
-                    or self.step == last
+                if (
+                    context.stop_reason is None
+                    and (
+                        (self.train.checkpoint_every and self.step % self.train.checkpoint_every == 0)
+                        or self.step == last
+                    )
+                    and self._save(batches, hook, context)
                 ):
-                    self._save(batches, hook, context)
                     saved_at = self.step
         finally:
             for name in monitors:
@@ -256,13 +315,24 @@ class Trainer:
             "stopped_by": context.stop_reason,
             "parameters": sum(p.numel() for p in self.raw.parameters()),
         }
+        if self.last_eval is not None and "memory_use/carry_gain" in self.last_eval:
+            summary["memory_use"] = {k: v for k, v in self.last_eval.items() if k != "event"}
+            summary["memory_used"] = memory_is_used(self.last_eval)
         if self.dist.is_main:
             self.run_dir.write_summary(summary)
         self.progress.event(_summary_line(summary, self.run_dir.path))
+        if self.dist.is_main and "memory_use" in summary:
+            self._report_memory_use()
         if context.stop_reason is not None:
-            raise MiraslabError(
-                f"run stopped at step {self.step}: {context.stop_reason}; the last good "
-                f"checkpoint is kept in {self.run_dir.path / 'checkpoints'}"
+            if self.last_checkpoint is not None:
+                kept = f"the last good checkpoint is {self.last_checkpoint}"
+            else:
+                kept = (
+                    f"no checkpoint was written; `miraslab train --resume {self.run_dir.path}` "
+                    "starts the run again from step 0"
+                )
+            raise RunStopped(
+                f"run stopped at step {self.step}: {context.stop_reason}; {kept}", context.stop_cause
             )
         return summary
 
@@ -346,16 +416,20 @@ class Trainer:
             ablated = {}
             for mode in modes:
                 with memory_ablation(self.raw, mode):
-                    ablated[mode] = self.dist.mean(evaluate(self.raw, batches)["loss"])
+                    ablated[mode] = evaluate(self.raw, batches)
         loss = self.dist.mean(result["loss"])
         metrics = {"step": self.step, "event": "eval", "val_loss": loss, "val_ppl": math.exp(min(loss, 50.0))}
-        if any(bool((batch.targets == IGNORE).any()) for batch in batches):  # a task with answers
+        answers = any(bool((batch.targets == IGNORE).any()) for batch in batches)  # a task with answers
+        if answers:
             metrics["val_accuracy"] = self.dist.mean(result["accuracy"])
         if ablated:
-            reset, zero = ablated["reset"], ablated["zero"]
+            reset, zero = (self.dist.mean(ablated[mode]["loss"]) for mode in ("reset", "zero"))
             metrics["memory_use/carry_gain"] = reset - loss  # nats the carried state is worth
             metrics["memory_use/carry_gain_share"] = (reset - loss) / loss
             metrics["memory_use/read_gain"] = zero - loss
+            if answers:  # the proof a recall task gives: accuracy without the carried state
+                metrics["memory_use/reset_accuracy"] = self.dist.mean(ablated["reset"]["accuracy"])
+                metrics["memory_use/zero_accuracy"] = self.dist.mean(ablated["zero"]["accuracy"])
         hook.on_eval(run=context, metrics=metrics)
         if self.dist.is_main:
             self.run_dir.log(metrics)
@@ -368,8 +442,22 @@ class Trainer:
                 f"({metrics['memory_use/carry_gain_share']:+.1%})"
             )
         self.progress.event(line)
+        self.last_eval = metrics
         self._check_carry_gain(metrics, context)
         return metrics
+
+    def _report_memory_use(self) -> None:
+        """The run's last word: is its memory used (one sentence) and the picture over the run."""
+        self.progress.event(verdict(self.last_eval))
+        try:
+            plot = plot_memory_use(
+                eval_records(self.run_dir.metrics_path), self.run_dir.path / MEMORY_USE_PLOT
+            )
+        except (OSError, ImportError) as error:  # the run is saved; a missing picture is not fatal
+            self.progress.event(f"memory-use plot not written: {error}")
+            return
+        if plot is not None:
+            self.progress.event(f"plot: {plot}")
 
     def _check_carry_gain(self, metrics: dict[str, Any], context: RunContext) -> None:
         """Warn or stop once the carry gain has stayed below its floor for the patience."""
@@ -388,11 +476,65 @@ class Trainer:
         if self.dist.is_main:
             self.run_dir.log({"step": self.step, "event": "memory_use_warning", "message": diagnosis})
         if self.train.memory_use_action == "stop":
-            context.request_stop(diagnosis)
+            context.request_stop(diagnosis, "memory_unused")
         else:
             self.progress.event(f"warning: {diagnosis}")
 
-    def _save(self, batches: Any, hook: Any, context: RunContext) -> None:
+    def _resume_point(self) -> Any:
+        """The checkpoint to resume from, checked against the recipe; None if the run has none yet."""
+        if self.resume_from is None and not has_checkpoint(self.run_dir.path):
+            return None
+        checkpoint = load_checkpoint(self.resume_from or self.run_dir.path)
+        notes = check_resumable(
+            checkpoint.path,
+            _with_defaults(checkpoint.meta.get("recipe")),
+            checkpoint.meta.get("recipe_sha256"),
+            recipe_to_dict(self.recipe),
+            _recipe_hash(self.recipe),
+        )
+        for note in notes:
+            self.progress.event(note)
+        if self.dist.is_main:
+            dropped = drop_later_checkpoints(self.run_dir.path, checkpoint.path)
+            if dropped:
+                self.progress.event(
+                    f"resuming from {checkpoint.path.name}: removed the later checkpoints of the abandoned "
+                    f"run, {', '.join(dropped)}"
+                )
+        self.dist.barrier()
+        self.last_checkpoint = checkpoint.path
+        return checkpoint
+
+    def _probe_validation(self, task: Any) -> None:
+        """Draw one validation batch, leaving every global generator as it was."""
+        python_state, numpy_state = random.getstate(), np.random.get_state()
+        with torch.random.fork_rng(devices=[]):
+            next(self._batches(task, "val"))
+        random.setstate(python_state)
+        np.random.set_state(numpy_state)
+
+    def _save_tokenizer(self, task: Any, *, replace: bool) -> None:
+        path = self.run_dir.path / TOKENIZER_FILE
+        if replace or not path.exists():
+            tokenizer = task.tokenizer()
+            if tokenizer is not None:
+                tokenizer.save(str(path))
+
+    def _parameters_finite(self) -> bool:
+        """Whether every parameter and buffer is finite, on every process (one sync)."""
+        tensors = [
+            t.to_local() if hasattr(t, "to_local") else t
+            for t in (*self.raw.parameters(), *self.raw.buffers())
+        ]
+        flags = [torch.isfinite(t).all() for t in tensors if t.is_floating_point() and t.numel()]
+        finite = bool(torch.stack(flags).all()) if flags else True
+        return self.dist.mean(float(finite)) == 1.0
+
+    def _save(self, batches: Any, hook: Any, context: RunContext) -> bool:
+        """Write a checkpoint, or stop the run when its state is not finite; whether it wrote one."""
+        if not self._parameters_finite():
+            context.request_stop(f"the parameters hold non-finite values at step {self.step}", "diverged")
+            return False
         model_state, optimizer_state = full_state_dicts(self.model, self.optimizer)
         if self.dist.is_main:
             tensors, rng_meta = capture_rng_state()
@@ -401,6 +543,7 @@ class Trainer:
                 "stage": self.stage.index,
                 "data": batches.state_dict(),
                 "recipe_sha256": _recipe_hash(self.recipe),
+                "recipe": recipe_to_dict(self.recipe),  # a resume names the keys that changed
                 "world_size": self.dist.world_size,
                 **rng_meta,
             }
@@ -415,6 +558,8 @@ class Trainer:
             )
             hook.on_checkpoint(run=context, path=path)
         self.dist.barrier()
+        self.last_checkpoint = checkpoint_dir(self.run_dir.path, self.step)
+        return True
 
     def _register_monitors(self) -> list[str]:
         names = []
@@ -424,6 +569,23 @@ class Trainer:
             self.registry.pm.register(monitor, name=name)
             names.append(name)
         return names
+
+
+def _with_defaults(saved: Any) -> dict[str, Any] | None:
+    """A checkpoint's recipe with the keys added to the schema since filled in by their defaults."""
+    if not isinstance(saved, dict):
+        return None
+    try:
+        return recipe_to_dict(recipe_from_dict(copy.deepcopy(saved)))
+    except MiraslabError:  # a key since removed or renamed: compare as saved, the change is named
+        return saved
+
+
+def _saved_int(checkpoint: Any, key: str) -> int:
+    try:
+        return int(checkpoint.meta[key])
+    except (KeyError, TypeError, ValueError):
+        raise CheckpointError(checkpoint.path, f"meta.json holds no integer {key!r}") from None
 
 
 def _recipe_hash(recipe: Recipe) -> str:

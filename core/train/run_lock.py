@@ -1,0 +1,67 @@
+"""One process trains in a run directory at a time: an OS file lock on ``RUN/.lock``.
+
+The lock is ``flock`` on an open file, so the kernel releases it when the holder exits,
+however it exits (a SIGKILL leaves no stale lock to clean up). The file holds the holder's
+pid and host, for the message a second process gets. Where ``fcntl`` is missing (Windows)
+there is no lock: training works as before, unguarded.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+from ..errors import MiraslabError
+
+LOCK_FILE = ".lock"
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - not on POSIX
+    fcntl = None  # type: ignore[assignment]
+
+
+class RunLockedError(MiraslabError):
+    """Another process holds the run directory's lock."""
+
+
+class RunLock:
+    """Held from ``acquire`` until ``release`` (or the process ends)."""
+
+    def __init__(self, path: Path, fd: int | None):
+        self.path, self._fd = path, fd
+
+    @classmethod
+    def acquire(cls, run_dir: Path) -> RunLock:
+        run_dir = Path(run_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        path = run_dir / LOCK_FILE
+        if fcntl is None:
+            return cls(path, None)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = _read_holder(fd)
+            os.close(fd)
+            raise RunLockedError(
+                f"{run_dir}: another process ({holder}) is training in this run directory; "
+                "wait for it to end, or stop it, before training here"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode())
+        return cls(path, fd)
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing the file releases the flock
+            self._fd = None
+
+
+def _read_holder(fd: int) -> str:
+    try:
+        text = os.pread(fd, 200, 0).decode("utf-8", errors="replace").strip()
+    except OSError:
+        text = ""
+    return text or "pid unknown"
