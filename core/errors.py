@@ -21,3 +21,27 @@ class RegistryError(MiraslabError):
 
 class PluginError(MiraslabError):
     """A plugin's own code raised; the message names the plugin and its distribution."""
+
+
+# The exit code of a run stopped by a check, one per cause (docs/diagnostics.md lists them);
+# 2 stays every other error's, 130 an interrupt.
+STOP_EXIT_CODES = {
+    "stopped": 3,  # a monitor stopped the run without naming a cause below
+    "diverged": 4,  # non-finite loss, gradient norm or parameters
+    "loss_spike": 5,
+    "gate_collapse": 6,  # a MAG/MAC gate's mean below its floor
+    "dead_gates": 7,  # pre-activations in the linear region
+    "saturated_gates": 8,
+    "mixer_extreme": 9,  # TNT's mixer alpha pinned near 0 or 1
+    "memory_unused": 10,  # the carry gain below its floor
+    "precision": 11,  # updates below the resolution of a parameter's dtype
+}
+
+
+class RunStopped(MiraslabError):
+    """A check stopped the run; ``exit_code`` says which kind of check."""
+
+    def __init__(self, message: str, cause: str = "stopped"):
+        super().__init__(message)
+        self.cause = cause
+        self.exit_code = STOP_EXIT_CODES.get(cause, STOP_EXIT_CODES["stopped"])

@@ -103,7 +103,9 @@ class RunContext(Protocol):
     model: torch.nn.Module
     out_dir: Any
 
-    def request_stop(self, reason: str) -> None: ...
+    def request_stop(self, reason: str, cause: str = "stopped") -> None:
+        """Stop after this step with ``reason``; ``cause`` (a key of
+        ``miraslab.errors.STOP_EXIT_CODES``) picks the command's exit code."""
 
 
 @hookspec

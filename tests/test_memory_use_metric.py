@@ -85,3 +85,38 @@ def test_stop_ends_the_run_with_the_diagnosis_and_keeps_the_last_checkpoint(writ
     with pytest.raises(MiraslabError, match=r"run stopped at step 4: memory_use/carry_gain_share 0\.00%"):
         evals(write_recipe, tmp_path / "stop", sets)
     assert load_checkpoint(tmp_path / "stop").step == 2  # step 4's checkpoint is not written
+
+
+def read_png(path):
+    import matplotlib.image
+
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    return matplotlib.image.imread(path)
+
+
+def test_a_run_ends_with_the_verdict_and_the_picture_used_on_recall(tmp_path, capsys):
+    """The delta-rule proof, 45 steps: the last evaluation's accuracy with the state reset is
+    far below carried, summary.json says the memory is used, memory_use.png is drawn."""
+    from training_cases import SHORT_PROOF
+
+    # 45 steps: the drop on reset is 7.8 points (at 30 it is 5.1, too near the 5-point rule)
+    sets = [*SHORT_PROOF, "train.steps=45", "train.eval_every=45"]
+    recipe = miraslab.load_recipe(REPO / "recipes" / "mqar" / "delta-proof.toml", sets)
+    summary = Trainer(recipe, tmp_path / "proof", show_progress=True).run()
+    use = summary["memory_use"]
+    assert summary["memory_used"] is True
+    assert use["step"] == 45 and use["val_accuracy"] - use["memory_use/reset_accuracy"] > 0.05
+    assert 0.0 <= use["memory_use/zero_accuracy"] <= 1.0
+    image = read_png(tmp_path / "proof" / "memory_use.png")
+    assert image.shape[0] > 200 and image.shape[1] > 500
+    out = capsys.readouterr()
+    assert "the memory is used at step 45: accuracy" in out.out + out.err
+
+
+def test_a_memory_that_carries_nothing_is_called_so_at_the_end(write_recipe, tmp_path, capsys):
+    loaded = miraslab.load_recipe(write_recipe("r.toml", MQAR_RECIPE), ["model.memory.chunk_size=32"])
+    summary = Trainer(loaded, tmp_path / "one", show_progress=True).run()
+    assert summary["memory_used"] is False
+    out = capsys.readouterr()
+    assert "the memory carries nothing across chunks at step 4" in out.out + out.err
+    read_png(tmp_path / "one" / "memory_use.png")

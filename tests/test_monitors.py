@@ -63,3 +63,34 @@ def test_the_polarization_term_reaches_the_gates(tmp_path):
     term.backward()
     gate = model.blocks[0].gate
     assert gate.log_gain.grad is not None and gate.log_gain.grad.abs() > 0
+
+
+def test_how_far_the_memory_moved_within_a_sequence_is_measured_from_its_w_init():
+    """M_moved = ||W_end - W_init|| / ||W_init|| per (batch, head), averaged; the layer runs in
+    float64, the statistics are taken in float32 (a monitor's precision): 1e-6 relative."""
+    import miraslab
+
+    torch.manual_seed(0)
+    layer = miraslab.MemoryLayer(32, heads=2, memory="mlp", algorithm="momentum").double()
+    layer.memory.record = True
+    _, state = layer(torch.randn(2, 40, 32, dtype=torch.float64), return_state=True)
+    end = {n: w.detach() for n, w in state.memory.memory.weights.items()}
+    init = {n: w.detach() for n, w in layer.memory.rule.arch.init.items()}
+
+    def per_head(weights):
+        return sum(w.pow(2).sum(dim=(-1, -2)) for w in weights.values()).sqrt()
+
+    change = per_head({n: end[n] - init[n].expand_as(end[n]) for n in init})
+    stats = layer.memory.last_norms
+    assert stats["M_change"] == pytest.approx(float(change.mean()), rel=1e-6)
+    assert stats["M_moved"] == pytest.approx(float((change / per_head(init)).mean()), rel=1e-6)
+    assert stats["M_max"] == pytest.approx(max(float(w.abs().max()) for w in end.values()), rel=1e-6)
+    assert stats["S_norm"] > 0 and stats["S_std"] > 0
+
+
+def test_memory_stats_reports_the_memory_branchs_share_of_each_block(run):
+    step = [m for m in RunDir(run).metrics() if "loss" in m][-1]
+    for layer in ("L0", "L1"):
+        assert step[f"memory/{layer}/memory_share"] > 0
+        assert 0 <= step[f"memory/{layer}/gate_saturating"] <= 1
+        assert 0 < step[f"memory/{layer}/memory/M_moved"] < 10

@@ -11,12 +11,25 @@ from . import (
     eval_command,
     generate_command,
     plugins_command,
+    preflight_command,
+    probe_command,
     recipe_command,
+    report_command,
     tokenizer_command,
     train_command,
 )
 
-COMMANDS = (plugins_command, recipe_command, tokenizer_command, train_command, generate_command, eval_command)
+COMMANDS = (
+    plugins_command,
+    recipe_command,
+    tokenizer_command,
+    train_command,
+    generate_command,
+    eval_command,
+    preflight_command,
+    probe_command,
+    report_command,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -42,7 +55,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except MiraslabError as exc:
         for line in str(exc).splitlines():
             print(f"error: {line}" if not line.startswith("error:") else line, file=sys.stderr)
-        return 2
+        return getattr(exc, "exit_code", 2)  # a run stopped by a check: one code per cause
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

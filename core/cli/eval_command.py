@@ -32,34 +32,15 @@ def add_parser(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..components import build_component
-    from ..errors import MiraslabError
-    from ..evaluation import evaluate
-    from ..memory.ablation import MODES, memory_ablation
-    from ..recipe.resolve import load_recipe
+    from ..memory.ablation import MODES
     from ..train.run_dir import load_run
+    from .run_evaluation import evaluate_by_memory, run_task, validation_batches
 
-    if args.batches < 1:
-        raise MiraslabError(f"--batches: expected an integer >= 1, got {args.batches}")
     loaded = load_run(args.run_dir, args.checkpoint)
-    sets = [f'data.task={{ name = "{args.task}" }}'] if args.task else []
-    sets += [f"data.{item}" if item.startswith("task.") else item for item in args.sets]
-    recipe = load_recipe(args.run_dir / "recipe.toml", sets) if sets else loaded.recipe
-    task = build_component(recipe.data.task)
-    if task.vocab_size() > recipe.model.vocab_size:
-        raise MiraslabError(
-            f"data.task.vocab_size: the task's {task.vocab_size()} tokens do not fit the run's "
-            f"model.vocab_size ({recipe.model.vocab_size})"
-        )
-    val = task.batches(
-        "val", seq_len=recipe.data.seq_len, batch_size=recipe.train.batch_size, seed=recipe.seed
-    )
-    batches = [next(val) for _ in range(args.batches)]  # every mode evaluates the same ones
+    recipe, task = run_task(args.run_dir, loaded, args.task, args.sets)
+    batches = validation_batches(task, recipe, args.batches)  # every mode evaluates the same ones
     modes = MODES if args.memory == "all" else (args.memory,)
-    results = {}
-    for mode in modes:
-        with memory_ablation(loaded.model, mode):
-            results[mode] = {"memory": mode, **evaluate(loaded.model, batches)}
+    results = evaluate_by_memory(loaded.model, batches, modes)
     head = {"run": str(args.run_dir), "step": loaded.step, "task": recipe.data.task.name}
     if args.json:
         output = head | results[modes[0]] if len(modes) == 1 else head | {"by_memory": results}

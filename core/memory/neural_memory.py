@@ -29,17 +29,34 @@ class NeuralMemoryState:
         )
 
 
-def state_norms(state: MemoryState) -> dict[str, float]:
-    """Frobenius norms of the memory (M) and momentum (S), averaged over batch and heads."""
+def state_norms(state: MemoryState, initial: dict[str, torch.Tensor] | None = None) -> dict[str, float]:
+    """Statistics of the memory (M) and momentum (S) after a call, over batch and heads:
+    Frobenius norm (mean per head), element std and largest magnitude; with ``initial``
+    (the weights the call started from), how far M moved: ``M_moved`` = ||W_end - W_init|| /
+    ||W_init|| (the 58M seed's "M stayed static"), ``M_change`` = ||W_end - W_init||."""
 
-    def norm(weights: dict[str, torch.Tensor]) -> float:
-        total = sum(w.detach().float().pow(2).sum(dim=(-1, -2)) for w in weights.values())
-        return float(total.sqrt().mean())
+    def per_head(weights: dict[str, torch.Tensor]) -> torch.Tensor:
+        return sum(w.detach().float().pow(2).sum(dim=(-1, -2)) for w in weights.values()).sqrt()
 
-    norms = {"M_norm": norm(state.weights)}
+    def describe(prefix: str, weights: dict[str, torch.Tensor]) -> dict[str, float]:
+        flat = torch.cat([w.detach().float().reshape(-1) for w in weights.values()])
+        return {
+            f"{prefix}_norm": float(per_head(weights).mean()),
+            f"{prefix}_std": float(flat.std()) if flat.numel() > 1 else 0.0,
+            f"{prefix}_max": float(flat.abs().max()),
+        }
+
+    stats = describe("M", state.weights)
     if state.momentum is not None:
-        norms["S_norm"] = norm(state.momentum)
-    return norms
+        stats |= describe("S", state.momentum)
+    if initial is not None:
+        start = {name: w.detach().float().expand_as(state.weights[name]) for name, w in initial.items()}
+        change = per_head({name: state.weights[name].detach().float() - start[name] for name in start})
+        stats["M_change"] = float(change.mean())
+        base = per_head(start)
+        if bool((base > 0).all()):  # a zero W_init (the linear memory's) has no relative change
+            stats["M_moved"] = float((change / base).mean())
+    return stats
 
 
 class NeuralMemory(nn.Module):
@@ -82,9 +99,11 @@ class NeuralMemory(nn.Module):
         self.gates = GateProjections(dim, heads, self.rule.gate_defs(), head_dim, gate_rank)
         self.record = False  # keep the norms of the last state for monitors
         self.last_norms: dict[str, float] = {}
-        # None, or an ablation ("reset": the state starts fresh at every chunk; "zero": the
-        # read is zeros) set by miraslab.memory.ablation.memory_ablation for evaluation
+        # None, or an ablation ("reset": the state starts fresh at every chunk, or every
+        # reset_span tokens when set; "zero": the read is zeros) set by
+        # miraslab.memory.ablation.memory_ablation for evaluation
         self.ablation: str | None = None
+        self.reset_span: int | None = None
 
     def forward(
         self,
@@ -105,7 +124,7 @@ class NeuralMemory(nn.Module):
         q, k = self.features(q, query=True), self.features(k)
         gates = self.gates(x)
         if self.ablation == "reset":
-            y, memory_state = self._fresh_every_chunk(q, k, v, gates, path or self.path)
+            y, memory_state = self._fresh_every_chunk(q, k, v, gates, path or self.path, self.reset_span)
         else:
             y, memory_state = memory_op(
                 self.rule, q, k, v, gates, memory_in, self.chunk_size, path or self.path, self.compile_chunks
@@ -113,17 +132,26 @@ class NeuralMemory(nn.Module):
         if self.ablation == "zero":
             y = torch.zeros_like(y)
         if self.record:
-            self.last_norms = state_norms(memory_state)
+            initial = memory_in.weights if memory_in is not None else self.rule.arch.init
+            self.last_norms = state_norms(memory_state, dict(initial))
         return y, NeuralMemoryState(memory_state, qk_state)
 
     def _fresh_every_chunk(
-        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, gates: dict[str, torch.Tensor], path: str
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        gates: dict[str, torch.Tensor],
+        path: str,
+        span: int | None = None,
     ) -> tuple[torch.Tensor, MemoryState]:
-        """Each chunk of the call (from its first token) written and read from the initial
-        state: nothing carries from one chunk to the next, nor from an earlier call."""
+        """Each chunk (or each ``span`` tokens, e.g. a TNT shard) of the call, from its first
+        token, written and read from the initial state: nothing carries from one to the next,
+        nor from an earlier call."""
         outputs, state = [], None
-        for start in range(0, q.shape[2], self.chunk_size):
-            part = slice(start, start + self.chunk_size)
+        span = span or self.chunk_size
+        for start in range(0, q.shape[2], span):
+            part = slice(start, start + span)
             piece_gates = {name: gate[:, :, part] for name, gate in gates.items()}
             y, state = memory_op(
                 self.rule,

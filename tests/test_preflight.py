@@ -1,0 +1,106 @@
+"""miraslab preflight: each gate fails on the failure it guards and passes on a healthy recipe."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import attrs
+import torch
+from conftest import REPO
+from training_cases import MQAR_RECIPE
+
+import miraslab
+from miraslab.cli import main
+from miraslab.model.block import Block, BlockContext
+from miraslab.preflight import run_preflight
+
+PROOF = REPO / "recipes" / "mqar" / "delta-proof.toml"
+# delta-proof at seq 64 with 4 pairs: 60 steps at lr 1e-2 already recall far queries
+BRIEF = [
+    "train.lr=1e-2",
+    "data.seq_len=64",
+    "data.task.seq_len=64",
+    "data.task.num_kv_pairs=4",
+    "data.task.min_query_distance=20",
+    "train.eval_batches=2",
+]
+
+
+class DisconnectedBlock(Block):
+    """MAL with the memory's output dropped: it runs, writes, and reaches nothing."""
+
+    uses_memory = True
+
+    def __init__(self, params, context: BlockContext):
+        super().__init__()
+        self.memory_norm, self.memory = context.norm(), context.memory()
+        self.attn_norm, self.attn = context.norm(), context.attention()
+
+    def forward(self, x: torch.Tensor, state=None, return_state: bool = False):
+        memory_state, cache = state if state is not None else (None, None)
+        _, memory_state = self.memory(self.memory_norm(x), memory_state, return_state=True)
+        h, cache = self.attn(self.attn_norm(x), cache=cache, return_cache=True)
+        x = x + h
+        return (x, (memory_state, cache)) if return_state else x
+
+
+class DisconnectedPlugin:
+    @miraslab.hookimpl
+    def register_layouts(self, register):
+        register("disconnected", DisconnectedBlock, attrs.make_class("DisconnectedParams", {}, frozen=True))
+
+
+def test_a_healthy_mqar_memory_passes_every_gate_after_a_brief_burst(capsys):
+    code = main(
+        ["preflight", str(PROOF), *[a for s in BRIEF for a in ("--set", s)], "--burst-steps", "60", "--json"]
+    )
+    report = json.loads(capsys.readouterr().out)
+    assert code == 0 and report["passed"], report
+    status = {gate["name"]: gate["status"] for gate in report["gates"]}
+    assert status == {
+        "proof_of_life": "pass",
+        "baton_pass": "pass",
+        "memory_ablation": "pass",
+        "seed_competition": "skip",
+    }
+    baton = next(g for g in report["gates"] if g["name"] == "baton_pass")["numbers"]
+    assert baton["carried"] > 0 and baton["reset"] == 0
+    ablation = next(g for g in report["gates"] if g["name"] == "memory_ablation")["numbers"]
+    assert ablation["memory_use/carry_gain_share"] > 0.01
+
+
+def test_a_disconnected_memory_fails_the_baton_pass_and_the_ablation(write_recipe, register_plugin, capsys):
+    register_plugin(DisconnectedPlugin(), "disconnected-layout")
+    recipe = write_recipe("r.toml", MQAR_RECIPE)
+    code = main(["preflight", str(recipe), "--set", 'model.layout="disconnected"', "--burst-steps", "20",
+                 "--gate", "baton_pass", "--gate", "memory_ablation"])  # fmt: skip
+    out = capsys.readouterr().out
+    assert code == 1, out
+    assert "FAIL  baton_pass:" in out and "nothing crosses the boundary" in out
+    assert "FAIL  memory_ablation: after 20 steps on the recipe's task: carry gain +0.0000 nats" in out
+    assert out.strip().endswith("preflight failed: baton_pass, memory_ablation")
+
+
+def test_the_tnt_atlas_seeds_gate_initialisation_is_reported_dead(write_recipe):
+    recipe = write_recipe("r.toml", MQAR_RECIPE)
+    dead = f'model.layout={{name = "mag", gain_init = {0.5 / math.sqrt(576)}}}'
+    (life,) = run_preflight(recipe, [dead], gates=["proof_of_life"])
+    assert (
+        life.status == "fail" and "dead gates" in life.summary and "blocks.0.gate 100% linear" in life.summary
+    )
+    (alive,) = run_preflight(recipe, ['model.layout="mag"'], gates=["proof_of_life"])
+    assert alive.status == "pass", alive.summary
+
+
+def test_a_text_recipe_is_probed_on_mqar(tmp_path):
+    """A task without answers cannot show the memory in minutes: the burst runs on MQAR."""
+    from miraslab.preflight import mqar_probe_sets
+    from miraslab.recipe.resolve import load_recipe
+
+    text = load_recipe(REPO / "recipes" / "quickstart_text.toml")
+    sets = mqar_probe_sets(text)
+    probe = load_recipe(REPO / "recipes" / "quickstart_text.toml", sets)
+    assert probe.data.task.name == "mqar" and probe.model.attention.window == 16
+    # every query beyond what two layers of 16-token attention and the convolution reach
+    assert probe.data.task.params.min_query_distance > 2 * (16 + probe.model.memory.conv_kernel)
