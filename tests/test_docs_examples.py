@@ -91,11 +91,11 @@ def test_the_models_example_decodes_with_the_state_it_returns(in_repo):
 
 
 def test_the_diagnostics_example_reads_the_gate_of_a_quickstart_run(tmp_path, monkeypatch):
-    """docs/diagnostics.md reads runs/quickstart/metrics.jsonl as the README's quickstart
+    """docs/diagnostics.md reads runs/quickstart-text/metrics.jsonl as the text demo
     writes it: a real (two-step) quickstart run, then the block, run where the run is."""
     env = {**os.environ, "MIRASLAB_CACHE": str(tmp_path / "cache")}
-    command = [sys.executable, "-m", "miraslab", "train", str(REPO / "recipes" / "quickstart.toml"),
-               "--out", "runs/quickstart", "--max-steps", "2"]  # fmt: skip
+    command = [sys.executable, "-m", "miraslab", "train", str(REPO / "recipes" / "quickstart_text.toml"),
+               "--out", "runs/quickstart-text", "--max-steps", "2"]  # fmt: skip
     result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     monkeypatch.chdir(tmp_path)

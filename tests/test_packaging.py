@@ -49,10 +49,11 @@ def source_packages() -> dict[str, Path]:
 
 
 def plugin_modules() -> dict[str, str]:
-    """Expected entry points: ``"kind.name" -> "miraslab.plugins.kind.name"`` for plugins/<kind>/<name>.py."""
+    """Expected entry points: ``"kind.name" -> "miraslab.plugins.kind.name"`` for plugins/<kind>/<name>.py
+    (a module whose name starts with ``_`` holds helpers its kind's plugins share, not a plugin)."""
     expected = {}
     for module in sorted((REPO / "plugins").glob("*/*.py")):
-        if module.name != "__init__.py":
+        if not module.name.startswith("_"):
             kind, name = module.parent.name, module.stem
             expected[f"{kind}.{name}"] = f"miraslab.plugins.{kind}.{name}"
     return expected

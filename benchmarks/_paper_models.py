@@ -1,0 +1,48 @@
+"""A paper or baseline recipe's architecture as ``--set`` lines, to lay over another recipe.
+
+The layout, the attention's persistent tokens and the memory's axes come from the model's
+recipe; its size (width, depth, heads, vocabulary, chunk and memory heads) stays the target
+recipe's, so every model runs at one size on one task.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from miraslab.recipe.loading import load_raw
+from miraslab.recipe.toml_writer import value_to_toml
+
+SIZE_KEYS = {"vocab_size", "d_model", "n_layers", "n_heads", "d_ff"}
+MEMORY_SIZE_KEYS = {"chunk_size", "heads", "head_dim"}
+
+
+def _toml(value: Any) -> str:
+    """A --set value: a bare word stays bare (the loader reads it as a string)."""
+    if isinstance(value, str) and value.replace("_", "").replace("-", "").isalnum():
+        return value
+    return value_to_toml(value)
+
+
+def model_sets(recipe: Path, keep_chunk: bool = True) -> list[str]:
+    """The --set lines that turn a recipe's model into ``recipe``'s architecture (its chunk size
+    too when ``keep_chunk`` is false)."""
+    data, _ = load_raw(recipe)
+    spec = data.get("model", {})
+    sets = [f"model.layout={_toml(spec['layout'])}"]
+    attention = spec.get("attention", {})
+    if "persistent_tokens" in attention:
+        sets.append(f"model.attention.persistent_tokens={attention['persistent_tokens']}")
+    skipped = MEMORY_SIZE_KEYS if keep_chunk else MEMORY_SIZE_KEYS - {"chunk_size"}
+    for key, value in spec.get("memory", {}).items():
+        if key in skipped:
+            continue
+        if isinstance(value, dict):  # a component with options: its name first (a new name drops options)
+            sets.append(f"model.memory.{key}.name={_toml(value['name'])}")
+            sets += [f"model.memory.{key}.{k}={_toml(v)}" for k, v in value.items() if k != "name"]
+        else:
+            sets.append(f"model.memory.{key}={_toml(value)}")
+    extra = set(spec) - SIZE_KEYS - {"layout", "attention", "memory"}
+    if extra:
+        raise SystemExit(f"{recipe}: model keys this script does not carry over: {', '.join(sorted(extra))}")
+    return sets

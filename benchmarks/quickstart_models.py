@@ -1,0 +1,123 @@
+"""Every paper and baseline recipe on the quickstart's task, at the quickstart's size.
+
+    python benchmarks/quickstart_models.py                    # all of them, the quickstart's 1000 steps
+    python benchmarks/quickstart_models.py --models titans-mag deltanet --steps 300 --json out.json
+
+Each run is recipes/quickstart.toml (MQAR, every query 41+ tokens after its key, 16-token
+attention windows, d_model 64, one block) with a model's architecture laid over it by
+``--set`` alone: its layout, persistent tokens and memory axes from its own recipe, the
+quickstart's size and chunk size (``--chunk`` changes it).  The table gives the accuracy on
+the answers with the memory carried and with it reset at every chunk, and the training time.
+TNT is left out: its shard and chunk lengths do not fit a 128-token sequence.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+# _paper_models: a helper beside this script (its directory is on sys.path)
+from _paper_models import model_sets
+
+import miraslab
+from miraslab.train.run_dir import RunDir
+from miraslab.train.trainer import Trainer
+
+REPO = Path(__file__).resolve().parents[1]
+QUICKSTART = REPO / "recipes" / "quickstart.toml"
+MODELS = {
+    path.stem: path
+    for folder in ("baselines", "papers")
+    for path in sorted((REPO / "recipes" / folder).glob("*.toml"))
+    if path.stem != "tnt"
+}
+
+
+def run_one(name: str, args: argparse.Namespace, root: Path) -> dict[str, Any]:
+    sets = [*model_sets(MODELS[name]), "model.attention.persistent_tokens=0", f"seed={args.seed}"]
+    sets += [
+        f"train.steps={args.steps}",
+        f"train.eval_every={args.steps}",
+        f"train.checkpoint_every={args.steps}",
+    ]
+    if args.chunk:
+        sets.append(f"model.memory.chunk_size={args.chunk}")
+    recipe = miraslab.load_recipe(QUICKSTART, sets)
+    started = time.perf_counter()
+    summary = Trainer(recipe, root / name, show_progress=False).run()
+    seconds = time.perf_counter() - started
+    use = summary.get("memory_use", {})
+    return {
+        "model": name,
+        "layout": recipe.model.layout.name,
+        "steps": args.steps,
+        "train_seconds": round(seconds, 1),
+        "accuracy": use.get("val_accuracy", _accuracy(root / name)),
+        "reset_accuracy": use.get("memory_use/reset_accuracy"),
+        "carry_gain": use.get("memory_use/carry_gain"),
+    }
+
+
+def _accuracy(run: Path) -> float | None:
+    """A model without a memory has no memory-use record: its accuracy from the last evaluation."""
+    evals = [r for r in RunDir(run).metrics() if r.get("event") == "eval" and "val_accuracy" in r]
+    return evals[-1]["val_accuracy"] if evals else None
+
+
+def markdown(results: list[dict[str, Any]]) -> str:
+    def pct(value: float | None) -> str:
+        return "–" if value is None else f"{100 * value:.1f}"
+
+    lines = [
+        "| recipe | layout | carried % | reset every chunk % | carry gain (nats) | train s |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        gain = "–" if r["carry_gain"] is None else f"{r['carry_gain']:+.2f}"
+        lines.append(
+            f"| {r['model']} | {r['layout']} | {pct(r['accuracy'])} | {pct(r['reset_accuracy'])} | {gain} | "
+            f"{r['train_seconds']} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--models", nargs="+", choices=list(MODELS), default=list(MODELS))
+    parser.add_argument("--steps", type=int, default=1000, help="optimizer steps (the quickstart's: 1000)")
+    parser.add_argument(
+        "--chunk", type=int, default=0, help="memory chunk size; 0 keeps the quickstart's (2)"
+    )
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, help="keep the runs here (default: a temporary directory)")
+    parser.add_argument("--json", type=Path, help="also write the results here")
+    args = parser.parse_args(argv)
+    root = args.out or Path(tempfile.mkdtemp(prefix="quickstart-models-"))
+    results = []
+    try:
+        for name in args.models:
+            result = run_one(name, args, root)
+            print(f"{name:<16} {markdown([result]).splitlines()[-1]}", file=sys.stderr, flush=True)
+            results.append(result)
+    finally:
+        if args.out is None:
+            shutil.rmtree(root, ignore_errors=True)
+    machine = f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}"
+    print(f"The quickstart's task, {args.steps} steps, seed {args.seed}, on {machine}:\n")
+    print(markdown(results))
+    if args.json:
+        args.json.write_text(json.dumps({"machine": machine, "results": results}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
