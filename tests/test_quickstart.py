@@ -30,3 +30,21 @@ def test_the_quickstart_recalls_what_only_its_carried_memory_holds(tmp_path):
     assert use["val_accuracy"] >= 0.95 and use["memory_use/reset_accuracy"] <= 0.05, use
     assert "the memory is used at step 1000" in result.stdout + result.stderr
     assert (out / "memory_use.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_paper_recipes_go_on_the_quickstarts_task_by_set_alone(tmp_path, capsys):
+    """benchmarks/quickstart_models.py, two steps each: every paper and baseline recipe loads on
+    the quickstart's task, and the table has a row per model with its memory columns."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import quickstart_models
+
+    assert "tnt" not in quickstart_models.MODELS and {"titans-mag", "swa", "atlas"} <= set(
+        quickstart_models.MODELS
+    )
+    out = tmp_path / "out.json"
+    assert quickstart_models.main(["--models", "swa", "deltanet", "--steps", "2", "--json", str(out)]) == 0
+    rows = {r["model"]: r for r in json.loads(out.read_text())["results"]}
+    assert rows["swa"]["reset_accuracy"] is None and rows["swa"]["accuracy"] is not None
+    assert rows["deltanet"]["layout"] == "lmm" and rows["deltanet"]["reset_accuracy"] is not None
+    table = capsys.readouterr().out
+    assert "| swa | swa |" in table and "| deltanet | lmm |" in table

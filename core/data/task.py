@@ -95,3 +95,30 @@ def rank_rows(batch_size: int, rank: int, world_size: int) -> slice:
         )
     per_rank = batch_size // world_size
     return slice(rank * per_rank, (rank + 1) * per_rank)
+
+
+def check_data_state(
+    state: dict[str, Any], expected_format: str, task: str, *, split: str, seed: int, fingerprint: str
+) -> None:
+    """Refuse a saved data state that cannot resume these batches: a state of another format or
+    task (``state["task"]``, where the format serves several), another split or seed, or task
+    settings changed since (``fingerprint``, a hash of its parameters).  Each is one line."""
+    if state.get("format") != expected_format or state.get("task", task) != task:
+        found = state.get("task") or state.get("format")
+        raise RecipeError(
+            [f"data: a saved data state of {found!r} cannot resume the {task} task; start it afresh"]
+        )
+    if (state.get("split"), state.get("seed")) != (split, seed):
+        raise RecipeError(
+            [
+                f"data: the saved data state is for split {state.get('split')!r} with seed {state.get('seed')}, "
+                f"not split {split!r} with seed {seed}; resume with the same seed"
+            ]
+        )
+    if state.get("fingerprint") != fingerprint:
+        raise RecipeError(
+            [
+                f"data.task: the {task} settings changed since this data state was saved, so its position "
+                "means nothing here; restore them, or start the data from the beginning"
+            ]
+        )

@@ -37,7 +37,7 @@ import torch
 
 import miraslab
 from miraslab.data.cache import cache_key
-from miraslab.data.task import Batches, Task, check_split, rank_rows
+from miraslab.data.task import Batches, Task, check_data_state, check_split, rank_rows
 from miraslab.errors import RecipeError
 
 IGNORE = -100  # F.cross_entropy's default ignore_index, and mad-lab's target_ignore_idx
@@ -187,25 +187,9 @@ class MadBatches(Batches):
         }
 
     def _check_state(self, state: dict[str, Any]) -> None:
-        if state.get("format") != STATE_FORMAT or state.get("task") != self.task:
-            found = state.get("task") or state.get("format")
-            raise RecipeError(
-                [f"data: a saved data state of {found!r} cannot resume the {self.task} task; start it afresh"]
-            )
-        if (state["split"], state["seed"]) != (self.split, self.seed):
-            raise RecipeError(
-                [
-                    f"data: the saved data state is for split {state['split']!r} with seed {state['seed']}, "
-                    f"not split {self.split!r} with seed {self.seed}; resume with the same seed"
-                ]
-            )
-        if state["fingerprint"] != self.fingerprint:
-            raise RecipeError(
-                [
-                    f"data.task: the {self.task} settings changed since this data state was saved, so its "
-                    "position means nothing here; restore them, or start the data from the beginning"
-                ]
-            )
+        check_data_state(
+            state, STATE_FORMAT, self.task, split=self.split, seed=self.seed, fingerprint=self.fingerprint
+        )
 
 
 class MadTask(Task):

@@ -44,7 +44,7 @@ import torch
 
 import miraslab
 from miraslab.data.cache import cache_key
-from miraslab.data.task import Batches, Task, check_split, rank_rows
+from miraslab.data.task import Batches, Task, check_data_state, check_split, rank_rows
 from miraslab.errors import RecipeError
 from miraslab.params import ParamValueError
 
@@ -210,24 +210,9 @@ class MqarBatches(Batches):
         }
 
     def _check_state(self, state: dict[str, Any]) -> None:
-        if state.get("format") != STATE_FORMAT:
-            raise RecipeError(
-                [f"data: a saved data state of format {state.get('format')!r} cannot resume the mqar task"]
-            )
-        if (state["split"], state["seed"]) != (self.split, self.seed):
-            raise RecipeError(
-                [
-                    f"data: the saved data state is for split {state['split']!r} with seed {state['seed']}, "
-                    f"not split {self.split!r} with seed {self.seed}; resume with the same seed"
-                ]
-            )
-        if state["fingerprint"] != self.fingerprint:
-            raise RecipeError(
-                [
-                    "data.task: the mqar settings changed since this data state was saved, so its position "
-                    "means nothing here; restore them, or start the data from the beginning"
-                ]
-            )
+        check_data_state(
+            state, STATE_FORMAT, "mqar", split=self.split, seed=self.seed, fingerprint=self.fingerprint
+        )
 
 
 class MqarTask(Task):

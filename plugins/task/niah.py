@@ -43,7 +43,7 @@ import torch
 
 import miraslab
 from miraslab.data.cache import cache_key
-from miraslab.data.task import Batches, Task, check_split, rank_rows
+from miraslab.data.task import Batches, Task, check_data_state, check_split, rank_rows
 from miraslab.errors import RecipeError
 from miraslab.params import ParamValueError, make_component
 
@@ -311,24 +311,9 @@ class NiahBatches(Batches):
         }
 
     def _check_state(self, state: dict[str, Any]) -> None:
-        if state.get("format") != STATE_FORMAT:
-            raise RecipeError(
-                [f"data: a saved data state of format {state.get('format')!r} cannot resume the niah task"]
-            )
-        if (state["split"], state["seed"]) != (self.split, self.seed):
-            raise RecipeError(
-                [
-                    f"data: the saved data state is for split {state['split']!r} with seed {state['seed']}, "
-                    f"not split {self.split!r} with seed {self.seed}; resume with the same seed"
-                ]
-            )
-        if state["fingerprint"] != self.fingerprint:
-            raise RecipeError(
-                [
-                    "data.task: the niah settings changed since this data state was saved, so its position "
-                    "means nothing here; restore them, or start the data from the beginning"
-                ]
-            )
+        check_data_state(
+            state, STATE_FORMAT, "niah", split=self.split, seed=self.seed, fingerprint=self.fingerprint
+        )
 
 
 class NiahTask(Task):
