@@ -170,3 +170,20 @@ def test_the_gate_floor_penalty_pushes_a_collapsing_gate_back(write_recipe, tmp_
     assert last("bare", "memory/L0/gate_mean") < 0.15
     assert last("floored", "memory/L0/gate_mean") > 0.2
     assert last("floored", "gate_floor") >= 0.0
+
+
+def test_the_memory_share_floor_makes_the_memory_write_more_into_its_block(write_recipe, tmp_path):
+    stats = '[[monitors]]\nname = "memory_stats"\n'
+    floor = '[[monitors]]\nname = "memory_share_floor"\nfloor = 5.0\nweight = 10.0\n'
+    sets = ["train.steps=15", "train.eval_every=0", "train.lr=1e-2"]
+    train(write_recipe, tmp_path / "bare", stats, sets)
+    train(write_recipe, tmp_path / "floored", stats + floor, sets)
+
+    def last(run: str, key: str) -> float:
+        return [m[key] for m in RunDir(tmp_path / run).metrics() if key in m][-1]
+
+    assert last("floored", "memory/L0/memory_share") > 1.5 * last("bare", "memory/L0/memory_share")
+    penalties = [
+        m["memory_share_floor"] for m in RunDir(tmp_path / "floored").metrics() if "memory_share_floor" in m
+    ]
+    assert penalties[0] > 0  # it started below the floor, and the penalty pushed it up
