@@ -174,6 +174,11 @@ def test_dry_run_prints_cells_and_overrides_and_trains_nothing(tmp_path):
     assert not (tmp_path / "runs").exists()
 
 
+def test_list_prints_one_cell_id_a_line_for_a_slurm_array(tmp_path):
+    code, printed = cli("ablate", str(write_matrix(tmp_path)), "--list")
+    assert code == 0 and printed.splitlines() == CELLS
+
+
 @pytest.mark.slow
 def test_nox_ablate_runs_the_matrix_and_one_cell_by_id(tmp_path):
     write_matrix(tmp_path)

@@ -197,4 +197,6 @@ def _write_results(root: Path, results: Sequence[CellResult]) -> None:
         except (ValueError, KeyError, TypeError):
             known = {}
     known.update({result.cell: attrs.asdict(result) for result in results})
-    path.write_text(json.dumps(list(known.values()), indent=2) + "\n")
+    partial = path.with_suffix(f".{os.getpid()}.tmp")  # whole or not at all, with array jobs side by side
+    partial.write_text(json.dumps(list(known.values()), indent=2) + "\n")
+    partial.replace(path)

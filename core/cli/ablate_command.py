@@ -1,4 +1,4 @@
-"""``miraslab ablate MATRIX.toml [--out DIR] [--jobs N] [--nproc N] [--cell ID] [--dry-run]``.
+"""``miraslab ablate MATRIX.toml [--out DIR] [--jobs N] [--nproc N] [--cell ID] [--dry-run] [--list]``.
 
 Every cell of the matrix trains into ``runs/<matrix>/<cell>/`` (or ``DIR/<cell>``); a rerun
 skips the finished cells and resumes the interrupted ones.  docs/ablations.md has the format.
@@ -34,6 +34,9 @@ def add_parser(sub: Any) -> None:
     parser.add_argument(
         "--dry-run", action="store_true", help="print the cells and their overrides, run nothing"
     )
+    parser.add_argument(
+        "--list", action="store_true", help="print the cell ids, one a line (for a SLURM array), run nothing"
+    )
     parser.add_argument("--skip-invalid", action="store_true", help="run the valid cells when some are not")
     parser.set_defaults(run=run)
 
@@ -49,6 +52,9 @@ def run(args: argparse.Namespace) -> int:
     matrix = load_matrix(args.matrix)
     cells = [matrix.cell(cell_id) for cell_id in args.cell] or matrix.cells
     root = args.out or default_root(matrix)
+    if args.list:
+        print("\n".join(cell.id for cell in cells))
+        return 0
     if args.dry_run:
         invalid = cell_problems(matrix, cells)
         print(f"{matrix.path}: {len(cells)} cells over {matrix.base}, into {root}/")
