@@ -9,6 +9,8 @@ and PyTorch is not downloaded again::
     nox -s tests -- tests/test_cli.py -x          # arguments after -- go to pytest
     nox -s tests -- -m ""                         # a -m after -- replaces the tier: everything
     nox -s lint                       # ruff check + ruff format --check
+    nox -s ablate -- recipes/ablations/miras-mqar.toml            # every cell of a matrix
+    nox -s ablate -- MATRIX.toml --cell "algorithm=gd,memory=mlp"  # one cell (ids: --dry-run)
 
 CI runs all three.  To run in an isolated, freshly created venv instead (the test sessions
 install setuptools >= 70.1, then torch==2.13.0, the CPU build, then ``-e '.[test]'``;
@@ -80,3 +82,19 @@ def lint(session: nox.Session) -> None:
     python = python_of(session)
     session.run(python, "-m", "ruff", "check", ".")
     session.run(python, "-m", "ruff", "format", "--check", ".")
+
+
+@nox.session
+def ablate(session: nox.Session) -> None:
+    """Every cell of an ablation matrix: ``-- MATRIX.toml [--out DIR] [--cell ID] [--jobs N]``.
+
+    The arguments go to ``miraslab ablate``; ``--dry-run`` lists the cells and their ids.
+    Cells are known only once a matrix is named, so one cell is picked by ``--cell ID``
+    rather than by a parametrised session.
+    """
+    if not session.posargs:
+        session.error("give a matrix: nox -s ablate -- MATRIX.toml [--out DIR] [--cell ID]")
+    if session.venv_backend != "none":
+        install_for_tests(session)
+    with session.chdir(session.invoked_from):  # nox runs in the noxfile's folder; paths are the caller's
+        session.run(python_of(session), "-m", "miraslab", "ablate", *session.posargs)

@@ -256,7 +256,9 @@ def test_a_layout_without_memory_ignores_the_memory_table(capsys, in_tmp):
 
 
 RECIPES = sorted(
-    str(p.relative_to(REPO)) for p in (REPO / "recipes").rglob("*.toml") if "base" not in p.parts
+    str(p.relative_to(REPO))
+    for p in (REPO / "recipes").rglob("*.toml")
+    if not {"base", "ablations"} & set(p.parts)  # ablations/: matrices, not recipes
 )
 
 

@@ -13,7 +13,8 @@ from miraslab.model.counting import parameter_report
 from miraslab.model.language_model import build_model
 from miraslab.recipe.resolve import load_recipe
 
-RECIPES = sorted(p for p in (REPO / "recipes").rglob("*.toml") if "base" not in p.parts)
+# recipes/ablations/ holds matrices, not recipes (tests/test_ablation_matrix.py checks them)
+RECIPES = sorted(p for p in (REPO / "recipes").rglob("*.toml") if not {"base", "ablations"} & set(p.parts))
 SHRINK = [
     "model.vocab_size=64",
     "model.d_model=32",

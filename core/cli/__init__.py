@@ -8,6 +8,7 @@ from collections.abc import Sequence
 
 from ..errors import MiraslabError
 from . import (
+    ablate_command,
     eval_command,
     generate_command,
     plugins_command,
@@ -29,6 +30,7 @@ COMMANDS = (
     preflight_command,
     probe_command,
     report_command,
+    ablate_command,
 )
 
 

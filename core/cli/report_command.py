@@ -1,7 +1,8 @@
-"""``miraslab report RUN [--out DIR]``: PNG plots and summary.md of a training run.
+"""``miraslab report RUN [--out DIR]``: PNG plots and summary.md of a training run, and
+``miraslab report MATRIX.toml [--out DIR]``: the table and plots of an ablation matrix.
 
-The argument is dispatched on what it is: a run directory today; an ablation matrix (a
-``.toml`` file) is answered with a one-line error until matrix reports exist.
+The argument is dispatched on what it is: a ``.toml`` file is a matrix, whose ``--out`` is the
+root its cells were run into (as for ``miraslab ablate``); anything else is a run directory.
 """
 
 from __future__ import annotations
@@ -15,9 +16,17 @@ from ..errors import MiraslabError
 
 def add_parser(sub: Any) -> None:
     parser = sub.add_parser("report", help="plots and a summary of a run: is its memory used?")
-    parser.add_argument("target", type=Path, metavar="RUN", help="a run directory written by miraslab train")
     parser.add_argument(
-        "--out", type=Path, help="where to write the PNGs and summary.md (default RUN/report)"
+        "target",
+        type=Path,
+        metavar="RUN",
+        help="a run directory written by miraslab train, or a matrix .toml",
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        help="where to write the PNGs and summary.md (default RUN/report); "
+        "for a matrix: the root its cells ran in (default runs/<matrix>)",
     )
     parser.set_defaults(run=run)
 
@@ -41,7 +50,18 @@ def run_report(args: argparse.Namespace) -> int:
 
 
 def matrix_report(args: argparse.Namespace) -> int:
-    raise MiraslabError(
-        f"{args.target}: a report of an ablation matrix (a .toml file) is not supported yet; "
-        "give a run directory written by miraslab train"
-    )
+    from ..ablation import default_root, load_matrix
+    from ..ablation.report import write_matrix_report
+
+    matrix = load_matrix(args.target)
+    root = args.out or default_root(matrix)
+    if not root.is_dir():
+        raise MiraslabError(
+            f"{root}: no runs of {args.target} here; run `miraslab ablate {args.target}` first"
+        )
+    report = write_matrix_report(matrix, root)
+    unfinished = [row.cell for row in report.rows if row.status != "finished"]
+    print(f"{len(report.rows)} cells" + (f", {len(unfinished)} not finished" if unfinished else ""))
+    written = [path.name for path in (report.markdown, report.csv, *report.plots)]
+    print(f"wrote {', '.join(written)} to {root}")
+    return 0
