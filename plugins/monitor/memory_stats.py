@@ -99,7 +99,9 @@ class MemoryStats:
                 metrics[f"{prefix}/gate_linear"] = float(
                     (pre.abs() < self.params.linear_region).float().mean()
                 )
-                metrics[f"{prefix}/gate_saturating"] = float((pre.abs() > self.params.saturation).float().mean())
+                metrics[f"{prefix}/gate_saturating"] = float(
+                    (pre.abs() > self.params.saturation).float().mean()
+                )
                 metrics[f"{prefix}/gain"] = module.gain
             elif isinstance(module, GateProjections):
                 tag = _memory_tag(name)
