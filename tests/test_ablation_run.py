@@ -197,3 +197,28 @@ def test_nox_ablate_runs_the_matrix_and_one_cell_by_id(tmp_path):
         e["cell"]: e["status"] for e in json.loads((tmp_path / "runs/grid/ablation.json").read_text())
     }
     assert statuses == {CELLS[0]: "trained", CELLS[1]: "skipped", CELLS[2]: "trained", CELLS[3]: "trained"}
+
+
+@pytest.mark.slow
+def test_a_cell_runs_under_torchrun_with_two_processes(tmp_path):
+    """[launch] nproc = 2: the cell trains under torchrun (gloo on CPU) and is an ordinary run."""
+    matrix = write_matrix(tmp_path, GRID.replace("[axes]", "[launch]\nnproc = 2\n[axes]"))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    command = [
+        sys.executable,
+        "-m",
+        "miraslab",
+        "ablate",
+        str(matrix),
+        "--cell",
+        CELLS[0],
+        "--out",
+        str(tmp_path / "runs"),
+    ]
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout + result.stderr
+    run = tmp_path / "runs" / CELLS[0]
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["step"] == 2
+    log = (run / "ablate.log").read_text() if (run / "ablate.log").exists() else result.stdout + result.stderr
+    assert "2 process(es)" in log, log
