@@ -10,6 +10,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -110,7 +111,7 @@ def test_nonfinite_parameters_are_never_saved(workspace, tmp_path, monkeypatch):
 
 def test_a_run_that_diverges_before_its_first_checkpoint_says_none_was_written(workspace, tmp_path):
     with pytest.raises(MiraslabError) as error:
-        train(workspace, tmp_path / "run", ["model.init_std=inf"])
+        train(workspace, tmp_path / "run", ["train.lr=1e4"])  # NaN by step 2, before step 6's checkpoint
     message = str(error.value)
     assert "no checkpoint was written" in message
     assert f"miraslab train --resume {tmp_path / 'run'}" in message
@@ -123,9 +124,11 @@ def test_a_run_that_diverges_before_its_first_checkpoint_says_none_was_written(w
 def test_resume_on_a_run_without_a_checkpoint_starts_it_again_from_step_0(workspace, tmp_path):
     out = tmp_path / "run"
     with pytest.raises(MiraslabError, match="no checkpoint was written"):
-        train(workspace, out, ["model.init_std=inf"])
+        train(workspace, out, ["train.lr=1e4"])
     recipe = out / "recipe.toml"
-    recipe.write_text(recipe.read_text().replace("init_std = inf", "init_std = 0.02"))
+    text = recipe.read_text()
+    assert re.search(r"^lr = 10000\.0$", text, flags=re.M)
+    recipe.write_text(re.sub(r"^lr = 10000\.0$", "lr = 0.003", text, flags=re.M))
     summary = resume(out)
     assert summary["step"] == 12
     steps = [m["step"] for m in RunDir(out).metrics() if "loss" in m]
