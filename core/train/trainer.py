@@ -172,7 +172,12 @@ class Trainer:
         component = self.recipe.data.task
         saved = self.run_dir.path / TOKENIZER_FILE
         params = component.params
-        if self.resume and saved.is_file() and attrs.has(type(params)) and getattr(params, "tokenizer", None) == "":
+        if (
+            self.resume
+            and saved.is_file()
+            and attrs.has(type(params))
+            and getattr(params, "tokenizer", None) == ""
+        ):
             # a resumed run reads the tokenizer it was trained with, not the cache's (which may be gone)
             component = attrs.evolve(component, params=attrs.evolve(params, tokenizer=str(saved)))
         task = build_component(component, self.registry)

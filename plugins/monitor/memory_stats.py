@@ -29,9 +29,7 @@ import attrs
 import torch
 
 import miraslab
-from miraslab.memory.gates import GateProjections
-from miraslab.memory.neural_memory import NeuralMemory
-from miraslab.model.memory_gate import MemoryGate
+from miraslab.api import GateProjections, MemoryGate, NeuralMemory
 
 
 @attrs.frozen
@@ -99,7 +97,9 @@ class MemoryStats:
                 metrics[f"{prefix}/gate_linear"] = float(
                     (pre.abs() < self.params.linear_region).float().mean()
                 )
-                metrics[f"{prefix}/gate_saturating"] = float((pre.abs() > self.params.saturation).float().mean())
+                metrics[f"{prefix}/gate_saturating"] = float(
+                    (pre.abs() > self.params.saturation).float().mean()
+                )
                 metrics[f"{prefix}/gain"] = module.gain
             elif isinstance(module, GateProjections):
                 tag = _memory_tag(name)
