@@ -30,7 +30,7 @@ from typing import Any
 import torch
 
 # _paper_models: a helper beside this script (its directory is on sys.path)
-from _paper_models import model_sets
+from _paper_models import model_sets as recipe_model_sets
 
 import miraslab
 from miraslab.evaluation import evaluate
@@ -67,6 +67,11 @@ ATLAS_PAPER = {
 }  # fmt: skip
 
 
+def model_sets(model: str) -> list[str]:
+    """The --set lines that turn a MAD recipe's model into the table's ``model``."""
+    return recipe_model_sets(REPO / MODELS[model])
+
+
 def reduced_sets(args: argparse.Namespace) -> list[str]:
     sets = [
         f"train.steps={args.steps}",
@@ -86,7 +91,7 @@ def reduced_sets(args: argparse.Namespace) -> list[str]:
 
 
 def run_one(task: str, model: str, args: argparse.Namespace, root: Path) -> dict[str, Any]:
-    sets = model_sets(REPO / MODELS[model]) + reduced_sets(args)
+    sets = model_sets(model) + reduced_sets(args)
     recipe = miraslab.load_recipe(REPO / TASKS[task], sets)
     out = root / f"{task}--{model}"
     started = time.perf_counter()
@@ -163,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.show_sets:
         for model in args.models:
-            print(f"{model}: " + " ".join(f"--set {s}" for s in model_sets(REPO / MODELS[model])))
+            print(f"{model}: " + " ".join(f"--set {s}" for s in model_sets(model)))
         return 0
     torch.set_num_threads(args.threads)
     root = args.out or Path(tempfile.mkdtemp(prefix="mad-table-"))

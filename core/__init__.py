@@ -7,6 +7,11 @@ Public API (lazy, so ``import miraslab`` stays cheap for plugin authors)::
     miraslab.build_model(recipe)       # torch.nn.Module: input_ids -> logits
     miraslab.load_run(run_dir)         # model, tokenizer and recipe of a training run
     miraslab.MemoryLayer, miraslab.memory_op   # the memory engine without recipes
+    miraslab.api                       # everything a plugin imports (docs/plugins.md)
+
+The names plugin authors use most (the axis base classes, ``GateDef``, ``MemoryState``,
+``Block``, ``Task``, the errors) are also attributes of ``miraslab``, read from
+``miraslab.api``.
 """
 
 from __future__ import annotations
@@ -29,6 +34,31 @@ _LAZY = {
     "MemoryLayer": ("miraslab.memory.layer", "MemoryLayer"),
     "memory_op": ("miraslab.memory.engine", "memory_op"),
 }
+# names of the public face (miraslab.api) that are worth a top-level spelling
+_API = (
+    "MemoryArchitecture",
+    "AttentionalBias",
+    "Retention",
+    "LearningAlgorithm",
+    "FeatureMap",
+    "GateDef",
+    "MemoryState",
+    "NeuralMemory",
+    "GateProjections",
+    "Block",
+    "BlockContext",
+    "KVCache",
+    "MemoryGate",
+    "Task",
+    "Batches",
+    "TrainingBatch",
+    "IGNORE",
+    "RunContext",
+    "ParamValueError",
+    "RecipeError",
+    "MiraslabError",
+)
+_LAZY.update({name: ("miraslab.api", name) for name in _API})
 
 __all__ = ["__version__", "hookimpl", "hookspec", "param", *_LAZY]
 

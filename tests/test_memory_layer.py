@@ -217,3 +217,18 @@ def test_the_layer_compiles_without_graph_breaks_and_matches_eager(options, dim,
     names = ["x", *(name for name, _ in layer.named_parameters())]
     for name, got, expected in zip(names, grads_compiled, grads_eager, strict=True):
         assert_close_to_scale(got, expected, COMPILE_TOL, name)
+
+
+def test_the_one_assembly_copies_every_key_of_the_memory_table():
+    """spec_options is the single copy of [model.memory]'s fields that the plain layer and TNT
+    build from: a key added to MemorySpec and not to it would be silently ignored."""
+    import attrs
+
+    from miraslab.memory.layer import spec_options
+    from miraslab.memory.spec import GatesSpec, MemorySpec
+
+    options = spec_options(MemorySpec())
+    shape = {"heads", "head_dim", "gates"}  # the layer's shape, and the gates' own table below
+    assert {f.name for f in attrs.fields(MemorySpec)} - shape <= set(options)
+    gate_keys = {f.name for f in attrs.fields(GatesSpec)} - {"rank"}
+    assert gate_keys <= set(options) and "gate_rank" in options

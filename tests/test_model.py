@@ -134,3 +134,14 @@ def test_swa_without_a_window_is_refused():
 
     with pytest.raises(RecipeError, match="layout swa needs a window"):
         tiny_model("swa", attention={"window": 0})
+
+
+def test_every_tnt_memory_takes_the_memory_tables_keys():
+    """TNT's global and local memories are assembled like the plain layer's: compile_chunks,
+    which TNT once dropped, reaches each of them."""
+    from miraslab.memory.neural_memory import NeuralMemory
+
+    model = tiny_model("lmm", TNT, memory={"chunk_size": 3, "compile_chunks": True})
+    memories = [m for m in model.modules() if isinstance(m, NeuralMemory)]
+    assert len(memories) == 4  # two layers, a global and a local memory each
+    assert all(m.compile_chunks for m in memories)

@@ -470,12 +470,12 @@ def test_every_mad_recipe_trains_two_steps_and_evaluates(path, tmp_path) -> None
 @pytest.mark.parametrize("model", list(mad_table.MODELS))
 def test_every_table_model_runs_on_every_mad_recipe_by_set_alone(model: str) -> None:
     for path in RECIPES:
-        recipe = miraslab.load_recipe(path, mad_table.model_sets(REPO / mad_table.MODELS[model]))
+        recipe = miraslab.load_recipe(path, mad_table.model_sets(model))
         assert recipe.data.task.name.startswith("mad_")
         assert recipe.model.d_model == 128  # the MAD recipe's size, not the paper recipe's
-    assert miraslab.load_recipe(
-        RECIPES[0], mad_table.model_sets(REPO / mad_table.MODELS[model])
-    ).model.layout.name == (miraslab.load_recipe(REPO / mad_table.MODELS[model]).model.layout.name)
+    assert miraslab.load_recipe(RECIPES[0], mad_table.model_sets(model)).model.layout.name == (
+        miraslab.load_recipe(REPO / mad_table.MODELS[model]).model.layout.name
+    )
 
 
 def test_the_mad_table_command_prints_the_table_beside_the_atlas_paper(tmp_path, capsys) -> None:

@@ -69,6 +69,84 @@ def check_layer_input(x: torch.Tensor, dim: int, state: LayerState | None) -> No
         raise ValueError(f"MemoryLayer: state is for batch {state.conv.shape[0]}, x has batch {x.shape[0]}")
 
 
+def spec_options(spec: MemorySpec) -> dict[str, Any]:
+    """Every ``[model.memory]`` key but the shape (heads, head_dim), as MemoryLayer's keyword
+    arguments: the one copy of the spec's fields, used by the plain layer and by TNT."""
+    return dict(
+        memory=spec.memory,
+        bias=spec.bias,
+        retention=spec.retention,
+        algorithm=spec.algorithm,
+        features=spec.features,
+        chunk_size=spec.chunk_size,
+        path=spec.path,
+        conv_kernel=spec.conv_kernel,
+        activation=spec.activation,
+        qk_norm=spec.qk_norm,
+        output_norm=spec.output_norm,
+        qk_projection=spec.qk_projection,
+        channelwise_lr=spec.gates.channelwise_lr,
+        channelwise_window=spec.gates.channelwise_window,
+        channelwise_decay=spec.gates.channelwise_decay,
+        channelwise_momentum=spec.gates.channelwise_momentum,
+        gate_rank=spec.gates.rank,
+        compile_chunks=spec.compile_chunks,
+    )
+
+
+# the options that shape the projections around a memory (q/k/v inputs, read-out norm), which
+# a layer holding several memories (TNT) builds once for all of them
+AROUND_MEMORY = ("conv_kernel", "activation", "output_norm")
+
+
+def build_neural_memory(
+    dim: int,
+    heads: int,
+    head_dim: int,
+    *,
+    memory: ComponentLike,
+    bias: ComponentLike,
+    retention: ComponentLike,
+    algorithm: ComponentLike,
+    features: ComponentLike,
+    chunk_size: int,
+    path: str,
+    qk_norm: bool,
+    qk_projection: bool,
+    channelwise_lr: bool,
+    channelwise_window: bool,
+    channelwise_decay: bool,
+    channelwise_momentum: bool,
+    gate_rank: int,
+    compile_chunks: bool,
+    registry: Registry | None = None,
+) -> NeuralMemory:
+    """The memory branch (rule, gates, feature map, chunked or recurrent path) from
+    MemoryLayer's options; the plain layer and TNT's global and local memories all build theirs here."""
+    return NeuralMemory(
+        dim,
+        heads,
+        head_dim,
+        memory=as_component("memory", memory, registry),
+        bias=as_component("bias", bias, registry),
+        retention=as_component("retention", retention, registry),
+        algorithm=as_component("algorithm", algorithm, registry),
+        features=as_component("features", features, registry),
+        chunk_size=chunk_size,
+        path=path,
+        qk_projection=qk_projection,
+        qk_norm=qk_norm,
+        channelwise=GatesSpec(
+            channelwise_lr=channelwise_lr,
+            channelwise_window=channelwise_window,
+            channelwise_decay=channelwise_decay,
+            channelwise_momentum=channelwise_momentum,
+        ).channelwise(),
+        gate_rank=gate_rank,
+        compile_chunks=compile_chunks,
+    )
+
+
 class MemoryLayer(nn.Module):
     """A Miras neural memory as a sequence layer."""
 
@@ -104,27 +182,26 @@ class MemoryLayer(nn.Module):
             raise ValueError(f"dim {dim} is too small for {heads} heads")
         self.dim, self.heads, self.head_dim = dim, heads, head_dim
         self.inputs = MemoryInputs(dim, heads, head_dim, conv_kernel, activation, qk_norm)
-        self.memory = NeuralMemory(
+        self.memory = build_neural_memory(
             dim,
             heads,
             head_dim,
-            memory=as_component("memory", memory, registry),
-            bias=as_component("bias", bias, registry),
-            retention=as_component("retention", retention, registry),
-            algorithm=as_component("algorithm", algorithm, registry),
-            features=as_component("features", features, registry),
+            memory=memory,
+            bias=bias,
+            retention=retention,
+            algorithm=algorithm,
+            features=features,
             chunk_size=chunk_size,
             path=path,
-            qk_projection=qk_projection,
             qk_norm=qk_norm,
-            channelwise=GatesSpec(
-                channelwise_lr=channelwise_lr,
-                channelwise_window=channelwise_window,
-                channelwise_decay=channelwise_decay,
-                channelwise_momentum=channelwise_momentum,
-            ).channelwise(),
+            qk_projection=qk_projection,
+            channelwise_lr=channelwise_lr,
+            channelwise_window=channelwise_window,
+            channelwise_decay=channelwise_decay,
+            channelwise_momentum=channelwise_momentum,
             gate_rank=gate_rank,
             compile_chunks=compile_chunks,
+            registry=registry,
         )
         self.norm = nn.RMSNorm(head_dim, eps=1e-6) if output_norm else nn.Identity()
         self.out = nn.Linear(heads * head_dim, dim, bias=False)
@@ -139,26 +216,7 @@ class MemoryLayer(nn.Module):
         **overrides: Any,
     ) -> MemoryLayer:
         heads = spec.heads or default_heads
-        options = dict(
-            memory=spec.memory,
-            bias=spec.bias,
-            retention=spec.retention,
-            algorithm=spec.algorithm,
-            features=spec.features,
-            chunk_size=spec.chunk_size,
-            path=spec.path,
-            conv_kernel=spec.conv_kernel,
-            activation=spec.activation,
-            qk_norm=spec.qk_norm,
-            output_norm=spec.output_norm,
-            qk_projection=spec.qk_projection,
-            channelwise_lr=spec.gates.channelwise_lr,
-            channelwise_window=spec.gates.channelwise_window,
-            channelwise_decay=spec.gates.channelwise_decay,
-            channelwise_momentum=spec.gates.channelwise_momentum,
-            gate_rank=spec.gates.rank,
-            compile_chunks=spec.compile_chunks,
-        )
+        options = spec_options(spec)
         options.update(overrides)
         return cls(dim, heads, spec.head_dim or dim // heads, registry=registry, **options)
 

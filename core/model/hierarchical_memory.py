@@ -20,6 +20,7 @@ from torch import nn
 
 from ..components import build_component
 from ..memory.inputs import MemoryInputs
+from ..memory.layer import AROUND_MEMORY, build_neural_memory, spec_options
 from ..memory.neural_memory import NeuralMemory, NeuralMemoryState
 from ..memory.spec import MemorySpec
 from .spec import TNTSpec
@@ -60,22 +61,19 @@ class HierarchicalMemory(nn.Module):
         self.shard_length = tnt.shard_length
         self.inputs = MemoryInputs(dim, heads, head_dim, spec.conv_kernel, spec.activation, spec.qk_norm)
 
+        # every [model.memory] key reaches each memory through the plain layer's assembly;
+        # the q/k/v inputs and the read-out norm around them are built once, here
+        options = spec_options(spec)
+        for key in AROUND_MEMORY:
+            del options[key]
+
         def memory(chunk: int, qk_projection: bool) -> NeuralMemory:
-            return NeuralMemory(
+            return build_neural_memory(
                 dim,
                 heads,
                 head_dim,
-                memory=spec.memory,
-                bias=spec.bias,
-                retention=spec.retention,
-                algorithm=spec.algorithm,
-                features=spec.features,
-                chunk_size=chunk,
-                path=spec.path,
-                qk_projection=qk_projection,
-                qk_norm=spec.qk_norm,
-                channelwise=spec.gates.channelwise(),
-                gate_rank=spec.gates.rank,
+                **{**options, "chunk_size": chunk, "qk_projection": qk_projection},
+                registry=registry,
             )
 
         self.global_memory = memory(tnt.global_chunk, qk_projection=False)

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..recipe.resolve import load_recipe
 from ..registry import Registry, get_registry
 from .block import BlockContext
 from .spec import ModelSpec
@@ -89,8 +90,6 @@ def build_model(
 ) -> LanguageModel:
     """A model from a Recipe, a ModelSpec, or a recipe file path (with --set style overrides)."""
     if isinstance(recipe, (str, Path)):
-        from ..recipe.resolve import load_recipe
-
         recipe = load_recipe(recipe, sets, registry)
     spec = recipe if isinstance(recipe, ModelSpec) else recipe.model
     return LanguageModel(spec, registry)

@@ -32,7 +32,6 @@ class MemoryGate(nn.Module):
         self.log_gain = nn.Parameter(torch.tensor([math.log(gain_init)]))
         self.record = False  # keep the last values (detached) for monitors
         self.keep_graph = False  # keep the last gate with its graph, for a regulariser's loss term
-        self.keep_graph = False  # keep the last gate with its graph, for a regulariser's loss term
         self.last_gate: torch.Tensor | None = None
         self.last_preactivation: torch.Tensor | None = None
 
@@ -46,8 +45,6 @@ class MemoryGate(nn.Module):
             gate = torch.sigmoid(pre)
         if self.record:
             self.last_gate, self.last_preactivation = gate.detach(), pre.detach()
-        if self.keep_graph:
-            self.last_gate = gate
         if self.keep_graph:
             self.last_gate = gate
         return gate.to(memory_out.dtype)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import attrs
 
 import miraslab
-from miraslab.memory.parts import GateDef, LearningAlgorithm
+from miraslab.api import GateDef, LearningAlgorithm
 
 
 @attrs.frozen
@@ -22,9 +22,7 @@ class GDParams:
 
     def cross_check(self) -> None:
         if self.lr_init >= self.lr_max:
-            raise miraslab.params.ParamValueError(
-                "lr_init", f"a number < lr_max ({self.lr_max})", self.lr_init
-            )
+            raise miraslab.api.ParamValueError("lr_init", f"a number < lr_max ({self.lr_max})", self.lr_init)
 
 
 class GradientDescent(LearningAlgorithm):

@@ -12,7 +12,7 @@ import attrs
 import torch
 
 import miraslab
-from miraslab.memory.parts import GateDef, Gates, LearningAlgorithm
+from miraslab.api import GateDef, Gates, LearningAlgorithm
 
 
 @attrs.frozen
@@ -27,9 +27,7 @@ class MomentumParams:
 
     def cross_check(self) -> None:
         if self.lr_init >= self.lr_max:
-            raise miraslab.params.ParamValueError(
-                "lr_init", f"a number < lr_max ({self.lr_max})", self.lr_init
-            )
+            raise miraslab.api.ParamValueError("lr_init", f"a number < lr_max ({self.lr_max})", self.lr_init)
 
 
 class Momentum(LearningAlgorithm):

@@ -18,7 +18,7 @@ import attrs
 import torch
 
 import miraslab
-from miraslab.memory.parts import ChunkEnd, GateDef, Gates, LearningAlgorithm, Weights, at_least_fp32
+from miraslab.api import ChunkEnd, GateDef, Gates, LearningAlgorithm, Weights, at_least_fp32
 
 # quintic Newton-Schulz coefficients (Keller Jordan's Muon): fast convergence of the singular values
 NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)

@@ -17,7 +17,7 @@ import attrs
 import torch
 
 import miraslab
-from miraslab.model.attention_backend import AttentionBackend, is_visible, keys_end_at_queries
+from miraslab.api import AttentionBackend, is_visible, keys_end_at_queries
 
 # devices flex_attention accepts (torch 2.13), and those where it has no backward pass
 _DEVICES = ("cuda", "cpu", "xpu", "hpu", "mps")

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 import miraslab
-from miraslab.model.attention_backend import AttentionBackend, keys_end_at_queries, visibility_mask
+from miraslab.api import AttentionBackend, keys_end_at_queries, visibility_mask
 
 
 @attrs.frozen

@@ -16,7 +16,7 @@ import attrs
 import torch
 
 import miraslab
-from miraslab.model.attention_backend import AttentionBackend, keys_end_at_queries, visibility_mask
+from miraslab.api import AttentionBackend, keys_end_at_queries, visibility_mask
 
 NOT_INSTALLED = "xformers is not installed: pip install 'miraslab[xformers]'"
 

@@ -13,7 +13,7 @@ import attrs
 import torch
 
 import miraslab
-from miraslab.memory.parts import AttentionalBias, GateDef, Gates, at_least_fp32
+from miraslab.api import AttentionalBias, GateDef, Gates, at_least_fp32
 
 
 @attrs.frozen

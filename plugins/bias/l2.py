@@ -7,7 +7,7 @@ import attrs
 import torch
 
 import miraslab
-from miraslab.memory.parts import AttentionalBias, Gates
+from miraslab.api import AttentionalBias, Gates
 
 
 @attrs.frozen

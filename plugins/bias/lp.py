@@ -8,7 +8,7 @@ import attrs
 import torch
 
 import miraslab
-from miraslab.memory.parts import AttentionalBias, Gates, at_least_fp32
+from miraslab.api import AttentionalBias, Gates, at_least_fp32
 
 
 @attrs.frozen

@@ -14,10 +14,7 @@ import attrs
 import torch
 
 import miraslab
-from miraslab.errors import RecipeError
-from miraslab.memory.parts import AttentionalBias, GateDef, Gates
-from miraslab.memory.spec import BiasComponent
-from miraslab.params import component_field
+from miraslab.api import AttentionalBias, BiasComponent, GateDef, Gates, RecipeError, component_field
 
 
 @attrs.frozen

@@ -5,7 +5,7 @@ from __future__ import annotations
 import attrs
 
 import miraslab
-from miraslab.memory.parts import FeatureMap
+from miraslab.api import FeatureMap
 
 
 @attrs.frozen

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 import miraslab
-from miraslab.memory.parts import FeatureMap
+from miraslab.api import FeatureMap
 
 
 @attrs.frozen
@@ -31,7 +31,7 @@ class PolynomialParams:
 
     def cross_check(self) -> None:
         if self.coefficients and len(self.coefficients) != self.degree + 1:
-            raise miraslab.params.ParamValueError(
+            raise miraslab.api.ParamValueError(
                 "coefficients", f"{self.degree + 1} numbers (a_0..a_{self.degree})", list(self.coefficients)
             )
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import attrs
 
 import miraslab
-from miraslab.model.block import BlockContext, TransformerBlock
+from miraslab.api import BlockContext, TransformerBlock
 
 
 @attrs.frozen

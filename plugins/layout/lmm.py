@@ -6,7 +6,7 @@ import attrs
 import torch
 
 import miraslab
-from miraslab.model.block import Block, BlockContext
+from miraslab.api import Block, BlockContext
 
 
 @attrs.frozen

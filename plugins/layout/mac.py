@@ -20,9 +20,7 @@ import attrs
 import torch
 
 import miraslab
-from miraslab.model.attention import KVCache
-from miraslab.model.block import Block, BlockContext
-from miraslab.model.memory_gate import MemoryGate
+from miraslab.api import Block, BlockContext, KVCache, MemoryGate
 
 
 @attrs.frozen

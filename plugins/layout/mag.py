@@ -13,8 +13,7 @@ import attrs
 import torch
 
 import miraslab
-from miraslab.model.block import Block, BlockContext
-from miraslab.model.memory_gate import MemoryGate
+from miraslab.api import Block, BlockContext, MemoryGate
 
 
 @attrs.frozen

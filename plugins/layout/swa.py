@@ -5,8 +5,7 @@ from __future__ import annotations
 import attrs
 
 import miraslab
-from miraslab.errors import RecipeError
-from miraslab.model.block import BlockContext, TransformerBlock
+from miraslab.api import BlockContext, RecipeError, TransformerBlock
 
 
 @attrs.frozen

@@ -6,7 +6,7 @@ import attrs
 import torch
 
 import miraslab
-from miraslab.memory.parts import Linear, MemoryArchitecture
+from miraslab.api import Linear, MemoryArchitecture
 
 
 @attrs.frozen

@@ -7,8 +7,7 @@ import torch
 import torch.nn.functional as F
 
 import miraslab
-from miraslab.errors import RecipeError
-from miraslab.memory.parts import Linear, MemoryArchitecture
+from miraslab.api import Linear, MemoryArchitecture, RecipeError
 
 ACTIVATIONS = {"gelu": F.gelu, "silu": F.silu, "relu": F.relu}
 

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 import miraslab
-from miraslab.model.memory_gate import whole
+from miraslab.api import whole
 
 
 @attrs.frozen

@@ -13,7 +13,7 @@ import attrs
 import torch
 
 import miraslab
-from miraslab.model.memory_gate import MemoryGate
+from miraslab.api import MemoryGate
 
 
 @attrs.frozen

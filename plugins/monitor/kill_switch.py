@@ -28,8 +28,7 @@ import attrs
 import torch
 
 import miraslab
-from miraslab.memory.gates import GateProjections
-from miraslab.model.memory_gate import MemoryGate
+from miraslab.api import GateProjections, MemoryGate
 
 
 @attrs.frozen

@@ -29,9 +29,7 @@ import attrs
 import torch
 
 import miraslab
-from miraslab.memory.gates import GateProjections
-from miraslab.memory.neural_memory import NeuralMemory
-from miraslab.model.memory_gate import MemoryGate
+from miraslab.api import GateProjections, MemoryGate, NeuralMemory
 
 
 @attrs.frozen

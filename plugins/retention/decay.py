@@ -12,7 +12,7 @@ import attrs
 import torch
 
 import miraslab
-from miraslab.memory.parts import GateDef, Gates, Retention
+from miraslab.api import GateDef, Gates, Retention
 
 
 @attrs.frozen

@@ -15,7 +15,7 @@ import attrs
 import torch
 
 import miraslab
-from miraslab.memory.parts import ChunkEnd, GateDef, Gates, Retention, at_least_fp32
+from miraslab.api import ChunkEnd, GateDef, Gates, Retention, at_least_fp32
 
 
 @attrs.frozen

@@ -16,7 +16,7 @@ import attrs
 import torch
 
 import miraslab
-from miraslab.memory.parts import ChunkEnd, GateDef, Gates, Retention, Weights, at_least_fp32
+from miraslab.api import ChunkEnd, GateDef, Gates, Retention, Weights, at_least_fp32
 
 
 @attrs.frozen

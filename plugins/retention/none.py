@@ -5,7 +5,7 @@ from __future__ import annotations
 import attrs
 
 import miraslab
-from miraslab.memory.parts import Retention
+from miraslab.api import Retention
 
 
 @attrs.frozen

@@ -36,9 +36,7 @@ import numpy as np
 import torch
 
 import miraslab
-from miraslab.data.cache import cache_key
-from miraslab.data.task import Batches, Task, check_data_state, check_split, rank_rows
-from miraslab.errors import RecipeError
+from miraslab.api import Batches, RecipeError, Task, cache_key, check_data_state, check_split, rank_rows
 
 IGNORE = -100  # F.cross_entropy's default ignore_index, and mad-lab's target_ignore_idx
 SPLIT_STREAMS = {"train": 0, "val": 1}

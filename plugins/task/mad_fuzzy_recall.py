@@ -32,7 +32,7 @@ import attrs
 import numpy as np
 
 import miraslab
-from miraslab.params import ParamValueError
+from miraslab.api import ParamValueError
 
 from ._mad_common import (
     IGNORE,

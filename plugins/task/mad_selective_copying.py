@@ -21,7 +21,7 @@ import attrs
 import numpy as np
 
 import miraslab
-from miraslab.params import ParamValueError
+from miraslab.api import ParamValueError
 
 from ._mad_common import IGNORE, Examples, MadTask, train_examples_param, val_examples_param
 

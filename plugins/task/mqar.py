@@ -43,10 +43,16 @@ import numpy as np
 import torch
 
 import miraslab
-from miraslab.data.cache import cache_key
-from miraslab.data.task import Batches, Task, check_data_state, check_split, rank_rows
-from miraslab.errors import RecipeError
-from miraslab.params import ParamValueError
+from miraslab.api import (
+    Batches,
+    ParamValueError,
+    RecipeError,
+    Task,
+    cache_key,
+    check_data_state,
+    check_split,
+    rank_rows,
+)
 
 STATE_FORMAT = "miraslab.mqar/1"
 IGNORE = -100  # F.cross_entropy's default ignore_index, and Zoology's

@@ -42,10 +42,17 @@ import numpy as np
 import torch
 
 import miraslab
-from miraslab.data.cache import cache_key
-from miraslab.data.task import Batches, Task, check_data_state, check_split, rank_rows
-from miraslab.errors import RecipeError
-from miraslab.params import ParamValueError, make_component
+from miraslab.api import (
+    Batches,
+    ParamValueError,
+    RecipeError,
+    Task,
+    cache_key,
+    check_data_state,
+    check_split,
+    make_component,
+    rank_rows,
+)
 
 if TYPE_CHECKING:
     from tokenizers import Tokenizer

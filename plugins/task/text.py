@@ -21,22 +21,26 @@ from typing import TYPE_CHECKING, Any
 import attrs
 
 import miraslab
-from miraslab.data.cache import cache_key
-from miraslab.data.default_corpus import StdlibCorpus
-from miraslab.data.document_order import DocumentOrder
-from miraslab.data.packing import PackedBatches
-from miraslab.data.sources import (
+from miraslab.api import (
     BUILDERS,
     SUPPORTED,
+    Batches,
+    DocumentOrder,
     DocumentSource,
     FirstDocuments,
     HubDataset,
     LocalFiles,
+    PackedBatches,
+    ParamValueError,
+    StdlibCorpus,
+    Task,
+    cache_key,
+    cached_tokenizer,
+    check_split,
+    protect_special_tokens,
     task_error,
+    tokenizer_cache_path,
 )
-from miraslab.data.task import Batches, Task, check_split
-from miraslab.data.tokenizer_training import cached_tokenizer, protect_special_tokens, tokenizer_cache_path
-from miraslab.params import ParamValueError
 
 if TYPE_CHECKING:
     from tokenizers import Tokenizer

@@ -14,7 +14,7 @@ import torch
 
 import miraslab
 from miraslab import param
-from miraslab.memory.parts import Gates, Retention
+from miraslab.api import Gates, Retention
 
 
 @attrs.frozen

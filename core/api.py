@@ -1,0 +1,131 @@
+"""The public face of miraslab: everything a plugin author imports, from one module.
+
+Import from here (or from ``miraslab``, which re-exports the most used names lazily),
+never from ``miraslab.memory.*``, ``miraslab.model.*``, ``miraslab.data.*`` and the other
+internal modules: those may move between releases, these names stay.  The built-in
+plugins under ``miraslab.plugins`` import only from here, ``miraslab`` and each other
+(``tests/test_public_face.py`` holds them to it), so each of them is an example of what a
+third-party plugin can do with this module alone.
+"""
+
+from __future__ import annotations
+
+from .data.batch import IGNORE, TrainingBatch
+from .data.cache import cache_key
+from .data.default_corpus import StdlibCorpus
+from .data.document_order import DocumentOrder
+from .data.packing import PackedBatches
+from .data.sources import (
+    BUILDERS,
+    SUPPORTED,
+    DocumentSource,
+    FirstDocuments,
+    HubDataset,
+    LocalFiles,
+    task_error,
+)
+from .data.task import Batches, Task, check_data_state, check_split, rank_rows
+from .data.tokenizer_training import cached_tokenizer, protect_special_tokens, tokenizer_cache_path
+from .errors import MiraslabError, RecipeError
+from .hookspecs import Register, RunContext, hookimpl, hookspec
+from .memory.engine import memory_op
+from .memory.gates import GateProjections
+from .memory.layer import MemoryLayer
+from .memory.neural_memory import NeuralMemory
+from .memory.parts import (
+    AttentionalBias,
+    ChunkEnd,
+    FeatureMap,
+    GateDef,
+    Gates,
+    LearningAlgorithm,
+    Linear,
+    MemoryArchitecture,
+    Retention,
+    Weights,
+    at_least_fp32,
+)
+from .memory.spec import (
+    AlgorithmComponent,
+    BiasComponent,
+    FeaturesComponent,
+    MemoryComponent,
+    RetentionComponent,
+)
+from .memory.state import MemoryState
+from .model.attention import KVCache
+from .model.attention_backend import AttentionBackend, is_visible, keys_end_at_queries, visibility_mask
+from .model.block import Block, BlockContext, TransformerBlock
+from .model.memory_gate import MemoryGate, whole
+from .params import ParamValueError, component_field, make_component, param
+
+__all__ = [  # noqa: RUF022 -- grouped by the kind of plugin that needs them, not sorted
+    # plugin hooks and parameters
+    "hookimpl",
+    "hookspec",
+    "Register",
+    "RunContext",
+    "param",
+    "component_field",
+    "make_component",
+    "ParamValueError",
+    "RecipeError",
+    "MiraslabError",
+    # memory axes: what a memory/bias/retention/algorithm/features plugin subclasses
+    "MemoryArchitecture",
+    "AttentionalBias",
+    "Retention",
+    "LearningAlgorithm",
+    "FeatureMap",
+    "ChunkEnd",
+    "GateDef",
+    "Gates",
+    "Weights",
+    "Linear",
+    "at_least_fp32",
+    "MemoryComponent",
+    "BiasComponent",
+    "RetentionComponent",
+    "AlgorithmComponent",
+    "FeaturesComponent",
+    # the memory engine, and what monitors read from it
+    "MemoryLayer",
+    "memory_op",
+    "MemoryState",
+    "NeuralMemory",
+    "GateProjections",
+    # layouts and attention backends
+    "Block",
+    "BlockContext",
+    "TransformerBlock",
+    "KVCache",
+    "MemoryGate",
+    "whole",
+    "AttentionBackend",
+    "is_visible",
+    "keys_end_at_queries",
+    "visibility_mask",
+    # tasks
+    "Task",
+    "Batches",
+    "check_data_state",
+    "check_split",
+    "rank_rows",
+    "cache_key",
+    "TrainingBatch",
+    "IGNORE",
+    # text tasks: document sources, their order, packing and tokenizers
+    "DocumentSource",
+    "FirstDocuments",
+    "HubDataset",
+    "LocalFiles",
+    "BUILDERS",
+    "SUPPORTED",
+    "task_error",
+    "StdlibCorpus",
+    "DocumentOrder",
+    "PackedBatches",
+    "cached_tokenizer",
+    "protect_special_tokens",
+    "tokenizer_cache_path",
+]
