@@ -9,7 +9,6 @@ part.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -19,20 +18,6 @@ from typing import Any
 USED_SHARE = 0.01
 # on a task with answers: accuracy points the carried state must be worth
 USED_POINTS = 0.05
-
-
-def eval_records(metrics_path: Path) -> list[dict[str, Any]]:
-    """The evaluation records of a run's metrics.jsonl (a torn last line is skipped)."""
-    records = []
-    with open(metrics_path, encoding="utf-8") as lines:
-        for line in lines:
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if isinstance(record, dict) and record.get("event") == "eval":
-                records.append(record)
-    return records
 
 
 def memory_is_used(metrics: dict[str, Any]) -> bool:

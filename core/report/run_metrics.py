@@ -10,7 +10,6 @@ A value JSON could not hold (NaN, inf) is stored as its repr string and read bac
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ from typing import Any
 import attrs
 
 from ..errors import MiraslabError
+from ..train.run_dir import RunDir
 
 CARRY_GAIN, CARRY_SHARE, READ_GAIN = (
     "memory_use/carry_gain",
@@ -70,19 +70,14 @@ def number(value: Any) -> float | None:
 
 
 def read_metrics(path: Path) -> RunMetrics:
-    """Parse ``metrics.jsonl``; a line that is not JSON (a run killed mid-write) is skipped."""
+    """Parse ``metrics.jsonl`` as the trainer reads it (``RunDir.metrics``: a torn last line,
+    from a run killed mid-write, is dropped with a warning)."""
     if not path.is_file():
         raise MiraslabError(
             f"{path.parent}: no {path.name} here; is this a run directory written by miraslab train?"
         )
     steps, evals, events = [], [], []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if not isinstance(record, dict):
-            continue
+    for record in RunDir(path.parent).metrics():
         event = record.get("event")
         if event is None and "loss" in record:
             steps.append(record)

@@ -31,7 +31,7 @@ from ..data.batch import IGNORE, TrainingBatch
 from ..errors import MiraslabError, RecipeError, RunStopped
 from ..evaluation import evaluate
 from ..memory.ablation import memories_of, memory_ablation
-from ..memory_use import eval_records, memory_is_used, plot_memory_use, verdict
+from ..memory_use import memory_is_used, plot_memory_use, verdict
 from ..model.language_model import LanguageModel
 from ..recipe.resolve import recipe_from_dict, recipe_to_dict
 from ..recipe.schema import Recipe
@@ -455,9 +455,7 @@ class Trainer:
         """The run's last word: is its memory used (one sentence) and the picture over the run."""
         self.progress.event(verdict(self.last_eval))
         try:
-            plot = plot_memory_use(
-                eval_records(self.run_dir.metrics_path), self.run_dir.path / MEMORY_USE_PLOT
-            )
+            plot = plot_memory_use(self.run_dir.metrics(), self.run_dir.path / MEMORY_USE_PLOT)
         except (OSError, ImportError) as error:  # the run is saved; a missing picture is not fatal
             self.progress.event(f"memory-use plot not written: {error}")
             return
