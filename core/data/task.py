@@ -122,3 +122,15 @@ def check_data_state(
                 "means nothing here; restore them, or start the data from the beginning"
             ]
         )
+
+
+def check_seq_len(task: str, expected: int, seq_len: int) -> None:
+    """A task whose examples have their own length (``data.task.seq_len``) refuses another
+    ``data.seq_len``, in one line."""
+    if seq_len != expected:
+        raise RecipeError(
+            [
+                f"data.seq_len: expected the {task} task's seq_len ({expected}), got {seq_len}; "
+                "set data.seq_len and data.task.seq_len to the same length"
+            ]
+        )

@@ -46,10 +46,10 @@ import miraslab
 from miraslab.api import (
     Batches,
     ParamValueError,
-    RecipeError,
     Task,
     cache_key,
     check_data_state,
+    check_seq_len,
     check_split,
     rank_rows,
 )
@@ -245,13 +245,7 @@ class MqarTask(Task):
         state: dict[str, Any] | None = None,
     ) -> MqarBatches:
         check_split(split)
-        if seq_len != self.params.seq_len:
-            raise RecipeError(
-                [
-                    f"data.seq_len: expected the mqar task's seq_len ({self.params.seq_len}), got {seq_len}; "
-                    "set data.seq_len and data.task.seq_len to the same length"
-                ]
-            )
+        check_seq_len("mqar", self.params.seq_len, seq_len)
         return MqarBatches(
             self.params,
             split,

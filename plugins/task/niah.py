@@ -49,6 +49,7 @@ from miraslab.api import (
     Task,
     cache_key,
     check_data_state,
+    check_seq_len,
     check_split,
     make_component,
     rank_rows,
@@ -373,13 +374,7 @@ class NiahTask(Task):
         state: dict[str, Any] | None = None,
     ) -> NiahBatches:
         check_split(split)
-        if seq_len != self.params.seq_len:
-            raise RecipeError(
-                [
-                    f"data.seq_len: expected the niah task's seq_len ({self.params.seq_len}), got {seq_len}; "
-                    "set data.seq_len and data.task.seq_len to the same length"
-                ]
-            )
+        check_seq_len("niah", self.params.seq_len, seq_len)
         vocab = self.vocabulary()
         if haystack_length(self.params, vocab) < 1:
             raise RecipeError(
