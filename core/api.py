@@ -56,7 +56,7 @@ from .memory.state import MemoryState
 from .model.attention import KVCache
 from .model.attention_backend import AttentionBackend, is_visible, keys_end_at_queries, visibility_mask
 from .model.block import Block, BlockContext, TransformerBlock
-from .model.memory_gate import MemoryGate, whole
+from .model.memory_gate import MemoryGate, recorded_gates, whole
 from .params import ParamValueError, component_field, make_component, param
 
 __all__ = [  # noqa: RUF022 -- grouped by the kind of plugin that needs them, not sorted
@@ -100,6 +100,7 @@ __all__ = [  # noqa: RUF022 -- grouped by the kind of plugin that needs them, no
     "TransformerBlock",
     "KVCache",
     "MemoryGate",
+    "recorded_gates",
     "whole",
     "AttentionBackend",
     "is_visible",

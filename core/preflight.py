@@ -33,7 +33,7 @@ from .components import build_component
 from .data.batch import IGNORE, TrainingBatch
 from .memory.ablation import memories_of, memory_ablation, shard_lengths
 from .memory.gates import GateProjections
-from .model.memory_gate import MemoryGate
+from .model.memory_gate import MemoryGate, recorded_gates
 from .recipe.resolve import load_recipe
 from .recipe.schema import Recipe
 
@@ -123,24 +123,14 @@ def gate_activity(model: torch.nn.Module, batch: TrainingBatch) -> dict[str, dic
         logits.reshape(-1, logits.shape[-1]), batch.targets.reshape(-1), ignore_index=IGNORE
     ).backward()
     found: dict[str, dict[str, float]] = {}
-    for name, module in modules:
+    for name, module, gate, _, pre in recorded_gates(model):
         grads = [p.grad for p in module.parameters() if p.grad is not None]
-        grad = math.sqrt(sum(float(g.float().square().sum()) for g in grads)) if grads else 0.0
-        if isinstance(module, MemoryGate):
-            pres = {"gate": module.last_preactivation}
-        else:
-            pres = {
-                gate: pre for gate, pre in module.last_preactivations.items()
-                if module.definitions[gate].activation != "softplus"
-            }  # fmt: skip
-        for gate, pre in pres.items():
-            if pre is None:
-                continue
-            found[f"{name}.{gate}" if isinstance(module, GateProjections) else name] = {
-                "linear_share": float((pre.detach().float().abs() < LINEAR_REGION).float().mean()),
-                "mean_abs_preactivation": float(pre.detach().float().abs().mean()),
-                "grad_norm": grad,
-            }
+        found[f"{name}.{gate}" if gate else name] = {
+            "linear_share": float((pre.detach().float().abs() < LINEAR_REGION).float().mean()),
+            "mean_abs_preactivation": float(pre.detach().float().abs().mean()),
+            "grad_norm": math.sqrt(sum(float(g.float().square().sum()) for g in grads)) if grads else 0.0,
+        }
+    for _, module in modules:
         module.record = False
     model.zero_grad(set_to_none=True)
     return found

@@ -11,10 +11,12 @@ the Atlas 300M seed's gate fell from 50 % to 0.7 % over 76k steps).
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 
 import torch
 from torch import nn
 
+from ..memory.gates import GateProjections
 from ..memory.parts import at_least_fp32
 
 
@@ -48,3 +50,18 @@ class MemoryGate(nn.Module):
         if self.keep_graph:
             self.last_gate = gate
         return gate.to(memory_out.dtype)
+
+
+def recorded_gates(
+    model: nn.Module,
+) -> Iterator[tuple[str, nn.Module, str | None, torch.Tensor | None, torch.Tensor]]:
+    """Every sigmoid-type gate the last forward recorded (``record`` on): (module name, module,
+    the memory gate's name or None for a MAG/MAC gate, the gate's values or None, its
+    pre-activations).  Softplus gates are left out: they have no linear region to be stuck in."""
+    for name, module in model.named_modules():
+        if isinstance(module, MemoryGate) and module.last_preactivation is not None:
+            yield name, module, None, module.last_gate, module.last_preactivation
+        elif isinstance(module, GateProjections):
+            for gate, pre in module.last_preactivations.items():
+                if module.definitions[gate].activation != "softplus":
+                    yield name, module, gate, None, pre

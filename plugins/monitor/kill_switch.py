@@ -28,7 +28,7 @@ import attrs
 import torch
 
 import miraslab
-from miraslab.api import GateProjections, MemoryGate
+from miraslab.api import GateProjections, MemoryGate, recorded_gates
 
 
 @attrs.frozen
@@ -64,13 +64,8 @@ def _layer(name: str) -> str:
 
 def _gates(model: torch.nn.Module) -> Iterator[tuple[str, torch.Tensor | None, torch.Tensor]]:
     """(where, gate values or None, pre-activations) of every gate the last step recorded."""
-    for name, module in model.named_modules():
-        if isinstance(module, MemoryGate) and module.last_preactivation is not None:
-            yield f"{_layer(name)} gate", module.last_gate, module.last_preactivation
-        elif isinstance(module, GateProjections):
-            for gate_name, pre in module.last_preactivations.items():
-                if module.definitions[gate_name].activation != "softplus":  # softplus has no linear trap
-                    yield f"{_layer(name)} {gate_name}", None, pre
+    for name, _, gate, values, pre in recorded_gates(model):
+        yield f"{_layer(name)} {gate or 'gate'}", values, pre
 
 
 class KillSwitch:
