@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from .data.batch import IGNORE, TrainingBatch
+from .memory.ablation import memory_ablation
 
 
 def distance_bucket(distance: int) -> tuple[int, int]:
@@ -65,3 +66,12 @@ def evaluate(model: torch.nn.Module, batches: Iterable[Any]) -> dict[str, Any]:
             for (low, high), (hits, total) in sorted(by_bucket.items())
         ],
     }
+
+
+def evaluate_by_memory(model: Any, batches: list[Any], modes: tuple[str, ...]) -> dict[str, dict[str, Any]]:
+    """``evaluate`` under each memory ablation mode, in order, on the same batches."""
+    results = {}
+    for mode in modes:
+        with memory_ablation(model, mode):
+            results[mode] = {"memory": mode, **evaluate(model, batches)}
+    return results

@@ -43,15 +43,3 @@ def validation_batches(task: Any, recipe: Any, count: int, seq_len: int | None =
         "val", seq_len=seq_len or recipe.data.seq_len, batch_size=recipe.train.batch_size, seed=recipe.seed
     )
     return [next(val) for _ in range(count)]
-
-
-def evaluate_by_memory(model: Any, batches: list[Any], modes: tuple[str, ...]) -> dict[str, dict[str, Any]]:
-    """``evaluate`` under each memory ablation mode, in order, on the same batches."""
-    from ..evaluation import evaluate
-    from ..memory.ablation import memory_ablation
-
-    results = {}
-    for mode in modes:
-        with memory_ablation(model, mode):
-            results[mode] = {"memory": mode, **evaluate(model, batches)}
-    return results

@@ -29,8 +29,8 @@ import torch.nn.functional as F
 from ..components import build_component
 from ..data.batch import IGNORE, TrainingBatch
 from ..errors import MiraslabError, RecipeError, RunStopped
-from ..evaluation import evaluate
-from ..memory.ablation import memories_of, memory_ablation
+from ..evaluation import evaluate, evaluate_by_memory
+from ..memory.ablation import memories_of
 from ..memory_use import memory_is_used, plot_memory_use, verdict
 from ..model.language_model import LanguageModel
 from ..recipe.resolve import recipe_from_dict, recipe_to_dict
@@ -418,10 +418,7 @@ class Trainer:
         modes = ("reset", "zero") if self.train.memory_use and memories_of(self.raw) else ()
         with self._precision_context():
             result = evaluate(self.model, batches)
-            ablated = {}
-            for mode in modes:
-                with memory_ablation(self.raw, mode):
-                    ablated[mode] = evaluate(self.raw, batches)
+            ablated = evaluate_by_memory(self.raw, batches, modes)
         loss = self.dist.mean(result["loss"])
         metrics = {"step": self.step, "event": "eval", "val_loss": loss, "val_ppl": math.exp(min(loss, 50.0))}
         answers = any(bool((batch.targets == IGNORE).any()) for batch in batches)  # a task with answers
