@@ -69,8 +69,6 @@ def per_token_problem(
         return f"retention {_name(retention)} changes the state by a non-linear step"
     if algorithm.nonlinear:
         return f"algorithm {_name(algorithm)} changes the state by a non-linear step"
-    if algorithm.momentum:
-        return f"algorithm {_name(algorithm)} carries momentum (not supported per token yet)"
     return None
 
 
@@ -115,8 +113,9 @@ def chunked_per_token(
         theta = theta * (inv_energy.unsqueeze(-1) if theta.dim() == 4 else inv_energy)
     if log_alpha is None:  # alpha = 1
         log_alpha = torch.zeros(q.shape[:3], dtype=work, device=q.device)
+    log_eta = rule.algorithm.log_eta(gates) if rule.algorithm.momentum else None
     with torch.autocast(device_type=q.device.type, enabled=False):
-        y, weights = per_token_chunks(
+        y, weights, surprise = per_token_chunks(
             q.to(work),
             keys,
             offset,
@@ -126,6 +125,8 @@ def chunked_per_token(
             rule.bias.gradient_slope,
             rule.retention.gradient_at_decayed,
             chunk_size,
+            log_eta.to(work) if log_eta is not None else None,
+            state.momentum["w"].to(work) if log_eta is not None else None,
         )
     state = dataclasses.replace(
         state,
@@ -134,6 +135,7 @@ def chunked_per_token(
         offset=0,
         log_decay=state.log_decay.new_zeros(state.log_decay.shape),
         lr_sum=state.lr_sum.new_zeros(state.lr_sum.shape),
+        momentum={"w": surprise} if surprise is not None else state.momentum,
     )
     return y.to(q.dtype), state
 
@@ -174,74 +176,121 @@ def per_token_chunks(
     slope: float,
     decayed: bool,
     chunk_size: int,
-) -> tuple[torch.Tensor, torch.Tensor]:
+    log_eta: torch.Tensor | None = None,
+    s0: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """The per-token recurrence of the module docstring, chunk-parallel (UT form).
 
-    q, k (B, H, T, d_k); offset b (B, H, T, d_v); beta and log_alpha (B, H, T) per head or
-    (B, H, T, d_v) per row of W; w0 (B, H, d_v, d_k); slope s; ``decayed``: the gradient at
-    alpha_t W_{t-1}.  Returns y (B, H, T, d_v) and W after the last token.
+    q, k (B, H, T, d_k); offset b (B, H, T, d_v); beta, log_alpha and log_eta (B, H, T) per
+    head or (B, H, T, d_v) per row of W; w0 and the momentum s0 (B, H, d_v, d_k); slope s;
+    ``decayed``: the gradient at alpha_t W_{t-1}.  Returns y (B, H, T, d_v), W and S after
+    the last token (S None without momentum).
     """
     batch, heads, seq, d_key = q.shape
     d_value = offset.shape[-1]
     chunk = min(chunk_size, seq)
-    rows = beta.dim() == 4 or log_alpha.dim() == 4  # a rate per row of W: one system per row
+    momentum = log_eta is not None
+    rows = any(x is not None and x.dim() == 4 for x in (beta, log_alpha, log_eta))  # one system per row
     qc, kc, bc = _fold(q, chunk), _fold(k, chunk), _fold(offset, chunk)  # (B, H, n, L, d)
-    # rates with the rows first: (B, H, n, C, L), C = 1 (per head) or d_v
-    beta_c = _fold(_rates(beta, seq), chunk).transpose(-1, -2)
-    log_alpha_c = _fold(_rates(log_alpha, seq), chunk).transpose(-1, -2)
+
+    def rates(x: torch.Tensor) -> torch.Tensor:  # rows first: (B, H, n, C, L), C = 1 or d_v
+        return _fold(_rates(x, seq), chunk).transpose(-1, -2)
+
+    beta_c, log_alpha_c = rates(beta), rates(log_alpha)
     cum = torch.cumsum(log_alpha_c, dim=-1)  # A_i
-    grad_point = cum if decayed else cum - log_alpha_c  # G_i
+    # c_ij: what token j's update contributes to W_i (j <= i); sigma_i: S_0's share of W_i
+    decay = _pair_decay(cum, cum, 0)
+    if momentum:
+        cum_eta = torch.cumsum(rates(log_eta), dim=-1)  # E_i
+        coef = decay @ _pair_decay(cum_eta, cum_eta, 0)  # sum_m e^{A_i - A_m} e^{E_m - E_j}
+        carry = (decay @ torch.exp(cum_eta).unsqueeze(-1)).squeeze(-1)
+    else:
+        coef, carry, cum_eta = decay, None, None
+    reads = coef * beta_c.unsqueeze(-2) * (qc @ kc.transpose(-1, -2)).unsqueeze(-3)  # P_ij, (.., C, L, L)
     n = qc.shape[2]
+    # the chunk-end row L: the last row, or the last real token's in a zero-padded last chunk
+    # (padded tokens leave W alone, but with momentum S would keep moving it)
+    last = (seq - 1) % chunk
 
-    # the reads' in-chunk weights P_ij = e^{A_i - A_j} beta_j (q_i . k_j), j <= i
-    scores = _pair_decay(cum, cum, 0) * beta_c.unsqueeze(-2) * (qc @ kc.transpose(-1, -2)).unsqueeze(-3)
-    end_weight = beta_c * torch.exp(cum[..., -1:] - cum)  # beta_j e^{A_L - A_j}, (B, H, n, C, L)
-    end_decay = torch.exp(cum[..., -1])  # e^{A_L}, (B, H, n, C)
+    def end_terms(c: int) -> tuple[torch.Tensor, ...]:
+        """Chunk c's e^{A_L}, beta_j c_Lj and, with momentum, sigma_L, e^{E_L}, beta_j e^{E_L - E_j}."""
+        row = last if c == n - 1 else chunk - 1
+        terms = (torch.exp(cum[:, :, c, :, row, None]), beta_c[:, :, c] * coef[:, :, c, :, row])
+        if not momentum:
+            return terms
+        eta = cum_eta[:, :, c]
+        tail = beta_c[:, :, c] * torch.exp(eta[..., row, None] - eta).masked_fill(
+            torch.arange(chunk, device=q.device) > row, 0.0
+        )
+        return *terms, carry[:, :, c, :, row, None], torch.exp(eta[..., row, None]), tail
 
-    # delta = Wk W_0^T + U: [Wk | U] = (I + T)^-1 [s e^G K | b], every chunk at once
+    # delta = Wk W_0^T + Sk S_0^T + U, [Wk | Sk | U] = (I + T)^-1 [s e^G K | s g sigma' K | b] with
+    # the gradient point g_i W_{i-1} of token i: W_{i-1} is row i - 1 of (c, sigma), e^{A_{i-1}}
     if slope:
-        kk = (kc @ kc.transpose(-1, -2)).unsqueeze(-3)
-        strict = slope * _pair_decay(grad_point, cum, -1) * beta_c.unsqueeze(-2) * kk  # T
-        eye = torch.eye(chunk, dtype=q.dtype, device=q.device)
-        system = strict + eye
-        scaled_keys = slope * torch.exp(grad_point).unsqueeze(-1) * kc.unsqueeze(-3)  # (B, H, n, C, L, d_k)
-        if rows:  # one system per row: its own right-hand column of b
-            system = system.expand(batch, heads, n, d_value, chunk, chunk)
-            rhs = torch.cat(
-                [scaled_keys.expand(-1, -1, -1, d_value, -1, -1), bc.transpose(-1, -2).unsqueeze(-1)], dim=-1
-            )
-        else:
-            rhs = torch.cat([scaled_keys.squeeze(-3), bc], dim=-1)
-            system = system.squeeze(-3)
-        solved = torch.linalg.solve_triangular(system, rhs, upper=False, unitriangular=True)
-        wk, u = solved[..., :d_key], solved[..., d_key:]
-        # rows first: u (B, H, n, d_v, L)
-        u = u.squeeze(-1) if rows else u.transpose(-1, -2)
-    else:  # no state in the error (dot bias): delta = b
-        wk, u = None, bc.transpose(-1, -2)
 
-    # the chunk recurrence: delta (d_v, L) and the next W_0, the only sequential part
-    starts, deltas = [], []
-    weights = w0
+        def previous(x: torch.Tensor) -> torch.Tensor:  # row i -> row i + 1 along the token dim -2
+            return torch.cat([torch.zeros_like(x[..., :1, :]), x[..., :-1, :]], dim=-2)
+
+        point = torch.exp(log_alpha_c) if decayed else torch.ones_like(log_alpha_c)  # g_i
+        kk = (kc @ kc.transpose(-1, -2)).unsqueeze(-3)
+        strict = slope * point.unsqueeze(-1) * previous(coef) * beta_c.unsqueeze(-2) * kk  # T
+        system = strict + torch.eye(chunk, dtype=q.dtype, device=q.device)
+        start_share = point * torch.exp(previous(cum.unsqueeze(-1)).squeeze(-1))  # g_i e^{A_{i-1}}
+        shares = [start_share]
+        if momentum:
+            shares.append(point * previous(carry.unsqueeze(-1)).squeeze(-1))  # g_i sigma_{i-1}
+        keys = kc.unsqueeze(-3)
+        width = d_value if rows else 1
+        columns = [
+            (slope * share.unsqueeze(-1) * keys).expand(batch, heads, n, width, chunk, d_key)
+            for share in shares
+        ]
+        if rows:  # one system per row, with its own right-hand column of b
+            system = system.expand(batch, heads, n, d_value, chunk, chunk)
+            rhs = torch.cat([*columns, bc.transpose(-1, -2).unsqueeze(-1)], dim=-1)
+        else:
+            system = system.squeeze(-3)
+            rhs = torch.cat([*(c.squeeze(-3) for c in columns), bc], dim=-1)
+        solved = torch.linalg.solve_triangular(system, rhs, upper=False, unitriangular=True)
+        parts = solved.split([d_key] * len(columns) + [solved.shape[-1] - d_key * len(columns)], dim=-1)
+        projections, u = parts[:-1], parts[-1]
+        u = u.squeeze(-1) if rows else u.transpose(-1, -2)  # rows first: (B, H, n, d_v, L)
+    else:  # no state in the error (dot bias): delta = b
+        projections, u = (), bc.transpose(-1, -2)
+
+    def times(projection: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
+        """delta's share of a state: rows, delta[r, i] = P[r, i] . X[r]; per head delta^T = X P^T."""
+        if rows:
+            return (projection @ state.unsqueeze(-1)).squeeze(-1)
+        return state @ projection.transpose(-1, -2)
+
+    # the chunk recurrence: delta (d_v, L) and the next W_0 (and S_0), the only sequential part
+    starts, momenta, deltas = [], [], []
+    weights, surprise = w0, s0
     for c in range(n):
         starts.append(weights)
         delta = u[:, :, c]
-        if wk is not None:
-            if rows:  # delta[r, i] = Wk[r, i] . W_0[r]
-                delta = delta + (wk[:, :, c] @ weights.unsqueeze(-1)).squeeze(-1)
-            else:  # delta^T = W_0 Wk^T
-                delta = delta + weights @ wk[:, :, c].transpose(-1, -2)
+        if projections:
+            delta = delta + times(projections[0][:, :, c], weights)
+        if momentum:
+            momenta.append(surprise)
+            if projections:
+                delta = delta + times(projections[1][:, :, c], surprise)
         deltas.append(delta)
-        decay = end_decay[:, :, c].unsqueeze(-1)  # (B, H, C, 1): scales the rows of W
-        weights = decay * weights - (delta * end_weight[:, :, c]) @ kc[:, :, c]
-    start = torch.stack(starts, dim=2)  # (B, H, n, d_v, d_k)
+        key, ends = kc[:, :, c], end_terms(c)
+        new_weights = ends[0] * weights - (delta * ends[1]) @ key
+        if momentum:  # W_L = e^{A_L} W_0 + sigma_L S_0 - ...;  S_L = e^{E_L} S_0 - ...
+            new_weights = new_weights + ends[2] * surprise
+            surprise = ends[3] * surprise - (delta * ends[4]) @ key
+        weights = new_weights
     delta = torch.stack(deltas, dim=2)  # (B, H, n, d_v, L)
 
-    # all reads at once: y_i = e^{A_i} W_0 q_i - sum_j P_ij delta_j
-    inter = (qc @ start.transpose(-1, -2)) * torch.exp(cum).transpose(-1, -2)  # (B, H, n, L, d_v)
+    # all reads at once: y_i = e^{A_i} W_0 q_i + sigma_i S_0 q_i - sum_j P_ij delta_j
+    y = (qc @ torch.stack(starts, dim=2).transpose(-1, -2)) * torch.exp(cum).transpose(-1, -2)
+    if momentum:
+        y = y + (qc @ torch.stack(momenta, dim=2).transpose(-1, -2)) * carry.transpose(-1, -2)
     if rows:  # P per row: (B, H, n, C, L, L) @ (B, H, n, d_v, L, 1)
-        intra = (scores @ delta.unsqueeze(-1)).squeeze(-1).transpose(-1, -2)
+        y = y - (reads @ delta.unsqueeze(-1)).squeeze(-1).transpose(-1, -2)
     else:
-        intra = scores.squeeze(-3) @ delta.transpose(-1, -2)
-    y = (inter - intra).flatten(2, 3)[:, :, :seq]
-    return y, weights
+        y = y - reads.squeeze(-3) @ delta.transpose(-1, -2)
+    return y.flatten(2, 3)[:, :, :seq], weights, surprise
