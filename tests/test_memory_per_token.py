@@ -22,10 +22,14 @@ import dataclasses
 
 import pytest
 import torch
+from conftest import REPO
 from memory_cases import make_rule, random_inputs
 
+from miraslab.errors import RecipeError
 from miraslab.memory.engine import memory_op
+from miraslab.memory.layer import MemoryLayer
 from miraslab.memory.paths.chunked_per_token import chunked_per_token, per_token_problem
+from miraslab.recipe.resolve import load_recipe
 
 ATOL = 1e-10
 SEQ, SPLIT = 150, 53  # not a multiple of 16 or 64; the split continues mid-chunk
@@ -240,3 +244,55 @@ def test_a_state_left_mid_chunk_by_mini_batch_steps_is_refused():
     assert state.offset == 1
     with pytest.raises(ValueError, match="mini-batch chunk"):
         chunked_per_token(rule, q, k, v, gates, dataclasses.replace(state), 4)
+
+
+def test_the_layer_runs_per_token_steps_on_both_paths_and_decodes():
+    """MemoryLayer(inner_steps="per_token") at chunk 16: chunked == recurrent, and a chunked
+    prefix continued token by token (the decoding path) == one call (float64, atol 1e-10)."""
+    torch.manual_seed(0)
+    layer = MemoryLayer(
+        16,
+        heads=2,
+        memory="linear",
+        retention={"name": "decay", "gradient_at": "decayed"},
+        algorithm="gd",
+        chunk_size=16,
+        inner_steps="per_token",
+    ).double()
+    x = torch.randn(2, 41, 16, dtype=torch.double)
+    chunked = layer(x)
+    torch.testing.assert_close(layer(x, path="recurrent"), chunked, atol=ATOL, rtol=0)
+    y, state = layer(x[:, :30], return_state=True)
+    outs = [y]
+    for t in range(30, 41):
+        y, state = layer(x[:, t : t + 1], state, return_state=True, path="recurrent")
+        outs.append(y)
+    torch.testing.assert_close(torch.cat(outs, dim=1), chunked, atol=ATOL, rtol=0)
+    mini_batch = MemoryLayer(
+        16,
+        heads=2,
+        memory="linear",
+        retention={"name": "decay", "gradient_at": "decayed"},
+        algorithm="gd",
+        chunk_size=16,
+    ).double()
+    mini_batch.load_state_dict(layer.state_dict())
+    assert (mini_batch(x) - chunked).abs().max() > 1e-6  # the key reaches the engine
+
+
+def test_deltanet_recipes_run_per_token_steps_and_a_deep_memory_is_refused_at_load(tmp_path):
+    for name in ("deltanet", "gated-deltanet"):
+        recipe = load_recipe(REPO / "recipes" / "papers" / f"{name}.toml")
+        assert (recipe.model.memory.inner_steps, recipe.model.memory.chunk_size) == ("per_token", 64)
+    deep = tmp_path / "deep.toml"
+    deep.write_text(
+        f'extends = "{REPO / "recipes" / "papers" / "deltanet.toml"}"\n[model.memory]\nmemory = "mlp"\n'
+    )
+    with pytest.raises(RecipeError) as info:
+        load_recipe(deep)
+    message = str(info.value)
+    assert "model.memory: inner_steps = 'per_token'" in message and "chunk_size 64" in message
+    assert len(message.strip().splitlines()) == 1
+    one = tmp_path / "deep1.toml"
+    one.write_text(f'extends = "{deep}"\n[model.memory]\nchunk_size = 1\n')
+    load_recipe(one)  # per-token at chunk 1 is the mini-batch step: every rule has it

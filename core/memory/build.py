@@ -9,6 +9,7 @@ from ..errors import RecipeError
 from ..params import Component
 from ..registry import Registry
 from .parts import AttentionalBias, FeatureMap, LearningAlgorithm, MemoryArchitecture, Retention, check_parts
+from .paths.chunked_per_token import per_token_problem
 from .rule import MemoryRule
 from .spec import MemorySpec
 
@@ -33,16 +34,30 @@ def build_rule(
 
 
 def combination_problems(
-    spec: MemorySpec, d_model: int, n_heads: int, registry: Registry | None = None
+    spec: MemorySpec,
+    d_model: int,
+    n_heads: int,
+    registry: Registry | None = None,
+    chunk_sizes: Iterable[int] = (),
 ) -> list[str]:
-    """What ``MemoryRule`` would refuse in this ``[model.memory]``, found without building a model."""
+    """What ``MemoryRule`` would refuse in this ``[model.memory]``, found without building a model.
+
+    ``chunk_sizes``: the chunk sizes the memories run at, when not ``spec.chunk_size`` alone
+    (TNT's global and local chunks)."""
     heads = spec.heads or n_heads
     head_dim = spec.head_dim or d_model // heads
     if head_dim == 0:  # the model's own checks say so
         return []
     d_key = build_component(spec.features, registry, dim=head_dim).out_dim
     parts = _parts(spec.memory, spec.bias, spec.retention, spec.algorithm, heads, d_key, head_dim, registry)
-    return check_parts(*parts, spec.gates.channelwise())
+    problems = check_parts(*parts, spec.gates.channelwise())
+    chunk = max([spec.chunk_size, *chunk_sizes])
+    if spec.inner_steps == "per_token" and chunk > 1 and (reason := per_token_problem(*parts)) is not None:
+        problems.append(
+            f"inner_steps = 'per_token' has no exact chunk-parallel form at chunk_size {chunk}: {reason} "
+            "(use chunk_size = 1 or inner_steps = 'mini_batch')"
+        )
+    return problems
 
 
 def _parts(

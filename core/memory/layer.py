@@ -79,6 +79,7 @@ def spec_options(spec: MemorySpec) -> dict[str, Any]:
         algorithm=spec.algorithm,
         features=spec.features,
         chunk_size=spec.chunk_size,
+        inner_steps=spec.inner_steps,
         path=spec.path,
         conv_kernel=spec.conv_kernel,
         activation=spec.activation,
@@ -119,6 +120,7 @@ def build_neural_memory(
     channelwise_momentum: bool,
     gate_rank: int,
     compile_chunks: bool,
+    inner_steps: str = "mini_batch",
     registry: Registry | None = None,
 ) -> NeuralMemory:
     """The memory branch (rule, gates, feature map, chunked or recurrent path) from
@@ -144,6 +146,7 @@ def build_neural_memory(
         ).channelwise(),
         gate_rank=gate_rank,
         compile_chunks=compile_chunks,
+        inner_steps=inner_steps,
     )
 
 
@@ -162,6 +165,7 @@ class MemoryLayer(nn.Module):
         algorithm: ComponentLike = "momentum",
         features: ComponentLike = "identity",
         chunk_size: int = 64,
+        inner_steps: str = "mini_batch",
         path: str = "chunked",
         conv_kernel: int = 4,
         activation: str = "silu",
@@ -201,6 +205,7 @@ class MemoryLayer(nn.Module):
             channelwise_momentum=channelwise_momentum,
             gate_rank=gate_rank,
             compile_chunks=compile_chunks,
+            inner_steps=inner_steps,
             registry=registry,
         )
         self.norm = nn.RMSNorm(head_dim, eps=1e-6) if output_norm else nn.Identity()

@@ -9,9 +9,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import RecipeError
 from ..params import Component
 from .build import build_features, build_rule
-from .engine import check_path_and_chunk, memory_op
+from .engine import check_path_and_chunk, inner_steps_problem, memory_op
 from .gates import GateProjections
 from .qk_projection import qk_project
 from .state import MemoryState
@@ -80,10 +81,12 @@ class NeuralMemory(nn.Module):
         channelwise: Iterable[str] = (),
         gate_rank: int = 16,
         compile_chunks: bool = False,
+        inner_steps: str = "mini_batch",
     ):
         super().__init__()
-        check_path_and_chunk(path, chunk_size)  # here, not at the first forward
+        check_path_and_chunk(path, chunk_size, inner_steps)  # here, not at the first forward
         self.chunk_size, self.path, self.compile_chunks = chunk_size, path, compile_chunks
+        self.inner_steps = inner_steps
         self.use_qk_projection, self.qk_norm = qk_projection, qk_norm
         self.features = build_features(features, head_dim)
         self.rule = build_rule(
@@ -96,6 +99,8 @@ class NeuralMemory(nn.Module):
             d_value=head_dim,
             channelwise=channelwise,
         )
+        if (problem := inner_steps_problem(self.rule, chunk_size, inner_steps)) is not None:
+            raise RecipeError([f"model.memory.inner_steps: {problem}"])  # TNT's own chunk sizes too
         self.gates = GateProjections(dim, heads, self.rule.gate_defs(), head_dim, gate_rank)
         self.record = False  # keep the norms of the last state for monitors
         self.last_norms: dict[str, float] = {}
@@ -127,7 +132,16 @@ class NeuralMemory(nn.Module):
             y, memory_state = self._fresh_every_chunk(q, k, v, gates, path or self.path, self.reset_span)
         else:
             y, memory_state = memory_op(
-                self.rule, q, k, v, gates, memory_in, self.chunk_size, path or self.path, self.compile_chunks
+                self.rule,
+                q,
+                k,
+                v,
+                gates,
+                memory_in,
+                self.chunk_size,
+                path or self.path,
+                self.compile_chunks,
+                self.inner_steps,
             )
         if self.ablation == "zero":
             y = torch.zeros_like(y)
@@ -162,6 +176,7 @@ class NeuralMemory(nn.Module):
                 None,
                 self.chunk_size,
                 path,
+                inner_steps=self.inner_steps,
             )
             outputs.append(y)
         return torch.cat(outputs, dim=2), state

@@ -66,7 +66,16 @@ class MemorySpec:
     )
     heads: int = param(0, ge=0, doc="memory heads; 0 uses model.n_heads")
     head_dim: int = param(0, ge=0, doc="key and value width per head; 0 uses d_model / heads")
-    chunk_size: int = param(64, ge=1, doc="tokens per mini-batch step (Titans eq. 16-18)")
+    chunk_size: int = param(
+        64, ge=1, doc="tokens per chunk: per mini-batch step (mini_batch), or per parallel block (per_token)"
+    )
+    inner_steps: str = param(
+        "mini_batch",
+        choices=("mini_batch", "per_token"),
+        doc="inner-loop semantics: mini_batch takes every gradient of a chunk at the chunk-start state "
+        "(Titans eq. 16-18); per_token takes each token's at the state the previous token left "
+        "(DeltaNet, Gated DeltaNet: exact at any chunk size; matrix memories with l2 or dot, gd or momentum)",
+    )
     path: str = param("chunked", choices=("chunked", "recurrent"), doc="execution path for training")
     conv_kernel: int = param(4, ge=0, doc="causal depthwise convolution on q/k/v; 0 disables")
     activation: str = param("silu", choices=("silu", "identity"), doc="activation on q/k/v (Titans)")

@@ -65,7 +65,9 @@ def _memory_problems(recipe: Recipe, registry: Registry) -> list[str]:
     model = recipe.model
     if not getattr(registry.get("layout", model.layout.name).factory, "uses_memory", False):
         return []
-    return combination_problems(model.memory, model.d_model, model.n_heads, registry)
+    tnt = getattr(model, "tnt", None)
+    chunks = (tnt.global_chunk, *tnt.local_chunks) if tnt is not None else ()
+    return combination_problems(model.memory, model.d_model, model.n_heads, registry, chunks)
 
 
 def _memory_origin(origins: Origins, default_origin: str) -> str:
