@@ -57,6 +57,32 @@ def linear_chunked_flops(
     return total
 
 
+def per_token_chunked_flops(
+    batch: int, seq: int, dim: int, heads: int, head_dim: int, chunk: int, gates: int
+) -> dict[str, int]:
+    """Forward+backward matmul FLOPs of the per-token (UT form) chunked linear-memory layer.
+
+    Per chunk and (batch, head): K Kᵀ and Q Kᵀ (2·L²·d each), the unit-triangular solve
+    with d_k + d_v right-hand columns (L²·2d), Δᵀ = W0 Wkᵀ (2·L·d²), the chunk-end
+    W0 − Δᵀ diag(c) K (2·L·d²), the reads Q W0ᵀ (2·L·d²) and P Δ (2·L²·d); backward 2x.
+    """
+    b, t, d_model, h, d, length = batch, seq, dim, heads, head_dim, chunk
+    per_chunk = b * h * -(-t // length)
+    forward = {
+        "projections": 2 * b * t * d_model * (3 * h * d)
+        + 2 * b * t * d_model * (h * gates)
+        + 2 * b * t * h * d * d_model,
+        "scores": per_chunk * 2 * length * length * d * 2,
+        "triangular_solve": per_chunk * length * length * 2 * d,
+        "corrections": per_chunk * 2 * length * d * d,
+        "chunk_end_state": per_chunk * 2 * length * d * d,
+        "reads": per_chunk * (2 * length * d * d + 2 * length * length * d),
+    }
+    total = {name: 3 * value for name, value in forward.items()}
+    total["total"] = sum(total.values())
+    return total
+
+
 _MATMULS = ("aten.mm", "aten.addmm", "aten.bmm", "aten.baddbmm", "aten.matmul")
 
 

@@ -8,6 +8,7 @@ batch 2, 4 heads of width 64, chunk 64.
 from __future__ import annotations
 
 import importlib.util
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -21,7 +22,20 @@ BATCH, DIM, HEADS, HEAD_DIM, CHUNK = 2, 256, 4, 64, 64
 MIRASLAB_CONFIGS: dict[str, dict[str, Any]] = {
     "deep": {"memory": {"name": "mlp", "expansion": 4}, "retention": "decay", "algorithm": "momentum"},
     "linear": {"memory": "linear", "retention": "decay", "algorithm": "momentum"},
-    "delta": {"memory": "linear", "retention": "none", "algorithm": "gd"},  # the delta rule
+    "delta": {"memory": "linear", "retention": "none", "algorithm": "gd"},  # the delta rule, mini-batch steps
+    # the published per-token rules at chunk 64 (chunk-parallel: one triangular solve per chunk)
+    "delta-per-token": {
+        "memory": "linear",
+        "retention": "none",
+        "algorithm": "gd",
+        "inner_steps": "per_token",
+    },
+    "gated-delta-per-token": {
+        "memory": "linear",
+        "retention": {"name": "decay", "gradient_at": "decayed"},
+        "algorithm": "gd",
+        "inner_steps": "per_token",
+    },
     # linear with alpha and eta per value channel: the exact per-channel decay matrices, through autograd
     "linear-channelwise": {
         "memory": "linear",
@@ -53,12 +67,21 @@ TITANS_CONFIGS: dict[str, dict[str, Any]] = {
     },
 }
 
-MIRASLAB, TITANS = "miraslab", "titans-pytorch"
+MIRASLAB, TITANS, FLA = "miraslab", "titans-pytorch", "fla"
+
+# flash-linear-attention's pure-PyTorch chunked references (its Triton kernels need a GPU), run
+# inside the matching miraslab per-token layer in place of its memory op: the same
+# projections, convolution, gates and read-out around it.  config -> (file, function, layer config)
+FLA_CONFIGS: dict[str, tuple[str, str, str]] = {
+    "delta": ("ops/delta_rule/naive.py", "delta_rule_chunkwise", "delta-per-token"),
+    "gated-delta": ("ops/gated_delta_rule/naive.py", "naive_chunk_gated_delta_rule", "gated-delta-per-token"),
+}
+FLA_PATH = "naive-chunkwise"
 
 
 @dataclass(frozen=True)
 class Case:
-    impl: str  # MIRASLAB or TITANS
+    impl: str  # MIRASLAB, TITANS or FLA
     config: str  # a MIRASLAB_CONFIGS key, or "deep" / "linear" for titans-pytorch
     path: str  # miraslab: "chunked" / "compiled" / "recurrent"; titans-pytorch: "batch64" / "default"
 
@@ -82,6 +105,71 @@ def titans_version() -> str | None:
     from importlib.metadata import version
 
     return version("titans-pytorch")
+
+
+def _fla_file(relative: str) -> str | None:
+    """The path of a module inside the installed ``fla`` package, found without importing
+    ``fla`` (its ``__init__`` imports triton, which a CPU-only install lacks)."""
+    spec = importlib.util.find_spec("fla")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = f"{next(iter(spec.submodule_search_locations))}/{relative}"
+    return path if os.path.exists(path) else None
+
+
+def fla_unavailable() -> str | None:
+    """Why the FLA rows cannot run here (None: they can)."""
+    if importlib.util.find_spec("fla") is None:
+        return "flash-linear-attention is not installed (pip install -e '.[benchmarks]')"
+    for relative, function, _ in FLA_CONFIGS.values():
+        try:
+            _fla_function(relative, function)
+        except Exception as error:  # an API change upstream: say so and skip
+            return f"fla {relative}:{function} does not load: {type(error).__name__}: {error}"
+    return None
+
+
+def fla_version() -> str | None:
+    if importlib.util.find_spec("fla") is None:
+        return None
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("flash-linear-attention")
+    except PackageNotFoundError:
+        return None
+
+
+def _fla_function(relative: str, name: str) -> Callable:
+    path = _fla_file(relative)
+    if path is None:
+        raise FileNotFoundError(relative)
+    spec = importlib.util.spec_from_file_location(f"_fla_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)  # imports torch and einops only
+    return getattr(module, name)
+
+
+class FLAMemory(nn.Module):
+    """A miraslab NeuralMemory's gates with FLA's naive chunked delta rule as the memory op.
+
+    q and k arrive l2-normalised (the layer's qk_norm); FLA scales q by d^-1/2 itself, which
+    costs the same.  beta is the layer's learning-rate gate, the gated rule's g its log decay."""
+
+    def __init__(self, memory: nn.Module, config: str):
+        super().__init__()
+        relative, function, _ = FLA_CONFIGS[config]
+        self.gates, self.gated = memory.gates, config == "gated-delta"
+        self.op = _fla_function(relative, function)
+
+    def forward(self, q, k, v, x, state=None, path=None):
+        gates = self.gates(x)
+        if self.gated:  # FLA's layout: (B, T, H, d)
+            layout = [t.transpose(1, 2) for t in (q, k, v, gates["decay"], gates["lr"])]
+            y, _ = self.op(*layout, chunk_size=CHUNK)
+            return y.transpose(1, 2), None
+        y, _ = self.op(q, k, v, gates["lr"], chunk_size=CHUNK)
+        return y, None
 
 
 COMPILE = False  # --compile: torch.compile every chunked / titans-pytorch module (both sides alike)
@@ -128,6 +216,12 @@ def build(case: Case) -> nn.Module:
         if path == COMPILED_CHUNKS:
             path, options["compile_chunks"] = "chunked", True
         module = MemoryLayer(DIM, heads=HEADS, chunk_size=CHUNK, path=path, **options)
+    elif case.impl == FLA:
+        from miraslab.memory.layer import MemoryLayer
+
+        options = MIRASLAB_CONFIGS[FLA_CONFIGS[case.config][2]]
+        module = MemoryLayer(DIM, heads=HEADS, chunk_size=CHUNK, **options)
+        module.memory = FLAMemory(module.memory, case.config)
     else:
         from titans_pytorch import NeuralMemory
 

@@ -8,6 +8,10 @@ forward+backward tokens/s (median over interleaved repeats), peak-RSS growth of 
 forward+backward (fresh child process per configuration), the CPU's fp32 matmul GFLOP/s
 in the same run, and the fraction of it the chunked linear-memory layer reaches.  The timing
 process keeps freed memory as miraslab's trainer does (``--allocator glibc``: glibc's defaults).
+The per-token delta rules (``inner_steps = "per_token"``) are also timed with
+flash-linear-attention's pure-PyTorch chunked references in their place when it is
+installed (``pip install -e '.[benchmarks]'``; its Triton kernels need a GPU, so only
+``fla/ops/*/naive.py`` is loaded, without importing ``fla``).
 Targets are printed with pass/fail; nothing is asserted.
 """
 
@@ -32,12 +36,15 @@ from typing import Any
 # _peak_memory, _flops, _subjects: helpers beside this script (its directory is on sys.path)
 import _peak_memory
 import torch
-from _flops import counted_flops, linear_chunked_flops, matmul_gflops
+from _flops import counted_flops, linear_chunked_flops, matmul_gflops, per_token_chunked_flops
 from _subjects import (
     BATCH,
     CHUNK,
     COMPILED_CHUNKS,
     DIM,
+    FLA,
+    FLA_CONFIGS,
+    FLA_PATH,
     HEAD_DIM,
     HEADS,
     MIRASLAB,
@@ -46,6 +53,8 @@ from _subjects import (
     TITANS_CONFIGS,
     Case,
     build,
+    fla_unavailable,
+    fla_version,
     make_input,
     make_step,
     runs_chunk_step,
@@ -66,6 +75,7 @@ class Plan:
     threads: int
     memory: bool = True
     titans: bool = True
+    fla: bool = True  # flash-linear-attention's naive chunked delta rules, when installed
     compiled_chunks: bool = True  # also time the configurations that run a chunk step, compiled
     configs: tuple[str, ...] = tuple(MIRASLAB_CONFIGS)  # the miraslab configurations measured
 
@@ -85,6 +95,10 @@ class Plan:
             plan.recurrent_repeats = min(plan.recurrent_repeats, args.repeats)
         plan.memory = not args.no_memory
         plan.titans = titans_available() and not args.no_titans
+        skipped = "--no-fla" if args.no_fla else fla_unavailable()
+        plan.fla = skipped is None
+        if skipped is not None:
+            print(f"FLA rows skipped: {skipped}", flush=True)
         plan.compiled_chunks = not args.no_compiled_chunks and not args.compile
         if args.configs:
             plan.configs = tuple(args.configs)
@@ -120,6 +134,10 @@ def make_jobs(plan: Plan) -> list[Job]:
         for name in TITANS_CONFIGS:
             config, mode = name.split("/")
             jobs += [Job(Case(TITANS, config, mode), n) for n in plan.lengths]
+    if plan.fla:
+        for config, (_, _, layer) in FLA_CONFIGS.items():
+            if layer in plan.configs:
+                jobs += [Job(Case(FLA, config, FLA_PATH), n) for n in plan.lengths]
     return jobs
 
 
@@ -249,7 +267,7 @@ def _ratio(a: Job | None, b: Job | None) -> float | None:
 
 
 def titans_ratios(jobs: list[Job], job: Job) -> dict[str, float]:
-    """Speed of a miraslab chunked row relative to the matching titans-pytorch rows."""
+    """Speed of a miraslab chunked row relative to the matching titans-pytorch (and FLA) rows."""
     if job.case.impl != MIRASLAB or job.case.path not in ("chunked", COMPILED_CHUNKS):
         return {}
     partners = {"deep": ("batch64", "default"), "linear": ("batch64",)}.get(job.case.config, ())
@@ -258,6 +276,11 @@ def titans_ratios(jobs: list[Job], job: Job) -> dict[str, float]:
         ratio = _ratio(job, _find(jobs, TITANS, job.case.config, mode, job.seq))
         if ratio is not None:
             out[f"vs titans {job.case.config} {mode}"] = ratio
+    for fla_config, (_, function, layer) in FLA_CONFIGS.items():
+        if job.case.config == layer and job.case.path == "chunked":
+            ratio = _ratio(job, _find(jobs, FLA, fla_config, FLA_PATH, job.seq))
+            if ratio is not None:
+                out[f"vs fla {function}"] = ratio
     return out
 
 
@@ -273,7 +296,12 @@ def memory_growth(jobs: list[Job], job: Job) -> float | None:
 
 
 def linear_formula_flops(job: Job) -> dict[str, int] | None:
-    if job.case.impl != MIRASLAB or job.case.path != "chunked" or job.case.config not in ("linear", "delta"):
+    if job.case.impl != MIRASLAB or job.case.path != "chunked":
+        return None
+    if job.case.config in ("delta-per-token", "gated-delta-per-token"):
+        gates = 1 if job.case.config == "delta-per-token" else 2  # lr / lr, decay
+        return per_token_chunked_flops(BATCH, job.seq, DIM, HEADS, HEAD_DIM, CHUNK, gates)
+    if job.case.config not in ("linear", "delta"):
         return None
     momentum = MIRASLAB_CONFIGS[job.case.config]["algorithm"] == "momentum"
     gates = 3 if job.case.config == "linear" else 1  # decay, lr, momentum / lr
@@ -331,12 +359,14 @@ def print_table(table: list[dict[str, Any]]) -> None:
     width = max(8, *(len(row["config"]) + 2 for row in table))
     header = (
         f"{'impl':<15}{'config':<{width}}{'path':<10}{'seq':>6}{'tok/s':>10}{'n':>3}{'iqr':>6}"
-        f"{'faults':>7}{'peak MiB':>10}{'x prev':>8}{'GF/s':>7}{'%mm':>6}  vs titans-pytorch"
+        f"{'faults':>7}{'peak MiB':>10}{'x prev':>8}{'GF/s':>7}{'%mm':>6}  vs titans-pytorch / fla"
     )
     print(header)
     print("-" * len(header))
     for row in table:
-        ratios = ", ".join(f"{v:.2f}x {k.removeprefix('vs titans ')}" for k, v in row["ratios"].items())
+        ratios = ", ".join(
+            f"{v:.2f}x {k.removeprefix('vs titans ').removeprefix('vs ')}" for k, v in row["ratios"].items()
+        )
         fraction = row.get("matmul_fraction")
         spread = "-" if row["spread"] is None else f"{row['spread']:.0%}"
         print(
@@ -393,6 +423,28 @@ def targets(jobs: list[Job], table: list[dict[str, Any]]) -> list[Target]:
     compiled = "deep memory, compile_chunks, vs titans-pytorch (eager) deep"
     speed("deep", "batch64", 2.0, f"{compiled} batch_size=64", COMPILED_CHUNKS)
     speed("deep", "default", 1.0, f"{compiled} default", COMPILED_CHUNKS)
+
+    for fla_config, (_, function, layer) in FLA_CONFIGS.items():
+        ours = _find(jobs, MIRASLAB, layer, "chunked", seq) if seq else None
+        ratio = _ratio(ours, _find(jobs, FLA, fla_config, FLA_PATH, seq)) if ours else None
+        if ours is None:
+            continue
+        note = at if ratio is not None else " (flash-linear-attention not measured)"
+        out.append(
+            Target(
+                f"{layer} chunked vs FLA's {function} (pure PyTorch) in the same layer",
+                ">= 1x",
+                ratio,
+                None if ratio is None else ratio >= 1.0,
+                note,
+            )
+        )
+    for layer in ("delta-per-token", "gated-delta-per-token"):  # what exact per-token steps cost
+        ratio = _ratio(
+            _find(jobs, MIRASLAB, layer, "chunked", seq), _find(jobs, MIRASLAB, "delta", "chunked", seq)
+        )
+        if ratio is not None:
+            out.append(Target(f"{layer} vs delta (mini-batch steps), chunked", "(reported)", ratio, None, at))
 
     linear_row = next(
         (
@@ -501,6 +553,7 @@ def environment(plan: Plan) -> dict[str, Any]:
         "cpu": cpu,
         "threads": plan.threads,
         "titans_pytorch": titans_version(),
+        "flash_linear_attention": fla_version() if plan.fla else None,
         "git_commit": commit or None,
         "shape": {"batch": BATCH, "dim": DIM, "heads": HEADS, "head_dim": HEAD_DIM, "chunk": CHUNK},
     }
@@ -586,6 +639,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, help="timed passes per configuration and length")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory child processes")
     parser.add_argument("--no-titans", action="store_true", help="skip titans-pytorch even if installed")
+    parser.add_argument(
+        "--no-fla",
+        action="store_true",
+        help="skip flash-linear-attention's naive chunked rules even if installed",
+    )
     parser.add_argument(
         "--no-compiled-chunks",
         action="store_true",
