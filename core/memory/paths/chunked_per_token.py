@@ -111,8 +111,6 @@ def chunked_per_token(
     if rule.algorithm.normalized:  # normalised LMS: as MemoryRule.factors divides each gradient
         inv_energy = 1.0 / keys.pow(2).sum(-1).clamp_min(1e-6)
         theta = theta * (inv_energy.unsqueeze(-1) if theta.dim() == 4 else inv_energy)
-    if log_alpha is None:  # alpha = 1
-        log_alpha = torch.zeros(q.shape[:3], dtype=work, device=q.device)
     log_eta = rule.algorithm.log_eta(gates) if rule.algorithm.momentum else None
     with torch.autocast(device_type=q.device.type, enabled=False):
         y, weights, surprise = per_token_chunks(
@@ -120,7 +118,7 @@ def chunked_per_token(
             keys,
             offset,
             theta,
-            log_alpha.to(work),
+            log_alpha.to(work) if log_alpha is not None else None,
             state.weights["w"].to(work),
             rule.bias.gradient_slope,
             rule.retention.gradient_at_decayed,
@@ -171,7 +169,7 @@ def per_token_chunks(
     k: torch.Tensor,
     offset: torch.Tensor,
     beta: torch.Tensor,
-    log_alpha: torch.Tensor,
+    log_alpha: torch.Tensor | None,
     w0: torch.Tensor,
     slope: float,
     decayed: bool,
@@ -182,7 +180,7 @@ def per_token_chunks(
     """The per-token recurrence of the module docstring, chunk-parallel (UT form).
 
     q, k (B, H, T, d_k); offset b (B, H, T, d_v); beta, log_alpha and log_eta (B, H, T) per
-    head or (B, H, T, d_v) per row of W; w0 and the momentum s0 (B, H, d_v, d_k); slope s;
+    head or (B, H, T, d_v) per row of W (log_alpha None: alpha = 1); w0 and the momentum s0 (B, H, d_v, d_k); slope s;
     ``decayed``: the gradient at alpha_t W_{t-1}.  Returns y (B, H, T, d_v), W and S after
     the last token (S None without momentum).
     """
@@ -196,33 +194,44 @@ def per_token_chunks(
     def rates(x: torch.Tensor) -> torch.Tensor:  # rows first: (B, H, n, C, L), C = 1 or d_v
         return _fold(_rates(x, seq), chunk).transpose(-1, -2)
 
+    decays = log_alpha is not None
+    if not decays:  # alpha = 1
+        log_alpha = torch.zeros_like(q[..., 0])
     beta_c, log_alpha_c = rates(beta), rates(log_alpha)
     cum = torch.cumsum(log_alpha_c, dim=-1)  # A_i
     # c_ij: what token j's update contributes to W_i (j <= i); sigma_i: S_0's share of W_i
-    decay = _pair_decay(cum, cum, 0)
+    if decays:
+        decay = _pair_decay(cum, cum, 0)
+    else:
+        decay = torch.ones(chunk, chunk, dtype=q.dtype, device=q.device).tril()  # broadcasts
     if momentum:
         cum_eta = torch.cumsum(rates(log_eta), dim=-1)  # E_i
         coef = decay @ _pair_decay(cum_eta, cum_eta, 0)  # sum_m e^{A_i - A_m} e^{E_m - E_j}
         carry = (decay @ torch.exp(cum_eta).unsqueeze(-1)).squeeze(-1)
     else:
         coef, carry, cum_eta = decay, None, None
-    reads = coef * beta_c.unsqueeze(-2) * (qc @ kc.transpose(-1, -2)).unsqueeze(-3)  # P_ij, (.., C, L, L)
+    rated = coef * beta_c.unsqueeze(-2)  # c_ij beta_j
+    reads = rated * (qc @ kc.transpose(-1, -2)).unsqueeze(-3)  # P_ij, (.., C, L, L)
     n = qc.shape[2]
     # the chunk-end row L: the last row, or the last real token's in a zero-padded last chunk
     # (padded tokens leave W alone, but with momentum S would keep moving it)
     last = (seq - 1) % chunk
 
-    def end_terms(c: int) -> tuple[torch.Tensor, ...]:
-        """Chunk c's e^{A_L}, beta_j c_Lj and, with momentum, sigma_L, e^{E_L}, beta_j e^{E_L - E_j}."""
-        row = last if c == n - 1 else chunk - 1
-        terms = (torch.exp(cum[:, :, c, :, row, None]), beta_c[:, :, c] * coef[:, :, c, :, row])
-        if not momentum:
-            return terms
-        eta = cum_eta[:, :, c]
-        tail = beta_c[:, :, c] * torch.exp(eta[..., row, None] - eta).masked_fill(
-            torch.arange(chunk, device=q.device) > row, 0.0
-        )
-        return *terms, carry[:, :, c, :, row, None], torch.exp(eta[..., row, None]), tail
+    def end_terms(sel: slice, row: int) -> list[tuple[torch.Tensor, ...]]:
+        """Per chunk of ``sel``: e^{A_L}, beta_j c_Lj and, with momentum, sigma_L, e^{E_L},
+        beta_j e^{E_L - E_j}, for the end row ``row``."""
+        terms = [torch.exp(cum[:, :, sel, :, row, None]), rated[:, :, sel, :, row]]
+        if momentum:
+            eta = cum_eta[:, :, sel]
+            tail = beta_c[:, :, sel] * torch.exp(eta[..., row, None] - eta).masked_fill(
+                torch.arange(chunk, device=q.device) > row, 0.0
+            )
+            terms += [carry[:, :, sel, :, row, None], torch.exp(eta[..., row, None]), tail]
+        # unbound once: indexing chunk c in the loop would make backward zero-fill a
+        # full-size gradient per chunk (quadratic in the number of chunks)
+        return list(zip(*(t.unbind(2) for t in terms), strict=True))
+
+    ends = end_terms(slice(0, n - 1), chunk - 1) + end_terms(slice(n - 1, n), last)
 
     # delta = Wk W_0^T + Sk S_0^T + U, [Wk | Sk | U] = (I + T)^-1 [s e^G K | s g sigma' K | b] with
     # the gradient point g_i W_{i-1} of token i: W_{i-1} is row i - 1 of (c, sigma), e^{A_{i-1}}
@@ -233,8 +242,14 @@ def per_token_chunks(
 
         point = torch.exp(log_alpha_c) if decayed else torch.ones_like(log_alpha_c)  # g_i
         kk = (kc @ kc.transpose(-1, -2)).unsqueeze(-3)
-        strict = slope * point.unsqueeze(-1) * previous(coef) * beta_c.unsqueeze(-2) * kk  # T
-        system = strict + torch.eye(chunk, dtype=q.dtype, device=q.device)
+        if (decayed or not decays) and not momentum:  # a_i c_{i-1,j} = c_ij below the diagonal
+            system = rated * kk
+        elif decayed:
+            system = point.unsqueeze(-1) * previous(rated) * kk
+        else:
+            system = previous(rated) * kk
+        # T, and I + T as the solve reads it: unitriangular ignores the diagonal
+        system = system if slope == 1 else slope * system
         start_share = point * torch.exp(previous(cum.unsqueeze(-1)).squeeze(-1))  # g_i e^{A_{i-1}}
         shares = [start_share]
         if momentum:
@@ -267,21 +282,22 @@ def per_token_chunks(
     # the chunk recurrence: delta (d_v, L) and the next W_0 (and S_0), the only sequential part
     starts, momenta, deltas = [], [], []
     weights, surprise = w0, s0
+    per_chunk = [x.unbind(2) for x in (u, kc, *projections)]
     for c in range(n):
         starts.append(weights)
-        delta = u[:, :, c]
-        if projections:
-            delta = delta + times(projections[0][:, :, c], weights)
+        delta, key, *projection = (x[c] for x in per_chunk)
+        if projection:
+            delta = delta + times(projection[0], weights)
         if momentum:
             momenta.append(surprise)
-            if projections:
-                delta = delta + times(projections[1][:, :, c], surprise)
+            if projection:
+                delta = delta + times(projection[1], surprise)
         deltas.append(delta)
-        key, ends = kc[:, :, c], end_terms(c)
-        new_weights = ends[0] * weights - (delta * ends[1]) @ key
+        end = ends[c]
+        new_weights = end[0] * weights - (delta * end[1]) @ key
         if momentum:  # W_L = e^{A_L} W_0 + sigma_L S_0 - ...;  S_L = e^{E_L} S_0 - ...
-            new_weights = new_weights + ends[2] * surprise
-            surprise = ends[3] * surprise - (delta * ends[4]) @ key
+            new_weights = new_weights + end[2] * surprise
+            surprise = end[3] * surprise - (delta * end[4]) @ key
         weights = new_weights
     delta = torch.stack(deltas, dim=2)  # (B, H, n, d_v, L)
 
