@@ -296,3 +296,6 @@ def test_deltanet_recipes_run_per_token_steps_and_a_deep_memory_is_refused_at_lo
     one = tmp_path / "deep1.toml"
     one.write_text(f'extends = "{deep}"\n[model.memory]\nchunk_size = 1\n')
     load_recipe(one)  # per-token at chunk 1 is the mini-batch step: every rule has it
+    tnt = REPO / "recipes" / "papers" / "tnt.toml"  # a deep memory at TNT's own chunk sizes
+    with pytest.raises(RecipeError, match="chunk_size 2048: memory 'mlp'"):
+        load_recipe(tnt, ['model.memory.inner_steps="per_token"', "model.memory.chunk_size=1"])
