@@ -28,11 +28,11 @@ from .data.task import Batches, Task, check_data_state, check_seq_len, check_spl
 from .data.tokenizer_training import cached_tokenizer, protect_special_tokens, tokenizer_cache_path
 from .errors import MiraslabError, RecipeError
 from .hookspecs import Register, RunContext, hookimpl, hookspec
-from .memory.engine import memory_op
-from .memory.gates import GateProjections
+from .memory.gate_projections import GateProjections
 from .memory.layer import MemoryLayer
 from .memory.neural_memory import NeuralMemory
-from .memory.parts import (
+from .memory.paths.memory_op import memory_op
+from .memory.rule.axes import (
     AttentionalBias,
     ChunkEnd,
     FeatureMap,
@@ -45,6 +45,7 @@ from .memory.parts import (
     Weights,
     at_least_fp32,
 )
+from .memory.rule.state import MemoryState
 from .memory.spec import (
     AlgorithmComponent,
     BiasComponent,
@@ -52,7 +53,6 @@ from .memory.spec import (
     MemoryComponent,
     RetentionComponent,
 )
-from .memory.state import MemoryState
 from .model.attention import KVCache
 from .model.attention_backend import AttentionBackend, is_visible, keys_end_at_queries, visibility_mask
 from .model.block import Block, BlockContext, TransformerBlock

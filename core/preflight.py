@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from .components import build_component
 from .data.batch import IGNORE, TrainingBatch
 from .memory.ablation import memories_of, memory_ablation, shard_lengths
-from .memory.gates import GateProjections
+from .memory.gate_projections import GateProjections
 from .model.memory_gate import MemoryGate, recorded_gates
 from .recipe.resolve import load_recipe
 from .recipe.schema import Recipe

@@ -71,7 +71,7 @@ def test_a_builtin_plugin_imports_only_the_public_face(path: Path) -> None:
 @pytest.mark.parametrize(
     "source",
     [
-        "from miraslab.memory.parts import Retention",
+        "from miraslab.memory.rule.axes import Retention",
         "import miraslab.model.attention",
         "from miraslab import memory",
         "import miraslab\nraise miraslab.params.ParamValueError('x')",

@@ -22,9 +22,9 @@ from torch import nn
 
 from ..params import Component, make_component
 from ..registry import Registry, get_registry
-from .inputs import MemoryInputs
-from .merge_heads import rms_merge_heads
+from .kernels.merge_heads import rms_merge_heads
 from .neural_memory import NeuralMemory, NeuralMemoryState
+from .qkv_projections import MemoryInputs
 from .spec import GatesSpec, MemorySpec
 
 ComponentLike = str | Mapping[str, Any] | Component

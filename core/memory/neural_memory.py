@@ -10,11 +10,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..params import Component
-from .build import build_features, build_rule
-from .engine import check_path_and_chunk, memory_op
-from .gates import GateProjections
+from .gate_projections import GateProjections
+from .paths.memory_op import check_path_and_chunk, memory_op
 from .qk_projection import qk_project
-from .state import MemoryState
+from .rule.build import build_features, build_rule
+from .rule.state import MemoryState
 
 
 @dataclasses.dataclass

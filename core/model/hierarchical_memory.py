@@ -19,9 +19,9 @@ import torch
 from torch import nn
 
 from ..components import build_component
-from ..memory.inputs import MemoryInputs
 from ..memory.layer import AROUND_MEMORY, build_neural_memory, spec_options
 from ..memory.neural_memory import NeuralMemory, NeuralMemoryState
+from ..memory.qkv_projections import MemoryInputs
 from ..memory.spec import MemorySpec
 from .spec import TNTSpec
 

@@ -16,8 +16,8 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
-from ..memory.gates import GateProjections
-from ..memory.parts import at_least_fp32
+from ..memory.gate_projections import GateProjections
+from ..memory.rule.axes import at_least_fp32
 
 
 def whole(parameter: torch.Tensor) -> torch.Tensor:

@@ -60,7 +60,7 @@ STAGE_TRAIN_KEYS = frozenset(
 
 def _memory_problems(recipe: Recipe, registry: Registry) -> list[str]:
     """Memory-axis combinations the engine refuses, when the layout has a memory."""
-    from ..memory.build import combination_problems  # the memory engine, only for recipes that use it
+    from ..memory.rule.build import combination_problems  # the memory engine, only for recipes that use it
 
     model = recipe.model
     if not getattr(registry.get("layout", model.layout.name).factory, "uses_memory", False):

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from ..components import build_component
-from ..errors import RecipeError
-from ..params import Component
-from ..registry import Registry
-from .parts import AttentionalBias, FeatureMap, LearningAlgorithm, MemoryArchitecture, Retention, check_parts
-from .rule import MemoryRule
-from .spec import MemorySpec
+from ...components import build_component
+from ...errors import RecipeError
+from ...params import Component
+from ...registry import Registry
+from ..spec import MemorySpec
+from .axes import AttentionalBias, FeatureMap, LearningAlgorithm, MemoryArchitecture, Retention, check_parts
+from .memory_rule import MemoryRule
 
 
 def build_rule(

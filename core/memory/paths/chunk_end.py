@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import torch
 
-from .parts import ChunkEnd, at_least_fp32
-from .rule import MemoryRule
-from .state import MemoryState
+from ..rule.axes import ChunkEnd, at_least_fp32
+from ..rule.memory_rule import MemoryRule
+from ..rule.state import MemoryState
 
 
 def close_chunk(rule: MemoryRule, state: MemoryState) -> MemoryState:

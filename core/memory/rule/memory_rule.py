@@ -15,7 +15,7 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
-from .parts import (
+from .axes import (
     AttentionalBias,
     GateDef,
     Gates,

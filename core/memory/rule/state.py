@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from .parts import Weights
+from .axes import Weights
 
 
 @dataclasses.dataclass

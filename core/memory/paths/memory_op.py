@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import torch
 
+from ..rule.axes import Gates
+from ..rule.memory_rule import MemoryRule
+from ..rule.state import MemoryState
 from .chunked import chunked
 from .op_inputs import check_op_inputs
-from .parts import Gates
 from .recurrent import recurrent
-from .rule import MemoryRule
-from .state import MemoryState
 
 PATHS = ("chunked", "recurrent")
 
@@ -35,7 +35,7 @@ def memory_op(
     """Run a Miras memory over a sequence.
 
     Args:
-        rule: the memory's four parts (see :func:`miraslab.memory.build.build_rule`).
+        rule: the memory's four parts (see :func:`miraslab.memory.rule.build.build_rule`).
         q, k: (batch, heads, seq, d_k) queries and keys, feature map already applied.
         v: (batch, heads, seq, d_v) values.
         gates: {name: (batch, heads, seq) or (batch, heads, seq, d_v)}, as the rule's

@@ -12,15 +12,15 @@ import dataclasses
 
 import torch
 
-from .batched import outer_sum
-from .chunk_boundary import close_chunk
-from .parts import Gates
-from .rule import MemoryRule
-from .sources import keep_window, window_band, with_window
-from .state import MemoryState
+from ..kernels.batched import outer_sum
+from ..rule.axes import Gates
+from ..rule.memory_rule import MemoryRule
+from ..rule.state import MemoryState
+from .chunk_end import close_chunk
+from .omega_window import keep_window, window_band, with_window
 
 
-def _scaled(value: torch.Tensor, scale: torch.Tensor | float) -> torch.Tensor:
+def scaled(value: torch.Tensor, scale: torch.Tensor | float) -> torch.Tensor:
     """value * scale; a tensor scale is (B, H), one factor per batch element and head."""
     if isinstance(scale, float) and scale == 1.0:
         return value
@@ -80,7 +80,7 @@ def step(
     new_weights, new_momentum, new_decayed = {}, {}, {}
     for name, (h, delta) in factors.items():
         grad_sum = outer_sum(coef, delta, h)  # theta_t * sum_j gamma_j omega^(t-j) grad_j
-        update = -_scaled(grad_sum, retention.lr_scale(state.extra, name))
+        update = -scaled(grad_sum, retention.lr_scale(state.extra, name))
         if eta is not None:
             new_momentum[name] = eta * state.momentum[name] + update
             update = new_momentum[name]
