@@ -56,8 +56,18 @@ from .memory.spec import (
 from .model.attention import KVCache
 from .model.attention_backend import AttentionBackend, is_visible, keys_end_at_queries, visibility_mask
 from .model.block import Block, BlockContext, TransformerBlock
-from .model.memory_gate import MemoryGate, recorded_gates, whole
+from .model.memory_gate import MemoryGate, whole
+from .observation import (
+    GateObservation,
+    MemoryObservation,
+    gate_observations,
+    memory_observations,
+    observe,
+    recorded_gates,
+    stop_observing,
+)
 from .params import ParamValueError, component_field, make_component, param
+from .registry import Registry, get_registry, use_registry
 
 __all__ = [  # noqa: RUF022 -- grouped by the kind of plugin that needs them, not sorted
     # plugin hooks and parameters
@@ -69,6 +79,9 @@ __all__ = [  # noqa: RUF022 -- grouped by the kind of plugin that needs them, no
     "component_field",
     "make_component",
     "ParamValueError",
+    "Registry",
+    "get_registry",
+    "use_registry",
     "RecipeError",
     "MiraslabError",
     # memory axes: what a memory/bias/retention/algorithm/features plugin subclasses
@@ -101,6 +114,12 @@ __all__ = [  # noqa: RUF022 -- grouped by the kind of plugin that needs them, no
     "KVCache",
     "MemoryGate",
     "recorded_gates",
+    "observe",
+    "stop_observing",
+    "gate_observations",
+    "memory_observations",
+    "GateObservation",
+    "MemoryObservation",
     "whole",
     "AttentionBackend",
     "is_visible",

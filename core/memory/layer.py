@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from ..params import Component, make_component
-from ..registry import Registry, get_registry
+from ..registry import get_registry
 from .kernels.merge_heads import rms_merge_heads
 from .neural_memory import NeuralMemory, NeuralMemoryState
 from .qkv_projections import MemoryInputs
@@ -43,11 +43,11 @@ class LayerState:
         return LayerState(self.memory.detach(), conv, self.position)
 
 
-def as_component(kind: str, value: ComponentLike, registry: Registry | None = None) -> Component:
+def as_component(kind: str, value: ComponentLike) -> Component:
     """A Component from a name, a {"name": ..., options} table, or a Component."""
     if isinstance(value, Component):
         return value
-    registry = registry or get_registry()
+    registry = get_registry()
     if isinstance(value, str):
         return make_component(kind, value, {}, registry)
     table = dict(value)
@@ -119,7 +119,6 @@ def build_neural_memory(
     channelwise_momentum: bool,
     gate_rank: int,
     compile_chunks: bool,
-    registry: Registry | None = None,
 ) -> NeuralMemory:
     """The memory branch (rule, gates, feature map, chunked or recurrent path) from
     MemoryLayer's options; the plain layer and TNT's global and local memories all build theirs here."""
@@ -127,11 +126,11 @@ def build_neural_memory(
         dim,
         heads,
         head_dim,
-        memory=as_component("memory", memory, registry),
-        bias=as_component("bias", bias, registry),
-        retention=as_component("retention", retention, registry),
-        algorithm=as_component("algorithm", algorithm, registry),
-        features=as_component("features", features, registry),
+        memory=as_component("memory", memory),
+        bias=as_component("bias", bias),
+        retention=as_component("retention", retention),
+        algorithm=as_component("algorithm", algorithm),
+        features=as_component("features", features),
         chunk_size=chunk_size,
         path=path,
         qk_projection=qk_projection,
@@ -174,7 +173,6 @@ class MemoryLayer(nn.Module):
         channelwise_momentum: bool = False,
         gate_rank: int = 16,
         compile_chunks: bool = False,
-        registry: Registry | None = None,
     ):
         super().__init__()
         head_dim = head_dim or dim // heads
@@ -201,7 +199,6 @@ class MemoryLayer(nn.Module):
             channelwise_momentum=channelwise_momentum,
             gate_rank=gate_rank,
             compile_chunks=compile_chunks,
-            registry=registry,
         )
         self.norm = nn.RMSNorm(head_dim, eps=1e-6) if output_norm else nn.Identity()
         self.out = nn.Linear(heads * head_dim, dim, bias=False)
@@ -212,13 +209,12 @@ class MemoryLayer(nn.Module):
         spec: MemorySpec,
         dim: int,
         default_heads: int,
-        registry: Registry | None = None,
         **overrides: Any,
     ) -> MemoryLayer:
         heads = spec.heads or default_heads
         options = spec_options(spec)
         options.update(overrides)
-        return cls(dim, heads, spec.head_dim or dim // heads, registry=registry, **options)
+        return cls(dim, heads, spec.head_dim or dim // heads, **options)
 
     @property
     def chunk_size(self) -> int:

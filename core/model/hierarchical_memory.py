@@ -13,7 +13,6 @@ batch dimension and run in one call.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
 
 import torch
 from torch import nn
@@ -53,7 +52,7 @@ def _take_last_shard(state: NeuralMemoryState, batch: int, shards: int) -> Neura
 
 
 class HierarchicalMemory(nn.Module):
-    def __init__(self, dim: int, heads: int, spec: MemorySpec, tnt: TNTSpec, registry: Any = None):
+    def __init__(self, dim: int, heads: int, spec: MemorySpec, tnt: TNTSpec):
         super().__init__()
         heads = spec.heads or heads
         head_dim = spec.head_dim or dim // heads
@@ -73,13 +72,12 @@ class HierarchicalMemory(nn.Module):
                 heads,
                 head_dim,
                 **{**options, "chunk_size": chunk, "qk_projection": qk_projection},
-                registry=registry,
             )
 
         self.global_memory = memory(tnt.global_chunk, qk_projection=False)
         self.local_memories = nn.ModuleList(memory(c, tnt.local_qk_projection) for c in tnt.local_chunks)
         inner = heads * head_dim
-        self.mixer = build_component(tnt.mixer, registry, dim=inner, n_memories=1 + len(self.local_memories))
+        self.mixer = build_component(tnt.mixer, dim=inner, n_memories=1 + len(self.local_memories))
         self.norm = nn.RMSNorm(head_dim, eps=1e-6) if spec.output_norm else nn.Identity()
         self.out = nn.Linear(inner, dim, bias=False)
 

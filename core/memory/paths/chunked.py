@@ -292,7 +292,7 @@ def _piece(
     cum = cum_alpha  # per token: (B, H, L), or (B, H, L, C) with a channel-wise decay
     if channels:  # channels first; a decay per head has a channel dimension of 1 here
         cum = cum.transpose(-1, -2) if rule.channelwise_decay else cum[..., 0, :]
-    add_piece_decay(rule, state, theta, cum)
+    add_piece_decay(rule, state, gates, cum)
     state.offset += length
     keep_window(rule, state, keys, values, source_gates)
     return end_piece(rule, state, q, y, chunk_size)

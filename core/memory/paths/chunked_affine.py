@@ -181,6 +181,6 @@ def _closed(state: MemoryState, weights: torch.Tensor, momentum: torch.Tensor | 
     if momentum is not None:
         state.momentum = {"w": momentum}
     state.log_decay = state.log_decay.new_zeros(state.log_decay.shape)
-    state.lr_sum = state.lr_sum.new_zeros(state.lr_sum.shape)
+    state.sums = {n: s.new_zeros(s.shape) for n, s in state.sums.items()}
     state.offset = 0
     return state

@@ -121,7 +121,7 @@ def sub_chunked(
 
     y = rule.arch(q, lambda _, x: read(x))
 
-    add_piece_decay(rule, state, theta, cum)  # the piece as a whole, since the chunk start
+    add_piece_decay(rule, state, gates, cum)  # the piece as a whole, since the chunk start
     state.weights = {name: w}
     if momentum:
         state.momentum = {name: s}

@@ -93,10 +93,13 @@ def step(
     if aux_alpha is not None:
         state.decayed_update = new_decayed
     state.log_decay = log_decay
-    theta_head = theta.mean(-1) if theta.dim() == 3 else theta  # channel-wise: the mean rate
-    if rule.channelwise_decay:
-        theta_head = theta_head.unsqueeze(-1)
-    state.lr_sum = torch.exp(log_alpha) * state.lr_sum + theta_head
+    sums = {}
+    for name, value in rule.chunk_sums().items():  # s_t = alpha_t s_{t-1} + x_t
+        x = value(seq_gates)[:, :, 0]
+        sums[name] = torch.exp(log_alpha) * state.sums[name] + (
+            x.unsqueeze(-1) if rule.channelwise_decay else x
+        )
+    state.sums = sums
     state.offset += 1
     keep_window(rule, state, keys, values, source_gates)
     if state.offset == chunk_size:
