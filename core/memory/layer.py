@@ -22,7 +22,7 @@ from torch import nn
 
 from ..params import Component, make_component
 from ..registry import get_registry
-from .kernels.merge_heads import rms_merge_heads
+from .kernels.merge_heads import merge_heads
 from .neural_memory import NeuralMemory, NeuralMemoryState
 from .qkv_projections import MemoryInputs
 from .spec import GatesSpec, MemorySpec
@@ -222,10 +222,7 @@ class MemoryLayer(nn.Module):
 
     def merge_heads(self, y: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         """(B, H, T, d) read-outs -> (B, T, H*d), normalised per head."""
-        y = y.to(dtype)
-        if isinstance(self.norm, nn.RMSNorm):
-            return rms_merge_heads(y, self.norm.weight, self.norm.eps)
-        return y.transpose(1, 2).reshape(y.shape[0], y.shape[2], -1)
+        return merge_heads(y, self.norm, dtype)
 
     def forward(
         self,

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from ..components import build_component
+from ..memory.kernels.merge_heads import merge_heads
 from ..memory.layer import AROUND_MEMORY, build_neural_memory, spec_options
 from ..memory.neural_memory import NeuralMemory, NeuralMemoryState
 from ..memory.qkv_projections import MemoryInputs
@@ -82,8 +83,7 @@ class HierarchicalMemory(nn.Module):
         self.out = nn.Linear(inner, dim, bias=False)
 
     def _merge(self, y: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-        y = self.norm(y.to(dtype))
-        return y.transpose(1, 2).reshape(y.shape[0], y.shape[2], -1)
+        return merge_heads(y, self.norm, dtype)
 
     def _run_local(
         self,
