@@ -154,7 +154,18 @@ class ChunkEnd:
     aux_log_decay: torch.Tensor | None
 
 
-class Retention(nn.Module):
+class DeclaresChunkSums:
+    """An axis with a chunk-end step may carry state of its own through each chunk."""
+
+    def chunk_sums(self) -> dict[str, Callable[[Gates], torch.Tensor]]:
+        """State of the axis's own, carried through each chunk: name -> x(gates), (B, H, T) per
+        token.  The engine keeps s = sum_i prod_{j>i} alpha_j x_i since the chunk start (both
+        paths, any split of the sequence) and hands it to ``chunk_end`` as ``end.sums[name]``;
+        names are shared across axes, so prefix them with the axis's name."""
+        return {}
+
+
+class Retention(DeclaresChunkSums, nn.Module):
     """Miras axis 3: how the memory forgets.  The linear part is a decay alpha_t."""
 
     decay_gate: str | None = None  # the gate log_alpha reads: it can be made channel-wise
@@ -185,15 +196,8 @@ class Retention(nn.Module):
     def chunk_end(self, end: ChunkEnd) -> tuple[Weights, Weights | None, dict[str, Any]]:
         return end.weights, end.momentum, end.extra
 
-    def chunk_sums(self) -> dict[str, Callable[[Gates], torch.Tensor]]:
-        """State of the axis's own, carried through each chunk: name -> x(gates), (B, H, T) per
-        token.  The engine keeps s = sum_i prod_{j>i} alpha_j x_i since the chunk start (both
-        paths, any split of the sequence) and hands it to ``chunk_end`` as ``end.sums[name]``;
-        names are shared across axes, so prefix them with the axis's name."""
-        return {}
 
-
-class LearningAlgorithm(nn.Module):
+class LearningAlgorithm(DeclaresChunkSums, nn.Module):
     """Miras axis 4: the optimizer of the inner loop.  ``theta`` is its learning rate."""
 
     momentum: bool = False
@@ -217,13 +221,6 @@ class LearningAlgorithm(nn.Module):
 
     def chunk_end(self, end: ChunkEnd) -> Weights:
         return end.weights
-
-    def chunk_sums(self) -> dict[str, Callable[[Gates], torch.Tensor]]:
-        """State of the axis's own, carried through each chunk: name -> x(gates), (B, H, T) per
-        token.  The engine keeps s = sum_i prod_{j>i} alpha_j x_i since the chunk start (both
-        paths, any split of the sequence) and hands it to ``chunk_end`` as ``end.sums[name]``;
-        names are shared across axes, so prefix them with the axis's name."""
-        return {}
 
 
 class FeatureMap(nn.Module):
