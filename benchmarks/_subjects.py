@@ -198,8 +198,8 @@ class CompiledOrEager(nn.Module):
 def runs_chunk_step(config: str) -> bool:
     """Whether ``config``'s chunked path runs a step per chunk, which ``compile_chunks``
     compiles; the others take the batched matrix-memory pass, left eager."""
-    from miraslab.memory.chunked import per_chunk_step
     from miraslab.memory.layer import MemoryLayer
+    from miraslab.memory.paths.chunked import per_chunk_step
 
     layer = MemoryLayer(DIM, heads=HEADS, chunk_size=CHUNK, **MIRASLAB_CONFIGS[config])
     return per_chunk_step(layer.memory.rule)

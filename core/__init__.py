@@ -32,7 +32,7 @@ _LAZY = {
     "build_model": ("miraslab.model.language_model", "build_model"),
     "load_run": ("miraslab.train.run_dir", "load_run"),
     "MemoryLayer": ("miraslab.memory.layer", "MemoryLayer"),
-    "memory_op": ("miraslab.memory.engine", "memory_op"),
+    "memory_op": ("miraslab.memory.paths.memory_op", "memory_op"),
 }
 # names of the public face (miraslab.api) that are worth a top-level spelling
 _API = (

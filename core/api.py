@@ -28,11 +28,11 @@ from .data.task import Batches, Task, check_data_state, check_seq_len, check_spl
 from .data.tokenizer_training import cached_tokenizer, protect_special_tokens, tokenizer_cache_path
 from .errors import MiraslabError, RecipeError
 from .hookspecs import Register, RunContext, hookimpl, hookspec
-from .memory.engine import memory_op
-from .memory.gates import GateProjections
+from .memory.gate_projections import GateProjections
 from .memory.layer import MemoryLayer
 from .memory.neural_memory import NeuralMemory
-from .memory.parts import (
+from .memory.paths.memory_op import memory_op
+from .memory.rule.axes import (
     AttentionalBias,
     ChunkEnd,
     FeatureMap,
@@ -45,6 +45,7 @@ from .memory.parts import (
     Weights,
     at_least_fp32,
 )
+from .memory.rule.state import MemoryState
 from .memory.spec import (
     AlgorithmComponent,
     BiasComponent,
@@ -52,12 +53,21 @@ from .memory.spec import (
     MemoryComponent,
     RetentionComponent,
 )
-from .memory.state import MemoryState
 from .model.attention import KVCache
 from .model.attention_backend import AttentionBackend, is_visible, keys_end_at_queries, visibility_mask
 from .model.block import Block, BlockContext, TransformerBlock
-from .model.memory_gate import MemoryGate, recorded_gates, whole
+from .model.memory_gate import MemoryGate, whole
+from .observation import (
+    GateObservation,
+    MemoryObservation,
+    gate_observations,
+    memory_observations,
+    observe,
+    recorded_gates,
+    stop_observing,
+)
 from .params import ParamValueError, component_field, make_component, param
+from .registry import Registry, get_registry, use_registry
 
 __all__ = [  # noqa: RUF022 -- grouped by the kind of plugin that needs them, not sorted
     # plugin hooks and parameters
@@ -69,6 +79,9 @@ __all__ = [  # noqa: RUF022 -- grouped by the kind of plugin that needs them, no
     "component_field",
     "make_component",
     "ParamValueError",
+    "Registry",
+    "get_registry",
+    "use_registry",
     "RecipeError",
     "MiraslabError",
     # memory axes: what a memory/bias/retention/algorithm/features plugin subclasses
@@ -101,6 +114,12 @@ __all__ = [  # noqa: RUF022 -- grouped by the kind of plugin that needs them, no
     "KVCache",
     "MemoryGate",
     "recorded_gates",
+    "observe",
+    "stop_observing",
+    "gate_observations",
+    "memory_observations",
+    "GateObservation",
+    "MemoryObservation",
     "whole",
     "AttentionBackend",
     "is_visible",

@@ -5,10 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 from .params import Component
-from .registry import Registry, get_registry
+from .registry import get_registry
 
 
-def build_component(component: Component, registry: Registry | None = None, **context: Any) -> Any:
+def build_component(component: Component, **context: Any) -> Any:
     """Look ``component`` up by kind and name and call its factory with its params."""
-    info = (registry or get_registry()).get(component.kind, component.name)
+    info = get_registry().get(component.kind, component.name)
     return info.build(component.params, **context)

@@ -38,7 +38,7 @@ class Register(Protocol):
 @hookspec
 def register_memories(register: Register) -> None:
     """Memory architectures (Miras axis 1): ``factory(params, heads=, d_in=, d_out=)`` builds a
-    ``miraslab.memory.parts.MemoryArchitecture``."""
+    ``miraslab.memory.rule.axes.MemoryArchitecture``."""
 
 
 @hookspec

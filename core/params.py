@@ -314,20 +314,16 @@ def structure_with(converter: cattrs.Converter, data: Any, cls: type) -> Any:
     return value
 
 
-def structure(data: Any, cls: type, registry: Any = None) -> Any:
-    if registry is None:
-        from .registry import get_registry
+def structure(data: Any, cls: type) -> Any:
+    from .registry import get_registry
 
-        registry = get_registry()
-    return structure_with(make_converter(registry), data, cls)
+    return structure_with(make_converter(get_registry()), data, cls)
 
 
-def unstructure(value: Any, registry: Any = None) -> Any:
-    if registry is None:
-        from .registry import get_registry
+def unstructure(value: Any) -> Any:
+    from .registry import get_registry
 
-        registry = get_registry()
-    return make_converter(registry).unstructure(value)
+    return make_converter(get_registry()).unstructure(value)
 
 
 def _problem_order(problem: tuple[tuple[str, ...], str]) -> tuple[str, ...]:

@@ -32,8 +32,9 @@ import torch.nn.functional as F
 from .components import build_component
 from .data.batch import IGNORE, TrainingBatch
 from .memory.ablation import memories_of, memory_ablation, shard_lengths
-from .memory.gates import GateProjections
-from .model.memory_gate import MemoryGate, recorded_gates
+from .memory.gate_projections import GateProjections
+from .model.memory_gate import MemoryGate
+from .observation import observe, recorded_gates, stop_observing
 from .recipe.resolve import load_recipe
 from .recipe.schema import Recipe
 
@@ -114,9 +115,7 @@ def _gate_modules(model: torch.nn.Module) -> list[tuple[str, torch.nn.Module]]:
 def gate_activity(model: torch.nn.Module, batch: TrainingBatch) -> dict[str, dict[str, float]]:
     """Per gate: the share of pre-activations in the linear region, and its gradient norm,
     from one forward and backward of ``batch``."""
-    modules = _gate_modules(model)
-    for _, module in modules:
-        module.record = True
+    observe(model)
     model.zero_grad(set_to_none=True)
     logits = model(batch.inputs).float()
     F.cross_entropy(
@@ -130,8 +129,7 @@ def gate_activity(model: torch.nn.Module, batch: TrainingBatch) -> dict[str, dic
             "mean_abs_preactivation": float(pre.detach().float().abs().mean()),
             "grad_norm": math.sqrt(sum(float(g.float().square().sum()) for g in grads)) if grads else 0.0,
         }
-    for _, module in modules:
-        module.record = False
+    stop_observing(model)
     model.zero_grad(set_to_none=True)
     return found
 

@@ -13,9 +13,10 @@ third-party plugins load; ``MIRASLAB_DISABLE_PLUGINS`` blocks some.  An empty
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from importlib import metadata
 from types import ModuleType
 from typing import Any
@@ -289,3 +290,19 @@ def reset_registry() -> None:
     """Forget the loaded registry (the next ``get_registry`` rediscovers plugins)."""
     global _registry
     _registry = None
+
+
+@contextlib.contextmanager
+def use_registry(registry: Registry) -> Iterator[Registry]:
+    """Make ``registry`` the process registry inside the block (tests, notebooks, embedding apps).
+
+    The one registry story: every builder — recipes, ``MemoryLayer``, ``build_rule``, feature
+    maps, TNT, the trainer — asks :func:`get_registry`, none takes a registry argument, so a
+    component registered only on ``registry`` builds everywhere inside the block.
+    """
+    global _registry
+    previous, _registry = _registry, registry
+    try:
+        yield registry
+    finally:
+        _registry = previous

@@ -8,9 +8,9 @@ import torch
 import torch.nn.functional as F
 
 from miraslab.errors import RecipeError
-from miraslab.memory.build import build_rule
-from miraslab.memory.gates import GateProjections
-from miraslab.memory.rule import MemoryRule
+from miraslab.memory.gate_projections import GateProjections
+from miraslab.memory.rule.build import build_rule
+from miraslab.memory.rule.memory_rule import MemoryRule
 from miraslab.params import make_component
 from miraslab.registry import get_registry
 

@@ -18,8 +18,8 @@ import torch._dynamo.utils
 import torch._inductor.config
 from torch.profiler import ProfilerActivity, profile
 
-from miraslab.memory import chunk_compile
 from miraslab.memory.layer import MemoryLayer
+from miraslab.memory.paths import compiled as compiled_path
 
 pytestmark = pytest.mark.compile
 
@@ -117,7 +117,7 @@ def test_one_graph_serves_every_sequence_length():
         y.sum().backward()
         state = state.detach()
     assert stats["unique_graphs"] - before == 1
-    assert chunk_compile._failed == set()
+    assert compiled_path._failed == set()
 
 
 def test_a_frozen_layer_under_grad_mode_builds_no_graph():
@@ -161,7 +161,7 @@ def test_a_failed_compile_runs_eagerly_after_one_warning(monkeypatch):
     (float64): the step then runs eagerly on the first chunk's state as laid out for the
     graph (contiguous weights, not the learned ones expanded over the batch), which can
     round a matmul's last bit differently."""
-    monkeypatch.setattr(chunk_compile, "_failed", set())
+    monkeypatch.setattr(compiled_path, "_failed", set())
     eager, compiled = pair(14, memory={"name": "mlp", "expansion": 5})
     x = torch.randn(2, 16, 14, dtype=torch.float64)
     broken = {"cpp.cxx": ("/nonexistent/c++",), "force_disable_caches": True}

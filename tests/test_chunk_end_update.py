@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from miraslab.memory.chunk_end_update import chunk_end_update
+from miraslab.memory.kernels.chunk_end_update import chunk_end_update
 
 
 def reference(delta, h, row_w, row_s, beta, sigma, eta, w, s):

@@ -11,8 +11,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from miraslab.memory.coefficients import chunk_coefficients
-from miraslab.memory.sources import decay_matrix
+from miraslab.memory.kernels.decay_matrix import decay_matrix
+from miraslab.memory.paths.coefficients import chunk_coefficients
 
 
 def rates(seed: int = 0, channels: bool = False):

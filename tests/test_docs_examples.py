@@ -106,6 +106,12 @@ def test_the_diagnostics_example_reads_the_gate_of_a_quickstart_run(tmp_path, mo
     assert pairs and all(isinstance(step, int) and 0 < gate < 1 for step, gate in pairs)
 
 
+def test_the_observation_example_reads_gates_and_norms_through_the_api(in_repo):
+    """docs/diagnostics.md's observation block: its own asserts check the gates and norms."""
+    ns = run_block("docs/diagnostics.md", 1)
+    assert ns["gates"]["lr"].min() > 0
+
+
 PAGES = ["README.md", *sorted(str(p.relative_to(REPO)) for p in (REPO / "docs").glob("*.md"))]
 
 
@@ -117,7 +123,7 @@ def test_every_python_block_of_the_page_is_run_by_a_test_here(path):
         "README.md": 1,
         "docs/memory.md": 2,
         "docs/models.md": 1,
-        "docs/diagnostics.md": 1,
+        "docs/diagnostics.md": 2,
         "docs/plugins.md": 1,
     }
     assert len(python_blocks(REPO / path)) == runs.get(path, 0)

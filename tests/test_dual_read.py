@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from miraslab.memory.dual_read import dual_read
+from miraslab.memory.kernels.dual_read import dual_read
 
 
 def reference(x, h, delta, coef, beta, sigma, w, s):
@@ -58,7 +58,7 @@ def test_an_expanded_state_gets_its_gradient_summed():
 def test_column_product_matches_matmul_and_its_gradients():
     """The one-column product the channel-wise read and the momentum carry use, against
     autograd through a @ b (float64, 1e-12), with a broadcast leading dimension too."""
-    from miraslab.memory.batched import column_product
+    from miraslab.memory.kernels.batched import column_product
 
     g = torch.Generator().manual_seed(5)
     for a_shape, b_shape in (((2, 3, 8, 8), (2, 3, 8, 1)), ((2, 3, 8, 8), (3, 8, 1))):
@@ -76,7 +76,7 @@ def test_times_transposed_matches_matmul_and_its_gradients():
     """x @ w^T with w's gradient made in w's layout, against autograd through the matmul
     (float64, 1e-12): w of x's leading shape, expanded over the batch (a first chunk's
     learned weights), and broadcast; w's gradient comes out contiguous."""
-    from miraslab.memory.batched import times_transposed
+    from miraslab.memory.kernels.batched import times_transposed
 
     g = torch.Generator().manual_seed(6)
     x = torch.randn(2, 3, 8, 5, generator=g, dtype=torch.float64, requires_grad=True)

@@ -13,8 +13,8 @@ import pytest
 import torch
 from memory_cases import make_rule, random_inputs, tokens
 
-from miraslab.memory import chunked_linear
-from miraslab.memory.linear_chunks_function import linear_chunks
+from miraslab.memory.kernels.linear_chunks import linear_chunks
+from miraslab.memory.paths import chunked_affine
 
 CASES = [
     (bias, retention, algorithm)
@@ -25,7 +25,7 @@ CASES = [
 
 
 def run(rule, q, k, v, gates, state, hand_written):
-    return chunked_linear.whole_chunks(
+    return chunked_affine.whole_chunks(
         rule, q, k, v, gates, dataclasses.replace(state), chunk_size=4, hand_written_backward=hand_written
     )
 
@@ -34,7 +34,7 @@ def run(rule, q, k, v, gates, state, hand_written):
 @pytest.mark.parametrize("from_initial", [True, False], ids=["initial-state", "carried-state"])
 def test_gradients_match_autograd(combo, from_initial):
     rule = make_rule("linear", *combo)
-    assert chunked_linear.supports(rule)
+    assert chunked_affine.supports(rule)
     q, k, v, gates, gate_module = random_inputs(rule, seq=12, requires_grad=True, seed=3)
     state = rule.initial_state(q.shape[0])
     if not from_initial:  # a state with momentum and non-trivial weights, itself differentiable
@@ -99,7 +99,7 @@ def test_bf16_autocast_keeps_the_state_in_fp32():
     q, k, v = (t.float().to(torch.bfloat16) for t in (q, k, v))
     gates = {n: t.float() for n, t in gates.items()}
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        y, state = chunked_linear.whole_chunks(rule, q, k, v, gates, rule.initial_state(2), chunk_size=4)
+        y, state = chunked_affine.whole_chunks(rule, q, k, v, gates, rule.initial_state(2), chunk_size=4)
     assert y.dtype == torch.bfloat16
     assert state.weights["w"].dtype == torch.float32 and state.momentum["w"].dtype == torch.float32
     assert torch.isfinite(y.float()).all()

@@ -91,7 +91,7 @@ def test_qk_projection_is_the_sum_of_past_unit_key_projectors():
 
 
 def test_polynomial_tensor_features_give_the_polynomial_kernel():
-    from miraslab.memory.build import build_features
+    from miraslab.memory.rule.build import build_features
     from miraslab.params import make_component
     from miraslab.registry import get_registry
 
@@ -106,7 +106,7 @@ def test_polynomial_tensor_features_give_the_polynomial_kernel():
 
 
 def test_polynomial_coefficients_start_at_one_over_i_factorial():
-    from miraslab.memory.build import build_features
+    from miraslab.memory.rule.build import build_features
     from miraslab.params import make_component
     from miraslab.registry import get_registry
 

@@ -11,7 +11,7 @@ import torch
 from memory_cases import all_combinations, make_rule, random_inputs, tokens
 
 from miraslab.errors import RecipeError
-from miraslab.memory.engine import memory_op
+from miraslab.memory.paths.memory_op import memory_op
 
 VALID, REJECTED = all_combinations()
 TOL = 1e-9
@@ -222,7 +222,7 @@ def test_channelwise_decays_agree_between_paths_and_with_decoding(combo, roles):
     as two sub-chunks of SUB tokens and a shorter piece, or, with an Omega window, as pieces of
     SUB tokens), the states agree, and decoding token by token continues from a chunked state
     mid-chunk.  Tolerance: float64, atol 1e-10."""
-    from miraslab.memory.chunked_channelwise import SUB
+    from miraslab.memory.paths.chunked_channelwise import SUB
 
     assert 2 * SUB < 37
     rule = make_rule(*combo, channelwise=roles)

@@ -26,9 +26,9 @@ from conftest import REPO
 from memory_cases import make_rule, random_inputs
 
 from miraslab.errors import RecipeError
-from miraslab.memory.engine import memory_op
 from miraslab.memory.layer import MemoryLayer
 from miraslab.memory.paths.chunked_per_token import chunked_per_token, per_token_problem
+from miraslab.memory.paths.memory_op import memory_op
 from miraslab.recipe.resolve import load_recipe
 
 ATOL = 1e-10

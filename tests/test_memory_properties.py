@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from memory_cases import make_rule, random_inputs, tokens
 
-from miraslab.memory.engine import memory_op
+from miraslab.memory.paths.memory_op import memory_op
 
 COMBOS = [  # the four axes, then the channel-wise gates
     ("linear", "l2", "decay", "momentum", ()),

@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 from memory_cases import make_rule, random_inputs
 
-from miraslab.memory.engine import memory_op
+from miraslab.memory.paths.memory_op import memory_op
 
 ATOL = 1e-10
 
@@ -141,7 +141,7 @@ def test_mini_batch_gradients_use_the_chunk_start_weights():
 def test_omega_with_window_1_and_no_gate_is_its_inner_bias():
     from memory_cases import component
 
-    from miraslab.memory.build import build_rule
+    from miraslab.memory.rule.build import build_rule
 
     def rule_with(bias):
         torch.manual_seed(0)

@@ -6,7 +6,7 @@ import pytest
 import torch
 from tolerance import assert_close_to_scale
 
-from miraslab.memory.merge_heads import rms_merge_heads
+from miraslab.memory.kernels.merge_heads import rms_merge_heads
 
 
 def test_matches_rmsnorm_then_merge_and_gradchecks():

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from miraslab import MemoryLayer, memory_op
-from miraslab.memory.build import build_rule
 from miraslab.memory.layer import as_component
+from miraslab.memory.rule.build import build_rule
 
 B, H, T, D = 2, 4, 10, 8
 

@@ -71,7 +71,7 @@ def test_a_builtin_plugin_imports_only_the_public_face(path: Path) -> None:
 @pytest.mark.parametrize(
     "source",
     [
-        "from miraslab.memory.parts import Retention",
+        "from miraslab.memory.rule.axes import Retention",
         "import miraslab.model.attention",
         "from miraslab import memory",
         "import miraslab\nraise miraslab.params.ParamValueError('x')",
@@ -100,3 +100,32 @@ def test_the_top_level_spellings_are_the_api_objects() -> None:
     for name in miraslab._API:
         assert name in miraslab.api.__all__, name
         assert getattr(miraslab, name) is getattr(miraslab.api, name), name
+
+
+ENGINE_FLAGS = ("record", "keep_graph")
+
+
+def flag_writes(source: str) -> list[str]:
+    """Assignments to the engine's observation flags (``x.record = ...``), as ``"line N: what"``:
+    plugins switch observation on through ``miraslab.api.observe`` instead."""
+    return [
+        f"line {node.lineno}: .{target.attr} = ..."
+        for node in ast.walk(ast.parse(source))
+        if isinstance(node, ast.Assign | ast.AugAssign)
+        for target in (node.targets if isinstance(node, ast.Assign) else [node.target])
+        if isinstance(target, ast.Attribute) and target.attr in ENGINE_FLAGS
+    ]
+
+
+@pytest.mark.parametrize(
+    "path", sorted(PLUGINS.rglob("*.py")), ids=lambda p: str(p.relative_to(PLUGINS.parent))
+)
+def test_a_builtin_plugin_observes_through_the_api_not_engine_flags(path: Path) -> None:
+    assert flag_writes(path.read_text()) == [], f"{path}: use miraslab.api.observe"
+
+
+def test_the_flag_check_catches_a_flag_write() -> None:
+    assert flag_writes("gate.keep_graph = True\nfor m in ms:\n    m.record = True\n") == [
+        "line 1: .keep_graph = ...",
+        "line 3: .record = ...",
+    ]

@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from miraslab.memory.short_conv import causal_conv
+from miraslab.memory.kernels.short_conv import causal_conv
 
 
 def reference(x, weight, bias, past, silu):

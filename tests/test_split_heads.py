@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from miraslab.memory.split_heads import split_heads
+from miraslab.memory.kernels.split_heads import split_heads
 
 
 def reference(qkv, heads, normalize):

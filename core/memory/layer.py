@@ -21,10 +21,10 @@ import torch
 from torch import nn
 
 from ..params import Component, make_component
-from ..registry import Registry, get_registry
-from .inputs import MemoryInputs
-from .merge_heads import rms_merge_heads
+from ..registry import get_registry
+from .kernels.merge_heads import merge_heads
 from .neural_memory import NeuralMemory, NeuralMemoryState
+from .qkv_projections import MemoryInputs
 from .spec import GatesSpec, MemorySpec
 
 ComponentLike = str | Mapping[str, Any] | Component
@@ -43,11 +43,11 @@ class LayerState:
         return LayerState(self.memory.detach(), conv, self.position)
 
 
-def as_component(kind: str, value: ComponentLike, registry: Registry | None = None) -> Component:
+def as_component(kind: str, value: ComponentLike) -> Component:
     """A Component from a name, a {"name": ..., options} table, or a Component."""
     if isinstance(value, Component):
         return value
-    registry = registry or get_registry()
+    registry = get_registry()
     if isinstance(value, str):
         return make_component(kind, value, {}, registry)
     table = dict(value)
@@ -121,7 +121,6 @@ def build_neural_memory(
     gate_rank: int,
     compile_chunks: bool,
     inner_steps: str = "mini_batch",
-    registry: Registry | None = None,
 ) -> NeuralMemory:
     """The memory branch (rule, gates, feature map, chunked or recurrent path) from
     MemoryLayer's options; the plain layer and TNT's global and local memories all build theirs here."""
@@ -129,11 +128,11 @@ def build_neural_memory(
         dim,
         heads,
         head_dim,
-        memory=as_component("memory", memory, registry),
-        bias=as_component("bias", bias, registry),
-        retention=as_component("retention", retention, registry),
-        algorithm=as_component("algorithm", algorithm, registry),
-        features=as_component("features", features, registry),
+        memory=as_component("memory", memory),
+        bias=as_component("bias", bias),
+        retention=as_component("retention", retention),
+        algorithm=as_component("algorithm", algorithm),
+        features=as_component("features", features),
         chunk_size=chunk_size,
         path=path,
         qk_projection=qk_projection,
@@ -178,7 +177,6 @@ class MemoryLayer(nn.Module):
         channelwise_momentum: bool = False,
         gate_rank: int = 16,
         compile_chunks: bool = False,
-        registry: Registry | None = None,
     ):
         super().__init__()
         head_dim = head_dim or dim // heads
@@ -206,7 +204,6 @@ class MemoryLayer(nn.Module):
             gate_rank=gate_rank,
             compile_chunks=compile_chunks,
             inner_steps=inner_steps,
-            registry=registry,
         )
         self.norm = nn.RMSNorm(head_dim, eps=1e-6) if output_norm else nn.Identity()
         self.out = nn.Linear(heads * head_dim, dim, bias=False)
@@ -217,13 +214,12 @@ class MemoryLayer(nn.Module):
         spec: MemorySpec,
         dim: int,
         default_heads: int,
-        registry: Registry | None = None,
         **overrides: Any,
     ) -> MemoryLayer:
         heads = spec.heads or default_heads
         options = spec_options(spec)
         options.update(overrides)
-        return cls(dim, heads, spec.head_dim or dim // heads, registry=registry, **options)
+        return cls(dim, heads, spec.head_dim or dim // heads, **options)
 
     @property
     def chunk_size(self) -> int:
@@ -231,10 +227,7 @@ class MemoryLayer(nn.Module):
 
     def merge_heads(self, y: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         """(B, H, T, d) read-outs -> (B, T, H*d), normalised per head."""
-        y = y.to(dtype)
-        if isinstance(self.norm, nn.RMSNorm):
-            return rms_merge_heads(y, self.norm.weight, self.norm.eps)
-        return y.transpose(1, 2).reshape(y.shape[0], y.shape[2], -1)
+        return merge_heads(y, self.norm, dtype)
 
     def forward(
         self,

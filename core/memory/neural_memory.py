@@ -11,11 +11,11 @@ from torch import nn
 
 from ..errors import RecipeError
 from ..params import Component
-from .build import build_features, build_rule
-from .engine import check_path_and_chunk, inner_steps_problem, memory_op
-from .gates import GateProjections
+from .gate_projections import GateProjections
+from .paths.memory_op import check_path_and_chunk, inner_steps_problem, memory_op
 from .qk_projection import qk_project
-from .state import MemoryState
+from .rule.build import build_features, build_rule
+from .rule.state import MemoryState
 
 
 @dataclasses.dataclass

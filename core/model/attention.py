@@ -26,7 +26,6 @@ from torch import nn
 
 from ..components import build_component
 from ..errors import RecipeError
-from ..registry import Registry
 from .attention_backend import AttentionBackend
 from .rope import RotaryEmbedding
 from .spec import AttentionSpec
@@ -54,7 +53,7 @@ def default_head_dim(dim: int, heads: int, rope: bool) -> int:
 class Attention(nn.Module):
     """Multi-head attention over persistent tokens, an optional prefix and the causal past."""
 
-    def __init__(self, dim: int, heads: int, spec: AttentionSpec, registry: Registry | None = None):
+    def __init__(self, dim: int, heads: int, spec: AttentionSpec):
         super().__init__()
         self.heads = heads
         self.head_dim = spec.head_dim or default_head_dim(dim, heads, spec.rope)
@@ -77,7 +76,7 @@ class Attention(nn.Module):
         self.persistent_tokens = (
             nn.Parameter(torch.randn(spec.persistent_tokens, dim)) if spec.persistent_tokens else None
         )
-        self.backend: AttentionBackend = build_component(spec.backend, registry)
+        self.backend: AttentionBackend = build_component(spec.backend)
 
     def forward(
         self,

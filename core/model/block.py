@@ -32,24 +32,21 @@ class BlockContext:
     attention_spec: AttentionSpec
     memory_spec: MemorySpec
     tnt: TNTSpec | None
-    registry: Any = None
 
     def attention(self, window: int | None = None) -> nn.Module:
         """Causal self-attention; ``window`` overrides model.attention.window (0 = full)."""
         from .attention import Attention
 
         spec = self.attention_spec if window is None else attrs.evolve(self.attention_spec, window=window)
-        return Attention(self.dim, self.n_heads, spec, registry=self.registry)
+        return Attention(self.dim, self.n_heads, spec)
 
     def memory(self) -> nn.Module:
         """The model's neural memory: one MemoryLayer, or TNT's global + local memories."""
         if self.tnt is not None:
             from .hierarchical_memory import HierarchicalMemory
 
-            return HierarchicalMemory(
-                self.dim, self.n_heads, self.memory_spec, self.tnt, registry=self.registry
-            )
-        return MemoryLayer.from_spec(self.memory_spec, self.dim, self.n_heads, registry=self.registry)
+            return HierarchicalMemory(self.dim, self.n_heads, self.memory_spec, self.tnt)
+        return MemoryLayer.from_spec(self.memory_spec, self.dim, self.n_heads)
 
     def feed_forward(self) -> SwiGLU:
         return SwiGLU(self.dim, self.d_ff, self.dropout)

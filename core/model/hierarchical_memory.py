@@ -13,15 +13,15 @@ batch dimension and run in one call.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
 
 import torch
 from torch import nn
 
 from ..components import build_component
-from ..memory.inputs import MemoryInputs
+from ..memory.kernels.merge_heads import merge_heads
 from ..memory.layer import AROUND_MEMORY, build_neural_memory, spec_options
 from ..memory.neural_memory import NeuralMemory, NeuralMemoryState
+from ..memory.qkv_projections import MemoryInputs
 from ..memory.spec import MemorySpec
 from .spec import TNTSpec
 
@@ -53,7 +53,7 @@ def _take_last_shard(state: NeuralMemoryState, batch: int, shards: int) -> Neura
 
 
 class HierarchicalMemory(nn.Module):
-    def __init__(self, dim: int, heads: int, spec: MemorySpec, tnt: TNTSpec, registry: Any = None):
+    def __init__(self, dim: int, heads: int, spec: MemorySpec, tnt: TNTSpec):
         super().__init__()
         heads = spec.heads or heads
         head_dim = spec.head_dim or dim // heads
@@ -73,19 +73,17 @@ class HierarchicalMemory(nn.Module):
                 heads,
                 head_dim,
                 **{**options, "chunk_size": chunk, "qk_projection": qk_projection},
-                registry=registry,
             )
 
         self.global_memory = memory(tnt.global_chunk, qk_projection=False)
         self.local_memories = nn.ModuleList(memory(c, tnt.local_qk_projection) for c in tnt.local_chunks)
         inner = heads * head_dim
-        self.mixer = build_component(tnt.mixer, registry, dim=inner, n_memories=1 + len(self.local_memories))
+        self.mixer = build_component(tnt.mixer, dim=inner, n_memories=1 + len(self.local_memories))
         self.norm = nn.RMSNorm(head_dim, eps=1e-6) if spec.output_norm else nn.Identity()
         self.out = nn.Linear(inner, dim, bias=False)
 
     def _merge(self, y: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-        y = self.norm(y.to(dtype))
-        return y.transpose(1, 2).reshape(y.shape[0], y.shape[2], -1)
+        return merge_heads(y, self.norm, dtype)
 
     def _run_local(
         self,

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from ..recipe.resolve import load_recipe
-from ..registry import Registry, get_registry
+from ..registry import get_registry
 from .block import BlockContext
 from .spec import ModelSpec
 
@@ -31,14 +31,14 @@ class DecodeState:
 
 
 class LanguageModel(nn.Module):
-    def __init__(self, spec: ModelSpec, registry: Registry | None = None):
+    def __init__(self, spec: ModelSpec):
         super().__init__()
-        registry = registry or get_registry()
+        registry = get_registry()
         self.spec = spec
         self.embed = nn.Embedding(spec.vocab_size, spec.d_model)
         layout = registry.get("layout", spec.layout.name)
         self.blocks = nn.ModuleList(
-            layout.build(spec.layout.params, context=self._context(spec, index, registry))
+            layout.build(spec.layout.params, context=self._context(spec, index))
             for index in range(spec.n_layers)
         )
         self.norm = nn.RMSNorm(spec.d_model, eps=spec.norm_eps)
@@ -50,7 +50,7 @@ class LanguageModel(nn.Module):
             nn.init.normal_(self.head.weight, std=spec.init_std)
 
     @staticmethod
-    def _context(spec: ModelSpec, index: int, registry: Registry) -> BlockContext:
+    def _context(spec: ModelSpec, index: int) -> BlockContext:
         return BlockContext(
             dim=spec.d_model,
             n_heads=spec.n_heads,
@@ -62,7 +62,6 @@ class LanguageModel(nn.Module):
             attention_spec=spec.attention,
             memory_spec=spec.memory,
             tnt=spec.tnt,
-            registry=registry,
         )
 
     @property
@@ -85,11 +84,9 @@ class LanguageModel(nn.Module):
         return self.head(self.norm(x)), DecodeState(states, position)
 
 
-def build_model(
-    recipe: Any, sets: tuple[str, ...] | list[str] = (), registry: Registry | None = None
-) -> LanguageModel:
+def build_model(recipe: Any, sets: tuple[str, ...] | list[str] = ()) -> LanguageModel:
     """A model from a Recipe, a ModelSpec, or a recipe file path (with --set style overrides)."""
     if isinstance(recipe, (str, Path)):
-        recipe = load_recipe(recipe, sets, registry)
+        recipe = load_recipe(recipe, sets)
     spec = recipe if isinstance(recipe, ModelSpec) else recipe.model
-    return LanguageModel(spec, registry)
+    return LanguageModel(spec)

@@ -11,13 +11,11 @@ the Atlas 300M seed's gate fell from 50 % to 0.7 % over 76k steps).
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 
 import torch
 from torch import nn
 
-from ..memory.gates import GateProjections
-from ..memory.parts import at_least_fp32
+from ..memory.rule.axes import at_least_fp32
 
 
 def whole(parameter: torch.Tensor) -> torch.Tensor:
@@ -45,23 +43,8 @@ class MemoryGate(nn.Module):
         with torch.autocast(device_type=memory_out.device.type, enabled=False):
             pre = self.log_gain.float().exp() * self.norm(at_least_fp32(memory_out))
             gate = torch.sigmoid(pre)
+        if self.record or self.keep_graph:  # a regulariser needs the graph; a monitor the values
+            self.last_gate = gate if self.keep_graph else gate.detach()
         if self.record:
-            self.last_gate, self.last_preactivation = gate.detach(), pre.detach()
-        if self.keep_graph:
-            self.last_gate = gate
+            self.last_preactivation = pre.detach()
         return gate.to(memory_out.dtype)
-
-
-def recorded_gates(
-    model: nn.Module,
-) -> Iterator[tuple[str, nn.Module, str | None, torch.Tensor | None, torch.Tensor]]:
-    """Every sigmoid-type gate the last forward recorded (``record`` on): (module name, module,
-    the memory gate's name or None for a MAG/MAC gate, the gate's values or None, its
-    pre-activations).  Softplus gates are left out: they have no linear region to be stuck in."""
-    for name, module in model.named_modules():
-        if isinstance(module, MemoryGate) and module.last_preactivation is not None:
-            yield name, module, None, module.last_gate, module.last_preactivation
-        elif isinstance(module, GateProjections):
-            for gate, pre in module.last_preactivations.items():
-                if module.definitions[gate].activation != "softplus":
-                    yield name, module, gate, None, pre

@@ -9,27 +9,25 @@ from typing import Any
 
 from ..errors import RecipeError
 from ..params import ParamsError, join_path, make_converter, structure_with
-from ..registry import Registry, get_registry
+from ..registry import get_registry
 from .loading import Origins, apply_set, display_path, load_raw, origin_of
 from .schema import Recipe
 from .size_check import size_problems
 
 
-def load_recipe(path: str | Path, sets: Iterable[str] = (), registry: Registry | None = None) -> Recipe:
+def load_recipe(path: str | Path, sets: Iterable[str] = ()) -> Recipe:
     """Read, merge, override, structure and validate a recipe; raise RecipeError on any problem."""
     data, origins = load_raw(path, sets)
-    return recipe_from_dict(data, origins, default_origin=display_path(path), registry=registry)
+    return recipe_from_dict(data, origins, default_origin=display_path(path))
 
 
 def recipe_from_dict(
     data: dict[str, Any],
     origins: Origins | None = None,
     default_origin: str = "<recipe>",
-    registry: Registry | None = None,
 ) -> Recipe:
-    registry = registry or get_registry()
     origins = origins or {}
-    converter = make_converter(registry)
+    converter = make_converter(get_registry())
     try:
         recipe = structure_with(converter, data, Recipe)
     except ParamsError as exc:
@@ -42,10 +40,9 @@ def recipe_from_dict(
         raise RecipeError(
             [f"{origin_of(tuple(p.split(':')[0].split('.')), origins, default_origin)}: {p}" for p in sizes]
         )
-    problems = list(_stage_problems(recipe, data, converter, default_origin, origins, registry))
+    problems = list(_stage_problems(recipe, data, converter, default_origin, origins))
     problems += [
-        f"{_memory_origin(origins, default_origin)}: model.memory: {p}"
-        for p in _memory_problems(recipe, registry)
+        f"{_memory_origin(origins, default_origin)}: model.memory: {p}" for p in _memory_problems(recipe)
     ]
     if problems:
         raise RecipeError(problems)
@@ -58,16 +55,16 @@ STAGE_TRAIN_KEYS = frozenset(
 )
 
 
-def _memory_problems(recipe: Recipe, registry: Registry) -> list[str]:
+def _memory_problems(recipe: Recipe) -> list[str]:
     """Memory-axis combinations the engine refuses, when the layout has a memory."""
-    from ..memory.build import combination_problems  # the memory engine, only for recipes that use it
+    from ..memory.rule.build import combination_problems  # the memory engine, only for recipes that use it
 
     model = recipe.model
-    if not getattr(registry.get("layout", model.layout.name).factory, "uses_memory", False):
+    if not getattr(get_registry().get("layout", model.layout.name).factory, "uses_memory", False):
         return []
     tnt = getattr(model, "tnt", None)
     chunks = (tnt.global_chunk, *tnt.local_chunks) if tnt is not None else ()
-    return combination_problems(model.memory, model.d_model, model.n_heads, registry, chunks)
+    return combination_problems(model.memory, model.d_model, model.n_heads, chunks)
 
 
 def _memory_origin(origins: Origins, default_origin: str) -> str:
@@ -82,7 +79,6 @@ def _stage_problems(
     converter: Any,
     default_origin: str,
     origins: Origins,
-    registry: Registry,
 ) -> Iterable[str]:
     """Each stage's overrides must name real keys and leave a valid recipe."""
     for index, stage in enumerate(recipe.train.stages):
@@ -112,40 +108,40 @@ def _stage_problems(
         if sizes := size_problems(staged_recipe.model):
             yield from (f"{shown}: {join_path(where)}: {problem}" for problem in sizes)
             continue
-        memory = _memory_problems(staged_recipe, registry)
+        memory = _memory_problems(staged_recipe)
         for problem in memory:
             yield f"{shown}: {join_path(where)}: model.memory: {problem}"
         reshapes = not memory and any(key.startswith("model.") for key in stage.overrides)
-        if reshapes and (changed := _changed_shape(recipe, staged_recipe, registry)):
+        if reshapes and (changed := _changed_shape(recipe, staged_recipe)):
             yield (
                 f"{shown}: {join_path(where)}: a stage may not change parameter shapes, and these "
                 f"overrides change {changed}; weights carry from stage to stage"
             )
 
 
-def _changed_shape(recipe: Recipe, staged: Recipe, registry: Registry) -> str:
+def _changed_shape(recipe: Recipe, staged: Recipe) -> str:
     """The first parameter whose shape (or presence) differs between two recipes' models."""
     import torch
 
     from ..model.language_model import LanguageModel
 
     with torch.device("meta"):  # shapes only, nothing allocated
-        before = {n: tuple(t.shape) for n, t in LanguageModel(recipe.model, registry).state_dict().items()}
-        after = {n: tuple(t.shape) for n, t in LanguageModel(staged.model, registry).state_dict().items()}
+        before = {n: tuple(t.shape) for n, t in LanguageModel(recipe.model).state_dict().items()}
+        after = {n: tuple(t.shape) for n, t in LanguageModel(staged.model).state_dict().items()}
     for name in sorted(before.keys() | after.keys()):
         if before.get(name) != after.get(name):
             return f"{name} from {list(before.get(name, ())) or 'absent'} to {list(after.get(name, ())) or 'absent'}"
     return ""
 
 
-def recipe_to_dict(recipe: Recipe, registry: Registry | None = None) -> dict[str, Any]:
+def recipe_to_dict(recipe: Recipe) -> dict[str, Any]:
     """The resolved recipe as plain data (it loads back to an equal Recipe)."""
-    return make_converter(registry or get_registry()).unstructure(recipe)
+    return make_converter(get_registry()).unstructure(recipe)
 
 
-def with_overrides(recipe: Recipe, overrides: dict[str, Any], registry: Registry | None = None) -> Recipe:
+def with_overrides(recipe: Recipe, overrides: dict[str, Any]) -> Recipe:
     """The recipe with dotted-key overrides applied (a TNT stage switch)."""
-    data = recipe_to_dict(recipe, registry)
+    data = recipe_to_dict(recipe)
     for key, value in overrides.items():
         apply_set(data, tuple(key.split(".")), value, "stage", {})
-    return recipe_from_dict(data, registry=registry)
+    return recipe_from_dict(data)

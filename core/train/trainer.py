@@ -134,7 +134,7 @@ class Trainer:
             devices=[]
         ):  # initial weights from the seed, without touching the run's RNG
             torch.manual_seed(self.recipe.seed)
-            raw = LanguageModel(stage.recipe.model, self.registry).to(self.dist.device)
+            raw = LanguageModel(stage.recipe.model).to(self.dist.device)
         frozen = freeze_except(raw, stage.spec.train_only)
         if self.train.activation_checkpointing:
             _checkpoint_blocks(raw)
@@ -180,7 +180,7 @@ class Trainer:
         ):
             # a resumed run reads the tokenizer it was trained with, not the cache's (which may be gone)
             component = attrs.evolve(component, params=attrs.evolve(params, tokenizer=str(saved)))
-        task = build_component(component, self.registry)
+        task = build_component(component)
         vocab = task.vocab_size()
         if vocab > self.recipe.model.vocab_size:
             raise RecipeError(
@@ -564,7 +564,7 @@ class Trainer:
     def _register_monitors(self) -> list[str]:
         names = []
         for index, component in enumerate(self.recipe.monitors):
-            monitor = build_component(component, self.registry)
+            monitor = build_component(component)
             name = f"monitor-{index}-{component.name}"
             self.registry.pm.register(monitor, name=name)
             names.append(name)

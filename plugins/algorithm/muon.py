@@ -71,13 +71,23 @@ class Muon(LearningAlgorithm):
     def log_eta(self, gates: Gates) -> torch.Tensor:
         return gates["momentum"]
 
+    def chunk_sums(self):
+        # the chunk's learning rates, decayed like the weights: the Newton-Schulz step's length
+        return {"muon_lr": self._head_lr}
+
+    def _head_lr(self, gates: Gates) -> torch.Tensor:
+        theta = self.lr(gates)
+        return theta.mean(-1) if theta.dim() == 4 else theta  # a channel-wise rate enters as its mean
+
     def chunk_end(self, end: ChunkEnd) -> Weights:
         decay = torch.exp(end.log_decay)[..., None, None]
         out = {}
         for name, w in end.weights.items():
             kept = decay * end.start[name]
             update = at_least_fp32(w - kept)
-            step = end.lr_sum[..., None, None]  # the chunk's theta_i, as one step in a fixed direction
+            step = end.sums["muon_lr"][
+                ..., None, None
+            ]  # the chunk's theta_i, as one step in a fixed direction
             out[name] = kept + (step * newton_schulz(update, self.params.ns_steps)).to(w.dtype)
         return out
 

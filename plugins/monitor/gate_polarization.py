@@ -13,7 +13,7 @@ import attrs
 import torch
 
 import miraslab
-from miraslab.api import MemoryGate
+from miraslab.api import gate_observations, observe
 
 
 @attrs.frozen
@@ -27,17 +27,14 @@ class GatePolarization:
 
     def __init__(self, params: GatePolarizationParams):
         self.params = params
-        self.gates: list[MemoryGate] = []
 
     @miraslab.hookimpl
     def on_train_start(self, run):
-        self.gates = [m for m in run.model.modules() if isinstance(m, MemoryGate)]
-        for gate in self.gates:
-            gate.keep_graph = True
+        observe(run.model, keep_graph=True)  # the penalty's gradient reaches the gate
 
     @miraslab.hookimpl
     def loss_terms(self, run, outputs):
-        live = [g.last_gate for g in self.gates if g.last_gate is not None and g.last_gate.requires_grad]
+        live = [o.values for o in gate_observations(run.model) if o.gate is None and o.values.requires_grad]
         if not live:
             return None
         ramp = min(1.0, (run.step + 1) / self.params.warmup_steps) if self.params.warmup_steps else 1.0

@@ -28,7 +28,7 @@ import attrs
 import torch
 
 import miraslab
-from miraslab.api import GateProjections, MemoryGate, recorded_gates
+from miraslab.api import observe, recorded_gates
 
 
 @attrs.frozen
@@ -79,9 +79,7 @@ class KillSwitch:
 
     @miraslab.hookimpl
     def on_train_start(self, run):
-        for module in run.model.modules():
-            if isinstance(module, (MemoryGate, GateProjections)):
-                module.record = True
+        observe(run.model)
 
     @miraslab.hookimpl
     def on_step_end(self, run, metrics):

@@ -29,7 +29,7 @@ import attrs
 import torch
 
 import miraslab
-from miraslab.api import GateProjections, MemoryGate, NeuralMemory
+from miraslab.api import gate_observations, memory_observations, observe
 
 
 @attrs.frozen
@@ -61,9 +61,7 @@ class MemoryStats:
 
     @miraslab.hookimpl
     def on_train_start(self, run):
-        for module in run.model.modules():
-            if isinstance(module, (MemoryGate, GateProjections, NeuralMemory)):
-                module.record = True
+        observe(run.model)
         for handle in self.hooks:
             handle.remove()
         self.hooks = []
@@ -85,10 +83,11 @@ class MemoryStats:
 
     @miraslab.hookimpl
     def on_step_end(self, run, metrics):
-        for name, module in run.model.named_modules():
-            prefix = f"memory/{_layer(name)}"
-            if isinstance(module, MemoryGate) and module.last_gate is not None:
-                gate, pre = module.last_gate.detach().float(), module.last_preactivation.float()
+        for seen in gate_observations(run.model):
+            prefix = f"memory/{_layer(seen.module)}"
+            pre = seen.preactivation.float()
+            if seen.gate is None:  # a MAG/MAC gate
+                gate = seen.values.detach().float()
                 metrics[f"{prefix}/gate_mean"] = float(gate.mean())
                 metrics[f"{prefix}/gate_std"] = float(gate.std())
                 metrics[f"{prefix}/gate_min"] = float(gate.min())
@@ -100,31 +99,23 @@ class MemoryStats:
                 metrics[f"{prefix}/gate_saturating"] = float(
                     (pre.abs() > self.params.saturation).float().mean()
                 )
-                metrics[f"{prefix}/gain"] = module.gain
-            elif isinstance(module, GateProjections):
-                tag = _memory_tag(name)
-                for gate_name, pre in module.last_preactivations.items():
-                    definition = module.definitions[gate_name]
-                    value = (
-                        torch.sigmoid(pre)
-                        if definition.activation != "softplus"
-                        else torch.nn.functional.softplus(pre)
-                    )
-                    key = f"{prefix}/{tag}/{gate_name}"
-                    value = value.float() * definition.scale
-                    metrics[f"{key}_mean"] = float(value.mean())
-                    metrics[f"{key}_std"] = float(value.std()) if value.numel() > 1 else 0.0
-                    metrics[f"{key}_min"] = float(value.min())
-                    metrics[f"{key}_max"] = float(value.max())
-                    pre = pre.float().abs()
-                    metrics[f"{key}_linear"] = float((pre < self.params.linear_region).float().mean())
-                    metrics[f"{key}_saturated"] = float((pre > self.params.saturation).float().mean())
-            elif isinstance(module, NeuralMemory) and module.last_norms:
-                tag = _memory_tag(name)
-                for key, value in module.last_norms.items():
-                    metrics[f"{prefix}/{tag}/{key}"] = value if math.isfinite(value) else repr(value)
-            elif hasattr(module, "alpha") and name.endswith("mixer"):
-                metrics[f"{prefix}/mixer_alpha"] = module.alpha
+                metrics[f"{prefix}/gain"] = seen.gain
+                continue
+            key = f"{prefix}/{_memory_tag(seen.module)}/{seen.gate}"
+            value = seen.values.float()
+            metrics[f"{key}_mean"] = float(value.mean())
+            metrics[f"{key}_std"] = float(value.std()) if value.numel() > 1 else 0.0
+            metrics[f"{key}_min"] = float(value.min())
+            metrics[f"{key}_max"] = float(value.max())
+            metrics[f"{key}_linear"] = float((pre.abs() < self.params.linear_region).float().mean())
+            metrics[f"{key}_saturated"] = float((pre.abs() > self.params.saturation).float().mean())
+        for seen in memory_observations(run.model):
+            prefix = f"memory/{_layer(seen.module)}/{_memory_tag(seen.module)}"
+            for key, value in seen.norms.items():
+                metrics[f"{prefix}/{key}"] = value if math.isfinite(value) else repr(value)
+        for name, module in run.model.named_modules():
+            if hasattr(module, "alpha") and name.endswith("mixer"):
+                metrics[f"memory/{_layer(name)}/mixer_alpha"] = module.alpha
         for name, norm in self.output_norms.items():
             if not name.endswith(".memory") and f"{name}.memory" in self.output_norms and norm > 0:
                 metrics[f"memory/{_layer(name)}/memory_share"] = self.output_norms[f"{name}.memory"] / norm

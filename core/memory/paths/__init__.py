@@ -1,0 +1,1 @@
+"""How a memory rule runs: the recurrent oracle, the chunked training path and its parts."""

@@ -41,9 +41,9 @@ import math
 import torch
 from torch import nn
 
-from ..parts import AttentionalBias, Gates, LearningAlgorithm, MemoryArchitecture, Retention
-from ..rule import MemoryRule
-from ..state import MemoryState
+from ..rule.axes import AttentionalBias, Gates, LearningAlgorithm, MemoryArchitecture, Retention
+from ..rule.memory_rule import MemoryRule
+from ..rule.state import MemoryState
 
 INNER_STEPS = ("mini_batch", "per_token")
 
@@ -132,7 +132,7 @@ def chunked_per_token(
         weights={"w": weights},
         offset=0,
         log_decay=state.log_decay.new_zeros(state.log_decay.shape),
-        lr_sum=state.lr_sum.new_zeros(state.lr_sum.shape),
+        sums={n: x.new_zeros(x.shape) for n, x in state.sums.items()},
         momentum={"w": surprise} if surprise is not None else state.momentum,
     )
     return y.to(q.dtype), state

@@ -148,13 +148,24 @@ class ChunkEnd:
     weights: Weights  # weights after the chunk's linear updates
     momentum: Weights | None
     log_decay: torch.Tensor  # (B, H): sum of the chunk's log alpha (the dynamics' alpha)
-    lr_sum: torch.Tensor  # (B, H): the chunk's learning rates theta_i, decayed like the weights
+    sums: dict[str, torch.Tensor]  # (B, H) each: the chunk sums its axes declared (``chunk_sums``)
     extra: dict[str, Any]
     decayed_update: Weights | None  # sum_j prod_{i>j} alpha_i * u_j with the retention's own alpha
     aux_log_decay: torch.Tensor | None
 
 
-class Retention(nn.Module):
+class DeclaresChunkSums:
+    """An axis with a chunk-end step may carry state of its own through each chunk."""
+
+    def chunk_sums(self) -> dict[str, Callable[[Gates], torch.Tensor]]:
+        """State of the axis's own, carried through each chunk: name -> x(gates), (B, H, T) per
+        token.  The engine keeps s = sum_i prod_{j>i} alpha_j x_i since the chunk start (both
+        paths, any split of the sequence) and hands it to ``chunk_end`` as ``end.sums[name]``;
+        names are shared across axes, so prefix them with the axis's name."""
+        return {}
+
+
+class Retention(DeclaresChunkSums, nn.Module):
     """Miras axis 3: how the memory forgets.  The linear part is a decay alpha_t."""
 
     decay_gate: str | None = None  # the gate log_alpha reads: it can be made channel-wise
@@ -186,7 +197,7 @@ class Retention(nn.Module):
         return end.weights, end.momentum, end.extra
 
 
-class LearningAlgorithm(nn.Module):
+class LearningAlgorithm(DeclaresChunkSums, nn.Module):
     """Miras axis 4: the optimizer of the inner loop.  ``theta`` is its learning rate."""
 
     momentum: bool = False
@@ -241,6 +252,10 @@ def check_parts(
         problems.append(
             f"retention {_name(retention)} and algorithm {_name(algorithm)} both change the state at "
             "chunk ends and do not compose; use retention 'decay' or 'none' with this algorithm"
+        )
+    if clash := sorted(retention.chunk_sums().keys() & algorithm.chunk_sums().keys()):
+        problems.append(
+            f"retention {_name(retention)} and algorithm {_name(algorithm)} both declare chunk sums {clash}"
         )
     if retention.needs_decayed_update and algorithm.momentum:
         problems.append(f"retention {_name(retention)} takes plain gradient steps: use algorithm 'gd'")

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import torch
 
-from .parts import ChunkEnd, at_least_fp32
-from .rule import MemoryRule
-from .state import MemoryState
+from ..rule.axes import ChunkEnd, Gates, at_least_fp32
+from ..rule.memory_rule import MemoryRule
+from ..rule.state import MemoryState
 
 
 def close_chunk(rule: MemoryRule, state: MemoryState) -> MemoryState:
@@ -18,7 +18,7 @@ def close_chunk(rule: MemoryRule, state: MemoryState) -> MemoryState:
             weights=weights,
             momentum=momentum,
             log_decay=state.log_decay,
-            lr_sum=state.lr_sum,
+            sums=state.sums,
             extra=extra,
             decayed_update=state.decayed_update,
             aux_log_decay=state.aux_log_decay,
@@ -30,27 +30,27 @@ def close_chunk(rule: MemoryRule, state: MemoryState) -> MemoryState:
     state.momentum, state.extra = momentum, extra
     state.offset = 0
     state.log_decay = state.log_decay.new_zeros(state.log_decay.shape)
-    state.lr_sum = state.lr_sum.new_zeros(state.lr_sum.shape)
+    state.sums = {n: s.new_zeros(s.shape) for n, s in state.sums.items()}
     if state.decayed_update is not None:
         state.decayed_update = {n: d.new_zeros(d.shape) for n, d in state.decayed_update.items()}
         state.aux_log_decay = state.aux_log_decay.new_zeros(state.aux_log_decay.shape)
     return state
 
 
-def add_piece_decay(rule: MemoryRule, state: MemoryState, theta: torch.Tensor, cum: torch.Tensor) -> None:
-    """Carry a piece's decay and learning rates into the state's chunk sums, in place.
+def add_piece_decay(rule: MemoryRule, state: MemoryState, gates: Gates, cum: torch.Tensor) -> None:
+    """Carry a piece's decay into the state, and its tokens into the axes' chunk sums, in place.
 
     cum (B, H, L[, d_v]): the cumulative log alpha since the piece start, one per value
-    channel when the decay is channel-wise; theta (B, H, L[, d_v]) as the algorithm gives it
-    (a channel-wise rate enters as its mean).  lr_sum then decays by exp(A_L) and gains
-    sum_s exp(A_L - A_s) theta_s.
+    channel when the decay is channel-wise; gates: the piece's.  Each declared sum then
+    decays by exp(A_L) and gains sum_s exp(A_L - A_s) x_s.
     """
-    theta_head = at_least_fp32(theta.mean(-1) if rule.channelwise_lr else theta)
     log_end = cum[:, :, -1]  # (B, H[, d_v])
-    if cum.dim() == 4:
-        theta_head = theta_head.unsqueeze(-1)
-    lr_added = (torch.exp(log_end.unsqueeze(2) - cum) * theta_head).sum(2)
-    state.lr_sum = torch.exp(log_end) * state.lr_sum + lr_added
+    for name, value in rule.chunk_sums().items():
+        x = at_least_fp32(value(gates))  # (B, H, L)
+        if cum.dim() == 4:
+            x = x.unsqueeze(-1)
+        added = (torch.exp(log_end.unsqueeze(2) - cum) * x).sum(2)
+        state.sums = {**state.sums, name: torch.exp(log_end) * state.sums[name] + added}
     state.log_decay = state.log_decay + log_end
 
 

@@ -19,19 +19,20 @@ import dataclasses
 
 import torch
 
-from . import chunked_channelwise, chunked_linear
-from .batched import outer_sum
-from .chunk_boundary import add_piece_decay, end_piece
-from .chunk_compile import chunk_major, like_chunk_end, run_compiled
-from .chunk_end_update import channel_chunk_end, chunk_end_update
+from ..kernels.batched import outer_sum
+from ..kernels.chunk_end_update import channel_chunk_end, chunk_end_update
+from ..kernels.decay_matrix import decay_matrix
+from ..kernels.dual_read import channel_dual_read, dual_read
+from ..rule.axes import Gates, at_least_fp32
+from ..rule.memory_rule import MemoryRule
+from ..rule.state import MemoryState
+from . import chunked_affine, chunked_channelwise
+from .chunk_end import add_piece_decay, end_piece
 from .chunked_channelwise import SUB
 from .coefficients import ChunkCoefficients, piece_coefficients
-from .dual_read import channel_dual_read, dual_read
-from .parts import Gates, at_least_fp32
-from .recurrent import _scaled
-from .rule import MemoryRule
-from .sources import decay_matrix, keep_window, window_band, with_window
-from .state import MemoryState
+from .compiled import chunk_major, like_chunk_end, run_compiled
+from .omega_window import keep_window, window_band, with_window
+from .recurrent import scaled
 
 
 def chunked(
@@ -47,7 +48,7 @@ def chunked(
     """q, k, v (B, H, T, d): one pass per chunk (the first may finish a chunk the state began).
 
     ``compile_chunks`` runs the per-chunk step of whole chunks (``_piece``, or the
-    channel-wise sub-chunked step) through ``torch.compile`` (see ``chunk_compile``); the
+    channel-wise sub-chunked step) through ``torch.compile`` (see ``paths.compiled``); the
     batched matrix-memory pass stays eager.
     """
     state = dataclasses.replace(state)
@@ -55,7 +56,7 @@ def chunked(
     lengths = [min(chunk_size - state.offset, total)]
     while sum(lengths) < total:
         lengths.append(min(chunk_size, total - sum(lengths)))
-    batched = chunked_linear.supports(rule)
+    batched = chunked_affine.supports(rule)
     if batched:  # whole chunks at a chunk boundary go in one batch
         lengths = _join_whole_chunks(lengths, chunk_size, state.offset)
     sub_chunked = chunked_channelwise.supports(rule)
@@ -71,7 +72,7 @@ def chunked(
     for index, (q_piece, k_piece, v_piece, *gate_pieces) in enumerate(pieces):
         piece_gates = dict(zip(names, gate_pieces, strict=True))
         if batched and q_piece.shape[2] > chunk_size:
-            y, state = chunked_linear.whole_chunks(
+            y, state = chunked_affine.whole_chunks(
                 rule, q_piece, k_piece, v_piece, piece_gates, state, chunk_size
             )
             outputs.append(y)
@@ -93,7 +94,7 @@ def per_chunk_step(rule: MemoryRule) -> bool:
     """Whether whole chunks run one at a time (what ``compile_chunks`` compiles): through
     ``_piece``, or in channel-wise sub-chunks; not the batched matrix-memory pass, nor
     channel-wise decays under an Omega window (pieces of SUB tokens)."""
-    return not chunked_linear.supports(rule) and (
+    return not chunked_affine.supports(rule) and (
         not rule.channelwise_rows or chunked_channelwise.supports(rule)
     )
 
@@ -233,7 +234,7 @@ def _piece(
             x,
             h.to(dtype),
             delta.to(dtype),
-            _scaled(coef_read, retention.lr_scale(state.extra, name)).to(dtype),
+            scaled(coef_read, retention.lr_scale(state.extra, name)).to(dtype),
             beta_read.to(dtype),
             carry_read.to(dtype) if carry_read is not None else None,
             start_w[name].to(dtype),
@@ -262,8 +263,8 @@ def _piece(
         w, s_next = end_update(
             delta,
             h.to(delta.dtype),
-            _scaled(row_w, scale).to(delta.dtype),
-            _scaled(row_s, scale).to(delta.dtype) if row_s is not None else None,
+            scaled(row_w, scale).to(delta.dtype),
+            scaled(row_s, scale).to(delta.dtype) if row_s is not None else None,
             end_value(beta).to(state_dtype),
             end_value(carry).to(state_dtype) if carry is not None else None,
             eta_end.to(state_dtype) if carry is not None else None,
@@ -291,7 +292,7 @@ def _piece(
     cum = cum_alpha  # per token: (B, H, L), or (B, H, L, C) with a channel-wise decay
     if channels:  # channels first; a decay per head has a channel dimension of 1 here
         cum = cum.transpose(-1, -2) if rule.channelwise_decay else cum[..., 0, :]
-    add_piece_decay(rule, state, theta, cum)
+    add_piece_decay(rule, state, gates, cum)
     state.offset += length
     keep_window(rule, state, keys, values, source_gates)
     return end_piece(rule, state, q, y, chunk_size)

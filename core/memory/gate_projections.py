@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .parts import GateDef, Gates
+from .rule.axes import GateDef, Gates
 
 
 def inverse_activation(definition: GateDef) -> float:

@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from .state import MemoryState
+from ..rule.state import MemoryState
 
 # one graph per configuration; a model may mix several memories, each under grad and
 # no-grad, fp32 and autocast: well past dynamo's default of 8 entries per function

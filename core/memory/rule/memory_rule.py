@@ -10,12 +10,12 @@ outer loss trains everything that produced q, k, v and the gates.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import torch
 from torch import nn
 
-from .parts import (
+from .axes import (
     AttentionalBias,
     GateDef,
     Gates,
@@ -76,6 +76,10 @@ class MemoryRule(nn.Module):
     def window(self) -> int:
         return self.bias.window
 
+    def chunk_sums(self) -> dict[str, Callable[[Gates], torch.Tensor]]:
+        """The chunk sums the axes declare (``Retention.chunk_sums``, ``LearningAlgorithm.chunk_sums``)."""
+        return {**self.retention.chunk_sums(), **self.algorithm.chunk_sums()}
+
     @property
     def nonlinear(self) -> bool:
         return self.retention.nonlinear or self.algorithm.nonlinear
@@ -124,7 +128,7 @@ class MemoryRule(nn.Module):
             extra=extra,
             offset=0,
             log_decay=zeros,
-            lr_sum=zeros.clone(),
+            sums={name: zeros.clone() for name in self.chunk_sums()},
             decayed_update=decayed,
             aux_log_decay=zeros.clone() if decayed is not None else None,
         )

@@ -24,10 +24,10 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from .batched import column_product
-from .parts import Gates, at_least_fp32
-from .rule import MemoryRule
-from .sources import decay_matrix
+from ..kernels.batched import column_product
+from ..kernels.decay_matrix import decay_matrix
+from ..rule.axes import Gates, at_least_fp32
+from ..rule.memory_rule import MemoryRule
 
 
 @dataclasses.dataclass

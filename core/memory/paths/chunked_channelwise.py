@@ -20,15 +20,15 @@ import dataclasses
 
 import torch
 
-from .chunk_boundary import add_piece_decay, end_piece
-from .chunk_end_update import channel_chunk_end
+from ..kernels.chunk_end_update import channel_chunk_end
+from ..kernels.dual_read import channel_dual_read
+from ..rule.axes import Gates, at_least_fp32
+from ..rule.memory_rule import MemoryRule
+from ..rule.state import MemoryState
+from .chunk_end import add_piece_decay, end_piece
 from .coefficients import chunk_coefficients, fold_chunks, piece_rates
-from .dual_read import channel_dual_read
-from .parts import Gates, at_least_fp32
-from .recurrent import _scaled
-from .rule import MemoryRule
-from .sources import with_window
-from .state import MemoryState
+from .omega_window import with_window
+from .recurrent import scaled
 
 SUB = 16  # tokens per sub-chunk: (16 x 16) decay matrices per channel; 8 and 32 ran slower, timed by hand
 
@@ -73,7 +73,7 @@ def sub_chunked(
         None,
     )
     scale = retention.lr_scale(state.extra, name)
-    coef = _scaled(c.coef, scale)
+    coef = scaled(c.coef, scale)
     momentum = c.carry is not None
 
     # the state at each sub-chunk start, carried by the sub-chunks' (d_v x d) updates
@@ -85,7 +85,7 @@ def sub_chunked(
     end_carry = c.carry[..., -1:].to(state_dtype) if momentum else None
     end_eta = torch.exp(c.cum_eta[..., -1:]).to(state_dtype) if momentum else None
     row_w = coef[..., -1, :]
-    row_s = _scaled(c.momentum_coef[..., -1, :], scale) if momentum else None
+    row_s = scaled(c.momentum_coef[..., -1, :], scale) if momentum else None
     # unbound once: indexing sub-chunk b in the loop would make backward zero-fill a
     # full-size gradient per sub-chunk and input
     unset = [None] * subs
@@ -121,7 +121,7 @@ def sub_chunked(
 
     y = rule.arch(q, lambda _, x: read(x))
 
-    add_piece_decay(rule, state, theta, cum)  # the piece as a whole, since the chunk start
+    add_piece_decay(rule, state, gates, cum)  # the piece as a whole, since the chunk start
     state.weights = {name: w}
     if momentum:
         state.momentum = {name: s}

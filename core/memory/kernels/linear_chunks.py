@@ -1,6 +1,6 @@
 """The batched chunked pass of a matrix memory as one autograd Function, with its backward by hand.
 
-Forward (per chunk, batched over batch, heads and chunks; see ``chunked_linear``):
+Forward (per chunk, batched over batch, heads and chunks; see ``paths.chunked_affine``):
 
     Dalpha = exp(A_i - A_s) (s <= i),  beta = exp(A),  A = cumsum(log alpha)
     M = -Deta diag(u),  K = Dalpha M,  sigma = Dalpha exp(E)      (momentum; E = cumsum(log eta))
@@ -14,7 +14,7 @@ with u the learning rate per source (the normalised step folded in), b the bias'
 offset and c its slope.  Autograd through that graph spends most of its time on
 elementwise gradient bookkeeping; the backward below makes each gradient with the same
 few batched matmuls as the forward, and runs the chunk recurrence backwards once.
-Tested against autograd through ``chunked_linear``'s reference graph (float64).
+Tested against autograd through ``paths.chunked_affine``'s reference graph (float64).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import torch
 from torch.autograd.function import once_differentiable
 
 from .batched import matmul_add_
-from .sources import decay_matrix
+from .decay_matrix import decay_matrix
 
 
 def _rowdot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

@@ -12,15 +12,15 @@ import dataclasses
 
 import torch
 
-from .batched import outer_sum
-from .chunk_boundary import close_chunk
-from .parts import Gates
-from .rule import MemoryRule
-from .sources import keep_window, window_band, with_window
-from .state import MemoryState
+from ..kernels.batched import outer_sum
+from ..rule.axes import Gates
+from ..rule.memory_rule import MemoryRule
+from ..rule.state import MemoryState
+from .chunk_end import close_chunk
+from .omega_window import keep_window, window_band, with_window
 
 
-def _scaled(value: torch.Tensor, scale: torch.Tensor | float) -> torch.Tensor:
+def scaled(value: torch.Tensor, scale: torch.Tensor | float) -> torch.Tensor:
     """value * scale; a tensor scale is (B, H), one factor per batch element and head."""
     if isinstance(scale, float) and scale == 1.0:
         return value
@@ -80,7 +80,7 @@ def step(
     new_weights, new_momentum, new_decayed = {}, {}, {}
     for name, (h, delta) in factors.items():
         grad_sum = outer_sum(coef, delta, h)  # theta_t * sum_j gamma_j omega^(t-j) grad_j
-        update = -_scaled(grad_sum, retention.lr_scale(state.extra, name))
+        update = -scaled(grad_sum, retention.lr_scale(state.extra, name))
         if eta is not None:
             new_momentum[name] = eta * state.momentum[name] + update
             update = new_momentum[name]
@@ -93,10 +93,13 @@ def step(
     if aux_alpha is not None:
         state.decayed_update = new_decayed
     state.log_decay = log_decay
-    theta_head = theta.mean(-1) if theta.dim() == 3 else theta  # channel-wise: the mean rate
-    if rule.channelwise_decay:
-        theta_head = theta_head.unsqueeze(-1)
-    state.lr_sum = torch.exp(log_alpha) * state.lr_sum + theta_head
+    sums = {}
+    for name, value in rule.chunk_sums().items():  # s_t = alpha_t s_{t-1} + x_t
+        x = value(seq_gates)[:, :, 0]
+        sums[name] = torch.exp(log_alpha) * state.sums[name] + (
+            x.unsqueeze(-1) if rule.channelwise_decay else x
+        )
+    state.sums = sums
     state.offset += 1
     keep_window(rule, state, keys, values, source_gates)
     if state.offset == chunk_size:

@@ -14,7 +14,7 @@ matmuls; only the (d x d) recurrence from one chunk's weights to the next is a l
 all reads are one batched matmul.  Same semantics as ``chunked._piece`` (tested equal),
 much less per-chunk work.  Used for whole chunks that start at a chunk boundary.  The
 normalised step s folds into the learning-rate rows.  Without an Omega window or a decayed
-gradient point (a = 1) the pass runs as ``linear_chunks_function.LinearChunks`` (backward by
+gradient point (a = 1) the pass runs as ``kernels.linear_chunks.LinearChunks`` (backward by
 hand); the autograd form below stays for those cases and as the tests' reference.
 """
 
@@ -22,13 +22,13 @@ from __future__ import annotations
 
 import torch
 
-from .batched import matmul_add
+from ..kernels.batched import matmul_add
+from ..kernels.linear_chunks import chunk_list, chunk_recurrence, end_terms, linear_chunks
+from ..rule.axes import Gates, at_least_fp32
+from ..rule.memory_rule import MemoryRule
+from ..rule.state import MemoryState
 from .coefficients import piece_coefficients, piece_rates
-from .linear_chunks_function import chunk_list, chunk_recurrence, end_terms, linear_chunks
-from .parts import Gates, at_least_fp32
-from .rule import MemoryRule
-from .sources import keep_window, window_band, with_window
-from .state import MemoryState
+from .omega_window import keep_window, window_band, with_window
 
 
 def supports(rule: MemoryRule) -> bool:
@@ -64,7 +64,7 @@ def whole_chunks(
     """q, k, v (B, H, n * chunk_size, d) from a state at a chunk boundary.
 
     Without an Omega window or a decayed gradient point, the pass is one autograd Function
-    with a hand-written backward (``linear_chunks_function``); ``hand_written_backward =
+    with a hand-written backward (``kernels.linear_chunks``); ``hand_written_backward =
     False`` builds the same computation from autograd ops instead (the tests' reference).
     """
     retention, algorithm, bias = rule.retention, rule.algorithm, rule.bias
@@ -181,6 +181,6 @@ def _closed(state: MemoryState, weights: torch.Tensor, momentum: torch.Tensor | 
     if momentum is not None:
         state.momentum = {"w": momentum}
     state.log_decay = state.log_decay.new_zeros(state.log_decay.shape)
-    state.lr_sum = state.lr_sum.new_zeros(state.lr_sum.shape)
+    state.sums = {n: s.new_zeros(s.shape) for n, s in state.sums.items()}
     state.offset = 0
     return state

@@ -43,3 +43,12 @@ class _NormMerge(torch.autograd.Function):
 def rms_merge_heads(y: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     """y (B, H, T, d), weight (d) -> RMSNorm(y) * weight as (B, T, H d)."""
     return _NormMerge.apply(y, weight, eps)
+
+
+def merge_heads(y: torch.Tensor, norm: torch.nn.Module, dtype: torch.dtype) -> torch.Tensor:
+    """(B, H, T, d) read-outs -> (B, T, H d) in ``dtype``, each head through ``norm`` (an
+    ``nn.RMSNorm`` over d, fused here, or ``nn.Identity``): every memory layer merges its heads so."""
+    y = y.to(dtype)
+    if isinstance(norm, torch.nn.RMSNorm):
+        return rms_merge_heads(y, norm.weight, norm.eps)
+    return y.transpose(1, 2).reshape(y.shape[0], y.shape[2], -1)

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from ..components import build_component
-from ..errors import RecipeError
-from ..params import Component
-from ..registry import Registry
-from .parts import AttentionalBias, FeatureMap, LearningAlgorithm, MemoryArchitecture, Retention, check_parts
-from .paths.chunked_per_token import per_token_problem
-from .rule import MemoryRule
-from .spec import MemorySpec
+from ...components import build_component
+from ...errors import RecipeError
+from ...params import Component
+from ..paths.chunked_per_token import per_token_problem
+from ..spec import MemorySpec
+from .axes import AttentionalBias, FeatureMap, LearningAlgorithm, MemoryArchitecture, Retention, check_parts
+from .memory_rule import MemoryRule
 
 
 def build_rule(
@@ -34,11 +33,7 @@ def build_rule(
 
 
 def combination_problems(
-    spec: MemorySpec,
-    d_model: int,
-    n_heads: int,
-    registry: Registry | None = None,
-    chunk_sizes: Iterable[int] = (),
+    spec: MemorySpec, d_model: int, n_heads: int, chunk_sizes: Iterable[int] = ()
 ) -> list[str]:
     """What ``MemoryRule`` would refuse in this ``[model.memory]``, found without building a model.
 
@@ -48,8 +43,8 @@ def combination_problems(
     head_dim = spec.head_dim or d_model // heads
     if head_dim == 0:  # the model's own checks say so
         return []
-    d_key = build_component(spec.features, registry, dim=head_dim).out_dim
-    parts = _parts(spec.memory, spec.bias, spec.retention, spec.algorithm, heads, d_key, head_dim, registry)
+    d_key = build_component(spec.features, dim=head_dim).out_dim
+    parts = _parts(spec.memory, spec.bias, spec.retention, spec.algorithm, heads, d_key, head_dim)
     problems = check_parts(*parts, spec.gates.channelwise())
     chunk = max([spec.chunk_size, *chunk_sizes])
     if spec.inner_steps == "per_token" and chunk > 1 and (reason := per_token_problem(*parts)) is not None:
@@ -68,13 +63,12 @@ def _parts(
     heads: int,
     d_key: int,
     d_value: int,
-    registry: Registry | None = None,
 ) -> tuple[MemoryArchitecture, AttentionalBias, Retention, LearningAlgorithm]:
     parts = (
-        build_component(memory, registry, heads=heads, d_in=d_key, d_out=d_value),
-        build_component(bias, registry),
-        build_component(retention, registry),
-        build_component(algorithm, registry),
+        build_component(memory, heads=heads, d_in=d_key, d_out=d_value),
+        build_component(bias),
+        build_component(retention),
+        build_component(algorithm),
     )
     for part, component in zip(parts, (memory, bias, retention, algorithm), strict=True):
         part.component_name = component.name

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import torch
 
+from ..rule.axes import Gates
+from ..rule.memory_rule import MemoryRule
+from ..rule.state import MemoryState
 from .chunked import chunked
+from .chunked_per_token import INNER_STEPS, chunked_per_token, per_token_problem
 from .op_inputs import check_op_inputs
-from .parts import Gates
-from .paths.chunked_per_token import INNER_STEPS, chunked_per_token, per_token_problem
 from .recurrent import recurrent
-from .rule import MemoryRule
-from .state import MemoryState
 
 PATHS = ("chunked", "recurrent")
 
@@ -52,7 +52,7 @@ def memory_op(
     """Run a Miras memory over a sequence.
 
     Args:
-        rule: the memory's four parts (see :func:`miraslab.memory.build.build_rule`).
+        rule: the memory's four parts (see :func:`miraslab.memory.rule.build.build_rule`).
         q, k: (batch, heads, seq, d_k) queries and keys, feature map already applied.
         v: (batch, heads, seq, d_v) values.
         gates: {name: (batch, heads, seq) or (batch, heads, seq, d_v)}, as the rule's

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import torch
 
-from .parts import Gates
-from .rule import MemoryRule
-from .state import MemoryState
+from ..rule.axes import Gates
+from ..rule.memory_rule import MemoryRule
+from ..rule.state import MemoryState
 
 
 def _shape(x: torch.Tensor) -> tuple[int, ...]:

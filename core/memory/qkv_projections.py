@@ -11,8 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .short_conv import causal_conv
-from .split_heads import split_heads
+from .kernels.short_conv import causal_conv
+from .kernels.split_heads import split_heads
 
 
 class MemoryInputs(nn.Module):

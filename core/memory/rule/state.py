@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from .parts import Weights
+from .axes import Weights
 
 
 @dataclasses.dataclass
@@ -24,7 +24,7 @@ class MemoryState:
     extra: dict[str, Any]
     offset: int  # tokens of the current chunk already applied (0 <= offset < chunk)
     log_decay: torch.Tensor  # (B, H) sum of log alpha since the chunk start
-    lr_sum: torch.Tensor  # (B, H) sum_i prod_{j>i} alpha_j theta_i since the chunk start
+    sums: dict[str, torch.Tensor]  # (B, H[, d_v]) the axes' chunk sums: sum_i prod_{j>i} alpha_j x_i
     decayed_update: Weights | None = None
     aux_log_decay: torch.Tensor | None = None
     window_keys: torch.Tensor | None = None  # (B, H, <= window-1, d_k)
