@@ -10,6 +10,7 @@ from ..errors import MiraslabError
 from . import (
     ablate_command,
     eval_command,
+    export_command,
     generate_command,
     plugins_command,
     preflight_command,
@@ -27,6 +28,7 @@ COMMANDS = (
     train_command,
     generate_command,
     eval_command,
+    export_command,
     preflight_command,
     probe_command,
     report_command,

@@ -1,0 +1,99 @@
+"""``miraslab export RUN --hf DIR``: a directory ``AutoModelForCausalLM.from_pretrained`` loads.
+
+    DIR/config.json               MiraslabConfig: the resolved recipe, auto_map to the two files below
+    DIR/model.safetensors         the checkpoint's weights (the tied head stored once)
+    DIR/generation_config.json    the end-of-document token ends ``generate()``
+    DIR/configuration_miraslab.py, modeling_miraslab.py
+                                  two-line modules importing the classes from the installed miraslab
+    DIR/tokenizer.json, tokenizer_config.json   the run's tokenizer (text tasks)
+
+The modeling files import miraslab rather than carrying a copy of it: a recipe may use any
+layout, memory rule or third-party plugin, which only the installed miraslab (and its
+plugins) can build, and the export stays a few kilobytes of code that cannot drift from
+the model it was trained with.  ``trust_remote_code=True`` is what lets transformers import
+them; :func:`register_auto_classes` registers the classes instead, for code that would
+rather not pass it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..errors import MiraslabError
+from ..recipe.resolve import recipe_to_dict
+
+CONFIGURATION_FILE = "configuration_miraslab.py"
+MODELING_FILE = "modeling_miraslab.py"
+SHIM = '''"""Written by `miraslab export`: the model is built by the installed miraslab (pip install 'miraslab[hf]')."""
+
+from miraslab.hf.{module} import {name}
+
+__all__ = ["{name}"]
+'''
+
+
+def register_auto_classes() -> None:
+    """Let ``AutoConfig`` / ``AutoModelForCausalLM`` load an export without ``trust_remote_code``."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from .config import MiraslabConfig
+    from .modeling import MiraslabForCausalLM
+
+    AutoConfig.register("miraslab", MiraslabConfig, exist_ok=True)
+    AutoModelForCausalLM.register(MiraslabConfig, MiraslabForCausalLM, exist_ok=True)
+
+
+def export_model(
+    model: torch.nn.Module, recipe: Any, out: Path, tokenizer: Any = None, eos_token: str | None = None
+) -> Path:
+    """Write ``model`` (a miraslab LanguageModel) with its recipe and tokenizer to ``out``."""
+    from .config import MiraslabConfig
+    from .modeling import MiraslabForCausalLM
+
+    out = Path(out)
+    if out.exists() and any(out.iterdir()) and not (out / "config.json").exists():
+        raise MiraslabError(f"{out}: exists and is not an export; choose an empty or new --hf directory")
+    out.mkdir(parents=True, exist_ok=True)
+    eos_id = tokenizer.token_to_id(eos_token) if tokenizer is not None and eos_token else None
+    config = MiraslabConfig(
+        recipe=recipe_to_dict(recipe),
+        eos_token_id=eos_id,
+        bos_token_id=eos_id,  # a document starts after the separator, as in training
+        dtype="float32",
+        auto_map={
+            "AutoConfig": f"{CONFIGURATION_FILE[:-3]}.MiraslabConfig",
+            "AutoModelForCausalLM": f"{MODELING_FILE[:-3]}.MiraslabForCausalLM",
+        },
+    )
+    wrapped = MiraslabForCausalLM(config, model=model.float().eval())
+    wrapped.generation_config.eos_token_id = eos_id
+    # a load with trust_remote_code marks the config class as remote code; saving would then
+    # copy miraslab's own sources beside the shims: the export names the installed miraslab
+    config._auto_class = None
+    wrapped.save_pretrained(out)
+    (out / CONFIGURATION_FILE).write_text(SHIM.format(module="config", name="MiraslabConfig"))
+    (out / MODELING_FILE).write_text(SHIM.format(module="modeling", name="MiraslabForCausalLM"))
+    if tokenizer is not None:
+        _save_tokenizer(tokenizer, out, eos_token)
+    return out
+
+
+def _save_tokenizer(tokenizer: Any, out: Path, eos_token: str | None) -> None:
+    from transformers import PreTrainedTokenizerFast
+
+    special = {"eos_token": eos_token, "bos_token": eos_token, "pad_token": eos_token} if eos_token else {}
+    # split_special_tokens: the spelling of the separator inside text is text, as in training
+    fast = PreTrainedTokenizerFast(tokenizer_object=tokenizer, split_special_tokens=True, **special)
+    fast.save_pretrained(out)
+
+
+def export_run(run_dir: Path, out: Path, checkpoint: Path | None = None) -> Path:
+    """Export a training run's latest (or given) checkpoint; see the module docstring."""
+    from ..train.run_dir import load_run
+
+    loaded = load_run(run_dir, checkpoint)
+    separator = getattr(loaded.recipe.data.task.params, "separator", None)
+    return export_model(loaded.model, loaded.recipe, out, loaded.tokenizer, separator or None)
