@@ -79,6 +79,15 @@ def prefill(model: torch.nn.Module, prompt: torch.Tensor) -> tuple[torch.Tensor,
     return logits, state
 
 
+def current_document(prompt: torch.Tensor, reset_token: int | None) -> torch.Tensor:
+    """The tail of ``prompt`` (1, T) from its last ``reset_token`` on: what a model that reads
+    documents apart sees of it (the whole prompt when there is none)."""
+    if reset_token is None:
+        return prompt
+    opens = (prompt[0] == reset_token).nonzero()
+    return prompt[:, int(opens[-1]) :] if len(opens) else prompt
+
+
 @torch.no_grad()
 def generate(
     model: torch.nn.Module,
@@ -90,13 +99,18 @@ def generate(
     top_p: float = 1.0,
     seed: int | None = None,
     stop_token: int | None = None,
+    reset_token: int | None = None,
 ) -> Iterator[int]:
-    """Yield up to ``max_tokens`` new token ids after ``prompt`` (1, T)."""
+    """Yield up to ``max_tokens`` new token ids after ``prompt`` (1, T).
+
+    ``reset_token`` (the separator of a model trained with ``data.reset_at_documents``) opens
+    a new document: the state restarts from the initial one before it is read, in the prompt
+    or when it is sampled, so decoding sees each document alone, as training did."""
     check_sampling(temperature, top_k, top_p, max_tokens)
     generator = None
     if seed is not None:
         generator = torch.Generator(device=prompt.device).manual_seed(seed)
-    logits, state = prefill(model, prompt)
+    logits, state = prefill(model, current_document(prompt, reset_token))
     if max_tokens and not bool(torch.isfinite(logits[:, -1]).all()):
         raise MiraslabError(
             "the model's output is not finite: its weights hold NaN or inf (a checkpoint from a diverged run?)"
@@ -106,4 +120,6 @@ def generate(
         yield int(token[0])
         if stop_token is not None and int(token[0]) == stop_token:
             return
+        if reset_token is not None and int(token[0]) == reset_token:
+            state = None  # a new document starts at this token
         logits, state = model(token.view(1, 1), state=state, return_state=True)

@@ -31,6 +31,7 @@ import torch.nn.functional as F
 
 from .components import build_component
 from .data.batch import IGNORE, TrainingBatch
+from .data.documents import documents_apart, documents_separator
 from .memory.ablation import memories_of, memory_ablation, shard_lengths
 from .memory.gate_projections import GateProjections
 from .model.memory_gate import MemoryGate
@@ -137,7 +138,8 @@ def gate_activity(model: torch.nn.Module, batch: TrainingBatch) -> dict[str, dic
 def _val_batch(recipe: Recipe, rows: int = 4) -> TrainingBatch:
     task = build_component(recipe.data.task)
     val = task.batches("val", seq_len=recipe.data.seq_len, batch_size=rows, seed=recipe.seed)
-    return TrainingBatch.of(next(val))
+    separator = documents_separator(task) if recipe.data.reset_at_documents else None
+    return documents_apart(TrainingBatch.of(next(val)), separator)  # as the trainer sees it
 
 
 def proof_of_life(recipe_path: Path, sets: Sequence[str], out: Path, steps: int) -> GateResult:
@@ -259,6 +261,8 @@ def baton_pass(recipe: Recipe) -> GateResult:
 
 
 def _has_answers(recipe: Recipe) -> bool:
+    if recipe.data.reset_at_documents:  # text: its only IGNORE targets would be the pads
+        return False
     batch = _val_batch(recipe, rows=2)
     return bool((batch.targets == IGNORE).any())
 

@@ -408,3 +408,25 @@ def test_tokenizer_train_command_reports_a_bad_dataset_in_one_line(
     )
     assert main(["tokenizer", "train", str(recipe)]) == 2
     assert capsys.readouterr().err == f'error: data.task.dataset: no files match "{tmp_path}/none/*.txt"\n'
+
+
+def test_the_separator_marks_each_document_start_and_the_split_rows_are_the_documents(jsonl: Path) -> None:
+    from miraslab.data.batch import IGNORE, TrainingBatch
+    from miraslab.data.documents import DOC_START, mark_documents, split_documents
+
+    task = text_task(jsonl)
+    tokenizer, separator = task.tokenizer(), task.document_separator()
+    assert separator == tokenizer.token_to_id("<|endoftext|>")
+    epoch = list(order_of(task, "train", seed=3).epoch_documents(0))
+    batches = task.batches("train", seq_len=120, batch_size=2, seed=3)
+    marked = mark_documents(TrainingBatch.of(next(batches)), separator)
+    starts = marked.extras[DOC_START]
+    assert not starts[0, 0]  # the stream's first document has no separator before it
+    assert not starts[1, 0] or marked.inputs[1, 0] == separator  # a continuation is not a start
+    split = split_documents(marked)
+    texts = [
+        tokenizer.decode([t for t, y in zip(row, target, strict=True) if y != IGNORE and t != separator])
+        for row, target in zip(split.inputs.tolist(), split.targets.tolist(), strict=True)
+    ]
+    whole = [t for i, t in enumerate(texts) if i < starts[0].sum()]  # row 0's segments, last one cut
+    assert len(whole) >= 3 and whole == epoch[: len(whole)]

@@ -332,3 +332,15 @@ def test_a_stage_may_not_override_what_the_run_keeps(workspace):
     bad = STAGES.replace('"train.lr" = 1e-3', '"data.seq_len" = 64')
     with pytest.raises(RecipeError, match=r"overrides: data\.seq_len: a stage can override model\.\* keys"):
         load_recipe(recipe_path(workspace, bad))
+
+
+def test_documents_run_apart_in_training_and_resume_the_same_curve(workspace, tmp_path):
+    """data.reset_at_documents reaches the loss (step 1 differs from the packed run's) and a
+    resumed run continues it bitwise."""
+    apart = ["data.reset_at_documents=true"]
+    train(workspace, tmp_path / "packed", max_steps=1)
+    train(workspace, tmp_path / "straight", sets=apart)
+    train(workspace, tmp_path / "resumed", sets=apart, max_steps=6)
+    resume(tmp_path / "resumed")
+    assert losses(tmp_path / "resumed") == losses(tmp_path / "straight")
+    assert losses(tmp_path / "straight")[0] != losses(tmp_path / "packed")[0]

@@ -53,6 +53,7 @@ def run(args: argparse.Namespace) -> int:
         top_p=args.top_p,
         seed=args.seed,
         stop_token=separator,
+        reset_token=separator if loaded.recipe.data.reset_at_documents else None,
     ):
         if token == separator:
             break

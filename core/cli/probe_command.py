@@ -105,7 +105,10 @@ def memory_ablation_probe(args: argparse.Namespace, loaded: Any, modes: tuple[st
 
     recipe, task = run_task(args.run_dir, loaded, args.task, args.sets)
     batches = validation_batches(task, recipe, args.batches)
-    answered = any(bool((TrainingBatch.of(b).targets == IGNORE).any()) for b in batches)
+    # documents run apart have IGNORE targets only at their pads: still text, not answers
+    answered = not recipe.data.reset_at_documents and any(
+        bool((TrainingBatch.of(b).targets == IGNORE).any()) for b in batches
+    )
     results = evaluate_by_memory(loaded.model, batches, modes)
     carried = results["carried"]["loss"]
     by_mode = {}

@@ -7,6 +7,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from ..data.batch import TrainingBatch
+from ..data.documents import documents_apart, documents_separator
 from ..errors import MiraslabError
 
 
@@ -42,4 +44,5 @@ def validation_batches(task: Any, recipe: Any, count: int, seq_len: int | None =
     val = task.batches(
         "val", seq_len=seq_len or recipe.data.seq_len, batch_size=recipe.train.batch_size, seed=recipe.seed
     )
-    return [next(val) for _ in range(count)]
+    separator = documents_separator(task) if recipe.data.reset_at_documents else None
+    return [documents_apart(TrainingBatch.of(next(val)), separator) for _ in range(count)]

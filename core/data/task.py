@@ -76,6 +76,11 @@ class Task(ABC):
         """Where the tokenizer.json is (or will be once trained); None when there is no file."""
         return None
 
+    def document_separator(self) -> int | None:
+        """The token that opens each document packed in a row (``extras["doc_start"]`` marks it,
+        see ``miraslab.data.documents``); None when the rows hold no documents."""
+        return None
+
 
 def check_split(split: str) -> None:
     if split not in SPLITS:

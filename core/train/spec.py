@@ -30,6 +30,12 @@ class DataSpec:
 
     task: TaskComponent = component_field("task", "text", "data source or synthetic task plugin")
     seq_len: int = param(512, ge=1, doc="tokens per training sequence")
+    reset_at_documents: bool = param(
+        False,
+        doc="each document packed in a row runs as if alone: attention within it only, every memory "
+        "from its initial state at its first token (the separator that opens it), in training, "
+        "evaluation and generate; needs a task that packs documents (text)",
+    )
 
 
 @attrs.frozen

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 
 from ..components import build_component
 from ..data.batch import IGNORE, TrainingBatch
+from ..data.documents import documents_apart, documents_separator
 from ..errors import MiraslabError, RecipeError, RunStopped
 from ..evaluation import evaluate, evaluate_by_memory
 from ..memory.ablation import memories_of
@@ -110,6 +111,7 @@ class Trainer:
         self.registry = get_registry()
         self.last_eval: dict[str, Any] | None = None  # the memory-use verdict at the end reads it
         self.low_carry_evals = 0  # evaluations in a row below train.memory_use_min_share
+        self.separator: int | None = None  # opens each packed document, when they run apart
 
     # --- setup ------------------------------------------------------------------------
 
@@ -215,6 +217,8 @@ class Trainer:
             if problems := training_problems(stage.recipe, self.dist.world_size):
                 raise RecipeError(problems)
         task = self._task_and_vocabulary()
+        if self.recipe.data.reset_at_documents:
+            self.separator = documents_separator(task)
         checkpoint = self._resume_point() if self.resume else None
         if checkpoint is not None:
             self.step, self.tokens = checkpoint.step, _saved_int(checkpoint, "tokens")
@@ -362,7 +366,7 @@ class Trainer:
         total_loss, extras = 0.0, {}
         self.model.train()
         for index, (piece, count) in enumerate(zip(pieces, counts, strict=True)):
-            piece = piece.to(self.dist.device)
+            piece = documents_apart(piece.to(self.dist.device), self.separator)
             with self.dist.no_sync(self.model, last=index == len(pieces) - 1), self._precision_context():
                 logits = self.model(piece.inputs)
                 loss_sum = F.cross_entropy(
@@ -412,7 +416,10 @@ class Trainer:
 
     def _evaluate(self, task: Any, context: RunContext, hook: Any) -> dict[str, Any]:
         val = self._batches(task, "val")  # a fresh iterator: every pass sees the same batches
-        batches = [TrainingBatch.of(next(val)).to(self.dist.device) for _ in range(self.train.eval_batches)]
+        batches = [
+            documents_apart(TrainingBatch.of(next(val)).to(self.dist.device), self.separator)
+            for _ in range(self.train.eval_batches)
+        ]
         # the memory-use metric: the same batches with the memory's carried state taken away,
         # on the unwrapped model (a compiled one would compile each ablation anew)
         modes = ("reset", "zero") if self.train.memory_use and memories_of(self.raw) else ()
@@ -421,7 +428,8 @@ class Trainer:
             ablated = evaluate_by_memory(self.raw, batches, modes)
         loss = self.dist.mean(result["loss"])
         metrics = {"step": self.step, "event": "eval", "val_loss": loss, "val_ppl": math.exp(min(loss, 50.0))}
-        answers = any(bool((batch.targets == IGNORE).any()) for batch in batches)  # a task with answers
+        # a task with answers (documents run apart have IGNORE only at their pads)
+        answers = self.separator is None and any(bool((batch.targets == IGNORE).any()) for batch in batches)
         if answers:
             metrics["val_accuracy"] = self.dist.mean(result["accuracy"])
         if ablated:

@@ -133,6 +133,11 @@ class TextTask(Task):
     def vocab_size(self) -> int:
         return self.tokenizer().get_vocab_size()
 
+    def document_separator(self) -> int:
+        """The separator: it closes each packed document and opens the next (``data.reset_at_documents``)."""
+        self.tokenizer()
+        return self._separator_id
+
     def batches(
         self,
         split: str,
