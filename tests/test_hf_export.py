@@ -9,12 +9,9 @@ scale (tests/tolerance.py).
 
 from __future__ import annotations
 
-import os
-
 import pytest
 
 pytest.importorskip("transformers")
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch
 from hf_cases import LAYOUT_CASES, tiny_model_table, train_tiny_text_run
@@ -28,6 +25,12 @@ from miraslab.generation import generate
 from miraslab.hf.cache import MiraslabCache
 from miraslab.hf.export import export_model
 from miraslab.recipe.resolve import recipe_from_dict
+
+
+@pytest.fixture(autouse=True)
+def offline(monkeypatch):
+    """No hub in these tests; set per test, so the setting does not leak into other modules."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
 
 
 def exported(case: str, tmp_path) -> tuple[torch.nn.Module, torch.nn.Module]:
