@@ -28,6 +28,7 @@ from .data.task import Batches, Task, check_data_state, check_seq_len, check_spl
 from .data.tokenizer_training import cached_tokenizer, protect_special_tokens, tokenizer_cache_path
 from .errors import MiraslabError, RecipeError
 from .hookspecs import Register, RunContext, hookimpl, hookspec
+from .memory.build import build_rule
 from .memory.engine import memory_op
 from .memory.gates import GateProjections
 from .memory.layer import MemoryLayer
@@ -54,10 +55,17 @@ from .memory.spec import (
 )
 from .memory.state import MemoryState
 from .model.attention import KVCache
-from .model.attention_backend import AttentionBackend, is_visible, keys_end_at_queries, visibility_mask
+from .model.attention_backend import (
+    AttentionBackend,
+    is_visible,
+    keys_end_at_queries,
+    reference_attention,
+    visibility_mask,
+)
 from .model.block import Block, BlockContext, TransformerBlock
 from .model.memory_gate import MemoryGate, recorded_gates, whole
-from .params import ParamValueError, component_field, make_component, param
+from .model.spec import ModelSpec
+from .params import ParamValueError, component_field, make_component, param, structure
 
 __all__ = [  # noqa: RUF022 -- grouped by the kind of plugin that needs them, not sorted
     # plugin hooks and parameters
@@ -68,6 +76,7 @@ __all__ = [  # noqa: RUF022 -- grouped by the kind of plugin that needs them, no
     "param",
     "component_field",
     "make_component",
+    "structure",
     "ParamValueError",
     "RecipeError",
     "MiraslabError",
@@ -91,6 +100,7 @@ __all__ = [  # noqa: RUF022 -- grouped by the kind of plugin that needs them, no
     # the memory engine, and what monitors read from it
     "MemoryLayer",
     "memory_op",
+    "build_rule",
     "MemoryState",
     "NeuralMemory",
     "GateProjections",
@@ -106,6 +116,8 @@ __all__ = [  # noqa: RUF022 -- grouped by the kind of plugin that needs them, no
     "is_visible",
     "keys_end_at_queries",
     "visibility_mask",
+    "reference_attention",
+    "ModelSpec",
     # tasks
     "Task",
     "Batches",
