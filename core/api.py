@@ -45,6 +45,7 @@ from .memory.rule.axes import (
     Weights,
     at_least_fp32,
 )
+from .memory.rule.build import build_rule
 from .memory.rule.state import MemoryState
 from .memory.spec import (
     AlgorithmComponent,
@@ -54,9 +55,16 @@ from .memory.spec import (
     RetentionComponent,
 )
 from .model.attention import KVCache
-from .model.attention_backend import AttentionBackend, is_visible, keys_end_at_queries, visibility_mask
+from .model.attention_backend import (
+    AttentionBackend,
+    is_visible,
+    keys_end_at_queries,
+    reference_attention,
+    visibility_mask,
+)
 from .model.block import Block, BlockContext, TransformerBlock
 from .model.memory_gate import MemoryGate, whole
+from .model.spec import ModelSpec
 from .observation import (
     GateObservation,
     MemoryObservation,
@@ -66,7 +74,7 @@ from .observation import (
     recorded_gates,
     stop_observing,
 )
-from .params import ParamValueError, component_field, make_component, param
+from .params import ParamValueError, component_field, make_component, param, structure
 from .registry import Registry, get_registry, use_registry
 
 __all__ = [  # noqa: RUF022 -- grouped by the kind of plugin that needs them, not sorted
@@ -78,6 +86,7 @@ __all__ = [  # noqa: RUF022 -- grouped by the kind of plugin that needs them, no
     "param",
     "component_field",
     "make_component",
+    "structure",
     "ParamValueError",
     "Registry",
     "get_registry",
@@ -104,6 +113,7 @@ __all__ = [  # noqa: RUF022 -- grouped by the kind of plugin that needs them, no
     # the memory engine, and what monitors read from it
     "MemoryLayer",
     "memory_op",
+    "build_rule",
     "MemoryState",
     "NeuralMemory",
     "GateProjections",
@@ -125,6 +135,8 @@ __all__ = [  # noqa: RUF022 -- grouped by the kind of plugin that needs them, no
     "is_visible",
     "keys_end_at_queries",
     "visibility_mask",
+    "reference_attention",
+    "ModelSpec",
     # tasks
     "Task",
     "Batches",

@@ -9,6 +9,8 @@ import pytest
 
 from miraslab.registry import Registry, Source, get_registry
 
+pytest_plugins = ["miraslab.testing.pytest_plugin"]  # the conformance kit, as a plugin author enables it
+
 REPO = Path(__file__).resolve().parents[1]
 
 

@@ -4,20 +4,16 @@ from __future__ import annotations
 
 import itertools
 
-import torch
-import torch.nn.functional as F
-
+from miraslab import testing
 from miraslab.errors import RecipeError
-from miraslab.memory.gate_projections import GateProjections
 from miraslab.memory.rule.build import build_rule
 from miraslab.memory.rule.memory_rule import MemoryRule
 from miraslab.params import make_component
 from miraslab.registry import get_registry
 
-MEMORIES = ("linear", "mlp", "gated_mlp")
-BIASES = ("l2", "lp", "huber", "dot", "omega")
-RETENTIONS = ("none", "decay", "lq_norm", "kl", "elastic_net")
-ALGORITHMS = ("gd", "momentum", "muon")
+# every component of each axis the registry holds: a plugin installed beside the built-ins is
+# checked with them, and no count is written down anywhere
+MEMORIES, BIASES, RETENTIONS, ALGORITHMS = (tuple(get_registry().names(kind)) for kind in testing.AXES)
 # small, non-default options so every code path (windows, decays, thresholds) is exercised
 OPTIONS = {
     "omega": {"window": 3, "decay_base": 0.9},
@@ -77,31 +73,6 @@ def all_combinations() -> tuple[list[tuple[str, ...]], list[tuple[str, ...]]]:
     return valid, rejected
 
 
-def tokens(q, k, v, gates, part: slice):
-    """q, k, v and every gate restricted to the tokens ``part`` (dimension 2), in memory_op's order."""
-    return q[:, :, part], k[:, :, part], v[:, :, part], {n: g[:, :, part] for n, g in gates.items()}
-
-
-def random_inputs(
-    rule: MemoryRule,
-    batch: int = 2,
-    seq: int = 9,
-    d: int = 4,
-    d_key: int | None = None,
-    seed: int = 0,
-    requires_grad: bool = False,
-):
-    """Unit-norm q and k, random v, and gates from a random projection of random inputs."""
-    generator = torch.Generator().manual_seed(seed)
-    heads = rule.arch.heads
-    d_key = d_key or d
-    dim = 8
-    gates_module = GateProjections(dim, heads, rule.gate_defs(), d, rank=2).double()
-    x = torch.randn(batch, seq, dim, generator=generator, dtype=torch.double)
-    q = F.normalize(torch.randn(batch, heads, seq, d_key, generator=generator, dtype=torch.double), dim=-1)
-    k = F.normalize(torch.randn(batch, heads, seq, d_key, generator=generator, dtype=torch.double), dim=-1)
-    v = torch.randn(batch, heads, seq, d, generator=generator, dtype=torch.double)
-    if requires_grad:
-        for t in (q, k, v):
-            t.requires_grad_()
-    return q, k, v, gates_module(x), gates_module
+# the kit's inputs, so the engine's own tests and a plugin's run on the same cases
+random_inputs = testing.random_inputs
+tokens = testing.tokens

@@ -9,6 +9,7 @@ import torch
 from miraslab.model.language_model import build_model
 from miraslab.model.spec import ModelSpec
 from miraslab.params import structure
+from miraslab.testing import check_causal, check_decode_equals_forward, check_gradients_reach_model
 
 LAYOUTS = ("attention", "swa", "lmm", "mag", "mal", "mac")
 TNT = {"global_chunk": 4, "local_chunks": [2], "shard_length": 6, "mixer": "m3"}
@@ -35,40 +36,23 @@ CASES = [(layout, None) for layout in LAYOUTS] + [(layout, TNT) for layout in ("
 IDS = [f"{layout}{'-tnt' if tnt else ''}" for layout, tnt in CASES]
 
 
+# the kit's model checks (miraslab.testing), on every layout with and without TNT
+
+
 @pytest.mark.parametrize(("layout", "tnt"), CASES, ids=IDS)
 def test_decoding_token_by_token_equals_the_full_forward(layout, tnt):
-    """Tolerance: float64, atol 1e-10."""
-    model = tiny_model(layout, tnt)
-    ids = torch.randint(0, 40, (2, 15))
-    full = model(ids)
-    logits, state = model(ids[:, :4], return_state=True)
-    pieces = [logits]
-    for t in range(4, 15):
-        logits, state = model(ids[:, t : t + 1], state=state, return_state=True)
-        pieces.append(logits)
-    torch.testing.assert_close(torch.cat(pieces, dim=1), full, atol=1e-10, rtol=0)
-    assert state.position == 15
+    """Tolerance: float64, 1e-10 of the logits' scale."""
+    check_decode_equals_forward(tiny_model(layout, tnt), layout)
 
 
 @pytest.mark.parametrize(("layout", "tnt"), CASES, ids=IDS)
 def test_no_position_sees_a_later_token(layout, tnt):
-    model = tiny_model(layout, tnt)
-    ids = torch.randint(0, 40, (1, 12))
-    changed = ids.clone()
-    changed[0, 7] = (ids[0, 7] + 1) % 40
-    before, after = model(ids), model(changed)
-    torch.testing.assert_close(before[:, :7], after[:, :7], atol=1e-12, rtol=0)
-    assert (before[:, 7] - after[:, 7]).abs().max() > 1e-6
+    check_causal(tiny_model(layout, tnt), layout)
 
 
 @pytest.mark.parametrize(("layout", "tnt"), CASES, ids=IDS)
 def test_forward_and_backward_reach_every_parameter(layout, tnt):
-    model = tiny_model(layout, tnt)
-    logits = model(torch.randint(0, 40, (2, 13)))
-    assert logits.shape == (2, 13, 40)
-    logits.logsumexp(-1).mean().backward()
-    missing = [n for n, p in model.named_parameters() if p.grad is None or p.grad.abs().sum() == 0]
-    assert missing == []
+    check_gradients_reach_model(tiny_model(layout, tnt), layout)
 
 
 @pytest.mark.parametrize("layout", ["swa", "mag", "mal"])

@@ -72,6 +72,11 @@ class Task(ABC):
     ) -> Batches:
         """Batches of ``split`` ("train" or "val"); ``batch_size`` counts all processes."""
 
+    def example_length(self) -> int | None:
+        """The ``data.seq_len`` this task's fixed-length examples need, or None for any length
+        (what ``miraslab.testing.check_task`` asks its batches at)."""
+        return None
+
     def tokenizer_path(self) -> Path | None:
         """Where the tokenizer.json is (or will be once trained); None when there is no file."""
         return None

@@ -213,6 +213,9 @@ class MadTask(Task):
         """Tokens a row the model reads: what data.seq_len must be."""
         return self.params.seq_len
 
+    def example_length(self) -> int:
+        return self.input_length()
+
     @abstractmethod
     def generate(self, rng: np.random.Generator, rows: int, *, training: bool, seed: int) -> Examples:
         """``rows`` examples as (rows, input_length) integer arrays; ``training`` is mad-lab's

@@ -233,6 +233,9 @@ class MqarTask(Task):
     def vocab_size(self) -> int:
         return self.params.vocab_size
 
+    def example_length(self) -> int:
+        return self.params.seq_len
+
     def batches(
         self,
         split: str,

@@ -362,6 +362,9 @@ class NiahTask(Task):
             return NeedleVocabulary.of_ids(self.params.vocab_size)
         return NeedleVocabulary.of_tokenizer(tokenizer, self.params.needle)
 
+    def example_length(self) -> int:
+        return self.params.seq_len
+
     def batches(
         self,
         split: str,

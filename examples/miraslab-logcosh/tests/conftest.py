@@ -1,0 +1,1 @@
+pytest_plugins = ["miraslab.testing.pytest_plugin"]  # miraslab's conformance kit
