@@ -1,19 +1,26 @@
 """``miraslab eval RUN [--task NAME] [--set task.x=...] [--memory MODE] [--json]``: accuracy of a
-trained run, with its memory as trained or ablated (see ``miraslab.memory.ablation``)."""
+trained run, with its memory as trained or ablated (see ``miraslab.memory.ablation``).
+
+``miraslab eval RUN --lm-eval TASKS``: the run exported to a temporary directory and scored by
+lm-evaluation-harness (``miraslab.hf.harness``), the result kept in ``RUN/lm_eval/results.json``."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import tempfile
 from pathlib import Path
 from typing import Any
+
+from ..errors import MiraslabError
 
 
 def add_parser(sub: Any) -> None:
     from . import add_set_option
 
     parser = sub.add_parser(
-        "eval", help="accuracy of a trained run on its task (or another), overall and by distance"
+        "eval",
+        help="accuracy of a trained run on its task (or another), overall and by distance; or lm-eval tasks",
     )
     parser.add_argument("run_dir", type=Path, metavar="RUN", help="a run directory written by miraslab train")
     parser.add_argument("--task", help="a task plugin to evaluate on instead of the run's own (e.g. mqar)")
@@ -28,10 +35,50 @@ def add_parser(sub: Any) -> None:
         "zeroed (zero), or all three on the same batches (all)",
     )
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
+    harness = parser.add_argument_group(
+        "lm-evaluation-harness (pip install 'miraslab[eval]')",
+        "score the run's export with lm-eval's tasks instead; the result goes to RUN/lm_eval/results.json",
+    )
+    harness.add_argument(
+        "--lm-eval",
+        metavar="TASKS",
+        help="lm-eval task names or globs, comma-separated (e.g. lambada_openai)",
+    )
+    harness.add_argument(
+        "--lm-eval-include",
+        type=Path,
+        metavar="DIR",
+        help="a directory of task YAML files (lm-eval's --include_path)",
+    )
+    harness.add_argument(
+        "--limit", type=float, metavar="N", help="the first N examples of each task (a fraction if below 1)"
+    )
+    harness.add_argument(
+        "--batch-size",
+        type=int,
+        default=1,
+        metavar="N",
+        help="requests per forward (default 1; generation tasks need 1: the model refuses left padding)",
+    )
+    harness.add_argument(
+        "--max-length",
+        type=int,
+        metavar="N",
+        help="the longest context passed, in tokens (default: the run's training seq_len)",
+    )
+    harness.add_argument(
+        "--device", help="where the harness runs the model (default: cuda if there is one, else cpu)"
+    )
     parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.lm_eval is not None:
+        return run_lm_eval(args)
+    for flag, value in (("--lm-eval-include", args.lm_eval_include), ("--limit", args.limit),
+                        ("--max-length", args.max_length), ("--device", args.device)):  # fmt: skip
+        if value is not None:
+            raise MiraslabError(f"{flag} applies to --lm-eval TASKS, which is not given")
     from ..evaluation import evaluate_by_memory
     from ..memory.ablation import MODES
     from ..train.run_dir import load_run
@@ -57,4 +104,46 @@ def run(args: argparse.Namespace) -> int:
                 f"  distance {bucket['from']:>5}-{bucket['to'] - 1:<5} accuracy {bucket['accuracy']:6.1%}"
                 f"  ({bucket['answers']:,} answers)"
             )
+    return 0
+
+
+def run_lm_eval(args: argparse.Namespace) -> int:
+    """Export the run to a temporary directory, score it with lm-eval, keep the result in the run."""
+    for flag, given in (("--task", args.task), ("--set", args.sets), ("--memory", args.memory != "carried")):
+        if given:
+            raise MiraslabError(f"{flag} applies to miraslab's own evaluation, not to --lm-eval")
+    if args.batch_size < 1:
+        raise MiraslabError(f"--batch-size: expected an integer >= 1, got {args.batch_size}")
+    tasks = [task.strip() for task in args.lm_eval.split(",") if task.strip()]
+    if not tasks:
+        raise MiraslabError("--lm-eval: expected task names, comma-separated (e.g. --lm-eval lambada_openai)")
+    from ..hf import require_transformers
+    from ..hf.harness import require_lm_eval
+
+    require_transformers()
+    require_lm_eval()
+    from ..hf.export import export_loaded
+    from ..hf.harness import evaluate_export, results_json, results_table
+    from ..train.run_dir import load_run
+
+    loaded = load_run(args.run_dir, args.checkpoint)
+    if loaded.tokenizer is None:
+        raise MiraslabError(
+            f"--lm-eval: {args.run_dir} has no tokenizer.json (its task is not text); lm-eval scores text"
+        )
+    with tempfile.TemporaryDirectory(prefix="miraslab-lm-eval-") as scratch:
+        hf_dir = export_loaded(loaded, Path(scratch) / "hf")
+        result = evaluate_export(
+            hf_dir, tasks, args.lm_eval_include, args.limit, args.batch_size, args.max_length, args.device
+        )
+    result = {"run": str(args.run_dir), "step": loaded.step} | result
+    out = Path(args.run_dir) / "lm_eval" / "results.json"
+    out.parent.mkdir(exist_ok=True)
+    out.write_text(results_json(result) + "\n")
+    if args.json:
+        print(results_json(result))
+    else:
+        print(f"{args.run_dir} at step {loaded.step}, lm-eval {', '.join(tasks)}:")
+        print(results_table(result))
+        print(f"wrote {out}")
     return 0

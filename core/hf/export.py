@@ -94,6 +94,10 @@ def export_run(run_dir: Path, out: Path, checkpoint: Path | None = None) -> Path
     """Export a training run's latest (or given) checkpoint; see the module docstring."""
     from ..train.run_dir import load_run
 
-    loaded = load_run(run_dir, checkpoint)
+    return export_loaded(load_run(run_dir, checkpoint), out)
+
+
+def export_loaded(loaded: Any, out: Path) -> Path:
+    """Export a run already loaded (a ``LoadedRun``): its model, recipe and tokenizer."""
     separator = getattr(loaded.recipe.data.task.params, "separator", None)
     return export_model(loaded.model, loaded.recipe, out, loaded.tokenizer, separator or None)

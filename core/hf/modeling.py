@@ -23,6 +23,8 @@ from .config import MiraslabConfig
 
 # transformers 5 renamed the output's ``past_key_values`` to ``cache`` (5.2x); fill whichever it has
 _CACHE_FIELD = "cache" if "cache" in CausalLMOutputWithPast.__dataclass_fields__ else "past_key_values"
+# how forward refuses padding; the lm-eval shortcut recognises it (harness.py)
+PADDING_REFUSED = "a miraslab model reads every token, in order"
 
 
 class MiraslabPreTrainedModel(PreTrainedModel):
@@ -99,7 +101,7 @@ class MiraslabForCausalLM(MiraslabPreTrainedModel, GenerationMixin):
         if attention_mask is not None and attention_mask.dim() == 2 and not bool(attention_mask.all()):
             # the memory writes every token it reads: a padding token would change its state
             raise ValueError(
-                "a miraslab model reads every token, in order: attention_mask has padding (zeros); "
+                f"{PADDING_REFUSED}: attention_mask has padding (zeros); "
                 "give sequences without padding (right padding is fine for scoring, use batch size 1 to generate)"
             )
         cache = cache if cache is not None else past_key_values
