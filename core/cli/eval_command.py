@@ -123,9 +123,10 @@ def run_lm_eval(args: argparse.Namespace) -> int:
     require_transformers()
     require_lm_eval()
     from ..hf.export import export_loaded
-    from ..hf.harness import evaluate_export, results_json, results_table
+    from ..hf.harness import evaluate_export, results_json, results_table, task_manager
     from ..train.run_dir import load_run
 
+    found = task_manager(tasks, args.lm_eval_include)  # a misspelt task fails before the export
     loaded = load_run(args.run_dir, args.checkpoint)
     if loaded.tokenizer is None:
         raise MiraslabError(
@@ -134,8 +135,9 @@ def run_lm_eval(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="miraslab-lm-eval-") as scratch:
         hf_dir = export_loaded(loaded, Path(scratch) / "hf")
         result = evaluate_export(
-            hf_dir, tasks, args.lm_eval_include, args.limit, args.batch_size, args.max_length, args.device
-        )
+            hf_dir, tasks, args.lm_eval_include, limit=args.limit, batch_size=args.batch_size,
+            max_length=args.max_length, device=args.device, manager=found,
+        )  # fmt: skip
     result = {"run": str(args.run_dir), "step": loaded.step} | result
     out = Path(args.run_dir) / "lm_eval" / "results.json"
     out.parent.mkdir(exist_ok=True)

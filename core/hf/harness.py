@@ -68,14 +68,18 @@ def evaluate_export(
     batch_size: int = 1,
     max_length: int | None = None,
     device: str | None = None,
+    manager: tuple[Any, list[str]] | None = None,
 ) -> dict[str, Any]:
-    """The harness's ``simple_evaluate`` on the export in ``hf_dir``: its result, less the samples."""
+    """The harness's ``simple_evaluate`` on the export in ``hf_dir``: its result, less the samples.
+
+    ``manager`` is ``task_manager(tasks, include)``'s answer, where the caller has it already.
+    """
     import lm_eval
     import torch
 
     from .modeling import PADDING_REFUSED
 
-    manager, names = task_manager(tasks, include)
+    manager, names = manager or task_manager(tasks, include)
     model_args: dict[str, Any] = {"pretrained": str(hf_dir), "trust_remote_code": True}
     if max_length is not None:
         model_args["max_length"] = max_length
