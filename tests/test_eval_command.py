@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 
 import pytest
 from training_cases import MQAR_RECIPE as RECIPE
@@ -74,3 +75,14 @@ def test_distance_buckets_are_powers_of_two():
         (8, 16),
         (64, 128),
     ]
+
+
+def test_lm_eval_without_the_eval_extra_is_one_line(mqar_run, capsys, monkeypatch):
+    """The harness missing (a None entry makes its import fail, installed or not): the extra to install."""
+    pytest.importorskip("transformers")
+    monkeypatch.setitem(sys.modules, "lm_eval", None)
+    assert main(["eval", str(mqar_run), "--lm-eval", "hellaswag"]) == 2
+    assert capsys.readouterr().err == (
+        "error: --lm-eval needs lm-evaluation-harness with its transformers backend: "
+        "pip install 'miraslab[eval]'\n"
+    )

@@ -201,7 +201,11 @@ def test_the_cli_shortcut_exports_scores_and_keeps_the_result_in_the_run(run_and
     assert main([*argv, "--limit", "4", "--device", "cpu", "--json"]) == 0
     printed = json.loads(capsys.readouterr().out)
     assert printed == json.loads((run / "lm_eval" / "results.json").read_text())
-    assert printed["step"] == 12 and printed["n-samples"]["tiny_choice"]["effective"] == 4
+    assert (
+        printed["step"] == 12
+        and printed["checkpoint"] == "latest"
+        and printed["n-samples"]["tiny_choice"]["effective"] == 4
+    )
     first = MULTIPLE_CHOICE[:4]  # batch size 1: nothing padded
     right = [argmax_with_margin(oracle_choices(oracle, item)) == item["answer"] for item in first]
     assert printed["results"]["tiny_choice"]["acc,none"] == sum(right) / len(right)

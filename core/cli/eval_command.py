@@ -138,7 +138,9 @@ def run_lm_eval(args: argparse.Namespace) -> int:
             hf_dir, tasks, args.lm_eval_include, limit=args.limit, batch_size=args.batch_size,
             max_length=args.max_length, device=args.device, manager=found,
         )  # fmt: skip
-    result = {"run": str(args.run_dir), "step": loaded.step} | result
+    # config.model_args names the temporary export, gone by now: the run and checkpoint say what was scored
+    checkpoint = str(args.checkpoint) if args.checkpoint else "latest"
+    result = {"run": str(args.run_dir), "step": loaded.step, "checkpoint": checkpoint} | result
     out = Path(args.run_dir) / "lm_eval" / "results.json"
     out.parent.mkdir(exist_ok=True)
     out.write_text(results_json(result) + "\n")
