@@ -4,7 +4,8 @@
 - :mod:`.cache`: ``MiraslabCache``, every block's decode state (memory, KV cache) as a ``Cache``;
 - :mod:`.modeling`: ``MiraslabForCausalLM``, the miraslab model behind ``generate()``;
 - :mod:`.export`: ``miraslab export RUN --hf DIR``, a directory ``from_pretrained`` loads;
-- :mod:`.llama_init`: ``[model.init]``, weights from a local Llama-family checkpoint.
+- :mod:`.llama_init`: ``[model.init]``, weights from a local Llama-family checkpoint;
+- :mod:`.harness`: ``miraslab eval RUN --lm-eval TASKS``, lm-evaluation-harness on an export.
 
 Importing this package needs ``transformers``; the rest of miraslab does not.
 """
