@@ -20,6 +20,7 @@ import torch
 from tolerance import assert_close_to_scale
 from transformers import LlamaConfig, LlamaForCausalLM
 
+from miraslab.cli import main
 from miraslab.errors import RecipeError
 from miraslab.hf.llama_init import REPORT_FILE, seed_model
 from miraslab.model.language_model import LanguageModel
@@ -68,7 +69,7 @@ def save_llama(directory, kv_heads: int, tied: bool) -> LlamaForCausalLM:
     torch.manual_seed(0)
     model = LlamaForCausalLM(config).eval()
     with torch.no_grad():
-        for name, parameter in model.named_parameters():
+        for parameter in model.parameters():
             if parameter.dim() == 1:
                 parameter.copy_(1 + 0.5 * torch.randn_like(parameter))
             else:
@@ -241,7 +242,7 @@ def test_a_memory_recipe_seeded_from_it_trains_and_reports_its_memory_as_kept(gq
     assert {"blocks.0.mix_norm.weight", "blocks.1.attn.k_proj.weight", "blocks.1.ffn.w2.weight"} <= mapped
     assert "blocks.0.memory.memory.rule.arch.init.w1" in report["kept"]
     assert "blocks.1.gate.log_gain" in report["kept"]
-    assert [line for line in lines if line.get("event") == "seed_init"][0]["mapped"] == len(mapped)
+    assert next(line for line in lines if line.get("event") == "seed_init")["mapped"] == len(mapped)
 
 
 def test_a_run_from_an_hf_init_from_starts_from_the_checkpoints_weights(gqa_llama, tmp_path):
@@ -269,3 +270,25 @@ def test_the_preflight_seed_competition_runs_from_model_init_against_the_same_re
     assert not (tmp_path / "gate" / "random" / REPORT_FILE).exists()
     skipped = seed_competition(write_mqar_recipe(tmp_path / "gate"), [], tmp_path / "skip", 2, None)
     assert skipped.status == "skip"
+
+
+def test_a_run_whose_recipe_does_not_fit_the_checkpoint_is_refused_before_its_directory_exists(
+    gqa_llama, tmp_path
+):
+    directory, _ = gqa_llama
+    recipe = load_recipe(write_mqar_recipe(tmp_path, directory), ["model.d_ff=192"])
+    with pytest.raises(RecipeError, match=r"gate_proj\.weight has shape \[128, 64\]"):
+        Trainer(recipe, tmp_path / "run", show_progress=False).run()
+    assert not (tmp_path / "run" / "recipe.toml").exists()  # the same --out works once it is fixed
+
+
+def test_recipe_validate_reads_the_checkpoint_and_says_what_it_maps(gqa_llama, tmp_path, capsys):
+    directory, _ = gqa_llama
+    path = write_mqar_recipe(tmp_path, directory)
+    assert main(["recipe", "validate", str(path)]) == 0
+    assert (
+        f"weights from {directory}: 21 tensors mapped, 30 left at their random init"
+        in capsys.readouterr().out
+    )
+    assert main(["recipe", "validate", str(path), "--set", "model.attention.rope_base=10000.0"]) == 2
+    assert "rope_theta is 5000, the recipe's model.attention.rope_base 10000" in capsys.readouterr().err

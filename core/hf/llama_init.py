@@ -30,6 +30,7 @@ Only safetensors and JSON are read (no pickle); transformers is not needed to lo
 from __future__ import annotations
 
 import json
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -40,6 +41,7 @@ from torch import nn
 
 from ..errors import RecipeError
 from ..memory.rule.axes import MemoryArchitecture
+from ..model.attention import default_head_dim
 from ..model.spec import ModelSpec, SeedInitSpec
 
 LLAMA_MODEL_TYPES = ("llama",)
@@ -80,14 +82,18 @@ class SeedReport:
             f"their random init, {len(self.unused)} of the checkpoint's unused"
         )
         if self.kept:
-            line += f" (kept: {_abbreviated(self.kept)})"
+            line += f" ({_parts(self.kept)})"
         if self.differences:
             line += f"; differences loaded anyway: {'; '.join(self.differences)}"
         return line
 
 
-def _abbreviated(names: list[str], shown: int = 4) -> str:
-    return ", ".join(names[:shown]) + (f", ... ({len(names) - shown} more)" if len(names) > shown else "")
+def _parts(names: list[str]) -> str:
+    """ "memory 26, gate 4": how many tensors of each part of a block (or of the model)."""
+    counts = Counter(
+        name.split(".")[2] if name.startswith("blocks.") else name.split(".")[0] for name in names
+    )
+    return ", ".join(f"{part} {count}" for part, count in counts.items())
 
 
 # --- reading the checkpoint ---------------------------------------------------------------
@@ -178,11 +184,15 @@ def convention_differences(config: dict[str, Any], spec: ModelSpec) -> list[str]
         )
     heads = config.get("num_attention_heads")
     if heads != spec.n_heads:
-        out.append(f"num_attention_heads is {heads}, the recipe's model.n_heads {spec.n_heads}")
+        out.append(
+            f"num_attention_heads is {heads}, the recipe's model.n_heads {spec.n_heads}; set model.n_heads = {heads}"
+        )
     width = config.get("head_dim") or config.get("hidden_size", 0) // max(heads or 1, 1)
-    ours = spec.attention.head_dim or spec.d_model // spec.n_heads
+    ours = spec.attention.head_dim or default_head_dim(spec.d_model, spec.n_heads, spec.attention.rope)
     if width != ours:
-        out.append(f"head_dim is {width}, the recipe's model.attention.head_dim {ours}")
+        out.append(
+            f"head_dim is {width}, the recipe's model.attention.head_dim {ours}; set model.attention.head_dim = {width}"
+        )
     if config.get("hidden_act", "silu") != "silu":
         out.append(f"hidden_act is {config['hidden_act']!r}; the SwiGLU feed-forward uses silu")
     for key in ("attention_bias", "mlp_bias"):
@@ -306,6 +316,15 @@ def seed_tensors(model: nn.Module, init: SeedInitSpec) -> tuple[dict[str, torch.
     report.kept = [name for name in targets if name not in out]
     report.unused = sorted(set(tensors) - used)
     return out, report
+
+
+def seed_tensors_for(spec: ModelSpec, init: SeedInitSpec) -> tuple[dict[str, torch.Tensor], SeedReport]:
+    """:func:`seed_tensors` for the model ``spec`` builds, built on the meta device (no weights)."""
+    from ..model.language_model import LanguageModel
+
+    with torch.device("meta"):
+        model = LanguageModel(spec)
+    return seed_tensors(model, init)
 
 
 def _memory_plan(

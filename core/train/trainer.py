@@ -31,7 +31,7 @@ from ..data.batch import IGNORE, TrainingBatch
 from ..data.documents import documents_apart, documents_separator
 from ..errors import MiraslabError, RecipeError, RunStopped
 from ..evaluation import evaluate, evaluate_by_memory
-from ..hf.llama_init import is_hf_directory, seed_tensors, write_report
+from ..hf.llama_init import SeedReport, is_hf_directory, seed_tensors_for, write_report
 from ..memory.ablation import memories_of
 from ..memory_use import memory_is_used, plot_memory_use, verdict
 from ..model.language_model import LanguageModel
@@ -207,9 +207,13 @@ class Trainer:
             return attrs.evolve(base, from_=str(Path(self.init_from).absolute()))
         return init
 
-    def _load_seed(self, init: SeedInitSpec) -> None:
+    def _seed_weights(self) -> tuple[dict[str, torch.Tensor], SeedReport] | None:
+        """The seed checkpoint's tensors for the model of step 0, mapped and checked."""
+        init = self._seed_init()
+        return seed_tensors_for(stage_at(self.stages, 0).recipe.model, init) if init is not None else None
+
+    def _load_seed(self, tensors: dict[str, torch.Tensor], report: SeedReport) -> None:
         """Copy the checkpoint's tensors in, and say (and save) what was mapped and what not."""
-        tensors, report = seed_tensors(self.raw, init)
         state = full_model_state_dict(self.model)
         state.update(tensors)
         load_full_state_dicts(self.model, self.optimizer, state, None)
@@ -254,6 +258,8 @@ class Trainer:
         if self.recipe.data.reset_at_documents:
             self.separator = documents_separator(task)
         checkpoint = self._resume_point() if self.resume else None
+        # read before the run directory is made: a checkpoint that does not fit leaves nothing behind
+        seeded = self._seed_weights() if checkpoint is None else None
         if checkpoint is not None:
             self.step, self.tokens = checkpoint.step, _saved_int(checkpoint, "tokens")
             if self.dist.is_main:
@@ -278,8 +284,8 @@ class Trainer:
                 checkpoint.optimizer,
             )
             restore_rng_state(checkpoint)
-        elif (seed := self._seed_init()) is not None:
-            self._load_seed(seed)
+        elif seeded is not None:
+            self._load_seed(*seeded)
         elif self.init_from is not None and not self.resume:
             initial = load_checkpoint(self.init_from)
             check_model_tensors(initial.path, self.raw.state_dict(), initial.model)
