@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import json
 import textwrap
+from pathlib import Path
 
 import pytest
 
 pytest.importorskip("transformers")
 
 import torch
+from markdown_blocks import fenced_blocks
 from tolerance import assert_close_to_scale
 from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -188,6 +190,14 @@ def test_memory_from_mlp_starts_each_memorys_w_init_from_the_same_layers_mlp(gqa
             memory={**memory, "memory": {"name": "gated_mlp", "expansion": 4}},
             init={"memory_from_mlp": True},
         )
+    with pytest.raises(RecipeError, match="the memory's W_init 'w' has no MLP counterpart"):
+        seeded(
+            directory,
+            layout="mag",
+            attention={"rope_base": 5000.0, "window": 8},
+            memory={**memory, "memory": "linear"},
+            init={"memory_from_mlp": True},
+        )
 
 
 def write_mqar_recipe(directory, seed_from=None) -> object:
@@ -292,3 +302,17 @@ def test_recipe_validate_reads_the_checkpoint_and_says_what_it_maps(gqa_llama, t
     )
     assert main(["recipe", "validate", str(path), "--set", "model.attention.rope_base=10000.0"]) == 2
     assert "rope_theta is 5000, the recipe's model.attention.rope_base 10000" in capsys.readouterr().err
+
+
+def test_the_ecosystem_pages_recipe_loads_with_from_relative_to_its_file(tmp_path):
+    """docs/ecosystem.md's [model.init] recipe, saved where its bash block keeps it."""
+    page = Path(__file__).resolve().parents[1] / "docs" / "ecosystem.md"
+    text = next(
+        text for language, text in fenced_blocks(page) if language == "toml" and "[model.init]" in text
+    )
+    (tmp_path / "recipes").mkdir()
+    (tmp_path / "recipes" / "smollm2-mag.toml").write_text(text)
+    recipe = load_recipe(tmp_path / "recipes" / "smollm2-mag.toml")
+    assert recipe.model.init.from_ == str(tmp_path / "checkpoints" / "SmolLM2-135M")
+    assert recipe.model.init.strict and not recipe.model.init.memory_from_mlp
+    assert (recipe.model.d_model, recipe.model.n_heads, recipe.model.d_ff) == (576, 9, 1536)
