@@ -180,18 +180,21 @@ def convention_differences(config: dict[str, Any], spec: ModelSpec) -> list[str]
     model_type = config.get("model_type")
     if model_type not in LLAMA_MODEL_TYPES:
         out.append(
-            f"model_type is {model_type!r}; [model.init] reads Llama-family checkpoints ({', '.join(LLAMA_MODEL_TYPES)})"
+            f"model_type is {model_type!r}; [model.init] reads Llama-family checkpoints "
+            f"({', '.join(LLAMA_MODEL_TYPES)})"
         )
     heads = config.get("num_attention_heads")
     if heads != spec.n_heads:
         out.append(
-            f"num_attention_heads is {heads}, the recipe's model.n_heads {spec.n_heads}; set model.n_heads = {heads}"
+            f"num_attention_heads is {heads}, the recipe's model.n_heads {spec.n_heads}; "
+            f"set model.n_heads = {heads}"
         )
     width = config.get("head_dim") or config.get("hidden_size", 0) // max(heads or 1, 1)
     ours = spec.attention.head_dim or default_head_dim(spec.d_model, spec.n_heads, spec.attention.rope)
     if width != ours:
         out.append(
-            f"head_dim is {width}, the recipe's model.attention.head_dim {ours}; set model.attention.head_dim = {width}"
+            f"head_dim is {width}, the recipe's model.attention.head_dim {ours}; "
+            f"set model.attention.head_dim = {width}"
         )
     if config.get("hidden_act", "silu") != "silu":
         out.append(f"hidden_act is {config['hidden_act']!r}; the SwiGLU feed-forward uses silu")
@@ -201,7 +204,8 @@ def convention_differences(config: dict[str, Any], spec: ModelSpec) -> list[str]
     eps = config.get("rms_norm_eps", 1e-6)
     if eps != spec.norm_eps:
         out.append(
-            f"rms_norm_eps is {eps:g}, the recipe's model.norm_eps {spec.norm_eps:g}; set model.norm_eps = {eps:g}"
+            f"rms_norm_eps is {eps:g}, the recipe's model.norm_eps {spec.norm_eps:g}; "
+            f"set model.norm_eps = {eps:g}"
         )
     theta, kind = _rope(config)
     if kind != "default":
@@ -215,7 +219,8 @@ def convention_differences(config: dict[str, Any], spec: ModelSpec) -> list[str]
         )
     if spec.tie_embeddings and not config.get("tie_word_embeddings", False):
         out.append(
-            "tie_word_embeddings is false (its own lm_head), the recipe's model.tie_embeddings is true; set model.tie_embeddings = false"
+            "tie_word_embeddings is false (its own lm_head), the recipe's model.tie_embeddings is true; "
+            "set model.tie_embeddings = false"
         )
     return out
 
@@ -353,8 +358,8 @@ def _memory_plan(
                 if tuple(source.shape) != tuple(weight.shape[1:]):
                     raise RecipeError(
                         [
-                            f"{checkpoint.where(hf)} has shape {list(source.shape)}, one head of {prefix}{key} "
-                            f"{list(weight.shape[1:])}; memory_from_mlp needs memory heads as wide as the "
+                            f"{checkpoint.where(hf)} has shape {list(source.shape)}, one head of "
+                            f"{prefix}{key} {list(weight.shape[1:])}; memory_from_mlp needs memory heads as wide as the "
                             "model (model.memory.heads = 1) and a hidden width of intermediate_size "
                             "(model.memory.memory.expansion)"
                         ]
