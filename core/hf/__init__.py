@@ -6,7 +6,8 @@
 - :mod:`.export`: ``miraslab export RUN --hf DIR``, a directory ``from_pretrained`` loads;
 - :mod:`.llama_init`: ``[model.init]``, weights from a local Llama-family checkpoint.
 
-Importing this package needs ``transformers``; the rest of miraslab does not.
+The first four need ``transformers``; ``llama_init`` reads only JSON and safetensors (the
+trainer imports it), and the rest of miraslab needs neither.
 """
 
 from __future__ import annotations
