@@ -3,8 +3,9 @@
 The checkpoints are tiny random ``LlamaForCausalLM`` models built and saved here, offline.
 Tolerance: the seeded attention model is the same float32 computation as transformers' Llama
 on the same weights (RoPE's angles in float32 on both sides), so its logits equal the
-checkpoint's to 1e-5 of their largest magnitude (tests/tolerance.py); a wrong pairing of RoPE
-channels, a misplaced norm or kv head is off by a sizeable fraction of it.
+checkpoint's to 3e-5 of their largest magnitude (2e-6 measured; tests/tolerance.py); a wrong
+pairing of RoPE channels, a misplaced norm or kv head is off by a sizeable fraction of it
+(an unseeded model by 0.99).
 """
 
 from __future__ import annotations
@@ -109,7 +110,7 @@ def test_an_attention_model_seeded_from_a_llama_checkpoint_gives_its_logits(llam
     ids = torch.randint(0, VOCAB, (2, 37), generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
         expected = hf(ids).logits
-        assert_close_to_scale(model(ids), expected, 1e-5, "seeded logits")
+        assert_close_to_scale(model(ids), expected, 3e-5, "seeded logits")
         unseeded = LanguageModel(model.spec).eval()(ids)
     assert (unseeded - expected).abs().max() > 0.1 * expected.abs().max()  # the check can fail
     assert report.kept == [] and report.unused == [] and report.differences == []
