@@ -19,6 +19,7 @@ from typing import Any, ClassVar
 import attrs
 import cattrs
 from cattrs.errors import ClassValidationError, ForbiddenExtraKeysError, IterableValidationError
+from cattrs.gen import make_dict_structure_fn, make_dict_unstructure_fn, override
 
 from .errors import MiraslabError, RegistryError
 
@@ -102,14 +103,29 @@ def param(
     choices: tuple[Any, ...] | list[Any] | None = None,
     doc: str = "",
     factory: Callable[[], Any] | None = None,
+    key: str | None = None,
 ) -> Any:
-    """An attrs field with a range or a set of choices, and a line of documentation."""
+    """An attrs field with a range or a set of choices, and a line of documentation.
+
+    ``key`` is the recipe's name for the field when it cannot be a Python name (``from``).
+    """
     check = None
     if any(v is not None for v in (ge, gt, le, lt)) or choices is not None:
         check = Check(ge, gt, le, lt, tuple(choices) if choices is not None else None)
+    metadata = {"doc": doc, **({"key": key} if key else {})}
     if factory is not None:
-        return attrs.field(factory=factory, validator=check, metadata={"doc": doc})
-    return attrs.field(default=default, validator=check, metadata={"doc": doc})
+        return attrs.field(factory=factory, validator=check, metadata=metadata)
+    return attrs.field(default=default, validator=check, metadata=metadata)
+
+
+def key_of(field: attrs.Attribute) -> str:
+    """The key a recipe table spells ``field`` with."""
+    return field.metadata.get("key", field.name)
+
+
+def _renamed(cls: type) -> dict[str, str]:
+    """Attribute name -> recipe key, for the fields of ``cls`` whose key is not their name."""
+    return {f.name: key_of(f) for f in attrs.fields(cls) if key_of(f) != f.name}
 
 
 def _num(value: float) -> str:
@@ -252,6 +268,20 @@ def make_converter(registry: Any) -> cattrs.Converter:
     converter.register_structure_hook_func(is_component, structure_component)
     converter.register_unstructure_hook_func(is_component, unstructure_component)
 
+    def has_renamed_keys(tp: Any) -> bool:
+        return isinstance(tp, type) and attrs.has(tp) and bool(_renamed(tp))
+
+    def structure_renamed(cls: type) -> Callable[[Any, type], Any]:
+        renames = {name: override(rename=key) for name, key in _renamed(cls).items()}
+        return make_dict_structure_fn(cls, converter, _cattrs_forbid_extra_keys=True, **renames)
+
+    def unstructure_renamed(cls: type) -> Callable[[Any], Any]:
+        renames = {name: override(rename=key) for name, key in _renamed(cls).items()}
+        return make_dict_unstructure_fn(cls, converter, **renames)
+
+    converter.register_structure_hook_factory(has_renamed_keys, structure_renamed)
+    converter.register_unstructure_hook_factory(has_renamed_keys, unstructure_renamed)
+
     def is_sequence(tp: Any) -> bool:  # TOML arrays arrive as lists; strings are not lists
         return typing.get_origin(tp) in (tuple, list)
 
@@ -343,11 +373,12 @@ def _flatten(exc: BaseException, path: tuple[str, ...]) -> Iterator[tuple[tuple[
         with_notes, others = exc.group_exceptions()
         for sub, note in with_notes:
             field = attrs.fields_dict(exc.cl).get(str(note.name)) if attrs.has(exc.cl) else None
+            key = key_of(field) if field is not None else str(note.name)
             if isinstance(sub, TypeMismatch) and field is not None and isinstance(field.validator, Check):
                 expected = field.validator.describe(_type_phrase(field.type))  # say the range too
-                yield (*path, str(note.name)), f"expected {expected}, got {format_value(sub.got)}"
+                yield (*path, key), f"expected {expected}, got {format_value(sub.got)}"
                 continue
-            yield from _flatten(sub, (*path, str(note.name)))
+            yield from _flatten(sub, (*path, key))
         for sub in others:
             yield from _flatten(sub, path)
     elif isinstance(exc, IterableValidationError):
@@ -357,7 +388,7 @@ def _flatten(exc: BaseException, path: tuple[str, ...]) -> Iterator[tuple[tuple[
         for sub in others:
             yield from _flatten(sub, path)
     elif isinstance(exc, ForbiddenExtraKeysError):
-        allowed = ", ".join(a.name for a in attrs.fields(exc.cl)) if attrs.has(exc.cl) else ""
+        allowed = ", ".join(key_of(a) for a in attrs.fields(exc.cl)) if attrs.has(exc.cl) else ""
         for key in sorted(exc.extra_fields):
             hint = f"; allowed keys: {allowed}" if allowed else "; this table takes no keys"
             yield (*path, key), f"unknown key{hint}"
@@ -398,9 +429,9 @@ def _validate(value: Any, path: tuple[str, ...]) -> Iterator[tuple[tuple[str, ..
                 field.validator(value, field, item)
             except ParamValueError as exc:
                 failed = True
-                yield (*path, field.name), f"expected {exc.expected}, got {format_value(exc.got)}"
+                yield (*path, key_of(field)), f"expected {exc.expected}, got {format_value(exc.got)}"
                 continue
-        for problem in _validate(item, (*path, field.name)):
+        for problem in _validate(item, (*path, key_of(field))):
             failed = True
             yield problem
     cross_check = getattr(value, "cross_check", None)
@@ -436,7 +467,7 @@ def params_doc(cls: type) -> list[dict[str, Any]]:
         type_text = _type_phrase(field.type)
         out.append(
             {
-                "name": field.name,
+                "name": key_of(field),
                 "type": check.describe(type_text) if check else type_text,
                 "default": default,
                 "required": required,

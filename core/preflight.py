@@ -13,8 +13,9 @@
    costs more than a threshold (1 % of the loss, or 5 accuracy points on a task with answers).
    A task without answers (text) cannot show it in minutes, so the burst runs on an MQAR probe
    whose queries sit beyond the attention's reach (with the window capped at 16 tokens).
-4. **seed competition** — with ``init_from`` (a checkpoint), the same burst from it beats the
-   burst from a random init on validation loss; skipped without one.
+4. **seed competition** — with ``init_from`` (a miraslab checkpoint or a Hugging Face Llama
+   directory) or the recipe's ``[model.init]``, the same burst from those weights beats the
+   burst from a random init on validation loss; skipped without either.
 """
 
 from __future__ import annotations
@@ -326,18 +327,25 @@ def memories_of_recipe(recipe: Recipe) -> bool:
 def seed_competition(
     recipe_path: Path, sets: Sequence[str], out: Path, steps: int, init_from: Path | None
 ) -> GateResult:
-    if init_from is None:
-        return GateResult("seed_competition", "skip", "no --init-from checkpoint to compete with random init")
     recipe = load_recipe(recipe_path, list(sets))
+    if init_from is None and recipe.model.init is None:
+        return GateResult(
+            "seed_competition",
+            "skip",
+            "no --init-from checkpoint or [model.init] to compete with random init",
+        )
     recipe = load_recipe(recipe_path, [*sets, *_burst_sets(recipe, steps)])
+    source = init_from if init_from is not None else recipe.model.init.from_
     _, seeded = _train(recipe, out / "seeded", steps, init_from=init_from)
-    _, fresh = _train(recipe, out / "random", steps)
+    # the random arm is the same recipe without its seed weights
+    unseeded = attrs.evolve(recipe, model=attrs.evolve(recipe.model, init=None))
+    _, fresh = _train(unseeded, out / "random", steps)
     a, b = seeded["best_val_loss"], fresh["best_val_loss"]
     numbers = {"seeded_val_loss": a, "random_val_loss": b, "steps": steps}
     verdict = "pass" if a < b else "fail"
     return GateResult(
         "seed_competition",
         verdict,
-        f"after {steps} steps: val_loss {a:.4f} from {init_from}, {b:.4f} from random init",
+        f"after {steps} steps: val_loss {a:.4f} from {source}, {b:.4f} from random init",
         numbers,
     )

@@ -30,7 +30,10 @@ def add_parser(sub: Any) -> None:
         "--burst-steps", type=int, default=300, metavar="N", help="training steps before the memory ablation"
     )
     parser.add_argument(
-        "--init-from", type=Path, metavar="CHECKPOINT", help="checkpoint for the seed competition"
+        "--init-from",
+        type=Path,
+        metavar="CHECKPOINT",
+        help="checkpoint (or Hugging Face Llama directory) for the seed competition; default: [model.init]",
     )
     parser.add_argument(
         "--gate", dest="gates", action="append", choices=GATES, help="run only this gate (repeatable)"

@@ -50,7 +50,13 @@ def run_show(args: argparse.Namespace) -> int:
 
 def run_validate(args: argparse.Namespace) -> int:
     recipe = load_recipe(args.file, args.sets)
-    print(f"ok: {display_path(args.file)}: {summary(recipe)}")
+    line = f"ok: {display_path(args.file)}: {summary(recipe)}"
+    if recipe.model.init is not None:  # the checkpoint must fit too: read it now, not at step 0
+        from ..hf.llama_init import seed_tensors_for
+
+        _, report = seed_tensors_for(recipe.model, recipe.model.init)
+        line += f"; {report.summary()}"
+    print(line)
     return 0
 
 

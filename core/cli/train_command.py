@@ -31,7 +31,8 @@ def add_parser(sub: Any) -> None:
         "--init-from",
         type=Path,
         metavar="CHECKPOINT",
-        help="a new run that starts from this checkpoint's weights (a fresh optimizer, schedule and data)",
+        help="a new run that starts from this checkpoint's weights (a fresh optimizer, schedule and data); "
+        "a Hugging Face Llama-family directory is read as [model.init] from = CHECKPOINT",
     )
     parser.add_argument(
         "--max-steps",

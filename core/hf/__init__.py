@@ -7,7 +7,8 @@
 - :mod:`.llama_init`: ``[model.init]``, weights from a local Llama-family checkpoint;
 - :mod:`.harness`: ``miraslab eval RUN --lm-eval TASKS``, lm-evaluation-harness on an export.
 
-Importing this package needs ``transformers``; the rest of miraslab does not.
+The first four need ``transformers``; ``llama_init`` reads only JSON and safetensors (the
+trainer imports it), and the rest of miraslab needs neither.
 """
 
 from __future__ import annotations

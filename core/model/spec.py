@@ -49,6 +49,26 @@ class TNTSpec:
 
 
 @attrs.frozen
+class SeedInitSpec:
+    """Initial weights from a local Hugging Face Llama-family checkpoint (SmolLM's architecture)."""
+
+    from_: str = param(
+        key="from",
+        doc="a Hugging Face model directory (config.json + *.safetensors); relative to the recipe file",
+    )
+    strict: bool = param(
+        True,
+        doc="refuse a checkpoint whose RoPE base, RMSNorm epsilon, heads, activation, biases or tied "
+        "head differ from the recipe's; false loads the weights anyway and reports the differences",
+    )
+    memory_from_mlp: bool = param(
+        False,
+        doc="also start each memory's W_init from the same layer's MLP (w1, w3, w2 from gate, up, "
+        "down; ad hoc level stacking); a memory head's weights must have the MLP's shapes",
+    )
+
+
+@attrs.frozen
 class ModelSpec:
     """Embeddings, ``n_layers`` blocks of the layout, RMSNorm, a tied or untied head."""
 
@@ -67,6 +87,10 @@ class ModelSpec:
     norm_eps: float = param(1e-6, gt=0, doc="RMSNorm epsilon")
     init_std: float = param(0.02, gt=0, le=10, doc="standard deviation of weight initialisation")
     dropout: float = param(0.0, ge=0, lt=1, doc="dropout on the residual branches")
+    init: SeedInitSpec | None = attrs.field(
+        default=None,
+        metadata={"doc": "start from a Llama-family checkpoint's weights; omit for a random init"},
+    )
 
     def cross_check(self) -> None:
         # heads narrower than 2 channels cannot work; widths need not divide d_model

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import copy
+import os
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
+
+import attrs
 
 from ..errors import RecipeError
 from ..params import ParamsError, join_path, make_converter, structure_with
@@ -40,6 +43,7 @@ def recipe_from_dict(
         raise RecipeError(
             [f"{origin_of(tuple(p.split(':')[0].split('.')), origins, default_origin)}: {p}" for p in sizes]
         )
+    recipe = _seed_path_resolved(recipe, origins, default_origin)
     problems = list(_stage_problems(recipe, data, converter, default_origin, origins))
     problems += [
         f"{_memory_origin(origins, default_origin)}: model.memory: {p}" for p in _memory_problems(recipe)
@@ -47,6 +51,19 @@ def recipe_from_dict(
     if problems:
         raise RecipeError(problems)
     return recipe
+
+
+def _seed_path_resolved(recipe: Recipe, origins: Origins, default_origin: str) -> Recipe:
+    """``model.init.from`` made absolute: relative to the recipe file that wrote it (as ``extends``
+    is), or to the working directory when ``--set`` gave it; the run directory's copy of the
+    recipe then names the same checkpoint from anywhere."""
+    init = recipe.model.init
+    if init is None or Path(init.from_).is_absolute():
+        return recipe
+    origin = Path(origin_of(("model", "init", "from"), origins, default_origin))
+    base = origin.parent if origin.suffix == ".toml" and origin.is_file() else Path()
+    absolute = os.path.normpath(os.path.abspath(base / init.from_))
+    return attrs.evolve(recipe, model=attrs.evolve(recipe.model, init=attrs.evolve(init, from_=absolute)))
 
 
 # the train keys a stage's recipe is read for (the optimizer and its step); the others are the run's

@@ -102,6 +102,13 @@ def full_state_dicts(model: nn.Module, optimizer: torch.optim.Optimizer) -> tupl
     return get_state_dict(model, optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
 
 
+def full_model_state_dict(model: nn.Module) -> dict:
+    """The unsharded model state on the CPU (no optimizer: reading one would initialise its state)."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+
 def load_full_state_dicts(
     model: nn.Module, optimizer: torch.optim.Optimizer, model_state: dict, optimizer_state: dict | None
 ) -> None:

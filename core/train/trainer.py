@@ -31,9 +31,11 @@ from ..data.batch import IGNORE, TrainingBatch
 from ..data.documents import documents_apart, documents_separator
 from ..errors import MiraslabError, RecipeError, RunStopped
 from ..evaluation import evaluate, evaluate_by_memory
+from ..hf.llama_init import SeedReport, is_hf_directory, seed_tensors_for, write_report
 from ..memory.ablation import memories_of
 from ..memory_use import memory_is_used, plot_memory_use, verdict
 from ..model.language_model import LanguageModel
+from ..model.spec import SeedInitSpec
 from ..recipe.resolve import recipe_from_dict, recipe_to_dict
 from ..recipe.schema import Recipe
 from ..recipe.size_check import training_problems
@@ -48,7 +50,7 @@ from .checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
-from .distributed import Distributed, full_state_dicts, load_full_state_dicts
+from .distributed import Distributed, full_model_state_dict, full_state_dicts, load_full_state_dicts
 from .optim import build_optimizer, freeze_except, schedule_factor, set_learning_rate
 from .progress import TrainingProgress
 from .resume_check import check_model_tensors, check_resumable
@@ -193,6 +195,42 @@ class Trainer:
             )
         return task
 
+    def _seed_init(self) -> SeedInitSpec | None:
+        """The Llama-family checkpoint a run starting from step 0 takes its weights from: an
+        --init-from Hugging Face directory (with [model.init]'s options, if any), else
+        [model.init]; None for a miraslab checkpoint or none at all."""
+        init = self.recipe.model.init
+        if self.init_from is not None:
+            if not is_hf_directory(self.init_from):
+                return None
+            base = init or SeedInitSpec(from_="")
+            return attrs.evolve(base, from_=str(Path(self.init_from).absolute()))
+        return init
+
+    def _seed_weights(self) -> tuple[dict[str, torch.Tensor], SeedReport] | None:
+        """The seed checkpoint's tensors for the model of step 0, mapped and checked."""
+        init = self._seed_init()
+        return seed_tensors_for(stage_at(self.stages, 0).recipe.model, init) if init is not None else None
+
+    def _load_seed(self, tensors: dict[str, torch.Tensor], report: SeedReport) -> None:
+        """Copy the checkpoint's tensors in, and say (and save) what was mapped and what not."""
+        state = full_model_state_dict(self.model)
+        state.update(tensors)
+        load_full_state_dicts(self.model, self.optimizer, state, None)
+        self.progress.event(report.summary())
+        if self.dist.is_main:
+            write_report(report, self.run_dir.path)
+            self.run_dir.log(
+                {
+                    "step": self.step,
+                    "event": "seed_init",
+                    "source": report.source,
+                    "mapped": len(report.mapped),
+                    "kept": len(report.kept),
+                    "unused": len(report.unused),
+                }
+            )
+
     # --- the loop ---------------------------------------------------------------------
 
     def run(self) -> dict[str, Any]:
@@ -220,6 +258,8 @@ class Trainer:
         if self.recipe.data.reset_at_documents:
             self.separator = documents_separator(task)
         checkpoint = self._resume_point() if self.resume else None
+        # read before the run directory is made: a checkpoint that does not fit leaves nothing behind
+        seeded = self._seed_weights() if checkpoint is None else None
         if checkpoint is not None:
             self.step, self.tokens = checkpoint.step, _saved_int(checkpoint, "tokens")
             if self.dist.is_main:
@@ -244,6 +284,8 @@ class Trainer:
                 checkpoint.optimizer,
             )
             restore_rng_state(checkpoint)
+        elif seeded is not None:
+            self._load_seed(*seeded)
         elif self.init_from is not None and not self.resume:
             initial = load_checkpoint(self.init_from)
             check_model_tensors(initial.path, self.raw.state_dict(), initial.model)
