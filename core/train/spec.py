@@ -36,6 +36,13 @@ class DataSpec:
         "from its initial state at its first token (the separator that opens it), in training, "
         "evaluation and generate; needs a task that packs documents (text)",
     )
+    document_buckets: int = param(
+        4,
+        ge=1,
+        doc="with reset_at_documents, a training batch's documents run in up to this many forward "
+        "passes (at most one per row; exactly that many in a distributed run), grouped by length so "
+        "each pads only to its own longest; 1 pads all to the batch's longest",
+    )
 
 
 @attrs.frozen
