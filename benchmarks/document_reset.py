@@ -1,9 +1,11 @@
 """What running packed documents apart costs (``data.reset_at_documents``): padding and time.
 
 ``split_documents`` turns each packed row into one row per document, padded to the longest
-document of the batch.  This measures, for documents of log-normal length (web text's shape:
+document of the batch; ``length_buckets`` (``data.document_buckets``, the trainer's way)
+groups them by length into a few batches, each padded to its own longest, run as
+consecutive passes.  This measures, for documents of log-normal length (web text's shape:
 many short, a long tail), the extra token positions and the time of a training step
-(forward and backward) of a small memory model, against the packed batch:
+(forward and backward) of a small memory model, for both, against the packed batch:
 
     python benchmarks/document_reset.py                       # a table
     python benchmarks/document_reset.py --json reset.json     # and the numbers
@@ -20,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from miraslab.data.batch import TrainingBatch
-from miraslab.data.documents import documents_apart
+from miraslab.data.documents import documents_apart, documents_apart_in_buckets
 from miraslab.model.language_model import build_model
 from miraslab.model.spec import ModelSpec
 from miraslab.params import structure
@@ -38,12 +40,14 @@ def packed_rows(rows: int, seq_len: int, median: float, sigma: float, seed: int)
     return torch.tensor(stream[: rows * (seq_len + 1)]).view(rows, seq_len + 1)
 
 
-def step_seconds(model: torch.nn.Module, batch: TrainingBatch, repeats: int) -> float:
+def step_seconds(model: torch.nn.Module, parts: list[TrainingBatch], repeats: int) -> float:
+    """The best of ``repeats`` steps, each a forward and backward pass per part (as the trainer)."""
     best = math.inf
     for _ in range(repeats):
         started = time.perf_counter()
-        logits = model(batch.inputs)
-        F.cross_entropy(logits.flatten(0, 1), batch.targets.flatten(), reduction="sum").backward()
+        for batch in parts:
+            logits = model(batch.inputs)
+            F.cross_entropy(logits.flatten(0, 1), batch.targets.flatten(), reduction="sum").backward()
         best = min(best, time.perf_counter() - started)
     return best
 
@@ -56,40 +60,56 @@ def main() -> None:
     parser.add_argument("--sigma", type=float, default=1.0)
     parser.add_argument("--layout", default="mal")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--buckets", type=int, default=4, help="data.document_buckets")
     parser.add_argument("--json", default="")
     args = parser.parse_args()
     torch.manual_seed(0)
     spec = {"vocab_size": 256, "d_model": 64, "n_layers": 2, "n_heads": 4, "layout": args.layout}
     model = build_model(structure({**spec, "memory": {"chunk_size": 16}}, ModelSpec))
     step_seconds(
-        model, TrainingBatch.of(packed_rows(args.rows, args.seq_len, 64, args.sigma, 1)), 1
+        model, [TrainingBatch.of(packed_rows(args.rows, args.seq_len, 64, args.sigma, 1))], 1
     )  # warm-up
     results = []
     for median in args.medians:
         packed = TrainingBatch.of(packed_rows(args.rows, args.seq_len, median, args.sigma, seed=0))
         apart = documents_apart(packed, SEP)
-        packed_s, apart_s = (step_seconds(model, b, args.repeats) for b in (packed, apart))
+        buckets = documents_apart_in_buckets(packed, SEP, args.buckets)
+        # interleaved, so a load change on the machine touches all three alike
+        packed_s, apart_s, buckets_s = (
+            step_seconds(model, b, args.repeats) for b in ([packed], [apart], buckets)
+        )
         results.append(
             {
                 "median_doc_tokens": median,
                 "documents": apart.rows,
                 "padded_shape": list(apart.inputs.shape),
                 "extra_positions": apart.inputs.numel() / packed.inputs.numel() - 1,
+                "bucket_shapes": [list(b.inputs.shape) for b in buckets],
+                "bucket_extra_positions": sum(b.inputs.numel() for b in buckets) / packed.inputs.numel() - 1,
                 "packed_step_s": packed_s,
                 "apart_step_s": apart_s,
+                "buckets_step_s": buckets_s,
                 "time_ratio": apart_s / packed_s,
+                "buckets_time_ratio": buckets_s / packed_s,
             }
         )
     print(
-        f"{args.layout}, {args.rows} rows of {args.seq_len}, log-normal document lengths (sigma {args.sigma})"
+        f"{args.layout}, {args.rows} rows of {args.seq_len}, log-normal document lengths (sigma {args.sigma}), "
+        f"{args.buckets} buckets"
     )
-    print("| median doc | documents | padded batch | extra positions | packed step | apart step | time |")
-    print("|---|---|---|---|---|---|---|")
+    print(
+        "| median doc | documents | one padded batch | extra | buckets | extra | packed step "
+        "| one batch | time | buckets | time |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in results:
         shape = "x".join(map(str, r["padded_shape"]))
+        shapes = " + ".join("x".join(map(str, b)) for b in r["bucket_shapes"])
         print(
             f"| {r['median_doc_tokens']:g} | {r['documents']} | {shape} | {r['extra_positions']:+.0%} | "
-            f"{r['packed_step_s'] * 1e3:.0f} ms | {r['apart_step_s'] * 1e3:.0f} ms | {r['time_ratio']:.2f}x |"
+            f"{shapes} | {r['bucket_extra_positions']:+.0%} | {r['packed_step_s'] * 1e3:.0f} ms | "
+            f"{r['apart_step_s'] * 1e3:.0f} ms | {r['time_ratio']:.2f}x | {r['buckets_step_s'] * 1e3:.0f} ms | "
+            f"{r['buckets_time_ratio']:.2f}x |"
         )
     if args.json:
         with open(args.json, "w") as file:

@@ -112,6 +112,11 @@ def test_the_observation_example_reads_gates_and_norms_through_the_api(in_repo):
     assert ns["gates"]["lr"].min() > 0
 
 
+def test_the_plugins_page_runs_the_kit_as_it_shows(in_repo):
+    """docs/plugins.md's kit block on built-ins: each call raises KitFailure if a check fails."""
+    run_block("docs/plugins.md", 1)
+
+
 PAGES = ["README.md", *sorted(str(p.relative_to(REPO)) for p in (REPO / "docs").glob("*.md"))]
 
 
@@ -124,6 +129,6 @@ def test_every_python_block_of_the_page_is_run_by_a_test_here(path):
         "docs/memory.md": 2,
         "docs/models.md": 1,
         "docs/diagnostics.md": 2,
-        "docs/plugins.md": 1,
+        "docs/plugins.md": 2,
     }
     assert len(python_blocks(REPO / path)) == runs.get(path, 0)

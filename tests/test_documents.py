@@ -18,6 +18,7 @@ from miraslab.data.documents import (
     DOC_START,
     documents_apart,
     documents_separator,
+    length_buckets,
     mark_documents,
     split_documents,
 )
@@ -127,6 +128,60 @@ def test_the_loss_is_the_token_weighted_mean_over_documents_alone(case):
     packed = model(batch.inputs)
     packed_loss = F.cross_entropy(packed.flatten(0, 1), batch.targets.flatten(), reduction="mean")
     assert abs(float(packed_loss - loss)) > 1e-6
+
+
+def _documents(batch: TrainingBatch) -> list[tuple]:
+    """Each row as (tokens, targets) without its end padding: one document run apart."""
+    found = []
+    for inputs, targets in zip(batch.inputs, batch.targets, strict=True):
+        n = int((targets != IGNORE).sum())
+        found.append((tuple(inputs[:n].tolist()), tuple(targets[:n].tolist())))
+    return found
+
+
+@pytest.mark.parametrize("buckets", [1, 2, 3, 4, 8])
+def test_length_buckets_hold_every_document_once_with_less_padding(buckets):
+    generator = torch.Generator().manual_seed(3)
+    lengths = [2, 40, 3, 5, 17, 1, 33, 8, 8, 60, 4, 21, 2, 9]
+    stream = torch.cat([*(document(n + 1, seed) for seed, n in enumerate(lengths)), torch.tensor([SEP])])
+    rows = [stream[i * 64 : i * 64 + 65] for i in range(3)]  # 3 rows of 64: documents cross rows
+    rows = [torch.cat([r, torch.randint(2, VOCAB, (65 - len(r),), generator=generator)]) for r in rows]
+    batch = text_batch(rows)
+    split = split_documents(batch)
+    for exact in (False, True):
+        parts = length_buckets(batch, buckets, exact=exact)
+        if exact:  # fixed by the row count alone (distributed runs make as many passes)
+            assert len(parts) == min(buckets, batch.rows)
+        assert 1 <= len(parts) <= min(buckets, batch.rows)
+        assert sorted(d for part in parts for d in _documents(part)) == sorted(_documents(split))
+        assert sum(part.labelled for part in parts) == batch.labelled
+        area = sum(part.inputs.numel() for part in parts)
+        assert area <= split.inputs.numel()
+        if buckets >= 3:
+            assert area < 0.6 * split.inputs.numel()  # the long documents no longer pad the short
+        for part in parts:  # a bucket pads only to its own longest
+            assert int((part.targets != IGNORE).sum(1).max()) == part.inputs.shape[1]
+
+
+def test_equal_documents_take_one_pass_unless_the_count_must_be_fixed():
+    rows = [torch.cat([document(8, 2 * i), document(8, 2 * i + 1), torch.tensor([SEP])]) for i in range(4)]
+    batch = text_batch(rows)
+    assert [p.inputs.shape for p in length_buckets(batch, 4)] == [(8, 8)]
+    assert [p.inputs.shape for p in length_buckets(batch, 4, exact=True)] == [(2, 8)] * 4
+
+
+@torch.no_grad()
+def test_the_loss_summed_over_buckets_is_the_one_padded_batch_loss():
+    model = tiny_model(*CASES["mal"])
+    docs = [document(n, seed) for seed, n in enumerate((5, 2, 9, 4, 7, 3, 11))]
+    stream = torch.cat([*docs, torch.tensor([SEP])])
+    batch = text_batch([stream[:14], stream[14:28], stream[28:42]])
+
+    def summed(part: TrainingBatch) -> torch.Tensor:
+        return F.cross_entropy(model(part.inputs).flatten(0, 1), part.targets.flatten(), reduction="sum")
+
+    whole = summed(split_documents(batch))
+    torch.testing.assert_close(sum(summed(p) for p in length_buckets(batch, 3)), whole, atol=1e-10, rtol=0)
 
 
 @pytest.mark.parametrize("case", ["mal", "mal-tnt"])

@@ -73,6 +73,16 @@ def test_the_example_is_listed_trains_passes_its_own_kit_tests_and_uninstalls(in
     assert trained.returncode == 0, trained.stderr
     assert "done: step 3/3" in trained.stdout + trained.stderr
 
+    # ttt_ln's LayerNorm gain and shift, shape (H, 1, d), are declared exempt from weight decay
+    shown = run("-m", "miraslab", "recipe", "show", "recipe.toml", "--params", "--json")
+    assert shown.returncode == 0, shown.stderr
+    groups = json.loads(shown.stdout)["weight_decay"]["groups"]
+    exempt = {
+        p.rsplit(".", 1)[1]: t["why"] for p, t in groups["undecayed"]["tensors"].items() if ".arch." in p
+    }
+    assert exempt == {"gain": "declared", "shift": "declared"}
+    assert not any(p.endswith((".gain", ".shift")) for p in groups["decayed"]["tensors"])
+
     # the distribution's own tests, run from a copy outside its source tree, so the installed
     # package (not the checkout) is what pytest imports
     shutil.copytree(EXAMPLE / "tests", root / "example_tests")

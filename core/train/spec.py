@@ -36,6 +36,13 @@ class DataSpec:
         "from its initial state at its first token (the separator that opens it), in training, "
         "evaluation and generate; needs a task that packs documents (text)",
     )
+    document_buckets: int = param(
+        4,
+        ge=1,
+        doc="with reset_at_documents, a training batch's documents run in up to this many forward "
+        "passes (at most one per row; exactly that many in a distributed run), grouped by length so "
+        "each pads only to its own longest; 1 pads all to the batch's longest",
+    )
 
 
 @attrs.frozen
@@ -67,7 +74,11 @@ class TrainSpec:
     min_lr_ratio: float = param(0.1, ge=0, le=1, doc="final learning rate as a fraction of lr")
     warmup_steps: int = param(100, ge=0, doc="linear warmup steps")
     schedule: str = param("cosine", choices=("cosine", "constant"), doc="after warmup")
-    weight_decay: float = param(0.1, ge=0, doc="AdamW weight decay (not on norms, gains, gates, biases)")
+    weight_decay: float = param(
+        0.1,
+        ge=0,
+        doc="AdamW weight decay (not on gates, norms, biases, or what a module lists in no_weight_decay)",
+    )
     betas: tuple[float, ...] = param(factory=lambda: (0.9, 0.95), ge=0, lt=1, doc="AdamW betas")
     eps: float = param(1e-8, gt=0, doc="AdamW epsilon")
     grad_clip: float = param(1.0, ge=0, doc="clip the global gradient norm; 0 disables")

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 
 from ..components import build_component
 from ..data.batch import IGNORE, TrainingBatch
-from ..data.documents import documents_apart, documents_separator
+from ..data.documents import documents_apart, documents_apart_in_buckets, documents_separator
 from ..errors import MiraslabError, RecipeError, RunStopped
 from ..evaluation import evaluate, evaluate_by_memory
 from ..hf.llama_init import SeedReport, is_hf_directory, seed_tensors_for, write_report
@@ -399,7 +399,14 @@ class Trainer:
                     f"({batch.rows}), got {micro}"
                 ]
             )
-        pieces = batch.split(micro)
+        # with data.reset_at_documents each micro-batch's documents run apart, in length
+        # buckets: more forward passes, the same sums (on the host, before the copy)
+        buckets = self.recipe.data.document_buckets
+        pieces = [
+            part
+            for piece in batch.split(micro)
+            for part in documents_apart_in_buckets(piece, self.separator, buckets, exact=self.dist.enabled)
+        ]
         # the loss is the mean over the batch's labelled targets: each micro-batch's sum over
         # its own, divided by the batch's count (a synthetic task's rows may differ in count);
         # counted on the host, before the copy to the device, so a step adds no sync
@@ -408,7 +415,7 @@ class Trainer:
         total_loss, extras = 0.0, {}
         self.model.train()
         for index, (piece, count) in enumerate(zip(pieces, counts, strict=True)):
-            piece = documents_apart(piece.to(self.dist.device), self.separator)
+            piece = piece.to(self.dist.device)
             with self.dist.no_sync(self.model, last=index == len(pieces) - 1), self._precision_context():
                 logits = self.model(piece.inputs)
                 loss_sum = F.cross_entropy(

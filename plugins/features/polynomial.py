@@ -53,6 +53,8 @@ def symmetric_power_plan(dim: int, power: int) -> tuple[torch.Tensor, torch.Tens
 class Polynomial(FeatureMap):
     """Learnable polynomial kernel features of degree p."""
 
+    no_weight_decay = ("coefficients",)  # the kernel's gains a_i: decay would pull them to a linear kernel
+
     def __init__(self, params: PolynomialParams, dim: int):
         super().__init__(dim)
         self.degree, self.mode = params.degree, params.mode
