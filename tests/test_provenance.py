@@ -51,7 +51,7 @@ from miraslab.cli import main
 out = {}
 for name, argv in [("resume", ["train", "--resume", "run", "--quiet"]),
                    ("generate", ["generate", "run", "--max-tokens", "2"]),
-                   ("export", ["export", "run", "--hf", "exported"])]:
+                   ("export", ["export", "run", "--hf", "exported-again"])]:
     err = io.StringIO()
     with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
         code = main(argv)
@@ -61,6 +61,12 @@ try:
     out["load_run"] = None
 except miraslab.MiraslabError as exc:
     out["load_run"] = str(exc)
+from transformers import AutoModelForCausalLM
+try:  # the export written with the plugin installed, loaded without it
+    AutoModelForCausalLM.from_pretrained("exported", trust_remote_code=True)
+    out["from_pretrained"] = None
+except miraslab.MiraslabError as exc:
+    out["from_pretrained"] = str(exc)
 print(json.dumps(out))
 """
 
@@ -83,6 +89,11 @@ def trained(tmp_path_factory):
         env=env_with(sites["1.2.3"]), cwd=root,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
+    exported = run_python(
+        "-m", "miraslab", "export", "run", "--hf", "exported",
+        env=env_with(sites["1.2.3"], HF_HUB_OFFLINE="1"), cwd=root,
+    )  # fmt: skip
+    assert exported.returncode == 0 and "warning" not in exported.stderr, exported.stderr
     return root, root / "run", sites
 
 
@@ -99,6 +110,7 @@ def test_the_run_records_each_components_distribution_and_version(trained):
 
 
 def test_without_the_plugin_every_way_of_loading_the_run_says_what_to_install(trained):
+    """train --resume, generate, export, load_run, and from_pretrained of its export."""
     root, _, _ = trained
     result = run_python("-c", LOAD_BACK, env=env_with(HF_HUB_OFFLINE="1"), cwd=root)  # uninstalled
     assert result.returncode == 0, result.stderr
@@ -107,6 +119,7 @@ def test_without_the_plugin_every_way_of_loading_the_run_says_what_to_install(tr
     for command in ("resume", "generate", "export"):
         assert loaded[command] == [2, [f"error: {line}"]], command
     assert loaded["load_run"] == line
+    assert loaded["from_pretrained"] == line.replace("run:", "exported:", 1)
 
 
 def test_another_version_of_the_plugin_is_a_warning_naming_both(trained):

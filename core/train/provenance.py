@@ -6,8 +6,8 @@ RUN/provenance.json, written when the run is created::
      "components": [{"kind": "retention", "name": "acme_forget", "plugin": "acme_forget",
                      "distribution": "acme-forget", "version": "1.2.3"}, ...]}
 
-Loading the run back (``--resume``, ``generate``, ``load_run``, ``export``) checks it against
-the registry first: a component nobody registers any more is an error saying which package
+Loading the run back (``--resume``, ``generate``, ``eval``, ``load_run``, ``export``, and
+``from_pretrained`` of an export, whose config carries it) checks it against the registry first: a component nobody registers any more is an error saying which package
 to install, and one supplied by another version than the run's is a warning naming both.
 """
 
@@ -80,28 +80,42 @@ def write_provenance(run: Path, recipe: Any) -> None:
     (Path(run) / PROVENANCE_FILE).write_text(json.dumps(provenance(recipe), indent=2) + "\n")
 
 
-def check_provenance(run: Path, registry: Registry | None = None) -> None:
-    """Raise naming the packages to install for components nobody registers; warn on other versions.
-
-    A run written before provenance was recorded has no file, and is not checked.
-    """
+def read_provenance(run: Path) -> dict[str, Any] | None:
+    """The run's recorded provenance; None for a run written before provenance existed."""
     path = Path(run) / PROVENANCE_FILE
     if not path.exists():
-        return
+        return None
     try:
         recorded = json.loads(path.read_text(encoding="utf-8"))
-        entries = [
-            (e["kind"], e["name"], e["distribution"], e.get("version", "")) for e in recorded["components"]
-        ]
+        _entries(recorded)
     except (ValueError, KeyError, TypeError) as exc:
         raise MiraslabError(
             f"{path}: not the provenance miraslab writes ({type(exc).__name__}: {exc}); "
             "repair it, or remove it to skip the check"
         ) from None
+    return recorded
+
+
+def _entries(recorded: dict[str, Any]) -> list[tuple[str, str, str, str]]:
+    return [(e["kind"], e["name"], e["distribution"], e.get("version", "")) for e in recorded["components"]]
+
+
+def check_provenance(run: Path, registry: Registry | None = None) -> None:
+    """Raise naming the packages to install for components nobody registers; warn on other versions.
+
+    A run written before provenance was recorded has no file, and is not checked.
+    """
+    recorded = read_provenance(run)
+    if recorded is not None:
+        check_recorded(recorded, str(run), registry)
+
+
+def check_recorded(recorded: dict[str, Any], where: str, registry: Registry | None = None) -> None:
+    """:func:`check_provenance` of a provenance already read (an export carries it in its config)."""
     registry = registry or get_registry()
     missing: dict[tuple[str, str], list[str]] = {}
     other_version: dict[tuple[str, str, str], list[str]] = {}
-    for kind, name, distribution, version in entries:
+    for kind, name, distribution, version in _entries(recorded):
         source = registry.provider(kind, name)
         if source is None:
             missing.setdefault((distribution, version), []).append(f"{kind} {name!r}")
@@ -109,27 +123,27 @@ def check_provenance(run: Path, registry: Registry | None = None) -> None:
             other_version.setdefault((distribution, version, source.version), []).append(f"{kind} {name!r}")
         elif not _same(source.distribution, distribution):
             warnings.warn(
-                f"{run}: {kind} {name!r} was supplied by {distribution} {version} when the run was "
+                f"{where}: {kind} {name!r} was supplied by {distribution} {version} when the run was "
                 f"trained; here it comes from {source.distribution} {source.version}",
                 ProvenanceWarning,
                 stacklevel=2,
             )
     for (distribution, was, now), used in other_version.items():
         warnings.warn(
-            f"{run}: trained with {distribution} {was}, but {distribution} {now} is installed "
+            f"{where}: trained with {distribution} {was}, but {distribution} {now} is installed "
             f"(it supplies {', '.join(used)}); results may differ: pip install '{distribution}=={was}'",
             ProvenanceWarning,
             stacklevel=2,
         )
     if missing:
         raise MiraslabError(
-            "\n".join(_missing_line(run, registry, d, v, used) for (d, v), used in missing.items())
+            "\n".join(_missing_line(where, registry, d, v, used) for (d, v), used in missing.items())
         )
 
 
-def _missing_line(run: Path, registry: Registry, distribution: str, version: str, used: list[str]) -> str:
+def _missing_line(where: str, registry: Registry, distribution: str, version: str, used: list[str]) -> str:
     pin = f"{distribution}=={version}" if version else distribution
-    what = f"{run}: the run uses {', '.join(used)} from {distribution} {version}".rstrip()
+    what = f"{where}: the run uses {', '.join(used)} from {distribution} {version}".rstrip()
     broken = [b for b in registry.broken if _same(b.source.distribution, distribution)]
     if broken:
         return f"{what}, which is installed but failed to load: {broken[0].error}"
