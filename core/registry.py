@@ -221,8 +221,8 @@ class Registry:
         added: list[tuple[str, str]],
     ) -> None:
         def register(name: str, factory: Callable[..., Any], params: type) -> None:
+            added.append((kind, name))  # before the checks: a rejected name was still meant
             self._add(kind, name, factory, params, source)
-            added.append((kind, name))
 
         try:
             function(register=register)
