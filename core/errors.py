@@ -24,7 +24,12 @@ class PluginError(MiraslabError):
 
 
 class PluginWarning(UserWarning):
-    """A third-party plugin was skipped (it failed to load); the CLI prints it as ``warning: ...``."""
+    """A third-party plugin was skipped (it failed to load); the CLI prints it as ``warning: ...``
+    (and, under ``--traceback``, the ``cause`` that broke it)."""
+
+    def __init__(self, message: str, cause: BaseException | None = None):
+        super().__init__(message)
+        self.cause = cause
 
 
 class ProvenanceWarning(UserWarning):

@@ -171,12 +171,11 @@ class Registry:
 
     def _mark_broken(self, broken: BrokenPlugin) -> None:
         self.broken.append(broken)
-        warnings.warn(
+        message = (
             f"{broken.error}; skipped it (the other plugins load); "
-            f"silence this with MIRASLAB_DISABLE_PLUGINS={broken.source.plugin}",
-            PluginWarning,
-            stacklevel=2,
+            f"silence this with MIRASLAB_DISABLE_PLUGINS={broken.source.plugin}"
         )
+        warnings.warn(PluginWarning(message, broken.cause), stacklevel=2)
 
     def register_plugin(
         self, plugin: ModuleType | object, source: Source, added: list[tuple[str, str]] | None = None

@@ -233,3 +233,13 @@ def test_a_malformed_declaration_is_a_plugin_error_naming_the_attribute():
         check_plugin_api(Module, Source("p", "d", "1.0"))
     Module.MIRASLAB_PLUGIN_API = f"=={miraslab.PLUGIN_API_VERSION}"
     check_plugin_api(Module, Source("p", "d", "1.0"))  # in range: nothing raised
+
+
+def test_traceback_shows_what_broke_each_skipped_plugin_before_its_warning(miraslab_cli):
+    result = miraslab_cli("--traceback", "plugins", MIRASLAB_PLUGINS="broken-plugin,import-fails")
+    assert result.returncode == 0
+    err = result.stderr
+    assert 'raise RuntimeError("the acme memory server is unreachable")' in err
+    assert "import acme_fast_kernels" in err
+    assert err.index("import acme_fast_kernels") < err.index(f"warning: {IMPORT_ERROR}")
+    assert len(warnings_of(result)) == 2

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import sys
 import traceback
@@ -79,7 +80,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     show_traceback = args.traceback or os.environ.get("MIRASLAB_TRACEBACK", "") not in ("", "0")
     with warnings.catch_warnings():
-        warnings.showwarning = _show_warning
+        warnings.showwarning = functools.partial(_show_warning, show_traceback)
         try:
             return int(args.run(args) or 0)
         except MiraslabError as exc:
@@ -125,9 +126,14 @@ def _unsuppress(exc: BaseException | None, seen: set[int]) -> None:
         _unsuppress(inner, seen)
 
 
-def _show_warning(message: Any, category: type[Warning], filename: str, lineno: int, *rest: Any) -> None:
+def _show_warning(
+    show_traceback: bool, message: Any, category: type[Warning], filename: str, lineno: int, *rest: Any
+) -> None:
     """miraslab's own warnings as ``warning: ...`` lines; others the way Python shows them."""
     if issubclass(category, (PluginWarning, ProvenanceWarning)):
+        cause = getattr(message, "cause", None)
+        if show_traceback and cause is not None:  # what broke a skipped plugin
+            print_traceback(cause)
         print(f"warning: {message}", file=sys.stderr)
     else:
         warnings._showwarnmsg_impl(  # type: ignore[attr-defined]
