@@ -8,6 +8,8 @@ Public API (lazy, so ``import miraslab`` stays cheap for plugin authors)::
     miraslab.load_run(run_dir)         # model, tokenizer and recipe of a training run
     miraslab.MemoryLayer, miraslab.memory_op   # the memory engine without recipes
     miraslab.api                       # everything a plugin imports (docs/plugins.md)
+    miraslab.PLUGIN_API_VERSION        # "MAJOR.MINOR" of that API; a plugin declares the range
+                                       # it supports as MIRASLAB_PLUGIN_API = ">=1.0,<2"
 
 The names plugin authors use most (the axis base classes, ``GateDef``, ``MemoryState``,
 ``Block``, ``Task``, the errors) are also attributes of ``miraslab``, read from
@@ -21,6 +23,7 @@ from typing import Any
 
 from .hookspecs import hookimpl, hookspec
 from .params import param
+from .plugin_api import PLUGIN_API_VERSION
 
 __version__ = "0.1.0"
 
@@ -60,7 +63,7 @@ _API = (
 )
 _LAZY.update({name: ("miraslab.api", name) for name in _API})
 
-__all__ = ["__version__", "hookimpl", "hookspec", "param", *_LAZY]
+__all__ = ["PLUGIN_API_VERSION", "__version__", "hookimpl", "hookspec", "param", *_LAZY]
 
 
 def __getattr__(name: str) -> Any:

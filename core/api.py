@@ -75,10 +75,12 @@ from .observation import (
     stop_observing,
 )
 from .params import ParamValueError, component_field, make_component, param, structure
+from .plugin_api import PLUGIN_API_VERSION
 from .registry import Registry, get_registry, use_registry
 
 __all__ = [  # noqa: RUF022 -- grouped by the kind of plugin that needs them, not sorted
     # plugin hooks and parameters
+    "PLUGIN_API_VERSION",
     "hookimpl",
     "hookspec",
     "Register",

@@ -23,6 +23,19 @@ class PluginError(MiraslabError):
     """A plugin's own code raised; the message names the plugin and its distribution."""
 
 
+class PluginWarning(UserWarning):
+    """A third-party plugin was skipped (it failed to load); the CLI prints it as ``warning: ...``
+    (and, under ``--traceback``, the ``cause`` that broke it)."""
+
+    def __init__(self, message: str, cause: BaseException | None = None):
+        super().__init__(message)
+        self.cause = cause
+
+
+class ProvenanceWarning(UserWarning):
+    """A run's component comes from another version of its distribution than it was trained with."""
+
+
 # The exit code of a run stopped by a check, one per cause (docs/diagnostics.md lists them);
 # 2 stays every other error's, 130 an interrupt.
 STOP_EXIT_CODES = {

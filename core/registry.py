@@ -9,6 +9,12 @@ the components they name are recorded with the plugin and distribution they came
 ``MIRASLAB_PLUGINS`` (comma-separated entry-point or distribution names) limits which
 third-party plugins load; ``MIRASLAB_DISABLE_PLUGINS`` blocks some.  An empty
 ``MIRASLAB_PLUGINS=`` loads none.  Built-in plugins always load.
+
+A third-party plugin that fails to import, raises in a ``register_*`` hook, registers a
+malformed component or declares a plugin API range this miraslab is outside of is
+isolated: recorded as a :class:`BrokenPlugin`, announced once with a
+:class:`~miraslab.errors.PluginWarning`, and skipped.  Everything else loads; a recipe that
+asks for a component the broken plugin would have provided gets an error with its cause.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import difflib
 import os
+import warnings
 from collections.abc import Callable, Iterator
 from importlib import metadata
 from types import ModuleType
@@ -24,8 +31,8 @@ from typing import Any
 import attrs
 import pluggy
 
-from . import hookspecs
-from .errors import MiraslabError, PluginError, RegistryError
+from . import hookspecs, plugin_api
+from .errors import MiraslabError, PluginError, PluginWarning, RegistryError
 
 BUILTIN_DISTRIBUTION = "miraslab"
 ENTRY_POINT_GROUP = "miraslab"
@@ -57,6 +64,24 @@ class Source:
     def describe(self) -> str:
         version = f" {self.version}" if self.version else ""
         return f"plugin {self.plugin!r} (distribution {self.distribution}{version})"
+
+
+@attrs.frozen
+class BrokenPlugin:
+    """A third-party plugin that was skipped, with why and what it would have provided."""
+
+    source: Source
+    error: str  # one line: "plugin 'x' (distribution y 1.0) raised in ..."
+    # (kind, name) it would have provided; kind None when only the name is known
+    provides: tuple[tuple[str | None, str], ...] = ()
+    kinds: tuple[str, ...] | None = None  # the kinds its module has hooks for; None: not imported
+    cause: BaseException | None = attrs.field(default=None, eq=False, repr=False)
+
+    def may_provide(self, kind: str, name: str) -> bool:
+        return (kind, name) in self.provides or (None, name) in self.provides
+
+    def may_provide_kind(self, kind: str) -> bool:
+        return self.kinds is None or kind in self.kinds
 
 
 @attrs.frozen
@@ -99,6 +124,7 @@ class Registry:
         self.pm.add_hookspecs(hookspecs)
         self._components: dict[str, dict[str, ComponentInfo]] = {kind: {} for kind in KINDS}
         self._sources: dict[str, Source] = {}
+        self.broken: list[BrokenPlugin] = []
 
     # --- plugins --------------------------------------------------------------------
 
@@ -121,17 +147,44 @@ class Registry:
                 if names & blocked:
                     continue
             source = Source(ep.name, dist_name, ep.dist.version if ep.dist else "")
-            try:
-                plugin = ep.load()
-            except Exception as exc:
-                raise PluginError(
-                    f"{source.describe()} could not be imported from {ep.value!r}: "
-                    f"{type(exc).__name__}: {exc}"
-                ) from exc
-            self.register_plugin(plugin, source)
+            if builtin:  # a broken built-in is a broken miraslab install: say so, do not hide it
+                self.register_plugin(_import(ep, source), source)
+                continue
+            self._load_isolated(ep, source)
 
-    def register_plugin(self, plugin: ModuleType | object, source: Source) -> None:
-        """Register one plugin object and record the components its hooks name."""
+    def _load_isolated(self, ep: metadata.EntryPoint, source: Source) -> None:
+        """Register one third-party plugin; on any failure record it as broken and warn."""
+        provides = _guess_provides(ep.name)
+        try:
+            plugin = _import(ep, source)
+        except PluginError as exc:
+            self._mark_broken(BrokenPlugin(source, str(exc), provides, None, exc.__cause__))
+            return
+        kinds = tuple(kind for kind, hook in KIND_HOOKS.items() if callable(getattr(plugin, hook, None)))
+        added: list[tuple[str, str]] = []
+        try:
+            check_plugin_api(plugin, source)
+            self.register_plugin(plugin, source, added)
+        except MiraslabError as exc:
+            provides = tuple(dict.fromkeys((*provides, *added)))
+            self._mark_broken(BrokenPlugin(source, str(exc), provides, kinds, exc.__cause__ or exc))
+
+    def _mark_broken(self, broken: BrokenPlugin) -> None:
+        self.broken.append(broken)
+        message = (
+            f"{broken.error}; skipped it (the other plugins load); "
+            f"silence this with MIRASLAB_DISABLE_PLUGINS={broken.source.plugin}"
+        )
+        warnings.warn(PluginWarning(message, broken.cause), stacklevel=2)
+
+    def register_plugin(
+        self, plugin: ModuleType | object, source: Source, added: list[tuple[str, str]] | None = None
+    ) -> None:
+        """Register one plugin object and record the components its hooks name.
+
+        Raises on a failure, leaving nothing of the plugin registered; ``added`` collects the
+        ``(kind, name)`` pairs it registered before that (what it would have provided).
+        """
         if source.plugin in self._sources:
             other = self._sources[source.plugin]
             raise RegistryError(
@@ -148,7 +201,7 @@ class Registry:
                 f"{source.describe()} is not a valid miraslab plugin: {exc}{_hook_hint(exc)}"
             ) from exc
         self._sources[source.plugin] = source
-        added: list[tuple[str, str]] = []
+        added = [] if added is None else added
         try:
             for kind, hook_name in KIND_HOOKS.items():
                 for impl in getattr(self.pm.hook, hook_name).get_hookimpls():
@@ -167,8 +220,8 @@ class Registry:
         added: list[tuple[str, str]],
     ) -> None:
         def register(name: str, factory: Callable[..., Any], params: type) -> None:
+            added.append((kind, name))  # before the checks: a rejected name was still meant
             self._add(kind, name, factory, params, source)
-            added.append((kind, name))
 
         try:
             function(register=register)
@@ -215,7 +268,25 @@ class Registry:
         table = self._components[kind]
         if name in table:
             return table[name]
-        raise RegistryError(unknown_name_message(kind, name, list(table)))
+        message = unknown_name_message(kind, name, list(table))
+        likely = [b for b in self.broken if b.may_provide(kind, str(name))]
+        if likely:  # the recipe needs a component of a broken plugin: this command fails with its error
+            causes = "; ".join(b.error for b in likely)
+            raise RegistryError(
+                f"unknown {kind} {name!r}: it comes from a plugin that failed to load: {causes}"
+            ) from likely[0].cause
+        maybe = [b for b in self.broken if b.may_provide_kind(kind)]
+        if maybe:
+            causes = "; ".join(b.error for b in maybe)
+            raise RegistryError(
+                f"{message}; it may come from a plugin that failed to load: {causes}"
+            ) from maybe[0].cause
+        raise RegistryError(message)
+
+    def provider(self, kind: str, name: str) -> Source | None:
+        """The source of a registered component, or None."""
+        info = self._components.get(kind, {}).get(name)
+        return info.source if info is not None else None
 
     def names(self, kind: str) -> list[str]:
         return sorted(self._components[kind])
@@ -257,6 +328,42 @@ def _hook_hint(exc: pluggy.PluginValidationError) -> str:
     known = [name for name in dir(hookspecs) if hasattr(getattr(hookspecs, name), "miraslab_spec")]
     best = difflib.get_close_matches(match.group(1), known, n=1)
     return f"; did you mean {best[0]!r}?" if best else f"; the hooks are: {', '.join(sorted(known))}"
+
+
+def check_plugin_api(plugin: object, source: Source) -> None:
+    """PluginError when the plugin declares a plugin API range this miraslab is outside of."""
+    spec = getattr(plugin, plugin_api.ATTRIBUTE, None)
+    if spec is None:
+        return
+    try:
+        ok = plugin_api.supports(spec)
+    except ValueError as exc:
+        raise PluginError(f"{source.describe()}: {plugin_api.ATTRIBUTE}: {exc}") from None
+    if not ok:
+        from . import __version__
+
+        raise PluginError(
+            f"{source.describe()} supports the miraslab plugin API {spec}, but miraslab {__version__} "
+            f"provides plugin API {plugin_api.PLUGIN_API_VERSION}; install a release of "
+            f"{source.distribution} for API {plugin_api.PLUGIN_API_VERSION}, or a miraslab in its range"
+        )
+
+
+def _import(ep: metadata.EntryPoint, source: Source) -> Any:
+    try:
+        return ep.load()
+    except Exception as exc:
+        raise PluginError(
+            f"{source.describe()} could not be imported from {ep.value!r}: {type(exc).__name__}: {exc}"
+        ) from exc
+
+
+def _guess_provides(entry_point: str) -> tuple[tuple[str | None, str], ...]:
+    """ "memory.ttt_ln" -> memory 'ttt_ln'; "ttt_ln" -> 'ttt_ln' of any kind (the usual spellings)."""
+    kind, _, name = entry_point.rpartition(".")
+    if kind in KIND_HOOKS and name:
+        return ((kind, name),)
+    return ((None, entry_point),)
 
 
 def _normalise(dist_name: str) -> str:

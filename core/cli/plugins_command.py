@@ -1,4 +1,5 @@
-"""``miraslab plugins``: every registered component, where it came from, and its params."""
+"""``miraslab plugins``: every registered component, where it came from, and its params;
+then the third-party plugins that failed to load, each with its error."""
 
 from __future__ import annotations
 
@@ -35,10 +36,29 @@ def describe_components(kind: str | None = None) -> list[dict[str, Any]]:
     return out
 
 
+def describe_broken() -> list[dict[str, Any]]:
+    """The skipped plugins, as entries of the JSON list: no kind or name, an ``error``."""
+    return [
+        {
+            "kind": None,
+            "name": None,
+            "source": broken.source.distribution,
+            "version": broken.source.version,
+            "plugin": broken.source.plugin,
+            "doc": "",
+            "params": [],
+            "error": broken.error,
+            "provides": [f"{kind} {name}" if kind else name for kind, name in broken.provides],
+        }
+        for broken in get_registry().broken
+    ]
+
+
 def run(args: argparse.Namespace) -> int:
     components = describe_components(args.kind)
+    broken = describe_broken()
     if args.json:
-        print(json.dumps(components, indent=2, default=str))
+        print(json.dumps(components + broken, indent=2, default=str))
         return 0
     kind = None
     for item in components:
@@ -53,6 +73,12 @@ def run(args: argparse.Namespace) -> int:
             default = "(required)" if p["required"] else _show(p["default"])
             doc = f"  # {p['doc']}" if p["doc"] else ""
             print(f"      {p['name']} = {default}  [{p['type']}]{doc}")
+    if broken:
+        if components:
+            print()
+        print("broken (skipped; MIRASLAB_DISABLE_PLUGINS=NAME silences one)")
+        for item in broken:  # the error names the plugin, its distribution and version
+            print(f"  {item['error']}")
     return 0
 
 

@@ -15,8 +15,11 @@ from transformers import PretrainedConfig
 class MiraslabConfig(PretrainedConfig):
     model_type = "miraslab"
 
-    def __init__(self, recipe: dict[str, Any] | None = None, **kwargs: Any):
+    def __init__(
+        self, recipe: dict[str, Any] | None = None, provenance: dict[str, Any] | None = None, **kwargs: Any
+    ):
         self.recipe = recipe or {}
+        self.provenance = provenance  # the distribution and version behind each component
         model = self.recipe.get("model", {})
         kwargs.setdefault("vocab_size", model.get("vocab_size"))
         kwargs.setdefault("hidden_size", model.get("d_model"))

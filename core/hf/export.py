@@ -1,6 +1,7 @@
 """``miraslab export RUN --hf DIR``: a directory ``AutoModelForCausalLM.from_pretrained`` loads.
 
-    DIR/config.json               MiraslabConfig: the resolved recipe, auto_map to the two files below
+    DIR/config.json               MiraslabConfig: the resolved recipe and its provenance (what
+                                  supplied each component), auto_map to the two files below
     DIR/model.safetensors         the checkpoint's weights (the tied head stored once)
     DIR/generation_config.json    the end-of-document token ends ``generate()``
     DIR/configuration_miraslab.py, modeling_miraslab.py
@@ -47,9 +48,19 @@ def register_auto_classes() -> None:
 
 
 def export_model(
-    model: torch.nn.Module, recipe: Any, out: Path, tokenizer: Any = None, eos_token: str | None = None
+    model: torch.nn.Module,
+    recipe: Any,
+    out: Path,
+    tokenizer: Any = None,
+    eos_token: str | None = None,
+    provenance: dict[str, Any] | None = None,
 ) -> Path:
-    """Write ``model`` (a miraslab LanguageModel) with its recipe and tokenizer to ``out``."""
+    """Write ``model`` (a miraslab LanguageModel) with its recipe and tokenizer to ``out``.
+
+    ``provenance`` (a run's, see ``miraslab.train.provenance``; by default what supplies the
+    recipe's components here) goes into the config, so loading the export names what to install.
+    """
+    from ..train.provenance import provenance as current_provenance
     from .config import MiraslabConfig
     from .modeling import MiraslabForCausalLM
 
@@ -60,6 +71,7 @@ def export_model(
     eos_id = tokenizer.token_to_id(eos_token) if tokenizer is not None and eos_token else None
     config = MiraslabConfig(
         recipe=recipe_to_dict(recipe),
+        provenance=provenance or current_provenance(recipe),
         eos_token_id=eos_id,
         bos_token_id=eos_id,  # a document starts after the separator, as in training
         dtype="float32",
@@ -92,6 +104,7 @@ def _save_tokenizer(tokenizer: Any, out: Path, eos_token: str | None) -> None:
 
 def export_run(run_dir: Path, out: Path, checkpoint: Path | None = None) -> Path:
     """Export a training run's latest (or given) checkpoint; see the module docstring."""
+    from ..train.provenance import read_provenance
     from ..train.run_dir import load_run
 
     return export_loaded(load_run(run_dir, checkpoint), out)
@@ -100,4 +113,6 @@ def export_run(run_dir: Path, out: Path, checkpoint: Path | None = None) -> Path
 def export_loaded(loaded: Any, out: Path) -> Path:
     """Export a run already loaded (a ``LoadedRun``): its model, recipe and tokenizer."""
     separator = getattr(loaded.recipe.data.task.params, "separator", None)
-    return export_model(loaded.model, loaded.recipe, out, loaded.tokenizer, separator or None)
+    return export_model(
+        loaded.model, loaded.recipe, out, loaded.tokenizer, separator or None, read_provenance(run_dir)
+    )

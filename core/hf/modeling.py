@@ -72,7 +72,13 @@ class MiraslabPreTrainedModel(PreTrainedModel):
 class MiraslabForCausalLM(MiraslabPreTrainedModel, GenerationMixin):
     def __init__(self, config: MiraslabConfig, model: LanguageModel | None = None):
         super().__init__(config)
-        self.model = model if model is not None else LanguageModel(recipe_from_dict(config.recipe).model)
+        if model is None:
+            if getattr(config, "provenance", None):  # name the package to install, not "unknown memory"
+                from ..train.provenance import check_recorded
+
+                check_recorded(config.provenance, getattr(config, "name_or_path", "") or "the export")
+            model = LanguageModel(recipe_from_dict(config.recipe).model)
+        self.model = model
         if config.tie_word_embeddings:
             self._tied_weights_keys = {"model.head.weight": "model.embed.weight"}
         self.post_init()

@@ -1,6 +1,7 @@
 """A training run's directory, and loading a run back.
 
 RUN/recipe.toml        the fully resolved recipe (the run is reproducible from it)
+RUN/provenance.json    the distribution and version that supplied each component, see provenance
 RUN/tokenizer.json     the task's tokenizer, copied so the run does not depend on a cache
 RUN/metrics.jsonl      one JSON object per logged step, validation pass and stage switch
 RUN/checkpoints/       step-NNNNNNNN/ (safetensors + json), latest
@@ -26,6 +27,7 @@ from ..errors import MiraslabError
 from ..recipe.resolve import load_recipe, recipe_to_dict
 from ..recipe.schema import Recipe
 from ..recipe.toml_writer import dumps
+from .provenance import check_provenance, write_provenance
 from .state_files import fsync_dir
 
 RECIPE_FILE = "recipe.toml"
@@ -55,10 +57,13 @@ class RunDir:
             )
         self.path.mkdir(parents=True, exist_ok=True)
         self.recipe_path.write_text(dumps(recipe_to_dict(recipe)))
+        write_provenance(self.path, recipe)
 
     def load_recipe(self) -> Recipe:
+        """The run's recipe, after checking its components' distributions are installed (provenance)."""
         if not self.recipe_path.exists():
             raise MiraslabError(f"{self.path}: no {RECIPE_FILE} here; is this a miraslab run directory?")
+        check_provenance(self.path)
         return load_recipe(self.recipe_path)
 
     def log(self, record: dict[str, Any]) -> None:
