@@ -133,7 +133,7 @@ def run_lm_eval(args: argparse.Namespace) -> int:
             f"--lm-eval: {args.run_dir} has no tokenizer.json (its task is not text); lm-eval scores text"
         )
     with tempfile.TemporaryDirectory(prefix="miraslab-lm-eval-") as scratch:
-        hf_dir = export_loaded(loaded, Path(scratch) / "hf")
+        hf_dir = export_loaded(loaded, Path(scratch) / "hf", args.run_dir)
         result = evaluate_export(
             hf_dir, tasks, args.lm_eval_include, limit=args.limit, batch_size=args.batch_size,
             max_length=args.max_length, device=args.device, manager=found,

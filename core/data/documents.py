@@ -153,10 +153,10 @@ def documents_apart(batch: TrainingBatch, separator: int | None) -> TrainingBatc
 
 
 def documents_apart_in_buckets(
-    batch: TrainingBatch, separator: int | None, buckets: int
+    batch: TrainingBatch, separator: int | None, buckets: int, exact: bool = False
 ) -> list[TrainingBatch]:
     """``[batch]``, or with ``separator`` its documents apart in ``length_buckets``."""
-    return [batch] if separator is None else length_buckets(mark_documents(batch, separator), buckets)
+    return [batch] if separator is None else length_buckets(mark_documents(batch, separator), buckets, exact)
 
 
 def padded_share(batch: TrainingBatch) -> float:

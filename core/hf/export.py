@@ -104,15 +104,17 @@ def _save_tokenizer(tokenizer: Any, out: Path, eos_token: str | None) -> None:
 
 def export_run(run_dir: Path, out: Path, checkpoint: Path | None = None) -> Path:
     """Export a training run's latest (or given) checkpoint; see the module docstring."""
-    from ..train.provenance import read_provenance
     from ..train.run_dir import load_run
 
-    return export_loaded(load_run(run_dir, checkpoint), out)
+    return export_loaded(load_run(run_dir, checkpoint), out, run_dir)
 
 
-def export_loaded(loaded: Any, out: Path) -> Path:
-    """Export a run already loaded (a ``LoadedRun``): its model, recipe and tokenizer."""
+def export_loaded(loaded: Any, out: Path, run_dir: Path) -> Path:
+    """Export a run already loaded from ``run_dir`` (a ``LoadedRun``): its model, recipe,
+    tokenizer and the run's provenance."""
+    from ..train.provenance import read_provenance
+
     separator = getattr(loaded.recipe.data.task.params, "separator", None)
     return export_model(
-        loaded.model, loaded.recipe, out, loaded.tokenizer, separator or None, read_provenance(run_dir)
+        loaded.model, loaded.recipe, out, loaded.tokenizer, separator or None, read_provenance(Path(run_dir))
     )
