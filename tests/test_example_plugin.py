@@ -15,6 +15,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from safetensors.torch import load_file
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "miraslab-logcosh"
 DISTRIBUTION, VERSION = "miraslab-logcosh", "0.3.0"
@@ -92,12 +93,9 @@ def test_the_example_is_listed_trains_passes_its_own_kit_tests_and_uninstalls(in
     for key in (("bias", "logcosh"), ("memory", "ttt_ln"), ("memory", "ttt_linear")):
         assert (listed[key]["source"], listed[key]["version"]) == (DISTRIBUTION, VERSION)
 
-    for recipe in ("recipe", "ttt_linear"):
-        trained = run("-m", "miraslab", "train", f"{recipe}.toml", "--out", f"run-{recipe}")
-        assert trained.returncode == 0, trained.stderr
-        assert "done: step 3/3" in trained.stdout + trained.stderr
-    resolved = (root / "run-ttt_linear" / "recipe.toml").read_text()
-    assert 'name = "ttt_linear"' in resolved and 'name = "gd"' in resolved
+    trained = run("-m", "miraslab", "train", "recipe.toml", "--out", "run")
+    assert trained.returncode == 0, trained.stderr
+    assert "done: step 3/3" in trained.stdout + trained.stderr
 
     # the distribution's own tests, run from a copy outside its source tree, so the installed
     # package (not the checkout) is what pytest imports
@@ -105,6 +103,17 @@ def test_the_example_is_listed_trains_passes_its_own_kit_tests_and_uninstalls(in
     suite = run("-m", "pytest", "-q", "-p", "no:cacheprovider", "example_tests")
     assert suite.returncode == 0, suite.stdout + suite.stderr
     assert "9 passed" in suite.stdout
+
+    # TTT-Linear, whose inner bias b is learned at test time beside W
+    trained = run("-m", "miraslab", "train", "ttt_linear.toml", "--out", "run-ttt-linear")
+    assert trained.returncode == 0, trained.stderr
+    assert "done: step 3/3" in trained.stdout + trained.stderr
+    resolved = (root / "run-ttt-linear" / "recipe.toml").read_text()
+    assert 'name = "ttt_linear"' in resolved and 'name = "gd"' in resolved
+    (model_file,) = sorted((root / "run-ttt-linear" / "checkpoints").glob("step-*/model.safetensors"))[-1:]
+    trained_state = load_file(model_file)
+    (bias_init,) = [t for name, t in trained_state.items() if name.endswith(".arch.init.w_bias")]
+    assert bias_init.shape == (2, 16, 1) and bias_init.abs().max() > 0  # b's W_init starts at 0: trained
 
     shutil.rmtree(site)  # uninstall: a --target install is its directory
     listing = run("-m", "miraslab", "plugins", "--json")
