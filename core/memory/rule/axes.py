@@ -75,8 +75,8 @@ class MemoryArchitecture(nn.Module):
       allowed: M acts on one token at a time.
     * **outer parameters of its own** (``nn.Parameter`` attributes, e.g. a LayerNorm's
       gain and shift): fixed inside the sequence, trained by the outer loss like every
-      other model parameter (name them plainly, ``ln_weight`` and ``ln_bias``, so the
-      optimizer's weight-decay rules can tell norms from matrices).
+      other model parameter.  Name them for what they are (``ln_weight``, ``ln_bias``):
+      which parameters weight decay spares is the optimizer's rule (docs/training.md).
 
     The engine supplies ``linear``: a plain matmul with the current weights, or the chunked
     dual form, and adds the biases itself; the inner gradient of each map is taken by
