@@ -10,7 +10,8 @@ from pathlib import Path
 from training_cases import write_corpus, write_recipe
 
 # every recipe shape the export must carry: each layout, TNT's hierarchy, a feature map with
-# non-persistent buffers (rebuilt after from_pretrained's meta-device load), an untied head
+# non-persistent buffers (rebuilt after from_pretrained's meta-device load), an untied head,
+# a memory with biases
 LAYOUT_CASES = {
     "attention": {"layout": "attention"},
     "swa": {"layout": "swa"},
@@ -19,6 +20,11 @@ LAYOUT_CASES = {
     "mal": {"layout": "mal"},
     "mac": {"layout": "mac"},
     "tnt": {"layout": "mag", "tnt": {"global_chunk": 8, "local_chunks": [4], "shard_length": 8}},
+    # affine inner maps: each bias's W_init travels with the weights
+    "mlp_bias": {
+        "layout": "lmm",
+        "memory": {"chunk_size": 4, "memory": {"name": "mlp", "expansion": 2, "bias": True}},
+    },
     "polynomial_untied": {
         "layout": "lmm",
         "tie_embeddings": False,

@@ -32,6 +32,8 @@ CASES = {
         "memory": {"name": "mlp", "expansion": 2},
         "bias": {"name": "omega", "window": 3, "inner": "huber"},
     },
+    # affine inner maps: each bias read in the dual form on the constant input 1
+    "ttt-mlp-bias": {"memory": {"name": "mlp", "expansion": 2, "bias": True}, "algorithm": "momentum"},
     # a bias whose gradient is not affine in W: a matrix memory takes the per-chunk step too
     "linear-huber-kl": {"memory": "linear", "bias": "huber", "retention": "kl", "algorithm": "gd"},
 }

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import miraslab
-from miraslab.api import AttentionalBias, Retention
+from miraslab.api import AttentionalBias, MemoryArchitecture, Retention
 from miraslab.testing import (
     KitFailure,
     RuleCase,
@@ -120,6 +120,43 @@ def test_the_kit_catches_a_retention_that_reads_the_future(register_plugin):
     register_plugin(WrongRetentions(), name="wrong-retentions")
     with pytest.raises(KitFailure, match=r"retention.*peeks_ahead|peeks_ahead.*differ by"):
         check_component("retention", "peeks_ahead")
+
+
+class WrongBiasFactor(MemoryArchitecture):
+    """x + W2 tanh(W1 x + b1) + b2 whose analytic_factors writes b1's factor with W2's delta
+    (the shapes fit at expansion 1): the paths agree, autograd through forward does not."""
+
+    def __init__(self, params: NoParams, heads: int, d_in: int, d_out: int):
+        super().__init__(heads, d_in, d_out)
+        self.make_init("w1", d_out, d_in, bias=True)
+        self.make_init("w2", d_out, d_out, bias=True)
+
+    def forward(self, x, linear):
+        return x + linear("w2", torch.tanh(linear("w1", x)))
+
+    def analytic_factors(self, x, linear, transposed, dloss):
+        z1 = linear("w1", x)
+        hidden = torch.tanh(z1)
+        delta2 = dloss(x + linear("w2", hidden))
+        delta1 = transposed("w2", delta2) * (1 - hidden.pow(2))
+        ones = x.new_ones(*x.shape[:-1], 1)
+        return {"w1": (x, delta1), "w1_bias": (ones, delta2), "w2": (hidden, delta2)}  # wrong: delta1
+
+
+class WrongMemories:
+    @miraslab.hookimpl
+    def register_memories(self, register):
+        register("wrong_bias_factor", WrongBiasFactor, NoParams)
+
+
+def test_the_kit_catches_a_wrong_bias_factor_and_passes_the_builtins_with_biases(register_plugin):
+    for memory in ("mlp", "gated_mlp"):  # the engine derives their biases' factors
+        check_component("memory", memory, {"bias": True})
+    register_plugin(WrongMemories(), name="wrong-memories")
+    rule = RuleCase("wrong_bias_factor", "l2", "none", "gd").build()
+    check_paths_agree(rule)  # both paths use the same wrong factor
+    with pytest.raises(KitFailure, match=r"delta of 'w1_bias', hand-written vs autograd"):
+        check_component("memory", "wrong_bias_factor")
 
 
 def test_a_failure_names_the_rule_the_chunk_and_the_tolerance(dropped_factor):

@@ -1,6 +1,7 @@
 """examples/miraslab-logcosh, a complete outside distribution, installed for real: pip puts it in
 a ``--target`` directory (offline, the venv untouched), ``miraslab`` finds its entry points,
-lists it, trains a recipe with its two components, and its own test suite runs the kit; then
+lists it, trains a recipe with its bias and each of its memories (TTT-Linear's x + LN(W x + b)
+among them, a rule with an inner bias core lacks), and its own test suite runs the kit; then
 it is uninstalled (the directory removed) and the components are gone again."""
 
 from __future__ import annotations
@@ -14,9 +15,10 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from safetensors.torch import load_file
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "miraslab-logcosh"
-DISTRIBUTION, VERSION = "miraslab-logcosh", "0.2.0"
+DISTRIBUTION, VERSION = "miraslab-logcosh", "0.3.0"
 RECIPE = """\
 name = "logcosh-ttt"
 [model]
@@ -27,6 +29,27 @@ layout = "lmm"
 [model.memory]
 memory = "ttt_ln"
 bias = { name = "logcosh", sharpness = 2.0 }
+chunk_size = 4
+[data]
+task = { name = "mqar", seq_len = 32, num_kv_pairs = 4 }
+seq_len = 32
+[train]
+steps = 3
+batch_size = 4
+"""
+# TTT-Linear as its paper runs it: mini-batch gradient descent on W and b, nothing forgotten
+TTT_LINEAR_RECIPE = """\
+name = "ttt-linear"
+[model]
+d_model = 32
+n_layers = 1
+n_heads = 2
+layout = "lmm"
+[model.memory]
+memory = "ttt_linear"
+bias = "l2"
+retention = "none"
+algorithm = "gd"
 chunk_size = 4
 [data]
 task = { name = "mqar", seq_len = 32, num_kv_pairs = 4 }
@@ -58,6 +81,7 @@ def installed(tmp_path_factory):
         )
 
     (root / "recipe.toml").write_text(RECIPE)
+    (root / "ttt_linear.toml").write_text(TTT_LINEAR_RECIPE)
     return run, site, root
 
 
@@ -66,7 +90,7 @@ def test_the_example_is_listed_trains_passes_its_own_kit_tests_and_uninstalls(in
     listing = run("-m", "miraslab", "plugins", "--json")
     assert listing.returncode == 0, listing.stderr
     listed = {(c["kind"], c["name"]): c for c in json.loads(listing.stdout)}
-    for key in (("bias", "logcosh"), ("memory", "ttt_ln")):
+    for key in (("bias", "logcosh"), ("memory", "ttt_ln"), ("memory", "ttt_linear")):
         assert (listed[key]["source"], listed[key]["version"]) == (DISTRIBUTION, VERSION)
 
     trained = run("-m", "miraslab", "train", "recipe.toml", "--out", "run")
@@ -88,7 +112,18 @@ def test_the_example_is_listed_trains_passes_its_own_kit_tests_and_uninstalls(in
     shutil.copytree(EXAMPLE / "tests", root / "example_tests")
     suite = run("-m", "pytest", "-q", "-p", "no:cacheprovider", "example_tests")
     assert suite.returncode == 0, suite.stdout + suite.stderr
-    assert "5 passed" in suite.stdout
+    assert "9 passed" in suite.stdout
+
+    # TTT-Linear, whose inner bias b is learned at test time beside W
+    trained = run("-m", "miraslab", "train", "ttt_linear.toml", "--out", "run-ttt-linear")
+    assert trained.returncode == 0, trained.stderr
+    assert "done: step 3/3" in trained.stdout + trained.stderr
+    resolved = (root / "run-ttt-linear" / "recipe.toml").read_text()
+    assert 'name = "ttt_linear"' in resolved and 'name = "gd"' in resolved
+    (model_file,) = sorted((root / "run-ttt-linear" / "checkpoints").glob("step-*/model.safetensors"))[-1:]
+    trained_state = load_file(model_file)
+    (bias_init,) = [t for name, t in trained_state.items() if name.endswith(".arch.init.w_bias")]
+    assert bias_init.shape == (2, 16, 1) and bias_init.abs().max() > 0  # b's W_init starts at 0: trained
 
     shutil.rmtree(site)  # uninstall: a --target install is its directory
     listing = run("-m", "miraslab", "plugins", "--json")

@@ -159,6 +159,7 @@ def test_w_init_statistics_follow_their_definitions(tmp_path):
     assert spectrum_stats(identity) == pytest.approx((4.0, 0.25))
     assert spectrum_stats(rank_one) == pytest.approx((1.0, 1.0))
     assert spectrum_stats(torch.zeros(2, 4, 4)) == (None, None)  # a zero W_init has no spectrum
+    assert spectrum_stats(torch.ones(2, 4, 1)) == (None, None)  # a map's bias: a vector, not rank 1
 
     write_checkpoint(tmp_path, 1, identity)
     write_checkpoint(tmp_path, 2, 3 * identity)

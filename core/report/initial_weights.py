@@ -33,7 +33,7 @@ class InitStats:
     memory: str  # e.g. "L0/memory/w"
     step: int
     norm: float
-    effective_rank: float | None  # None for a vector, or a matrix of zeros
+    effective_rank: float | None  # None for a vector (a bias's (heads, rows, 1)), or a matrix of zeros
     top1_share: float | None
     relative_change: float | None  # None at the first checkpoint, or after an all-zero W_init
 
@@ -58,8 +58,9 @@ def memory_label(key: str) -> str:
 
 
 def spectrum_stats(weight: torch.Tensor) -> tuple[float | None, float | None]:
-    """(effective rank, top-1 share) averaged over leading (head) dimensions."""
-    if weight.ndim < 2:
+    """(effective rank, top-1 share) averaged over leading (head) dimensions; none for a
+    vector, a map's bias (heads, rows, 1) included: its rank 1 is no collapse."""
+    if weight.ndim < 2 or weight.shape[-1] == 1:
         return None, None
     singular = torch.linalg.svdvals(weight.double().reshape(-1, *weight.shape[-2:]))
     total = singular.sum(-1)

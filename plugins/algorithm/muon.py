@@ -7,7 +7,9 @@ Inside a chunk the reads see the raw momentum steps (linear in the gradients).  
 chunk end the chunk's accumulated update U = W_end - (prod alpha) W_start is replaced by
 sum_i theta_i NS_k(U) (the theta_i decayed like the weights): each token's step has size
 theta_i in the orthogonalised direction, so the step is bounded whatever the gradient's
-size, which is what keeps Muon stable.  With chunk size 1 this is Atlas's rule
+size, which is what keeps Muon stable.  The bias of an affine map (a (d_out, 1) weight, where
+Newton-Schulz would only normalise it) keeps its plain momentum steps, as Muon leaves vectors
+to a plain optimizer.  With chunk size 1 this is Atlas's rule
 M_t = alpha_t M_{t-1} - theta_t NS_k(S_t) (theta_t also scales the momentum's input, which
 NS's scale invariance makes immaterial when theta is constant).
 """
@@ -83,6 +85,9 @@ class Muon(LearningAlgorithm):
         decay = torch.exp(end.log_decay)[..., None, None]
         out = {}
         for name, w in end.weights.items():
+            if name in end.biases:  # a vector: no direction to orthogonalise, the momentum step stays
+                out[name] = w
+                continue
             kept = decay * end.start[name]
             update = at_least_fp32(w - kept)
             step = end.sums["muon_lr"][

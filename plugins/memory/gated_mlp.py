@@ -1,5 +1,6 @@
 """Gated MLP memory (Atlas++ / DeepTransformers, arXiv 2505.23735):
-M(x) = x + W2 (act(W1 x) * W3 x), a SwiGLU block as the memory."""
+M(x) = x + W2 (act(W1 x) * W3 x), a SwiGLU block as the memory; ``bias = true`` makes each map
+W h + b."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from miraslab.api import Linear, MemoryArchitecture, RecipeError
 class GatedMLPParams:
     expansion: int = miraslab.param(2, ge=1, doc="hidden width as a multiple of the input width")
     residual: bool = miraslab.param(True, doc="add the input to the output (needs d_in == d_out)")
+    bias: bool = miraslab.param(False, doc="affine maps W h + b, each b an inner weight the memory learns")
 
 
 class GatedMLPMemory(MemoryArchitecture):
@@ -31,9 +33,9 @@ class GatedMLPMemory(MemoryArchitecture):
             )
         hidden = params.expansion * d_in
         self.residual = params.residual
-        self.make_init("w1", hidden, d_in)
-        self.make_init("w3", hidden, d_in)
-        self.make_init("w2", d_out, hidden)
+        self.make_init("w1", hidden, d_in, bias=params.bias)
+        self.make_init("w3", hidden, d_in, bias=params.bias)
+        self.make_init("w2", d_out, hidden, bias=params.bias)
 
     def forward(self, x: torch.Tensor, linear: Linear) -> torch.Tensor:
         y = linear("w2", F.silu(linear("w1", x)) * linear("w3", x))

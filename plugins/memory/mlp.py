@@ -1,4 +1,5 @@
-"""Deep memory (Titans sec. 3.1): a residual two-layer MLP, M(x) = x + W2 act(W1 x)."""
+"""Deep memory (Titans sec. 3.1): a residual two-layer MLP, M(x) = x + W2 act(W1 x); ``bias = true``
+makes both maps affine (W h + b, as TTT-MLP has them)."""
 
 from __future__ import annotations
 
@@ -30,6 +31,7 @@ class MLPParams:
     expansion: int = miraslab.param(4, ge=1, doc="hidden width as a multiple of the input width")
     activation: str = miraslab.param("gelu", choices=tuple(ACTIVATIONS), doc="hidden activation")
     residual: bool = miraslab.param(True, doc="add the input to the output (needs d_in == d_out)")
+    bias: bool = miraslab.param(False, doc="affine maps W h + b, each b an inner weight the memory learns")
 
 
 class MLPMemory(MemoryArchitecture):
@@ -48,8 +50,8 @@ class MLPMemory(MemoryArchitecture):
         self.residual = params.residual
         self.act = ACTIVATIONS[params.activation]
         self.act_backward = BACKWARDS[params.activation]
-        self.make_init("w1", hidden, d_in)
-        self.make_init("w2", d_out, hidden)
+        self.make_init("w1", hidden, d_in, bias=params.bias)
+        self.make_init("w2", d_out, hidden, bias=params.bias)
 
     def forward(self, x: torch.Tensor, linear: Linear) -> torch.Tensor:
         y = linear("w2", self.act(linear("w1", x)))

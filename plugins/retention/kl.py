@@ -30,6 +30,7 @@ class KLRetention(Retention):
 
     nonlinear = True
     needs_decayed_update = True
+    takes_biases = False  # a (d_out, 1) bias's rows are one entry: its softmax would pin it to c
 
     def __init__(self, params: KLParams):
         super().__init__()

@@ -22,6 +22,7 @@ def close_chunk(rule: MemoryRule, state: MemoryState) -> MemoryState:
             extra=extra,
             decayed_update=state.decayed_update,
             aux_log_decay=state.aux_log_decay,
+            biases=frozenset(rule.arch.biases.values()),
         )
         weights, momentum, extra = rule.retention.chunk_end(end)
         end.weights, end.momentum, end.extra = weights, momentum, extra

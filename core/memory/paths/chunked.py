@@ -241,7 +241,7 @@ def _piece(
             start_s[name].to(dtype) if carry_read is not None else None,
         )
 
-    y = rule.arch(q, linear)
+    y = rule.apply_arch(q, linear)
 
     # chunk end: W' = beta_L W + sigma_L S + sum_j K[L, j] g_j and S' = eta_L S + sum_j
     # momentum_coef[L, j] g_j

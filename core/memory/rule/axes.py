@@ -2,7 +2,8 @@
 
 Plugins subclass these (built-ins exactly like third-party plugins).  The engine keeps,
 per batch element and head, the memory weights ``W`` (a dict of matrices, one per linear
-map inside the memory) and applies, for every token t,
+map inside the memory, and a (d_out, 1) one per bias of an affine map) and applies, for
+every token t,
 
     u_t = -theta_t * sum_{j in window(t)} gamma_j * omega^(t-j) * grad l(W_grad; k_j, v_j)
     S_t = eta_t * S_{t-1} + u_t                      (momentum; gd has no S: S_t = u_t)
@@ -58,27 +59,52 @@ class GateDef:
 
 
 class MemoryArchitecture(nn.Module):
-    """Miras axis 1.  ``M(x)`` built only from named linear maps and elementwise functions.
+    """Miras axis 1: the memory ``M(x)``, whose weights the inner loop learns.
 
-    Subclasses declare ``shapes`` (name -> (d_out, d_in)), create the learned initial
-    weights with :meth:`make_init`, and write :meth:`forward` calling ``linear(name, h)``
-    for every weight application.  The engine supplies ``linear``: a plain matmul with the
-    current weights, or the chunked dual form.
+    What an architecture may contain:
+
+    * **named linear maps**, the memory's state: each declared with :meth:`make_init`
+      (name, d_out, d_in), which also creates its learned initial value ``W_init[name]``
+      (an outer parameter, trained through the inner loop), and applied in :meth:`forward`
+      as ``linear(name, h)``, once per call of ``forward``.  ``make_init(..., bias=True)`` makes
+      the map affine, ``linear(name, h) = W h + b``: the bias ``b`` is an inner weight
+      of its own, ``"<name>_bias"`` of shape (d_out, 1) whose input is the constant 1, so
+      it is written by the same update (momentum, decay, chunk ends) on every path.
+    * **elementwise and per-token functions** between them: activations, gating, a
+      residual, LayerNorm over a token's features.  Anything that mixes tokens is not
+      allowed: M acts on one token at a time.
+    * **outer parameters of its own** (``nn.Parameter`` attributes, e.g. a LayerNorm's
+      gain and shift): fixed inside the sequence, trained by the outer loss like every
+      other model parameter.  Name them for what they are (``ln_weight``, ``ln_bias``):
+      which parameters weight decay spares is the optimizer's rule (docs/training.md).
+
+    The engine supplies ``linear``: a plain matmul with the current weights, or the chunked
+    dual form, and adds the biases itself; the inner gradient of each map is taken by
+    autograd through ``forward`` unless :meth:`analytic_factors` writes it out.
     """
 
     shapes: dict[str, tuple[int, int]]
-    linear_map: bool = False  # M(x) = W x with one weight "w": the engine has a faster path for it
+    linear_map: bool = False  # M(x) = W x with one weight "w" and no bias: the engine has faster paths
 
     def __init__(self, heads: int, d_in: int, d_out: int):
         super().__init__()
         self.heads, self.d_in, self.d_out = heads, d_in, d_out
         self.shapes = {}
+        self.biases: dict[str, str] = {}  # linear map -> the name of its bias's inner weight
         self.init = nn.ParameterDict()
 
     def make_init(
-        self, name: str, d_out: int, d_in: int, std: float | None = None, identity: bool = False
+        self,
+        name: str,
+        d_out: int,
+        d_in: int,
+        std: float | None = None,
+        identity: bool = False,
+        bias: bool = False,
     ) -> None:
-        """A learned initial weight ``W_init[name]`` of shape (heads, d_out, d_in)."""
+        """A learned initial weight ``W_init[name]`` of shape (heads, d_out, d_in); with
+        ``bias`` also ``W_init[name + "_bias"]``, (heads, d_out, 1), zero at the start."""
+        self._declare(name)
         self.shapes[name] = (d_out, d_in)
         weight = torch.empty(self.heads, d_out, d_in)
         if identity:
@@ -88,6 +114,35 @@ class MemoryArchitecture(nn.Module):
         else:
             nn.init.normal_(weight, std=std if std is not None else d_in**-0.5)
         self.init[name] = nn.Parameter(weight)
+        if bias:
+            bias_name = bias_of(name)
+            self._declare(bias_name)
+            self.shapes[bias_name] = (d_out, 1)
+            self.init[bias_name] = nn.Parameter(torch.zeros(self.heads, d_out, 1))
+            self.biases[name] = bias_name
+
+    def _declare(self, name: str) -> None:
+        if name in self.shapes:
+            raise ValueError(f"{type(self).__name__}: inner weight {name!r} is declared twice")
+
+    def affine(self, linear: Linear) -> Linear:
+        """``linear`` (one matmul per inner weight) plus each map's bias: what ``forward`` gets.
+
+        The bias is applied as the weight ``b`` of shape (d_out, 1) to a constant input 1,
+        so ``linear`` needs no case for it: the dual form reads it, and autograd (or
+        ``analytic_factors``) finds its gradient factors ``(1, delta)``, like any weight's.
+        """
+        if not self.biases:
+            return linear
+        biases = self.biases
+
+        def with_bias(name: str, h: torch.Tensor) -> torch.Tensor:
+            z = linear(name, h)
+            if name not in biases:
+                return z
+            return z + linear(biases[name], h.new_ones(*h.shape[:-1], 1))
+
+        return with_bias
 
     def forward(self, x: torch.Tensor, linear: Linear) -> torch.Tensor:  # pragma: no cover
         raise NotImplementedError
@@ -101,12 +156,20 @@ class MemoryArchitecture(nn.Module):
     ) -> dict[str, tuple] | None:
         """Optional fast path: ``{name: (h, delta)}`` written out by hand, no autograd.
 
-        ``linear(name, h)`` applies a weight, ``transposed(name, delta)`` back-propagates
-        through it (delta W), ``dloss(pred)`` gives dl/dpred.  Return None (the default)
-        and the engine differentiates ``forward`` with autograd instead; the test
-        ``test_analytic_factors_equal_autograd`` holds the two equal.
+        ``linear(name, h)`` applies a map (its bias included), ``transposed(name, delta)``
+        back-propagates through its weight (delta W), ``dloss(pred)`` gives dl/dpred.  For
+        each map ``z = W h (+ b)`` return its input ``h`` and ``delta = dl/dz``: the
+        gradient of W is the outer product ``delta h^T`` (summed over tokens by the
+        engine).  A bias needs no entry: the engine adds ``(1, delta)`` of its map.
+        Return None (the default) and the engine differentiates ``forward`` with autograd
+        instead; the kit's ``check_inner_factors`` holds the two equal.
         """
         return None
+
+
+def bias_of(name: str) -> str:
+    """The inner weight that holds the bias of linear map ``name``."""
+    return f"{name}_bias"
 
 
 class AttentionalBias(nn.Module):
@@ -152,6 +215,9 @@ class ChunkEnd:
     extra: dict[str, Any]
     decayed_update: Weights | None  # sum_j prod_{i>j} alpha_i * u_j with the retention's own alpha
     aux_log_decay: torch.Tensor | None
+    # the weights that are biases of linear maps, (B, H, d_out, 1) each: a step meant for
+    # matrices (an orthogonalisation) leaves them as the chunk's linear update made them
+    biases: frozenset[str] = frozenset()
 
 
 class DeclaresChunkSums:
@@ -172,6 +238,8 @@ class Retention(DeclaresChunkSums, nn.Module):
     gradient_at_decayed: bool = False  # take gradients at alpha-decayed weights (gated delta rule)
     nonlinear: bool = False  # has a chunk-end step
     needs_decayed_update: bool = False  # the chunk-end step needs ChunkEnd.decayed_update
+    # its steps make sense on a map's bias, a (d_out, 1) weight (False: refused with a bias)
+    takes_biases: bool = True
 
     def gates(self) -> list[GateDef]:
         return []
@@ -203,6 +271,7 @@ class LearningAlgorithm(DeclaresChunkSums, nn.Module):
     momentum: bool = False
     momentum_gate: str | None = None  # the gate log_eta reads: it can be made channel-wise
     nonlinear: bool = False
+    takes_biases: bool = True  # as Retention.takes_biases
     # divide each token's gradient by sum_l ||h_l||^2, the squared norms of the inputs of the
     # memory's linear maps (normalised LMS): theta then means "the share of the error corrected"
     # whatever the memory's depth or width, as beta does in the delta rule with unit keys
@@ -248,6 +317,18 @@ def check_parts(
 ) -> list[str]:
     """Combinations the engine cannot run (or that make no sense), as sentences."""
     problems = []
+    if arch.biases and arch.linear_map:
+        problems.append(
+            f"memory {_name(arch)} declares linear_map (M(x) = W x, one weight) but has a bias: "
+            "an affine memory must leave linear_map False"
+        )
+    for axis in (retention, algorithm):
+        if arch.biases and not axis.takes_biases:
+            problems.append(
+                f"{'retention' if axis is retention else 'algorithm'} {_name(axis)} cannot update the "
+                f"biases {sorted(arch.biases.values())} of memory {_name(arch)}: use a memory without "
+                "biases (bias = false)"
+            )
     if retention.nonlinear and algorithm.nonlinear:
         problems.append(
             f"retention {_name(retention)} and algorithm {_name(algorithm)} both change the state at "

@@ -5,7 +5,9 @@ memory is, per token, the outer product ``delta h^T`` with ``delta = dl/dz``.  T
 never materialises per-token gradient matrices: it keeps the factors ``(h, delta)`` and
 turns them into reads and states with matmuls.  ``delta`` comes from autograd, so any
 architecture written against ``linear(name, h)`` works, and with ``create_graph`` the
-outer loss trains everything that produced q, k, v and the gates.
+outer loss trains everything that produced q, k, v and the gates.  A map's bias ``b`` is
+the weight of the constant input 1 (``MemoryArchitecture.affine``): its factors are
+``(1, delta)`` with the map's own delta.
 """
 
 from __future__ import annotations
@@ -135,7 +137,11 @@ class MemoryRule(nn.Module):
 
     def read(self, weights: Weights, x: torch.Tensor) -> torch.Tensor:
         """y = M_W(x) with materialised weights, x: (B, H, N, d_in)."""
-        return self.arch(x, lambda name, h: h @ weights[name].transpose(-1, -2).to(h.dtype))
+        return self.apply_arch(x, lambda name, h: h @ weights[name].transpose(-1, -2).to(h.dtype))
+
+    def apply_arch(self, x: torch.Tensor, linear) -> torch.Tensor:
+        """``M(x)`` with ``linear`` (one matmul per inner weight) and the maps' biases added."""
+        return self.arch(x, self.arch.affine(linear))
 
     def factors(
         self,
@@ -177,8 +183,15 @@ class MemoryRule(nn.Module):
                 dpred = dpred * (out_weight if out_weight.dim() == dpred.dim() else out_weight.unsqueeze(-1))
             return dpred
 
-        analytic = self.arch.analytic_factors(keys, linear, transposed, dloss)
-        pairs = analytic if analytic is not None else self._autograd_factors(keys, linear, dloss)
+        analytic = self.arch.analytic_factors(keys, self.arch.affine(linear), transposed, dloss)
+        if analytic is None:
+            pairs = self._autograd_factors(keys, linear, dloss)
+        else:
+            pairs = dict(analytic)
+            for name, bias in self.arch.biases.items():  # a bias's input is 1, its delta the map's
+                if bias not in pairs and name in pairs:
+                    h, delta = pairs[name]
+                    pairs[bias] = (h.new_ones(*h.shape[:-1], 1), delta)
         names = list(pairs)
         deltas = [pairs[n][1] for n in names]
         if self.algorithm.normalized:
@@ -215,7 +228,7 @@ class MemoryRule(nn.Module):
             return z
 
         with torch.enable_grad():
-            pred = self.arch(keys, tapped)
+            pred = self.apply_arch(keys, tapped)  # a bias is tapped too, with its input 1
             dpred = dloss(pred)
             names = list(taps)
             deltas = torch.autograd.grad(

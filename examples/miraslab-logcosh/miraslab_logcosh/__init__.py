@@ -5,4 +5,6 @@
   bounded without Huber's threshold.
 * ``memory = "ttt_ln"``: TTT-Linear's inner model without its bias, M(x) = x + LN(W x), with a
   per-head LayerNorm gain and shift of its own (outer parameters, exempt from weight decay).
+* ``memory = "ttt_linear"``: TTT-Linear's inner model with its bias, M(x) = x + LN(W x + b): a rule
+  core miraslab lacks, its inner bias b learned at test time beside W (``make_init(..., bias=True)``).
 """
