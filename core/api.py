@@ -75,7 +75,9 @@ from .observation import (
     stop_observing,
 )
 from .params import ParamValueError, component_field, make_component, param, structure
+from .recipe.resolve import recipe_to_dict, recipe_toml
 from .registry import Registry, get_registry, use_registry
+from .report import Report, build_report
 
 __all__ = [  # noqa: RUF022 -- grouped by the kind of plugin that needs them, not sorted
     # plugin hooks and parameters
@@ -93,6 +95,11 @@ __all__ = [  # noqa: RUF022 -- grouped by the kind of plugin that needs them, no
     "use_registry",
     "RecipeError",
     "MiraslabError",
+    # what a tracking monitor sends: the resolved recipe, the report's plots
+    "recipe_to_dict",
+    "recipe_toml",
+    "build_report",
+    "Report",
     # memory axes: what a memory/bias/retention/algorithm/features plugin subclasses
     "MemoryArchitecture",
     "AttentionalBias",

@@ -23,9 +23,8 @@ import attrs
 import torch
 
 from ..errors import MiraslabError
-from ..recipe.resolve import load_recipe, recipe_to_dict
+from ..recipe.resolve import load_recipe, recipe_toml
 from ..recipe.schema import Recipe
-from ..recipe.toml_writer import dumps
 from .state_files import fsync_dir
 
 RECIPE_FILE = "recipe.toml"
@@ -54,7 +53,7 @@ class RunDir:
                 "or choose another --out"
             )
         self.path.mkdir(parents=True, exist_ok=True)
-        self.recipe_path.write_text(dumps(recipe_to_dict(recipe)))
+        self.recipe_path.write_text(recipe_toml(recipe))
 
     def load_recipe(self) -> Recipe:
         if not self.recipe_path.exists():
