@@ -26,7 +26,7 @@ from .data.sources import (
 )
 from .data.task import Batches, Task, check_data_state, check_seq_len, check_split, rank_rows
 from .data.tokenizer_training import cached_tokenizer, protect_special_tokens, tokenizer_cache_path
-from .errors import MiraslabError, RecipeError
+from .errors import MiraslabError, MissingPackageError, RecipeError
 from .hookspecs import Register, RunContext, hookimpl, hookspec
 from .memory.gate_projections import GateProjections
 from .memory.layer import MemoryLayer
@@ -95,6 +95,7 @@ __all__ = [  # noqa: RUF022 -- grouped by the kind of plugin that needs them, no
     "use_registry",
     "RecipeError",
     "MiraslabError",
+    "MissingPackageError",
     # what a tracking monitor sends: the resolved recipe, the report's plots
     "recipe_to_dict",
     "recipe_toml",

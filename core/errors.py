@@ -23,6 +23,11 @@ class PluginError(MiraslabError):
     """A plugin's own code raised; the message names the plugin and its distribution."""
 
 
+class MissingPackageError(MiraslabError):
+    """An optional package a component needs is not installed; the message says what to
+    ``pip install`` (the conformance kit skips such a component instead of failing it)."""
+
+
 # The exit code of a run stopped by a check, one per cause (docs/diagnostics.md lists them);
 # 2 stays every other error's, 130 an interrupt.
 STOP_EXIT_CODES = {

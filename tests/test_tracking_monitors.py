@@ -41,7 +41,9 @@ def wandb_environment(patch: pytest.MonkeyPatch, directory: Path) -> None:
     patch.setenv("WANDB_SILENT", "true")
     patch.setenv("WANDB_BASE_URL", "http://127.0.0.1:9")  # the discard port: nothing listens
     patch.delenv("WANDB_API_KEY", raising=False)
-    for name in ("WANDB_CONFIG_DIR", "WANDB_CACHE_DIR", "WANDB_DATA_DIR", "WANDB_ARTIFACT_DIR"):
+    # wandb-core writes its own debug logs under the XDG cache, not WANDB_CACHE_DIR
+    homes = ("WANDB_CONFIG_DIR", "WANDB_CACHE_DIR", "WANDB_DATA_DIR", "WANDB_ARTIFACT_DIR", "XDG_CACHE_HOME")
+    for name in homes:
         patch.setenv(name, str(directory / "wandb-home" / name.lower()))
     patch.setenv("WANDB_DISABLE_GIT", "true")
     patch.setenv("WANDB_DISABLE_CODE", "true")

@@ -16,7 +16,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from miraslab.api import MiraslabError, build_report
+from miraslab.api import MiraslabError, MissingPackageError, build_report
 
 INSTALL = "pip install 'miraslab[tracking]'"
 
@@ -28,7 +28,7 @@ def require(package: str, monitor: str) -> None:
     except (ImportError, ValueError):  # a parent package missing, or a module without a spec
         found = False
     if not found:
-        raise MiraslabError(f"monitor {monitor!r} needs the {package} package: {INSTALL}")
+        raise MissingPackageError(f"monitor {monitor!r} needs the {package} package: {INSTALL}")
 
 
 def scalars(metrics: Mapping[str, Any]) -> Iterator[tuple[str, float]]:

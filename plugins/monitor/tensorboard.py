@@ -55,6 +55,8 @@ class TensorBoard:
         resumed = log_dir.is_dir() and any(log_dir.glob("events.out.tfevents.*"))
         self.close()
         self.writer = SummaryWriter(str(log_dir), purge_step=run.step + 1 if resumed else None)
+        if run.recipe is None:  # driven without a recipe (the conformance kit)
+            return
         # through the writer's own file, not add_hparams (which opens a second event file)
         for summary in hparams(flat_hparams(recipe_to_dict(run.recipe)), dict.fromkeys(HPARAM_METRICS, 0.0)):
             self.writer.file_writer.add_summary(summary)

@@ -61,7 +61,7 @@ class Wandb:
         out_dir = Path(run.out_dir)
         files = Path(self.params.dir) if self.params.dir else out_dir
         files.mkdir(parents=True, exist_ok=True)
-        config = recipe_to_dict(run.recipe)
+        config = recipe_to_dict(run.recipe) if run.recipe is not None else {}
         config["miraslab"] = {"run_dir": str(out_dir), "start_step": run.step}
         self.finish(0)
         self.run = wandb.init(
