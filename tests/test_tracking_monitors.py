@@ -33,6 +33,7 @@ name = "tensorboard"
 name = "wandb"
 """
 REPORT_PLOTS = {"loss", "gates", "memory_norms", "memory_use", "w_init"}
+REPO = Path(__file__).resolve().parents[1]
 
 
 def wandb_environment(patch: pytest.MonkeyPatch, directory: Path) -> None:
@@ -309,3 +310,30 @@ def test_the_wandb_monitor_is_offline_unless_the_recipe_says_otherwise(tmp_path)
     )
     with pytest.raises(MiraslabError, match=r"monitors\[0\]\.mode: expected one of"):
         load_recipe(write_recipe(tmp_path, tmp_path / "corpus.txt", online.replace("online", "cloud")))
+
+
+def test_the_conformance_kit_skips_a_tracking_monitor_without_its_package(tmp_path, monkeypatch):
+    from miraslab.testing import check_component
+
+    monkeypatch.setitem(sys.modules, "wandb", None)
+    reason = check_component("monitor", "wandb", out_dir=tmp_path)
+    assert reason == "monitor 'wandb' needs the wandb package: pip install 'miraslab[tracking]'"
+
+
+def test_the_ecosystem_pages_recipe_loads_with_both_monitors(tmp_path):
+    """docs/ecosystem.md's tracked.toml, beside a recipes/ folder as the page says."""
+    from markdown_blocks import fenced_blocks
+
+    (block,) = [
+        text
+        for language, text in fenced_blocks(REPO / "docs" / "ecosystem.md")
+        if language == "toml" and "wandb" in text
+    ]
+    (tmp_path / "recipes").symlink_to(REPO / "recipes")
+    (tmp_path / "tracked.toml").write_text(block)
+    recipe = load_recipe(tmp_path / "tracked.toml")
+    assert [m.name for m in recipe.monitors] == ["memory_stats", "tensorboard", "wandb"]
+    assert (
+        recipe.monitors[2].params.mode == "offline"
+        and recipe.name == load_recipe(REPO / "recipes" / "quickstart.toml").name
+    )
