@@ -57,7 +57,13 @@ def train(directory: Path, recipe: Path | None = None, sets: tuple[str, ...] = (
         wandb_environment(patch, directory)
         if recipe is None:
             recipe = write_recipe(directory, write_corpus(directory), MONITORS)
-        Trainer(load_recipe(recipe, sets), directory / "run", show_progress=False, **options).run()
+        try:
+            Trainer(load_recipe(recipe, sets), directory / "run", show_progress=False, **options).run()
+        finally:
+            # wandb-core may still be writing the .wandb file when finish() returns; its
+            # shutdown (what ends a training process) completes it
+            if "wandb" in sys.modules:
+                sys.modules["wandb"].teardown()
     return directory / "run"
 
 
@@ -260,6 +266,26 @@ def test_a_resume_continues_the_tensorboard_curve_and_starts_a_wandb_run_in_the_
     assert after["runs"] == 2 and after["run"].run_group == before["run"].run_group == "run"
     assert after["config"]["miraslab"]["start_step"] == 2
     assert (min(after["history"]), max(after["history"]), max(before["history"])) == (3, 4, 3)
+
+
+def test_a_run_stopped_by_a_check_still_closes_both(tmp_path):
+    """The end hook runs for a stop too: W&B's run ends failed with the reason in its summary,
+    TensorBoard's file holds the step the run stopped at."""
+    pytest.importorskip("tensorboard")
+    pytest.importorskip("wandb")
+    from miraslab.errors import RunStopped
+
+    stop = '[[monitors]]\nname = "kill_switch"\npatience = 1\ngate_floor = 0.99\n'
+    tracking = (
+        '[[monitors]]\nname = "tensorboard"\nplots = false\n[[monitors]]\nname = "wandb"\nplots = false\n'
+    )
+    recipe = write_recipe(tmp_path, write_corpus(tmp_path), stop + tracking)
+    with pytest.raises(RunStopped, match="kill switch gate_floor"):
+        train(tmp_path, recipe, max_steps=4)
+    found = wandb_run(tmp_path / "run")
+    assert found["exit_code"] == 1 and "kill switch gate_floor" in found["summary"]["summary/stopped_by"]
+    assert set(tensorboard_scalars(accumulator(tmp_path / "run"))) == set(logged(tmp_path / "run"))
+    assert max(found["history"]) == max(step for _, step in logged(tmp_path / "run")) < 4
 
 
 # --- without the packages, and on other ranks ------------------------------------------
