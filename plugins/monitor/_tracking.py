@@ -63,15 +63,21 @@ def report_plots(run: Any) -> dict[str, Path]:
     """The PNGs of ``miraslab report`` (written to RUN/report) at the end of ``run``, by file
     stem; drawn once for both monitors of one run.  A report that cannot be drawn is one
     warning, not a failed run."""
-    if _drawn.get("run") is not run or _drawn.get("step") != run.step:
+    out_dir = Path(run.out_dir)
+    try:  # the run's state: its directory, step and metrics.jsonl as they are now
+        stat = (out_dir / "metrics.jsonl").stat()
+        key: tuple = (out_dir.resolve(), run.step, stat.st_mtime_ns, stat.st_size)
+    except OSError:
+        key = (out_dir.resolve(), run.step, None, None)
+    if _drawn.get("key") != key:
         try:
-            report = build_report(Path(run.out_dir))
+            report = build_report(out_dir)
         except (OSError, ImportError, MiraslabError) as error:
             print(f"warning: the report's plots were not sent: {error}", file=sys.stderr)
             return {}
         plots = {path.stem: path for path in report.plots.values() if path is not None}
-        _drawn.update(run=run, step=run.step, plots=plots)
+        _drawn.update(key=key, plots=plots)
     return _drawn["plots"]
 
 
-_drawn: dict[str, Any] = {}  # the last run's plots: its context (not a copy), its step, the paths
+_drawn: dict[str, Any] = {}  # the last report drawn: the run state it was drawn from, its PNGs
