@@ -307,6 +307,33 @@ def test_a_missing_package_is_one_line_before_the_run_directory_is_written(tmp_p
     assert not (tmp_path / "run" / "recipe.toml").exists()
 
 
+@pytest.mark.slow
+def test_under_torchrun_one_process_writes_what_the_run_logged(tmp_path, monkeypatch):
+    """Two processes on gloo: one event file and one W&B run, equal to metrics.jsonl."""
+    pytest.importorskip("tensorboard")
+    pytest.importorskip("wandb")
+    import subprocess
+
+    recipe = write_recipe(tmp_path, write_corpus(tmp_path), MONITORS)
+    monkeypatch.setenv("MIRASLAB_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    wandb_environment(monkeypatch, tmp_path)
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "-m", "miraslab", "train",
+               str(recipe), "--out", str(tmp_path / "run"), "--max-steps", "4", "--quiet"]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    run_dir = tmp_path / "run"
+    assert len(list((run_dir / "tensorboard").glob("events.out.tfevents.*"))) == 1
+    expected, got = logged(run_dir), tensorboard_scalars(accumulator(run_dir))
+    assert set(got) == set(expected)
+    for key, value in expected.items():
+        assert got[key] == pytest.approx(value, rel=1e-6, abs=1e-30), key
+    found = wandb_run(run_dir)
+    assert found["runs"] == 1
+    history = {(k, step): v for step, row in found["history"].items() for k, v in row.items()}
+    assert {key: v for key, v in history.items() if not key[0].startswith(("_", "report/"))} == expected
+
+
 @pytest.mark.parametrize("name", ["tensorboard", "wandb"])
 def test_only_rank_0_writes(tmp_path, monkeypatch, name):
     pytest.importorskip(name)
