@@ -1,7 +1,7 @@
 """The ``tensorboard`` and ``wandb`` monitors, read back with each tool's own reader.
 
-A tiny recipe trains a few steps with both (W&B offline, pointed at a closed local port so
-that a request would fail loudly); TensorBoard's ``EventAccumulator`` and W&B's own record
+A tiny recipe trains a few steps with both (W&B offline, its server address a closed local
+port, so that a request could reach nothing); TensorBoard's ``EventAccumulator`` and W&B's own record
 schema (``wandb_internal_pb2.Record``, read from the offline run's ``.wandb`` log) must give
 back exactly what the run's ``metrics.jsonl`` holds, the resolved recipe and the report's
 plots.  The W&B environment is set for each training run only (``MonkeyPatch.context``).
