@@ -180,10 +180,19 @@ def wandb_records(run_file: Path) -> Iterator:
 
 
 def wandb_run(run_dir: Path, index: int = 0) -> dict:
-    """One offline W&B run of the run directory (by start time): run, history, summary, exit."""
-    runs = sorted((run_dir / "wandb").glob("offline-run-*"))
-    (run_file,) = runs[index].glob("run-*.wandb")
-    found: dict = {"dir": runs[index], "history": {}, "summary": {}, "runs": len(runs)}
+    """The ``index``-th offline W&B run of the run directory, in the order they started: its
+    run record, history by step, summary and exit code."""
+    runs = sorted(
+        (read_wandb_run(path) for path in (run_dir / "wandb").glob("offline-run-*")), key=lambda r: r[0]
+    )
+    found = runs[index][1]
+    found["runs"] = len(runs)
+    return found
+
+
+def read_wandb_run(directory: Path) -> tuple[int, dict]:
+    (run_file,) = directory.glob("run-*.wandb")
+    found: dict = {"dir": directory, "history": {}, "summary": {}}
     for record in wandb_records(run_file):
         kind = record.WhichOneof("record_type")
         if kind == "run":
@@ -200,7 +209,8 @@ def wandb_run(run_dir: Path, index: int = 0) -> dict:
                 found["summary"][item.key or "/".join(item.nested_key)] = json.loads(item.value_json)
         elif kind == "exit":
             found["exit_code"] = record.exit.exit_code
-    return found
+    # by start time: two runs begun within a second have directory names that sort by their random ids
+    return found["run"].start_time.ToNanoseconds(), found
 
 
 def test_wandb_holds_every_logged_metric_at_its_step(run):
@@ -254,7 +264,9 @@ def test_a_resume_continues_the_tensorboard_curve_and_starts_a_wandb_run_in_the_
         tmp_path, run_dir / "recipe.toml", resume_from=run_dir / "checkpoints" / "step-00000002", max_steps=4
     )
 
-    _, resumed = sorted((run_dir / "tensorboard").glob("events.out.tfevents.*"))
+    # events.out.tfevents.<seconds>.<host>.<pid>.<counter>: by time, then by the writer's counter
+    files = (run_dir / "tensorboard").glob("events.out.tfevents.*")
+    _, resumed = sorted(files, key=lambda f: (int(f.name.split(".")[3]), int(f.name.split(".")[-1])))
     starts = [e for e in EventFileLoader(str(resumed)).Load() if e.HasField("session_log")]
     assert [(e.session_log.status, e.step) for e in starts][:1] == [(SessionLog.START, 3)]
     expected, got = logged(run_dir), tensorboard_scalars(accumulator(run_dir))
