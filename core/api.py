@@ -26,7 +26,7 @@ from .data.sources import (
 )
 from .data.task import Batches, Task, check_data_state, check_seq_len, check_split, rank_rows
 from .data.tokenizer_training import cached_tokenizer, protect_special_tokens, tokenizer_cache_path
-from .errors import MiraslabError, RecipeError
+from .errors import MiraslabError, MissingPackageError, RecipeError
 from .hookspecs import Register, RunContext, hookimpl, hookspec
 from .memory.gate_projections import GateProjections
 from .memory.layer import MemoryLayer
@@ -76,7 +76,9 @@ from .observation import (
 )
 from .params import ParamValueError, component_field, make_component, param, structure
 from .plugin_api import PLUGIN_API_VERSION
+from .recipe.resolve import recipe_to_dict, recipe_toml
 from .registry import Registry, get_registry, use_registry
+from .report import Report, build_report
 
 __all__ = [  # noqa: RUF022 -- grouped by the kind of plugin that needs them, not sorted
     # plugin hooks and parameters
@@ -95,6 +97,12 @@ __all__ = [  # noqa: RUF022 -- grouped by the kind of plugin that needs them, no
     "use_registry",
     "RecipeError",
     "MiraslabError",
+    "MissingPackageError",
+    # what a tracking monitor sends: the resolved recipe, the report's plots
+    "recipe_to_dict",
+    "recipe_toml",
+    "build_report",
+    "Report",
     # memory axes: what a memory/bias/retention/algorithm/features plugin subclasses
     "MemoryArchitecture",
     "AttentionalBias",

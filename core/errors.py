@@ -36,6 +36,11 @@ class ProvenanceWarning(UserWarning):
     """A run's component comes from another version of its distribution than it was trained with."""
 
 
+class MissingPackageError(MiraslabError):
+    """An optional package a component needs is not installed; the message says what to
+    ``pip install`` (the conformance kit skips such a component instead of failing it)."""
+
+
 # The exit code of a run stopped by a check, one per cause (docs/diagnostics.md lists them);
 # 2 stays every other error's, 130 an interrupt.
 STOP_EXIT_CODES = {

@@ -102,6 +102,9 @@ class RunContext(Protocol):
     step: int
     model: torch.nn.Module
     out_dir: Any
+    recipe: Any  # the resolved recipe (``miraslab.api.recipe_to_dict`` gives it as plain data)
+    rank: int  # this process's rank under torchrun (0 alone); a monitor that writes files writes on 0
+    world_size: int
 
     def request_stop(self, reason: str, cause: str = "stopped") -> None:
         """Stop after this step with ``reason``; ``cause`` (a key of
@@ -131,3 +134,9 @@ def on_eval(run: RunContext, metrics: dict[str, Any]) -> None:
 @hookspec
 def on_checkpoint(run: RunContext, path: Any) -> None:
     """Called after a checkpoint has been written completely."""
+
+
+@hookspec
+def on_train_end(run: RunContext, summary: Mapping[str, Any]) -> None:
+    """Called once when the run ends, finished or stopped by a check (``summary["stopped_by"]``),
+    after ``summary.json`` and the memory-use plot are written; not after a crash."""

@@ -16,6 +16,7 @@ from ..registry import get_registry
 from .loading import Origins, apply_set, display_path, load_raw, origin_of
 from .schema import Recipe
 from .size_check import size_problems
+from .toml_writer import dumps
 
 
 def load_recipe(path: str | Path, sets: Iterable[str] = ()) -> Recipe:
@@ -154,6 +155,11 @@ def _changed_shape(recipe: Recipe, staged: Recipe) -> str:
 def recipe_to_dict(recipe: Recipe) -> dict[str, Any]:
     """The resolved recipe as plain data (it loads back to an equal Recipe)."""
     return make_converter(get_registry()).unstructure(recipe)
+
+
+def recipe_toml(recipe: Recipe) -> str:
+    """The resolved recipe as TOML: what every run directory keeps as ``recipe.toml``."""
+    return dumps(recipe_to_dict(recipe))
 
 
 def with_overrides(recipe: Recipe, overrides: dict[str, Any]) -> Recipe:

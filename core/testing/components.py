@@ -24,7 +24,7 @@ def check_component(
     """Run the kit on component ``name`` of ``kind`` at ``options``; raises ``KitFailure``.
 
     Returns None, or why nothing could be checked here (an attention backend that cannot run
-    on this machine says so itself).
+    on this machine says so itself; a monitor whose optional package is missing).
     """
     registry = registry or get_registry()
     registry.get(kind, name)  # an unknown name is the registry's one-line error
@@ -43,9 +43,8 @@ def check_component(
     elif kind == "monitor":
         if out_dir is None:
             with tempfile.TemporaryDirectory() as scratch:
-                check_monitor(name, Path(scratch), options, registry)
-        else:
-            check_monitor(name, out_dir, options, registry)
+                return check_monitor(name, Path(scratch), options, registry)
+        return check_monitor(name, out_dir, options, registry)
     else:
         raise ValueError(f"unknown component kind {kind!r}; kinds are {', '.join(KINDS)}")
     return None

@@ -29,6 +29,8 @@ class KitRun:
     recipe: Any = None
     stop_reason: str | None = None
     stop_cause: str = "stopped"
+    rank: int = 0
+    world_size: int = 1
 
     def request_stop(self, reason: str, cause: str = "stopped") -> None:
         if self.stop_reason is None:
@@ -42,14 +44,18 @@ def check_monitor(
     registry: Registry | None = None,
     layout: str = "mag",
     steps: int = 3,
-) -> None:
+) -> str | None:
     """Registers on a fresh plugin manager (a misspelled hook fails), then drives
-    on_train_start, loss_terms, on_step_end, on_eval and on_checkpoint over ``steps`` AdamW
-    steps of a tiny ``layout`` model: loss terms are finite scalars, metrics stay JSON, and
-    the defaults do not stop a run that is only a few steps old."""
+    on_train_start, loss_terms, on_step_end, on_eval, on_checkpoint and on_train_end over
+    ``steps`` AdamW steps of a tiny ``layout`` model: loss terms are finite scalars, metrics
+    stay JSON, and the defaults do not stop a run that is only a few steps old.  Returns None,
+    or why the monitor cannot be checked here (an optional package it needs is missing)."""
     registry = registry or get_registry()
     params = api.make_component("monitor", name, dict(options or {}), registry).params
-    monitor = registry.get("monitor", name).build(params)
+    try:
+        monitor = registry.get("monitor", name).build(params)
+    except api.MissingPackageError as exc:
+        return str(exc)
     what = f"monitor {name!r}"
     pm = pluggy.PluginManager(hookspecs.PROJECT)
     pm.add_hookspecs(hookspecs)
@@ -89,3 +95,5 @@ def check_monitor(
     pm.hook.on_checkpoint(run=run, path=Path(out_dir))
     if run.stop_reason is not None:
         raise KitFailure(f"{what}: stopped a {steps}-step run at its defaults: {run.stop_reason}")
+    pm.hook.on_train_end(run=run, summary={"step": steps, "final_loss": float(loss), "stopped_by": None})
+    return None

@@ -24,9 +24,8 @@ import attrs
 import torch
 
 from ..errors import MiraslabError
-from ..recipe.resolve import load_recipe, recipe_to_dict
+from ..recipe.resolve import load_recipe, recipe_toml
 from ..recipe.schema import Recipe
-from ..recipe.toml_writer import dumps
 from .provenance import check_provenance, write_provenance
 from .state_files import fsync_dir
 
@@ -56,7 +55,7 @@ class RunDir:
                 "or choose another --out"
             )
         self.path.mkdir(parents=True, exist_ok=True)
-        self.recipe_path.write_text(dumps(recipe_to_dict(recipe)))
+        self.recipe_path.write_text(recipe_toml(recipe))
         write_provenance(self.path, recipe)
 
     def load_recipe(self) -> Recipe:

@@ -6,8 +6,9 @@ One optimizer step:
     clip the global gradient norm;  AdamW step with lr = peak(stage) * schedule(step)
 
 Trainer events (``on_train_start``, ``loss_terms``, ``on_step_end``, ``on_eval``,
-``on_checkpoint``) are pluggy hooks: monitors named in the recipe are registered for the
-run, so a monitor can log, add a loss term or stop the run without editing this file.
+``on_checkpoint``, ``on_train_end``) are pluggy hooks: monitors named in the recipe are
+registered for the run, so a monitor can log, add a loss term or stop the run without
+editing this file.
 """
 
 from __future__ import annotations
@@ -74,6 +75,8 @@ class RunContext:
     stop_reason: str | None = None
     stop_cause: str = "stopped"
     optimizer: Any = None  # the optimizer stepping ``model`` (the precision guard reads its state)
+    rank: int = 0  # under torchrun; monitors that write files (tensorboard, wandb) write on rank 0
+    world_size: int = 1
 
     def request_stop(self, reason: str, cause: str = "stopped") -> None:
         """Stop after this step; ``cause`` (a key of ``STOP_EXIT_CODES``) picks the exit code."""
@@ -254,6 +257,8 @@ class Trainer:
         for stage in self.stages:  # before anything is built: a size that cannot fit is one line
             if problems := training_problems(stage.recipe, self.dist.world_size):
                 raise RecipeError(problems)
+        # before the run directory is written: a monitor that cannot be built (a missing package) is one line
+        built = [(component.name, build_component(component)) for component in self.recipe.monitors]
         task = self._task_and_vocabulary()
         if self.recipe.data.reset_at_documents:
             self.separator = documents_separator(task)
@@ -301,7 +306,8 @@ class Trainer:
             self._probe_validation(task)
         context = RunContext(self.recipe, self.run_dir.path, self.raw, self.step, self.stage.name)
         context.optimizer = self.optimizer
-        monitors = self._register_monitors()
+        context.rank, context.world_size = self.dist.rank, self.dist.world_size
+        monitors = self._register_monitors(built)
         hook = self.registry.hook()
         hook.on_train_start(run=context)
         self.progress.event(
@@ -313,7 +319,7 @@ class Trainer:
         history: list[float] = []
         best_val = math.inf
         saved_at = self.step if checkpoint is not None else -1
-        try:
+        try:  # the monitors stay registered through the end hook, a stop's included
             while self.step < last and context.stop_reason is None:
                 stage = stage_at(self.stages, self.step)
                 if stage is not self.stage:
@@ -350,30 +356,31 @@ class Trainer:
                     and self._save(batches, hook, context)
                 ):
                     saved_at = self.step
+            if context.stop_reason is None and saved_at != self.step:
+                self._save(batches, hook, context)
+            summary = {
+                "name": self.recipe.name,
+                "step": self.step,
+                "total_steps": self.train.total_steps,
+                "tokens": self.tokens,
+                "final_loss": history[-1] if history else None,
+                "best_val_loss": best_val if math.isfinite(best_val) else None,
+                "wall_seconds": time.time() - started,
+                "stopped_by": context.stop_reason,
+                "parameters": sum(p.numel() for p in self.raw.parameters()),
+            }
+            if self.last_eval is not None and "memory_use/carry_gain" in self.last_eval:
+                summary["memory_use"] = {k: v for k, v in self.last_eval.items() if k != "event"}
+                summary["memory_used"] = memory_is_used(self.last_eval)
+            if self.dist.is_main:
+                self.run_dir.write_summary(summary)
+            self.progress.event(_summary_line(summary, self.run_dir.path))
+            if self.dist.is_main and "memory_use" in summary:
+                self._report_memory_use()
+            hook.on_train_end(run=context, summary=summary)
         finally:
             for name in monitors:
                 self.registry.pm.unregister(name=name)
-        if context.stop_reason is None and saved_at != self.step:
-            self._save(batches, hook, context)
-        summary = {
-            "name": self.recipe.name,
-            "step": self.step,
-            "total_steps": self.train.total_steps,
-            "tokens": self.tokens,
-            "final_loss": history[-1] if history else None,
-            "best_val_loss": best_val if math.isfinite(best_val) else None,
-            "wall_seconds": time.time() - started,
-            "stopped_by": context.stop_reason,
-            "parameters": sum(p.numel() for p in self.raw.parameters()),
-        }
-        if self.last_eval is not None and "memory_use/carry_gain" in self.last_eval:
-            summary["memory_use"] = {k: v for k, v in self.last_eval.items() if k != "event"}
-            summary["memory_used"] = memory_is_used(self.last_eval)
-        if self.dist.is_main:
-            self.run_dir.write_summary(summary)
-        self.progress.event(_summary_line(summary, self.run_dir.path))
-        if self.dist.is_main and "memory_use" in summary:
-            self._report_memory_use()
         if context.stop_reason is not None:
             if self.last_checkpoint is not None:
                 kept = f"the last good checkpoint is {self.last_checkpoint}"
@@ -618,11 +625,10 @@ class Trainer:
         self.last_checkpoint = checkpoint_dir(self.run_dir.path, self.step)
         return True
 
-    def _register_monitors(self) -> list[str]:
+    def _register_monitors(self, built: list[tuple[str, Any]]) -> list[str]:
         names = []
-        for index, component in enumerate(self.recipe.monitors):
-            monitor = build_component(component)
-            name = f"monitor-{index}-{component.name}"
+        for index, (component, monitor) in enumerate(built):
+            name = f"monitor-{index}-{component}"
             self.registry.pm.register(monitor, name=name)
             names.append(name)
         return names
