@@ -124,6 +124,10 @@ def test_the_example_is_listed_trains_passes_its_own_kit_tests_and_uninstalls(in
     trained_state = load_file(model_file)
     (bias_init,) = [t for name, t in trained_state.items() if name.endswith(".arch.init.w_bias")]
     assert bias_init.shape == (2, 16, 1) and bias_init.abs().max() > 0  # b's W_init starts at 0: trained
+    shown = run("-m", "miraslab", "recipe", "show", "ttt_linear.toml", "--params", "--json")
+    undecayed = json.loads(shown.stdout)["weight_decay"]["groups"]["undecayed"]["tensors"]
+    spared = {p.rsplit(".", 1)[1]: t["why"] for p, t in undecayed.items() if ".arch." in p}
+    assert spared == {"w_bias": "bias", "ln_weight": "declared", "ln_bias": "bias"}
 
     shutil.rmtree(site)  # uninstall: a --target install is its directory
     listing = run("-m", "miraslab", "plugins", "--json")
