@@ -59,12 +59,13 @@ def main() -> None:
     parser.add_argument("--medians", type=float, nargs="+", default=[64, 256, 1024])
     parser.add_argument("--sigma", type=float, default=1.0)
     parser.add_argument("--layout", default="mal")
+    parser.add_argument("--d-model", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--buckets", type=int, default=4, help="data.document_buckets")
     parser.add_argument("--json", default="")
     args = parser.parse_args()
     torch.manual_seed(0)
-    spec = {"vocab_size": 256, "d_model": 64, "n_layers": 2, "n_heads": 4, "layout": args.layout}
+    spec = {"vocab_size": 256, "d_model": args.d_model, "n_layers": 2, "n_heads": 4, "layout": args.layout}
     model = build_model(structure({**spec, "memory": {"chunk_size": 16}}, ModelSpec))
     step_seconds(
         model, [TrainingBatch.of(packed_rows(args.rows, args.seq_len, 64, args.sigma, 1))], 1
@@ -94,7 +95,7 @@ def main() -> None:
             }
         )
     print(
-        f"{args.layout}, {args.rows} rows of {args.seq_len}, log-normal document lengths (sigma {args.sigma}), "
+        f"{args.layout}, d_model {args.d_model}, {args.rows} rows of {args.seq_len}, log-normal document lengths (sigma {args.sigma}), "
         f"{args.buckets} buckets"
     )
     print(
