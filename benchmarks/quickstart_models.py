@@ -2,12 +2,16 @@
 
     python benchmarks/quickstart_models.py                    # all of them, the quickstart's 1000 steps
     python benchmarks/quickstart_models.py --models titans-mag deltanet --steps 300 --json out.json
+    python benchmarks/quickstart_models.py --budget-seconds 120   # each as many steps as fit in 120 s
 
 Each run is recipes/quickstart.toml (MQAR, every query 41+ tokens after its key, 16-token
 attention windows, d_model 64, one block) with a model's architecture laid over it by
 ``--set`` alone: its layout, persistent tokens and memory axes from its own recipe, the
 quickstart's size and chunk size (``--chunk`` changes it).  The table gives the accuracy on
 the answers with the memory carried and with it reset at every chunk, and the training time.
+With ``--budget-seconds S`` each model trains for as many steps as its own step time fits in
+S seconds (timed first by a 30-step run: the median ``tokens_per_s`` it logs after step 10):
+the same wall-clock budget for every model, as a user has.
 TNT is left out: its shard and chunk lengths do not fit a 128-token sequence.
 """
 
@@ -42,16 +46,34 @@ MODELS = {
 }
 
 
-def run_one(name: str, args: argparse.Namespace, root: Path) -> dict[str, Any]:
+def _sets(name: str, args: argparse.Namespace, steps: int) -> list[str]:
     sets = [*model_sets(MODELS[name]), "model.attention.persistent_tokens=0", f"seed={args.seed}"]
-    sets += [
-        f"train.steps={args.steps}",
-        f"train.eval_every={args.steps}",
-        f"train.checkpoint_every={args.steps}",
-    ]
+    sets += [f"train.steps={steps}", f"train.eval_every={steps}", f"train.checkpoint_every={steps}"]
     if args.chunk:
         sets.append(f"model.memory.chunk_size={args.chunk}")
+    return sets
+
+
+def step_seconds(name: str, args: argparse.Namespace, root: Path) -> float:
+    """One optimizer step's time: the median of the ``tokens_per_s`` a 30-step run logs every 5
+    steps, its first 10 (warm-up, first calls) left out."""
+    steps = 30
+    sets = [*_sets(name, args, steps), "train.log_every=5", f"train.eval_every={10 * steps}"]
     recipe = miraslab.load_recipe(QUICKSTART, sets)
+    run = root / f"{name}-probe"
+    Trainer(recipe, run, show_progress=False).run()
+    rates = sorted(
+        r["tokens_per_s"] for r in RunDir(run).metrics() if r.get("step", 0) > 10 and "tokens_per_s" in r
+    )
+    shutil.rmtree(run, ignore_errors=True)
+    return recipe.train.batch_size * recipe.data.seq_len / rates[len(rates) // 2]
+
+
+def run_one(name: str, args: argparse.Namespace, root: Path) -> dict[str, Any]:
+    steps = args.steps
+    if args.budget_seconds:
+        steps = max(1, int(args.budget_seconds / step_seconds(name, args, root)))
+    recipe = miraslab.load_recipe(QUICKSTART, _sets(name, args, steps))
     started = time.perf_counter()
     summary = Trainer(recipe, root / name, show_progress=False).run()
     seconds = time.perf_counter() - started
@@ -59,7 +81,7 @@ def run_one(name: str, args: argparse.Namespace, root: Path) -> dict[str, Any]:
     return {
         "model": name,
         "layout": recipe.model.layout.name,
-        "steps": args.steps,
+        "steps": steps,
         "train_seconds": round(seconds, 1),
         "accuracy": use.get("val_accuracy", _accuracy(root / name)),
         "reset_accuracy": use.get("memory_use/reset_accuracy"),
@@ -78,13 +100,13 @@ def markdown(results: list[dict[str, Any]]) -> str:
         return "–" if value is None else f"{100 * value:.1f}"
 
     lines = [
-        "| recipe | layout | carried % | reset every chunk % | carry gain (nats) | train s |",
-        "|---|---|---|---|---|---|",
+        "| recipe | layout | steps | carried % | reset every chunk % | carry gain (nats) | train s |",
+        "|---|---|---|---|---|---|---|",
     ]
     for r in results:
         gain = "–" if r["carry_gain"] is None else f"{r['carry_gain']:+.2f}"
         lines.append(
-            f"| {r['model']} | {r['layout']} | {pct(r['accuracy'])} | {pct(r['reset_accuracy'])} | {gain} | "
+            f"| {r['model']} | {r['layout']} | {r['steps']} | {pct(r['accuracy'])} | {pct(r['reset_accuracy'])} | {gain} | "
             f"{r['train_seconds']} |"
         )
     return "\n".join(lines)
@@ -96,6 +118,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=1000, help="optimizer steps (the quickstart's: 1000)")
     parser.add_argument(
         "--chunk", type=int, default=0, help="memory chunk size; 0 keeps the quickstart's (2)"
+    )
+    parser.add_argument(
+        "--budget-seconds",
+        type=float,
+        default=0,
+        help="train each for the steps that fit in this many seconds",
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, help="keep the runs here (default: a temporary directory)")
@@ -112,7 +140,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.out is None:
             shutil.rmtree(root, ignore_errors=True)
     machine = f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}"
-    print(f"The quickstart's task, {args.steps} steps, seed {args.seed}, on {machine}:\n")
+    budget = (
+        f"a {args.budget_seconds:g} s training budget each" if args.budget_seconds else f"{args.steps} steps"
+    )
+    print(f"The quickstart's task, {budget}, seed {args.seed}, on {machine}:\n")
     print(markdown(results))
     if args.json:
         args.json.write_text(json.dumps({"machine": machine, "results": results}, indent=2))
