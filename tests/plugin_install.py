@@ -44,3 +44,16 @@ def run_python(*args: str, env: dict[str, str], cwd: Path) -> subprocess.Complet
     return subprocess.run(
         [sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300
     )
+
+
+def tiny_recipe(name: str, memory: str, train: str = "steps = 2\nbatch_size = 2", tail: str = "") -> str:
+    """A recipe small enough to train in seconds: one 32-wide LMM block on a short MQAR, with
+    ``memory`` the lines of its ``[model.memory]`` table and ``train`` those of ``[train]``
+    (or ``[[train.stages]]`` tables, given whole in ``tail``)."""
+    train_table = f"[train]\n{train}\n" if train else ""
+    return (
+        f'name = "{name}"\n[model]\nd_model = 32\nn_layers = 1\nn_heads = 2\nlayout = "lmm"\n'
+        f"[model.memory]\n{memory}\nchunk_size = 4\n"
+        '[data]\ntask = { name = "mqar", seq_len = 32, num_kv_pairs = 4 }\nseq_len = 32\n'
+        f"{train_table}{tail}"
+    )

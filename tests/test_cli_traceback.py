@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import attrs
 import pytest
+from plugin_install import tiny_recipe
 
 import miraslab
 from miraslab.cli import UNEXPECTED_HINT, main
@@ -46,23 +47,7 @@ class BuggyPlugin:
 
 def recipe(retention: str = "decay", monitor: str = "") -> str:
     monitors = f'[[monitors]]\nname = "{monitor}"\n' if monitor else ""
-    return f"""\
-name = "traceback"
-[model]
-d_model = 32
-n_layers = 1
-n_heads = 2
-layout = "lmm"
-[model.memory]
-retention = "{retention}"
-chunk_size = 4
-[data]
-task = {{ name = "mqar", seq_len = 32, num_kv_pairs = 4 }}
-seq_len = 32
-[train]
-steps = 2
-batch_size = 2
-{monitors}"""
+    return tiny_recipe("traceback", f'retention = "{retention}"', tail=monitors)
 
 
 @pytest.fixture

@@ -7,78 +7,39 @@ it is uninstalled (the directory removed) and the components are gone again."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
 import pytest
+from plugin_install import env_with, pip_install, run_python, tiny_recipe
 from safetensors.torch import load_file
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "miraslab-logcosh"
 DISTRIBUTION, VERSION = "miraslab-logcosh", "0.3.0"
-RECIPE = """\
-name = "logcosh-ttt"
-[model]
-d_model = 32
-n_layers = 1
-n_heads = 2
-layout = "lmm"
-[model.memory]
-memory = "ttt_ln"
-bias = { name = "logcosh", sharpness = 2.0 }
-chunk_size = 4
-[data]
-task = { name = "mqar", seq_len = 32, num_kv_pairs = 4 }
-seq_len = 32
-[train]
-steps = 3
-batch_size = 4
-"""
-# TTT-Linear as its paper runs it: mini-batch gradient descent on W and b, nothing forgotten
-TTT_LINEAR_RECIPE = """\
-name = "ttt-linear"
-[model]
-d_model = 32
-n_layers = 1
-n_heads = 2
-layout = "lmm"
-[model.memory]
-memory = "ttt_linear"
-bias = "l2"
-retention = "none"
-algorithm = "gd"
-chunk_size = 4
-[data]
-task = { name = "mqar", seq_len = 32, num_kv_pairs = 4 }
-seq_len = 32
-[train]
-steps = 3
-batch_size = 4
-"""
+RECIPE = tiny_recipe(
+    "logcosh-ttt",
+    'memory = "ttt_ln"\nbias = { name = "logcosh", sharpness = 2.0 }',
+    "steps = 3\nbatch_size = 4",
+)
+TTT_LINEAR_RECIPE = tiny_recipe(
+    "ttt-linear",
+    'memory = "ttt_linear"\nbias = "l2"\nretention = "none"\nalgorithm = "gd"',
+    "steps = 3\nbatch_size = 4",
+)
 
 
 @pytest.fixture(scope="module")
 def installed(tmp_path_factory):
     """(run, site): ``run(*args)`` is ``python -m miraslab`` seeing the installed example."""
     root = tmp_path_factory.mktemp("example")
-    source, site = root / "src", root / "site"
-    shutil.copytree(EXAMPLE, source)  # setuptools writes build/ and *.egg-info beside the source
-    result = subprocess.run(
-        [sys.executable, "-m", "pip", "install", "--no-deps", "--no-build-isolation", "--no-index",
-         "--disable-pip-version-check", "--quiet", "--target", str(site), str(source)],
-        capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
-    assert result.returncode == 0, f"pip could not install the example:\n{result.stdout}\n{result.stderr}"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MIRASLAB_")}
-    env["PYTHONPATH"] = os.pathsep.join([str(site), *filter(None, [env.get("PYTHONPATH")])])
+    (root / "src").mkdir()
+    site = pip_install([EXAMPLE], root / "site", root / "src")
+    env = env_with(site)
 
     def run(*args: str, cwd: Path = root) -> subprocess.CompletedProcess:
-        return subprocess.run(
-            [sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300
-        )
+        return run_python(*args, env=env, cwd=cwd)
 
     (root / "recipe.toml").write_text(RECIPE)
     (root / "ttt_linear.toml").write_text(TTT_LINEAR_RECIPE)

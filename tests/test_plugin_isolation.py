@@ -15,7 +15,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from plugin_install import FIXTURES, env_with, pip_install, run_python
+from plugin_install import FIXTURES, env_with, pip_install, run_python, tiny_recipe
 
 import miraslab
 from miraslab import plugin_api
@@ -50,24 +50,7 @@ HOOK_ERROR = (
 
 
 def recipe(memory: str = "mlp", retention: str = "decay") -> str:
-    return f"""\
-name = "isolation"
-[model]
-d_model = 32
-n_layers = 1
-n_heads = 2
-layout = "lmm"
-[model.memory]
-memory = "{memory}"
-retention = "{retention}"
-chunk_size = 4
-[data]
-task = {{ name = "mqar", seq_len = 32, num_kv_pairs = 4 }}
-seq_len = 32
-[train]
-steps = 2
-batch_size = 2
-"""
+    return tiny_recipe("isolation", f'memory = "{memory}"\nretention = "{retention}"')
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,7 @@ import warnings
 from pathlib import Path
 
 import pytest
-from plugin_install import FIXTURES, env_with, pip_install, run_python
+from plugin_install import FIXTURES, env_with, pip_install, run_python, tiny_recipe
 
 import miraslab
 from miraslab.errors import MiraslabError, ProvenanceWarning
@@ -23,23 +23,7 @@ from miraslab.recipe.resolve import load_recipe
 from miraslab.registry import BrokenPlugin, Source, use_registry
 from miraslab.train.provenance import PROVENANCE_FILE, check_provenance, components_used, provenance
 
-RECIPE = """\
-name = "acme-provenance"
-[model]
-d_model = 32
-n_layers = 1
-n_heads = 2
-layout = "lmm"
-[model.memory]
-retention = { name = "acme_forget", rate = 0.5 }
-chunk_size = 4
-[data]
-task = { name = "mqar", seq_len = 32, num_kv_pairs = 4 }
-seq_len = 32
-[train]
-steps = 2
-batch_size = 2
-"""
+RECIPE = tiny_recipe("acme-provenance", 'retention = { name = "acme_forget", rate = 0.5 }')
 ACME = {"kind": "retention", "name": "acme_forget", "plugin": "acme_forget", "distribution": "acme-forget"}
 
 # every way of loading a run back, in one process: the CLI commands and miraslab.load_run
@@ -203,25 +187,13 @@ def test_a_run_without_provenance_is_not_checked_and_a_malformed_file_is_named(t
 def test_components_of_stage_overrides_and_nested_components_are_recorded(write_recipe, registry):
     path = write_recipe(
         "staged.toml",
-        """\
-        name = "staged"
-        [model]
-        d_model = 32
-        n_layers = 1
-        n_heads = 2
-        layout = "lmm"
-        [model.memory]
-        bias = { name = "omega", window = 2, inner = "huber" }
-        chunk_size = 4
-        [data]
-        task = { name = "mqar", seq_len = 32, num_kv_pairs = 4 }
-        seq_len = 32
-        [[train.stages]]
-        steps = 2
-        [[train.stages]]
-        steps = 2
-        overrides = { "model.memory.bias.inner" = "l2" }
-        """,
+        tiny_recipe(
+            "staged",
+            'bias = { name = "omega", window = 2, inner = "huber" }',
+            train="",
+            tail="[[train.stages]]\nsteps = 2\n[[train.stages]]\nsteps = 2\n"
+            'overrides = { "model.memory.bias.inner" = "l2" }\n',
+        ),
     )
     with use_registry(registry):
         recipe = load_recipe(path)

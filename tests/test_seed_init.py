@@ -30,6 +30,7 @@ from miraslab.model.language_model import LanguageModel
 from miraslab.preflight import seed_competition
 from miraslab.recipe.resolve import load_recipe, recipe_from_dict
 from miraslab.train.checkpoint import load_checkpoint
+from miraslab.train.run_dir import RunDir
 from miraslab.train.trainer import Trainer
 
 VOCAB, WIDTH, HIDDEN, LAYERS, HEADS = 96, 64, 128, 2, 4
@@ -254,6 +255,22 @@ def test_a_memory_recipe_seeded_from_it_trains_and_reports_its_memory_as_kept(gq
     assert "blocks.0.memory.memory.rule.arch.init.w1" in report["kept"]
     assert "blocks.1.gate.log_gain" in report["kept"]
     assert next(line for line in lines if line.get("event") == "seed_init")["mapped"] == len(mapped)
+
+
+def test_a_seeded_run_resumes_with_its_seed_moved(gqa_llama, tmp_path):
+    """model.init.* is safe to change on resume: the run's own checkpoint replaces the seed."""
+    import shutil
+
+    directory, _ = gqa_llama
+    moved = shutil.copytree(directory, tmp_path / "moved")
+    recipe = load_recipe(write_mqar_recipe(tmp_path, directory))
+    Trainer(recipe, tmp_path / "run", show_progress=False, max_steps=2).run()
+    saved = tmp_path / "run" / "recipe.toml"
+    saved.write_text(saved.read_text().replace(str(directory), str(moved)))
+    summary = Trainer(
+        RunDir(tmp_path / "run").load_recipe(), tmp_path / "run", resume=True, show_progress=False
+    ).run()
+    assert summary["step"] == 3
 
 
 def test_a_run_from_an_hf_init_from_starts_from_the_checkpoints_weights(gqa_llama, tmp_path):

@@ -31,6 +31,10 @@ SAFE_TO_CHANGE = frozenset(
         "train.memory_use_min_share",
         "train.memory_use_patience",
         "train.memory_use_action",
+        # a seed checkpoint only gives a new run its first weights; a resume loads its own
+        "model.init.from",
+        "model.init.strict",
+        "model.init.memory_from_mlp",
     }
 )
 
