@@ -4,6 +4,7 @@
     python benchmarks/mad_table.py --tasks compression --models transformer --steps 2   # a smoke run
     python benchmarks/mad_table.py --json mad.json --out runs/mad-table                 # keep runs and numbers
     python benchmarks/mad_table.py --show-sets           # the --set lines that put each model on a task
+    python benchmarks/mad_table.py --from-json mad.json --plot mad.png   # table and bar chart again, no training
 
 Every run is a task recipe of recipes/mad/ with the model's architecture laid over it by
 ``--set`` alone: the layout, the attention's persistent tokens and the memory's axes are read
@@ -135,6 +136,43 @@ def markdown(results: list[dict[str, Any]], tasks: list[str], models: list[str])
     return "\n".join(lines)
 
 
+def plot(results: list[dict[str, Any]], tasks: list[str], models: list[str], title: str, path: Path) -> Path:
+    """Grouped bars: one group per task, one bar per model, accuracy in %."""
+    from matplotlib.figure import Figure
+
+    accuracy = {(r["task"], r["model"]): 100 * r["accuracy"] for r in results}
+    figure = Figure(figsize=(max(7.0, 1.6 * len(tasks)), 3.8), dpi=100, layout="constrained")
+    axis = figure.subplots()
+    width = 0.8 / len(models)
+    for i, model in enumerate(models):
+        xs = [t + (i - (len(models) - 1) / 2) * width for t in range(len(tasks))]
+        axis.bar(xs, [accuracy[(task, model)] for task in tasks], width, label=model)
+    axis.set_xticks(range(len(tasks)), tasks, rotation=15)
+    axis.set(ylabel="accuracy (%)", ylim=(0, 100), title=title)
+    axis.legend(fontsize="small", ncols=min(len(models), 5), loc="upper center")
+    figure.savefig(path, format="png")
+    return path
+
+
+def header(settings: dict[str, Any]) -> str:
+    return (
+        f"MAD accuracy (%), {settings['steps']} steps at batch {settings['batch_size']}, lr {settings['lr']}, "
+        f"d_model {settings['d_model']}, {settings['eval_examples']} validation examples, seed {settings['seed']}"
+    )
+
+
+def report(payload: dict[str, Any], args: argparse.Namespace) -> None:
+    """Print the table (and draw it, with --plot) from the results of a run or of --from-json."""
+    results = payload["results"]
+    tasks = [t for t in TASKS if any(r["task"] == t for r in results)]
+    models = [m for m in MODELS if any(r["model"] == m for r in results)]
+    print(f"{header(payload['settings'])}:\n")
+    print(markdown(results, tasks, models))
+    if args.plot:
+        plot(results, tasks, models, header(payload["settings"]).split(", ", 1)[0], args.plot)
+        print(f"\nplot: {args.plot}")
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tasks", nargs="+", choices=list(TASKS), default=list(TASKS))
@@ -161,6 +199,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, help="keep the runs here (default: a temporary directory)")
     parser.add_argument("--json", type=Path, help="also write the results here")
     parser.add_argument("--show-sets", action="store_true", help="print each model's --set lines and exit")
+    parser.add_argument("--plot", type=Path, help="also draw the accuracies as grouped bars (PNG)")
+    parser.add_argument(
+        "--from-json",
+        type=Path,
+        help="print (and --plot) the table of an earlier --json file; trains nothing",
+    )
     return parser.parse_args(argv)
 
 
@@ -169,6 +213,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.show_sets:
         for model in args.models:
             print(f"{model}: " + " ".join(f"--set {s}" for s in model_sets(model)))
+        return 0
+    if args.from_json:
+        report(json.loads(args.from_json.read_text()), args)
         return 0
     torch.set_num_threads(args.threads)
     root = args.out or Path(tempfile.mkdtemp(prefix="mad-table-"))
@@ -200,15 +247,10 @@ def main(argv: list[str] | None = None) -> int:
         "threads": args.threads,
         "machine": f"{platform.machine()} {platform.processor() or platform.system()}, torch {torch.__version__}",
     }
-    print(
-        f"MAD accuracy (%), {args.steps} steps at batch {args.batch_size}, lr {args.lr}, d_model "
-        f"{settings['d_model']}, {args.eval_examples} validation examples, seed {args.seed}:\n"
-    )
-    print(markdown(results, args.tasks, args.models))
+    payload = {"settings": settings, "results": results, "atlas_paper": ATLAS_PAPER}
     if args.json:
-        args.json.write_text(
-            json.dumps({"settings": settings, "results": results, "atlas_paper": ATLAS_PAPER}, indent=2)
-        )
+        args.json.write_text(json.dumps(payload, indent=2))
+    report(payload, args)
     return 0
 
 

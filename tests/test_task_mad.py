@@ -485,6 +485,11 @@ def test_the_mad_table_command_prints_the_table_beside_the_atlas_paper(tmp_path,
     table = capsys.readouterr().out
     assert "| transformer |" in table and "| ATLAS paper: Atlas | 91.4 | 79.50 (all five) | – |" in table
     assert (tmp_path / "t.json").exists()
+    # the same table again from the JSON, without training, and drawn as a PNG
+    assert mad_table.main(["--from-json", str(tmp_path / "t.json"), "--plot", str(tmp_path / "t.png")]) == 0
+    again = capsys.readouterr().out
+    assert again.startswith(table.strip().split("\n")[0]) and "| transformer |" in again
+    assert (tmp_path / "t.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # the paper's averages are the means of its five tasks
     for row in mad_table.ATLAS_PAPER.values():
         assert sum(row[t] for t in mad_table.ATLAS_TASKS) / 5 == pytest.approx(row["average"], abs=0.005)
