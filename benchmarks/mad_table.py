@@ -141,15 +141,16 @@ def plot(results: list[dict[str, Any]], tasks: list[str], models: list[str], tit
     from matplotlib.figure import Figure
 
     accuracy = {(r["task"], r["model"]): 100 * r["accuracy"] for r in results}
-    figure = Figure(figsize=(max(7.0, 1.6 * len(tasks)), 3.8), dpi=100, layout="constrained")
+    figure = Figure(figsize=(max(7.0, 1.6 * len(tasks)), 4.2), dpi=100, layout="constrained")
     axis = figure.subplots()
     width = 0.8 / len(models)
     for i, model in enumerate(models):
         xs = [t + (i - (len(models) - 1) / 2) * width for t in range(len(tasks))]
         axis.bar(xs, [accuracy[(task, model)] for task in tasks], width, label=model)
     axis.set_xticks(range(len(tasks)), tasks, rotation=15)
-    axis.set(ylabel="accuracy (%)", ylim=(0, 100), title=title)
-    axis.legend(fontsize="small", ncols=min(len(models), 5), loc="upper center")
+    axis.set(ylabel="accuracy (%)", ylim=(0, 100))
+    axis.set_title(title, fontsize="medium")
+    figure.legend(*axis.get_legend_handles_labels(), loc="outside lower center", ncols=min(len(models), 5))
     figure.savefig(path, format="png")
     return path
 
@@ -169,7 +170,7 @@ def report(payload: dict[str, Any], args: argparse.Namespace) -> None:
     print(f"{header(payload['settings'])}:\n")
     print(markdown(results, tasks, models))
     if args.plot:
-        plot(results, tasks, models, header(payload["settings"]).split(", ", 1)[0], args.plot)
+        plot(results, tasks, models, header(payload["settings"]), args.plot)
         print(f"\nplot: {args.plot}")
 
 

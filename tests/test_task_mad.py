@@ -8,6 +8,7 @@ in a new order each epoch, a validation set of its own, determinism, rank shards
 
 from __future__ import annotations
 
+import json
 import sys
 from collections import Counter
 
@@ -493,3 +494,16 @@ def test_the_mad_table_command_prints_the_table_beside_the_atlas_paper(tmp_path,
     # the paper's averages are the means of its five tasks
     for row in mad_table.ATLAS_PAPER.values():
         assert sum(row[t] for t in mad_table.ATLAS_TASKS) / 5 == pytest.approx(row["average"], abs=0.005)
+
+
+def test_the_mad_table_in_the_docs_is_the_one_its_json_prints(capsys) -> None:
+    """docs/benchmarks.md shows the table generated into benchmarks/results/, not one typed by hand."""
+    results = REPO / "benchmarks" / "results" / "mad_table.json"
+    assert mad_table.main(["--from-json", str(results)]) == 0
+    printed = capsys.readouterr().out
+    table = [line for line in printed.splitlines() if line.startswith("|")]
+    assert len(table) == 2 + len(mad_table.MODELS) + len(mad_table.ATLAS_PAPER)
+    docs = (REPO / "docs" / "benchmarks.md").read_text()
+    assert "\n".join(table) in docs
+    settings = json.loads(results.read_text())["settings"]
+    assert f"{settings['steps']} steps of batch {settings['batch_size']}" in docs
