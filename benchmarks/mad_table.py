@@ -164,13 +164,13 @@ def header(settings: dict[str, Any]) -> str:
 
 def report(payload: dict[str, Any], args: argparse.Namespace) -> None:
     """Print the table (and draw it, with --plot) from the results of a run or of --from-json."""
-    results = payload["results"]
+    results, title = payload["results"], header(payload["settings"])
     tasks = [t for t in TASKS if any(r["task"] == t for r in results)]
     models = [m for m in MODELS if any(r["model"] == m for r in results)]
-    print(f"{header(payload['settings'])}:\n")
+    print(f"{title}:\n")
     print(markdown(results, tasks, models))
     if args.plot:
-        plot(results, tasks, models, header(payload["settings"]), args.plot)
+        plot(results, tasks, models, title, args.plot)
         print(f"\nplot: {args.plot}")
 
 
