@@ -15,6 +15,7 @@ from .data.cache import cache_key
 from .data.default_corpus import StdlibCorpus
 from .data.document_order import DocumentOrder
 from .data.packing import PackedBatches
+from .data.seeded_task import SeededBatches, SeededTask
 from .data.sources import (
     BUILDERS,
     SUPPORTED,
@@ -150,6 +151,8 @@ __all__ = [  # noqa: RUF022 -- grouped by the kind of plugin that needs them, no
     # tasks
     "Task",
     "Batches",
+    "SeededTask",
+    "SeededBatches",
     "check_data_state",
     "check_seq_len",
     "check_split",

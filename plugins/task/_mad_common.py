@@ -33,14 +33,12 @@ from typing import Any
 
 import attrs
 import numpy as np
-import torch
 
 import miraslab
-from miraslab.api import Batches, RecipeError, Task, cache_key, check_data_state, check_split, rank_rows
+from miraslab.api import RecipeError, SeededBatches, SeededTask, cache_key
 
 IGNORE = -100  # F.cross_entropy's default ignore_index, and mad-lab's target_ignore_idx
-SPLIT_STREAMS = {"train": 0, "val": 1}
-STATE_FORMAT = "miraslab.mad/1"
+SPLIT_STREAMS = {"train": 0, "val": 1}  # as SeededTask.stream draws them
 BLOCK = 256  # examples generated together from one generator
 EXAMPLES, EPOCHS = 0, 1  # what a generator keyed (seed, split, kind, index) draws
 
@@ -118,35 +116,26 @@ class ExampleSet:
         }
 
 
-class MadBatches(Batches):
-    """This process's rows of each global batch; the state is the number of batches drawn."""
+class MadBatches(SeededBatches):
+    """Rows of the split's fixed example set, in a new order every training epoch."""
 
-    def __init__(
-        self,
-        task: str,
-        examples: ExampleSet,
-        split: str,
-        *,
-        shuffle: bool,
-        batch_size: int,
-        seed: int,
-        rank: int,
-        world_size: int,
-        state: dict[str, Any] | None,
-        fingerprint: str,
-    ):
-        self.task, self.examples, self.split, self.shuffle = task, examples, split, shuffle
-        self.seed, self.batch_size, self.fingerprint = seed, batch_size, fingerprint
-        self._rows = rank_rows(batch_size, rank, world_size)
+    task: MadTask
+
+    def prepare(self, state: dict[str, Any] | None) -> None:
+        training, seed = self.split == "train", self.seed
+
+        def generate(rng: np.random.Generator, rows: int) -> Examples:
+            return self.task.generate(rng, rows, training=training, seed=seed)
+
+        self.examples = ExampleSet(
+            generate, seed, self.task.stream(self.split), self.task.set_size(self.split)
+        )
+        self.shuffle = training
         self._permutations: dict[int, np.ndarray] = {}
-        self._steps = 0
-        if state is not None:
-            self._check_state(state)
-            self._steps = int(state["steps"])
 
     def example_indices(self, step: int) -> np.ndarray:
         """Which examples rows of this process's share of ``step``'s global batch are."""
-        positions = step * self.batch_size + np.arange(self.batch_size)[self._rows]
+        positions = step * self.batch_size + np.arange(self.batch_size)[self.rows]
         size = self.examples.size
         if not size:
             return positions
@@ -169,28 +158,11 @@ class MadBatches(Batches):
             self._permutations[epoch] = rng.permutation(self.examples.size)
         return self._permutations[epoch]
 
-    def __next__(self) -> dict[str, torch.Tensor]:
-        examples = self.examples.rows(self.example_indices(self._steps))
-        self._steps += 1
-        return {name: torch.from_numpy(array.astype(np.int64)) for name, array in examples.items()}
-
-    def state_dict(self) -> dict[str, Any]:
-        return {
-            "format": STATE_FORMAT,
-            "task": self.task,
-            "split": self.split,
-            "seed": self.seed,
-            "fingerprint": self.fingerprint,
-            "steps": self._steps,
-        }
-
-    def _check_state(self, state: dict[str, Any]) -> None:
-        check_data_state(
-            state, STATE_FORMAT, self.task, split=self.split, seed=self.seed, fingerprint=self.fingerprint
-        )
+    def draw(self, step: int) -> Examples:
+        return self.examples.rows(self.example_indices(step))
 
 
-class MadTask(Task):
+class MadTask(SeededTask):
     """One MAD task: its vocabulary, its example generator and its two fixed example sets.
 
     A subclass names itself (``name``), says how long the rows it yields are
@@ -198,16 +170,9 @@ class MadTask(Task):
     ``vocab_size``, ``train_examples`` and ``val_examples``.
     """
 
-    name: str
-
-    def __init__(self, params: Any):
-        self.params = params
-
-    def tokenizer(self) -> None:
-        return None
-
-    def vocab_size(self) -> int:
-        return self.params.vocab_size
+    state_format = "miraslab.mad/1"
+    state_names_task = True  # one format serves the six tasks
+    batches_class = MadBatches
 
     def input_length(self) -> int:
         """Tokens a row the model reads: what data.seq_len must be."""
@@ -216,30 +181,18 @@ class MadTask(Task):
     def example_length(self) -> int:
         return self.input_length()
 
+    def fingerprint(self) -> str:
+        return cache_key({"task": self.name, **attrs.asdict(self.params)})
+
     @abstractmethod
     def generate(self, rng: np.random.Generator, rows: int, *, training: bool, seed: int) -> Examples:
         """``rows`` examples as (rows, input_length) integer arrays; ``training`` is mad-lab's
         ``is_training`` (some tasks score training and test rows differently)."""
 
-    def stream(self, split: str) -> int:
-        """Which stream of examples ``split`` draws from."""
-        return SPLIT_STREAMS[split]
-
     def set_size(self, split: str) -> int:
         return self.params.train_examples if split == "train" else self.params.val_examples
 
-    def batches(
-        self,
-        split: str,
-        *,
-        seq_len: int,
-        batch_size: int,
-        seed: int,
-        rank: int = 0,
-        world_size: int = 1,
-        state: dict[str, Any] | None = None,
-    ) -> MadBatches:
-        check_split(split)
+    def check_seq_len(self, seq_len: int) -> None:
         if seq_len != self.input_length():
             raise RecipeError(
                 [
@@ -247,21 +200,3 @@ class MadTask(Task):
                     f"{seq_len}; set data.seq_len to {self.input_length()}"
                 ]
             )
-        training = split == "train"
-        stream = self.stream(split)
-
-        def generate(rng: np.random.Generator, rows: int) -> Examples:
-            return self.generate(rng, rows, training=training, seed=seed)
-
-        return MadBatches(
-            self.name,
-            ExampleSet(generate, seed, stream, self.set_size(split)),
-            split,
-            shuffle=training,
-            batch_size=batch_size,
-            seed=seed,
-            rank=rank,
-            world_size=world_size,
-            state=state,
-            fingerprint=cache_key({"task": self.name, **attrs.asdict(self.params)}),
-        )

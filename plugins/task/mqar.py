@@ -36,27 +36,14 @@ and validation draws from its own stream, never training's.
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import attrs
 import numpy as np
-import torch
 
 import miraslab
-from miraslab.api import (
-    Batches,
-    ParamValueError,
-    Task,
-    cache_key,
-    check_data_state,
-    check_seq_len,
-    check_split,
-    rank_rows,
-)
+from miraslab.api import ParamValueError, SeededTask
 
-STATE_FORMAT = "miraslab.mqar/1"
 IGNORE = -100  # F.cross_entropy's default ignore_index, and Zoology's
-SPLIT_STREAMS = {"train": 0, "val": 1}
 
 
 @attrs.frozen
@@ -175,89 +162,14 @@ def multiquery_ar(params: MqarParams, rng: np.random.Generator, rows: int) -> di
     return {"inputs": inputs, "labels": labels, "distance": distance}
 
 
-class MqarBatches(Batches):
-    """This process's rows of each global batch; the state is the number of batches drawn."""
-
-    def __init__(
-        self,
-        params: MqarParams,
-        split: str,
-        *,
-        batch_size: int,
-        seed: int,
-        rank: int,
-        world_size: int,
-        state: dict[str, Any] | None,
-    ):
-        self.params = params
-        self.split = split
-        self.seed = seed
-        self.batch_size = batch_size
-        self._rows = rank_rows(batch_size, rank, world_size)
-        self.fingerprint = cache_key(attrs.asdict(params))
-        self._steps = 0
-        if state is not None:
-            self._check_state(state)
-            self._steps = int(state["steps"])
-
-    def __next__(self) -> dict[str, torch.Tensor]:
-        rng = np.random.default_rng([self.seed, SPLIT_STREAMS[self.split], self._steps])
-        examples = multiquery_ar(self.params, rng, self.batch_size)
-        self._steps += 1
-        return {name: torch.from_numpy(array[self._rows].copy()) for name, array in examples.items()}
-
-    def state_dict(self) -> dict[str, Any]:
-        return {
-            "format": STATE_FORMAT,
-            "split": self.split,
-            "seed": self.seed,
-            "fingerprint": self.fingerprint,
-            "steps": self._steps,
-        }
-
-    def _check_state(self, state: dict[str, Any]) -> None:
-        check_data_state(
-            state, STATE_FORMAT, "mqar", split=self.split, seed=self.seed, fingerprint=self.fingerprint
-        )
-
-
-class MqarTask(Task):
+class MqarTask(SeededTask):
     """Multi-query associative recall (Zoology), generated on the fly from the seed."""
 
-    def __init__(self, params: MqarParams):
-        self.params = params
+    name = "mqar"
+    state_format = "miraslab.mqar/1"
 
-    def tokenizer(self) -> None:
-        return None
-
-    def vocab_size(self) -> int:
-        return self.params.vocab_size
-
-    def example_length(self) -> int:
-        return self.params.seq_len
-
-    def batches(
-        self,
-        split: str,
-        *,
-        seq_len: int,
-        batch_size: int,
-        seed: int,
-        rank: int = 0,
-        world_size: int = 1,
-        state: dict[str, Any] | None = None,
-    ) -> MqarBatches:
-        check_split(split)
-        check_seq_len("mqar", self.params.seq_len, seq_len)
-        return MqarBatches(
-            self.params,
-            split,
-            batch_size=batch_size,
-            seed=seed,
-            rank=rank,
-            world_size=world_size,
-            state=state,
-        )
+    def examples(self, rng: np.random.Generator, rows: int) -> dict[str, np.ndarray]:
+        return multiquery_ar(self.params, rng, rows)
 
 
 @miraslab.hookimpl

@@ -39,28 +39,21 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 import numpy as np
-import torch
 
 import miraslab
 from miraslab.api import (
-    Batches,
     ParamValueError,
     RecipeError,
+    SeededBatches,
+    SeededTask,
     Task,
-    cache_key,
-    check_data_state,
-    check_seq_len,
-    check_split,
     make_component,
-    rank_rows,
 )
 
 if TYPE_CHECKING:
     from tokenizers import Tokenizer
 
-STATE_FORMAT = "miraslab.niah/1"
 IGNORE = -100  # F.cross_entropy's default ignore_index
-SPLIT_STREAMS = {"train": 0, "val": 1}
 HEX = "0123456789abcdef"
 DASH, NEEDLE_MARK, QUERY_MARK, FIRST_FILLER = 16, 17, 18, 19
 NOISE_PERIOD = 16  # tokens in one period of the id noise haystack
@@ -261,85 +254,59 @@ def single_needle(
     return {"inputs": inputs, "labels": labels, "distance": distance}
 
 
-class NiahBatches(Batches):
-    """This process's rows of each global batch; the state is the number of batches drawn."""
+class NiahBatches(SeededBatches):
+    """Each step's needles from its own generator; a text haystack is the text task's rows."""
 
-    def __init__(
-        self,
-        params: NiahParams,
-        split: str,
-        vocab: NeedleVocabulary,
-        *,
-        batch_size: int,
-        seed: int,
-        rank: int,
-        world_size: int,
-        state: dict[str, Any] | None,
-        text: Task | None,
-    ):
-        self.params, self.split, self.vocab = params, split, vocab
-        self.seed, self.batch_size = seed, batch_size
-        self._rows = rank_rows(batch_size, rank, world_size)
-        self.fingerprint = cache_key(attrs.asdict(params))
-        self._steps = 0
-        text_state = None
-        if state is not None:
-            self._check_state(state)
-            self._steps, text_state = int(state["steps"]), state.get("text")
+    task: NiahTask
+
+    def prepare(self, state: dict[str, Any] | None) -> None:
+        self.vocab = self.task.vocabulary()
+        text = self.task.text
         # every process reads the whole global batch of haystack rows and keeps its own
         self._text = (
             text.batches(
-                split,
-                seq_len=haystack_length(params, vocab),
-                batch_size=batch_size,
-                seed=seed,
-                state=text_state,
+                self.split,
+                seq_len=haystack_length(self.task.params, self.vocab),
+                batch_size=self.batch_size,
+                seed=self.seed,
+                state=state.get("text") if state is not None else None,
             )
             if text is not None
             else None
         )
 
-    def __next__(self) -> dict[str, torch.Tensor]:
-        rng = np.random.default_rng([self.seed, SPLIT_STREAMS[self.split], self._steps])
+    def draw(self, step: int) -> dict[str, np.ndarray]:
+        rng = self.generator(step)
         haystack = None
         if self._text is not None:
             haystack = next(self._text)[:, :-1].numpy()  # a text row is seq_len + 1 tokens
-        examples = single_needle(self.params, rng, self.batch_size, self.vocab, haystack)
-        self._steps += 1
-        return {name: torch.from_numpy(array[self._rows].copy()) for name, array in examples.items()}
+        examples = single_needle(self.task.params, rng, self.batch_size, self.vocab, haystack)
+        return {name: array[self.rows] for name, array in examples.items()}
 
     def state_dict(self) -> dict[str, Any]:
-        return {
-            "format": STATE_FORMAT,
-            "split": self.split,
-            "seed": self.seed,
-            "fingerprint": self.fingerprint,
-            "steps": self._steps,
-            "text": self._text.state_dict() if self._text is not None else None,
-        }
-
-    def _check_state(self, state: dict[str, Any]) -> None:
-        check_data_state(
-            state, STATE_FORMAT, "niah", split=self.split, seed=self.seed, fingerprint=self.fingerprint
-        )
+        return {**super().state_dict(), "text": self._text.state_dict() if self._text is not None else None}
 
 
-class NiahTask(Task):
+class NiahTask(SeededTask):
     """Single needle in a haystack (RULER's S-NIAH): a passkey, number or uuid recalled at the end."""
 
+    name = "niah"
+    state_format = "miraslab.niah/1"
+    batches_class = NiahBatches
+
     def __init__(self, params: NiahParams):
-        self.params = params
-        self._text: Task | None = None
+        super().__init__(params)
+        self.text: Task | None = None
         self._tokenizer: Tokenizer | None = None
         if params.haystack == "text":  # the text task checks its files now, before any training
             table = {"dataset": params.dataset, "tokenizer": params.tokenizer}
-            self._text = miraslab.build_component(
+            self.text = miraslab.build_component(
                 make_component("task", "text", table, miraslab.get_registry())
             )
 
     def tokenizer(self) -> Tokenizer | None:
-        if self._tokenizer is None and self._text is not None:
-            self._tokenizer = self._text.tokenizer()
+        if self._tokenizer is None and self.text is not None:
+            self._tokenizer = self.text.tokenizer()
         elif self._tokenizer is None and self.params.tokenizer:
             from tokenizers import Tokenizer
 
@@ -362,22 +329,8 @@ class NiahTask(Task):
             return NeedleVocabulary.of_ids(self.params.vocab_size)
         return NeedleVocabulary.of_tokenizer(tokenizer, self.params.needle)
 
-    def example_length(self) -> int:
-        return self.params.seq_len
-
-    def batches(
-        self,
-        split: str,
-        *,
-        seq_len: int,
-        batch_size: int,
-        seed: int,
-        rank: int = 0,
-        world_size: int = 1,
-        state: dict[str, Any] | None = None,
-    ) -> NiahBatches:
-        check_split(split)
-        check_seq_len("niah", self.params.seq_len, seq_len)
+    def check_seq_len(self, seq_len: int) -> None:
+        super().check_seq_len(seq_len)
         vocab = self.vocabulary()
         if haystack_length(self.params, vocab) < 1:
             raise RecipeError(
@@ -386,17 +339,6 @@ class NiahTask(Task):
                     f"query ({seq_len - haystack_length(self.params, vocab)} tokens) and a haystack"
                 ]
             )
-        return NiahBatches(
-            self.params,
-            split,
-            vocab,
-            batch_size=batch_size,
-            seed=seed,
-            rank=rank,
-            world_size=world_size,
-            state=state,
-            text=self._text,
-        )
 
 
 @miraslab.hookimpl
