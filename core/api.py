@@ -58,6 +58,7 @@ from .memory.spec import (
 from .model.attention import KVCache
 from .model.attention_backend import (
     AttentionBackend,
+    Visibility,
     is_visible,
     keys_end_at_queries,
     reference_attention,
@@ -143,6 +144,7 @@ __all__ = [  # noqa: RUF022 -- grouped by the kind of plugin that needs them, no
     "MemoryObservation",
     "whole",
     "AttentionBackend",
+    "Visibility",
     "is_visible",
     "keys_end_at_queries",
     "visibility_mask",

@@ -68,12 +68,54 @@ def keys_end_at_queries(q_pos: torch.Tensor, k_pos: torch.Tensor) -> bool:
     return bool(aligned & (k_pos[0] >= 0))
 
 
+class Visibility:
+    """One attention call's visibility rule in the forms kernels take: the mask builder every
+    backend shares.
+
+    ``aligned`` says whether the keys are the queries' consecutive history (then a kernel's own
+    causal, bottom-right or sliding-window mask states the rule, index ``j`` of the keys being
+    index ``i + shift`` of the queries); ``mask()`` is the boolean (Tq, Tk) mask for every
+    other case and ``visible(q_index, k_index)`` the rule on indices (a flex ``mask_mod``).
+    """
+
+    def __init__(self, q_pos: torch.Tensor, k_pos: torch.Tensor, window: int):
+        self.q_pos, self.k_pos, self.window = q_pos, k_pos, window
+        self.n_queries, self.n_keys = q_pos.shape[0], k_pos.shape[0]
+        self.shift = self.n_keys - self.n_queries  # key j at position p0 + j, query i at p0 + shift + i
+        self._aligned: bool | None = None
+
+    @property
+    def aligned(self) -> bool:
+        """:func:`keys_end_at_queries`, asked once (it synchronises with the device)."""
+        if self._aligned is None:
+            self._aligned = keys_end_at_queries(self.q_pos, self.k_pos)
+        return self._aligned
+
+    @property
+    def causal(self) -> bool:
+        """The plain causal case: keys are exactly the queries' own positions, no window."""
+        # cheap shape tests first: the position check synchronises with the device
+        return self.window == 0 and self.n_queries == self.n_keys and self.aligned
+
+    def mask(self) -> torch.Tensor:
+        """(Tq, Tk) boolean mask, True where query i may attend to key j."""
+        return visibility_mask(self.q_pos, self.k_pos, self.window)
+
+    def visible(self, q_index: torch.Tensor, k_index: torch.Tensor) -> torch.Tensor:
+        """The rule on query and key indices, elementwise (what a flex ``mask_mod`` computes)."""
+        if self.aligned:
+            return is_visible(q_index + self.shift, k_index, self.window)
+        return is_visible(self.q_pos[q_index], self.k_pos[k_index], self.window)
+
+
 class AttentionBackend(nn.Module):
     """Base class of attention backend plugins (``register_attentions``).
 
     ``forward(q, k, v, q_pos, k_pos, window)`` computes exactly :func:`reference_attention`
     with the default scale 1/sqrt(d): q (B, H, Tq, d); k, v (B, H, Tk, d); positions are
     LongTensors (Tq,) and (Tk,) on the same device, ``k_pos < 0`` marking position-free keys.
+    A backend implements ``attend(q, k, v, visibility)``, given the call's :class:`Visibility`
+    (or overrides ``forward`` itself).
     """
 
     def forward(
@@ -85,7 +127,12 @@ class AttentionBackend(nn.Module):
         k_pos: torch.Tensor,
         window: int,
     ) -> torch.Tensor:
-        raise NotImplementedError(f"{type(self).__name__} must implement forward")
+        return self.attend(q, k, v, Visibility(q_pos, k_pos, window))
+
+    def attend(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, visibility: Visibility
+    ) -> torch.Tensor:
+        raise NotImplementedError(f"{type(self).__name__} must implement attend (or forward)")
 
     def unavailable_reason(self, device: torch.device) -> str | None:
         """None when this backend can run on ``device``; otherwise a sentence saying why not

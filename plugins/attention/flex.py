@@ -17,7 +17,7 @@ import attrs
 import torch
 
 import miraslab
-from miraslab.api import AttentionBackend, is_visible, keys_end_at_queries
+from miraslab.api import AttentionBackend, Visibility
 
 # devices flex_attention accepts (torch 2.13), and those where it has no backward pass
 _DEVICES = ("cuda", "cpu", "xpu", "hpu", "mps")
@@ -70,39 +70,25 @@ class FlexAttention(AttentionBackend):
             )
         return None
 
-    def forward(
-        self,
-        q: torch.Tensor,
-        k: torch.Tensor,
-        v: torch.Tensor,
-        q_pos: torch.Tensor,
-        k_pos: torch.Tensor,
-        window: int,
+    def attend(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, visibility: Visibility
     ) -> torch.Tensor:
-        return self._attend(q, k, v, block_mask=self._block_mask(q_pos, k_pos, window, q.device))
+        return self._attend(q, k, v, block_mask=self._block_mask(visibility, q.device))
 
-    def _block_mask(self, q_pos: torch.Tensor, k_pos: torch.Tensor, window: int, device: torch.device) -> Any:
+    def _block_mask(self, visibility: Visibility, device: torch.device) -> Any:
         _, create_block_mask = _flex()
-        n_queries, n_keys = q_pos.shape[0], k_pos.shape[0]
-        if not keys_end_at_queries(q_pos, k_pos):
 
-            def mask_mod(b: Any, h: Any, q_idx: torch.Tensor, kv_idx: torch.Tensor) -> torch.Tensor:
-                return is_visible(q_pos[q_idx], k_pos[kv_idx], window)
+        def mask_mod(b: Any, h: Any, q_idx: torch.Tensor, kv_idx: torch.Tensor) -> torch.Tensor:
+            return visibility.visible(q_idx, kv_idx)
 
-            return create_block_mask(mask_mod, None, None, n_queries, n_keys, device=device)
-
-        key = (n_queries, n_keys, window, device)
+        shape = (visibility.n_queries, visibility.n_keys)
+        if not visibility.aligned:
+            return create_block_mask(mask_mod, None, None, *shape, device=device)
+        key = (*shape, visibility.window, device)
         if key not in self._block_masks:
-            shift = n_keys - n_queries  # key index j is at position p0 + j, query i at p0 + shift + i
-
-            def aligned_mask_mod(b: Any, h: Any, q_idx: torch.Tensor, kv_idx: torch.Tensor) -> torch.Tensor:
-                return is_visible(q_idx + shift, kv_idx, window)
-
             if len(self._block_masks) >= _CACHED_BLOCK_MASKS:  # decoding makes a new length per token
                 self._block_masks.pop(next(iter(self._block_masks)))
-            self._block_masks[key] = create_block_mask(
-                aligned_mask_mod, None, None, n_queries, n_keys, device=device
-            )
+            self._block_masks[key] = create_block_mask(mask_mod, None, None, *shape, device=device)
         return self._block_masks[key]
 
     def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_mask: Any) -> torch.Tensor:

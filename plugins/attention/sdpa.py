@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 import miraslab
-from miraslab.api import AttentionBackend, keys_end_at_queries, visibility_mask
+from miraslab.api import AttentionBackend, Visibility
 
 
 @attrs.frozen
@@ -26,19 +26,12 @@ class SdpaAttention(AttentionBackend):
     def __init__(self, params: SdpaParams):
         super().__init__()
 
-    def forward(
-        self,
-        q: torch.Tensor,
-        k: torch.Tensor,
-        v: torch.Tensor,
-        q_pos: torch.Tensor,
-        k_pos: torch.Tensor,
-        window: int,
+    def attend(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, visibility: Visibility
     ) -> torch.Tensor:
-        # cheap shape tests first: the position check synchronises with the device
-        if window == 0 and q.shape[-2] == k.shape[-2] and keys_end_at_queries(q_pos, k_pos):
+        if visibility.causal:
             return F.scaled_dot_product_attention(q, k, v, is_causal=True)
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=visibility_mask(q_pos, k_pos, window))
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=visibility.mask())
 
 
 @miraslab.hookimpl

@@ -16,7 +16,7 @@ import attrs
 import torch
 
 import miraslab
-from miraslab.api import AttentionBackend, keys_end_at_queries, visibility_mask
+from miraslab.api import AttentionBackend, Visibility
 
 NOT_INSTALLED = "xformers is not installed: pip install 'miraslab[xformers]'"
 
@@ -49,31 +49,23 @@ class XformersAttention(AttentionBackend):
             return NOT_INSTALLED
         return None
 
-    def forward(
-        self,
-        q: torch.Tensor,
-        k: torch.Tensor,
-        v: torch.Tensor,
-        q_pos: torch.Tensor,
-        k_pos: torch.Tensor,
-        window: int,
+    def attend(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, visibility: Visibility
     ) -> torch.Tensor:
         xops = _xformers_ops()
-        bias = self._attn_bias(q, k, q_pos, k_pos, window)
+        bias = self._attn_bias(q, visibility)
         # xformers takes (B, T, H, d); these transposes are views with unit stride in d
         out = xops.memory_efficient_attention(
             q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_bias=bias
         )
         return out.transpose(1, 2)
 
-    def _attn_bias(
-        self, q: torch.Tensor, k: torch.Tensor, q_pos: torch.Tensor, k_pos: torch.Tensor, window: int
-    ) -> Any:
+    def _attn_bias(self, q: torch.Tensor, visibility: Visibility) -> Any:
         from xformers.ops.fmha import attn_bias
 
         batch, heads, n_queries, _ = q.shape
-        n_keys = k.shape[-2]
-        if keys_end_at_queries(q_pos, k_pos):
+        n_keys, window = visibility.n_keys, visibility.window
+        if visibility.aligned:
             if window == 0 and n_queries == n_keys:
                 return attn_bias.LowerTriangularMask()
             if window == 0:  # a KV cache: the last query sees the last key
@@ -84,7 +76,7 @@ class XformersAttention(AttentionBackend):
         # elements (16 bytes in half precision): allocate padded rows and slice
         padded = -(-n_keys // 8) * 8
         bias = torch.full((n_queries, padded), float("-inf"), dtype=q.dtype, device=q.device)[:, :n_keys]
-        bias.masked_fill_(visibility_mask(q_pos, k_pos, window), 0.0)
+        bias.masked_fill_(visibility.mask(), 0.0)
         return bias.expand(batch, heads, n_queries, n_keys)
 
 
