@@ -33,6 +33,7 @@ from .task import Batches, Task, check_data_state, check_seq_len, check_split, r
 SPLIT_STREAMS = {"train": 0, "val": 1}  # training and validation never draw from the same stream
 
 Examples = dict[str, np.ndarray]
+DataState = dict[str, Any]
 
 
 class SeededBatches(Batches):
@@ -45,12 +46,11 @@ class SeededBatches(Batches):
         *,
         batch_size: int,
         seed: int,
-        rank: int,
-        world_size: int,
-        state: dict[str, Any] | None,
+        rows: slice,
+        state: DataState | None,
     ):
         self.task, self.split, self.seed, self.batch_size = task, split, seed, batch_size
-        self.rows = rank_rows(batch_size, rank, world_size)
+        self.rows = rows  # this process's share of the global batch (rank_rows)
         self.fingerprint = task.fingerprint()
         self.steps = 0
         if state is not None:
@@ -148,6 +148,5 @@ class SeededTask(Task):
     ) -> SeededBatches:
         check_split(split)
         self.check_seq_len(seq_len)
-        return self.batches_class(
-            self, split, batch_size=batch_size, seed=seed, rank=rank, world_size=world_size, state=state
-        )
+        rows = rank_rows(batch_size, rank, world_size)
+        return self.batches_class(self, split, batch_size=batch_size, seed=seed, rows=rows, state=state)
