@@ -28,6 +28,7 @@ from .data.sources import (
 from .data.task import Batches, Task, check_data_state, check_seq_len, check_split, rank_rows
 from .data.tokenizer_training import cached_tokenizer, protect_special_tokens, tokenizer_cache_path
 from .errors import MiraslabError, MissingPackageError, RecipeError
+from .gate_penalty import GatePenalty
 from .hookspecs import Register, RunContext, hookimpl, hookspec
 from .memory.gate_projections import GateProjections
 from .memory.layer import MemoryLayer
@@ -140,6 +141,7 @@ __all__ = [  # noqa: RUF022 -- grouped by the kind of plugin that needs them, no
     "stop_observing",
     "gate_observations",
     "memory_observations",
+    "GatePenalty",
     "GateObservation",
     "MemoryObservation",
     "whole",

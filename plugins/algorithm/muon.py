@@ -20,7 +20,9 @@ import attrs
 import torch
 
 import miraslab
-from miraslab.api import ChunkEnd, GateDef, Gates, LearningAlgorithm, Weights, at_least_fp32
+from miraslab.api import ChunkEnd, Gates, Weights, at_least_fp32
+
+from .momentum import Momentum, MomentumParams
 
 # quintic Newton-Schulz coefficients (Keller Jordan's Muon): fast convergence of the singular values
 NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)
@@ -41,37 +43,14 @@ def newton_schulz(update: torch.Tensor, steps: int, eps: float = 1e-7) -> torch.
 
 
 @attrs.frozen
-class MuonParams:
-    # momentum multiplies the effective step by ~1 / (1 - eta): smaller rates than gd (Titans uses <= 1e-2)
-    lr_init: float = miraslab.param(0.01, gt=0, doc="theta_t at initialisation")
-    lr_max: float = miraslab.param(0.1, gt=0, doc="upper bound of theta_t")
-    normalized: bool = miraslab.param(
-        True, doc="divide each gradient by the squared norm of the memory's inputs (normalised LMS)"
-    )
-    momentum: float = miraslab.param(0.9, gt=0, lt=1, doc="eta_t at initialisation")
+class MuonParams(MomentumParams):
     ns_steps: int = miraslab.param(5, ge=1, doc="Newton-Schulz iterations k")
 
 
-class Muon(LearningAlgorithm):
+class Muon(Momentum):
     """Momentum whose chunk update is orthogonalised by Newton-Schulz (norm-preserving)."""
 
-    momentum = True
-    momentum_gate = "momentum"
     nonlinear = True
-
-    def __init__(self, params: MuonParams):
-        super().__init__()
-        self.params = params
-        self.normalized = params.normalized
-
-    def gates(self) -> list[GateDef]:
-        return [
-            GateDef("lr", "sigmoid", init=self.params.lr_init, scale=self.params.lr_max),
-            GateDef("momentum", "log_sigmoid", init=self.params.momentum),
-        ]
-
-    def log_eta(self, gates: Gates) -> torch.Tensor:
-        return gates["momentum"]
 
     def chunk_sums(self):
         # the chunk's learning rates, decayed like the weights: the Newton-Schulz step's length

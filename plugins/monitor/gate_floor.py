@@ -13,7 +13,7 @@ import attrs
 import torch
 
 import miraslab
-from miraslab.api import gate_observations, observe
+from miraslab.api import GatePenalty
 
 
 @attrs.frozen
@@ -22,23 +22,14 @@ class GateFloorParams:
     weight: float = miraslab.param(1.0, ge=0, doc="penalty per unit of mean below the floor")
 
 
-class GateFloor:
+class GateFloor(GatePenalty):
     """Adds weight * relu(floor - mean(g)) for every MAG/MAC gate to the loss."""
 
-    def __init__(self, params: GateFloorParams):
-        self.params = params
+    term = "gate_floor"
 
-    @miraslab.hookimpl
-    def on_train_start(self, run):
-        observe(run.model, keep_graph=True)  # the penalty's gradient reaches the gate
-
-    @miraslab.hookimpl
-    def loss_terms(self, run, outputs):
-        live = [o.values for o in gate_observations(run.model) if o.gate is None and o.values.requires_grad]
-        if not live:
-            return None
-        below = torch.stack([torch.relu(self.params.floor - g.float().mean()) for g in live]).sum()
-        return {"gate_floor": self.params.weight * below}
+    def penalty(self, run, gates):
+        below = torch.stack([torch.relu(self.params.floor - g.float().mean()) for g in gates]).sum()
+        return self.params.weight * below
 
 
 @miraslab.hookimpl

@@ -13,7 +13,7 @@ import attrs
 import torch
 
 import miraslab
-from miraslab.api import gate_observations, observe
+from miraslab.api import GatePenalty
 
 
 @attrs.frozen
@@ -22,24 +22,15 @@ class GatePolarizationParams:
     warmup_steps: int = miraslab.param(1000, ge=0, doc="steps over which lambda ramps from 0")
 
 
-class GatePolarization:
+class GatePolarization(GatePenalty):
     """Adds lambda(t) * mean(1 - |2g - 1|) over every memory gate to the loss."""
 
-    def __init__(self, params: GatePolarizationParams):
-        self.params = params
+    term = "gate_polarization"
 
-    @miraslab.hookimpl
-    def on_train_start(self, run):
-        observe(run.model, keep_graph=True)  # the penalty's gradient reaches the gate
-
-    @miraslab.hookimpl
-    def loss_terms(self, run, outputs):
-        live = [o.values for o in gate_observations(run.model) if o.gate is None and o.values.requires_grad]
-        if not live:
-            return None
+    def penalty(self, run, gates):
         ramp = min(1.0, (run.step + 1) / self.params.warmup_steps) if self.params.warmup_steps else 1.0
-        penalty = torch.stack([(1 - (2 * g.float() - 1).abs()).mean() for g in live]).mean()
-        return {"gate_polarization": self.params.weight * ramp * penalty}
+        penalty = torch.stack([(1 - (2 * g.float() - 1).abs()).mean() for g in gates]).mean()
+        return self.params.weight * ramp * penalty
 
 
 @miraslab.hookimpl
