@@ -35,7 +35,7 @@ import attrs
 import numpy as np
 
 import miraslab
-from miraslab.api import RecipeError, SeededBatches, SeededTask, cache_key
+from miraslab.api import ParamValueError, RecipeError, SeededBatches, SeededTask, cache_key
 
 IGNORE = -100  # F.cross_entropy's default ignore_index, and mad-lab's target_ignore_idx
 SPLIT_STREAMS = {"train": 0, "val": 1}  # as SeededTask.stream draws them
@@ -68,6 +68,12 @@ def train_labels_param() -> Any:
         doc="what training scores: every next token, as mad-lab trains the recall tasks, or only "
         "the answers validation scores",
     )
+
+
+def check_noise(params: Any) -> None:
+    """Noise needs tokens of its own: refuse ``frac_noise`` > 0 with no ``noise_vocab_size``."""
+    if params.frac_noise > 0 and params.noise_vocab_size < 1:
+        raise ParamValueError("noise_vocab_size", "at least 1 when frac_noise > 0", params.noise_vocab_size)
 
 
 def next_token_labels(stream: np.ndarray, length: int) -> np.ndarray:

@@ -31,7 +31,7 @@ import numpy as np
 import miraslab
 from miraslab.api import ParamValueError
 
-from ._mad_common import IGNORE, Examples, MadTask, train_examples_param, val_examples_param
+from ._mad_common import IGNORE, Examples, MadTask, check_noise, train_examples_param, val_examples_param
 
 
 @attrs.frozen
@@ -58,8 +58,7 @@ class CompressionParams:
                 f"at least {self.noise_vocab_size + 2} (a symbol besides noise and the compression token)",
                 self.vocab_size,
             )
-        if self.frac_noise > 0 and self.noise_vocab_size < 1:
-            raise ParamValueError("noise_vocab_size", "at least 1 when frac_noise > 0", self.noise_vocab_size)
+        check_noise(self)
 
 
 def compression(params: CompressionParams, rng: np.random.Generator, rows: int) -> Examples:

@@ -38,6 +38,7 @@ from ._mad_common import (
     IGNORE,
     Examples,
     MadTask,
+    check_noise,
     next_token_labels,
     train_examples_param,
     train_labels_param,
@@ -83,8 +84,7 @@ class FuzzyRecallParams:
                 f"at least {3 * widest} (room for the probe pair twice and a pair besides)",
                 self.seq_len,
             )
-        if self.frac_noise > 0 and self.noise_vocab_size < 1:
-            raise ParamValueError("noise_vocab_size", "at least 1 when frac_noise > 0", self.noise_vocab_size)
+        check_noise(self)
 
 
 def fuzzy_example(

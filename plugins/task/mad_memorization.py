@@ -31,6 +31,7 @@ from ._mad_common import (
     SPLIT_STREAMS,
     Examples,
     MadTask,
+    check_noise,
     noise_mask,
     train_examples_param,
     val_examples_param,
@@ -73,8 +74,7 @@ class MemorizationParams:
                 "insert token)",
                 self.vocab_size,
             )
-        if self.frac_noise > 0 and self.noise_vocab_size < 1:
-            raise ParamValueError("noise_vocab_size", "at least 1 when frac_noise > 0", self.noise_vocab_size)
+        check_noise(self)
         if self.val_set == "train" and self.train_examples == 0:
             raise ParamValueError(
                 "val_set", '"fresh" when train_examples is 0 (no fixed training set)', "train"

@@ -36,6 +36,7 @@ from ._mad_common import (
     IGNORE,
     Examples,
     MadTask,
+    check_noise,
     next_token_labels,
     noise_mask,
     train_examples_param,
@@ -44,59 +45,49 @@ from ._mad_common import (
 )
 
 
-def _check_recall(params) -> None:
-    if params.seq_len % 2:
-        raise ParamValueError("seq_len", "an even length (pairs of tokens)", params.seq_len)
-    symbols = params.vocab_size - params.noise_vocab_size - (0 if params.multi_query else 1)
-    if symbols < 2:
-        raise ParamValueError(
-            "vocab_size",
-            f"at least {params.vocab_size - symbols + 2}: two tokens for keys and values besides "
-            f"{params.noise_vocab_size} noise tokens" + ("" if params.multi_query else " and the copy token"),
-            params.vocab_size,
+def recall_params(name: str, *, vocab: int, noise_tokens: int, noise_share: float) -> type:
+    """The params class of a recall task: in-context and noisy recall differ only in the
+    defaults of ``vocab_size``, ``noise_vocab_size`` and ``frac_noise``."""
+
+    @attrs.frozen
+    class RecallParams:
+        vocab_size: int = miraslab.param(vocab, ge=3, doc="tokens: keys, values, noise (and the copy token)")
+        seq_len: int = miraslab.param(128, ge=4, doc="tokens per example (even); must equal data.seq_len")
+        multi_query: bool = miraslab.param(
+            True,
+            doc="score every repeated key (mad-lab's benchmark); false: only the final probe, after a copy token",
         )
-    if params.frac_noise > 0 and params.noise_vocab_size < 1:
-        raise ParamValueError("noise_vocab_size", "at least 1 when frac_noise > 0", params.noise_vocab_size)
+        noise_vocab_size: int = miraslab.param(
+            noise_tokens, ge=0, doc="tokens reserved for noise, the top of the vocabulary"
+        )
+        frac_noise: float = miraslab.param(
+            noise_share, ge=0, lt=1, doc="share of pair slots filled with noise"
+        )
+        train_examples: int = train_examples_param(12800)
+        val_examples: int = val_examples_param()
+        train_labels: str = train_labels_param()
+
+        def cross_check(self) -> None:
+            if self.seq_len % 2:
+                raise ParamValueError("seq_len", "an even length (pairs of tokens)", self.seq_len)
+            symbols = self.vocab_size - self.noise_vocab_size - (0 if self.multi_query else 1)
+            if symbols < 2:
+                raise ParamValueError(
+                    "vocab_size",
+                    f"at least {self.vocab_size - symbols + 2}: two tokens for keys and values besides "
+                    f"{self.noise_vocab_size} noise tokens"
+                    + ("" if self.multi_query else " and the copy token"),
+                    self.vocab_size,
+                )
+            check_noise(self)
+
+    RecallParams.__name__ = RecallParams.__qualname__ = name
+    return RecallParams
 
 
-@attrs.frozen
-class InContextRecallParams:
-    vocab_size: int = miraslab.param(16, ge=3, doc="tokens: keys, values, noise (and the copy token)")
-    seq_len: int = miraslab.param(128, ge=4, doc="tokens per example (even); must equal data.seq_len")
-    multi_query: bool = miraslab.param(
-        True,
-        doc="score every repeated key (mad-lab's benchmark); false: only the final probe, after a copy token",
-    )
-    noise_vocab_size: int = miraslab.param(
-        0, ge=0, doc="tokens reserved for noise, the top of the vocabulary"
-    )
-    frac_noise: float = miraslab.param(0.0, ge=0, lt=1, doc="share of pair slots filled with noise")
-    train_examples: int = train_examples_param(12800)
-    val_examples: int = val_examples_param()
-    train_labels: str = train_labels_param()
-
-    def cross_check(self) -> None:
-        _check_recall(self)
-
-
-@attrs.frozen
-class NoisyRecallParams:
-    vocab_size: int = miraslab.param(32, ge=3, doc="tokens: keys, values, noise (and the copy token)")
-    seq_len: int = miraslab.param(128, ge=4, doc="tokens per example (even); must equal data.seq_len")
-    multi_query: bool = miraslab.param(
-        True,
-        doc="score every repeated key (mad-lab's benchmark); false: only the final probe, after a copy token",
-    )
-    noise_vocab_size: int = miraslab.param(
-        16, ge=0, doc="tokens reserved for noise, the top of the vocabulary"
-    )
-    frac_noise: float = miraslab.param(0.2, ge=0, lt=1, doc="share of pair slots filled with noise")
-    train_examples: int = train_examples_param(12800)
-    val_examples: int = val_examples_param()
-    train_labels: str = train_labels_param()
-
-    def cross_check(self) -> None:
-        _check_recall(self)
+InContextRecallParams = recall_params("InContextRecallParams", vocab=16, noise_tokens=0, noise_share=0.0)
+# mad-lab's noisy defaults: V 32 of which 16 are noise tokens, 20 % noise
+NoisyRecallParams = recall_params("NoisyRecallParams", vocab=32, noise_tokens=16, noise_share=0.2)
 
 
 def in_context_recall(params, rng: np.random.Generator, rows: int, *, training: bool) -> Examples:
