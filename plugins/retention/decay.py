@@ -8,6 +8,8 @@ S_t = alpha_t S_{t-1} (I - beta_t k_t k_t^T) + beta_t v_t k_t^T (arXiv 2412.0646
 
 from __future__ import annotations
 
+from typing import Any
+
 import attrs
 import torch
 
@@ -23,21 +25,29 @@ class DecayParams:
     )
 
 
-class Decay(Retention):
-    """alpha_t = sigmoid(w . x_t + b): forget a fraction 1 - alpha_t of the memory per token."""
+class ForgetGate(Retention):
+    """alpha_t = sigmoid(w . x_t + b) per head, initialised at ``params.init``: the forget gate
+    of ``decay``, and the decay step that ``elastic_net`` and ``lq_norm`` retain by."""
 
     decay_gate = "decay"
 
-    def __init__(self, params: DecayParams):
+    def __init__(self, params: Any):  # any params with ``init``
         super().__init__()
-        self.init_value = params.init
-        self.gradient_at_decayed = params.gradient_at == "decayed"
+        self.params = params
 
     def gates(self) -> list[GateDef]:
-        return [GateDef("decay", "log_sigmoid", init=self.init_value)]
+        return [GateDef("decay", "log_sigmoid", init=self.params.init)]
 
     def log_alpha(self, gates: Gates) -> torch.Tensor:
         return gates["decay"]
+
+
+class Decay(ForgetGate):
+    """alpha_t = sigmoid(w . x_t + b): forget a fraction 1 - alpha_t of the memory per token."""
+
+    def __init__(self, params: DecayParams):
+        super().__init__(params)
+        self.gradient_at_decayed = params.gradient_at == "decayed"
 
 
 @miraslab.hookimpl

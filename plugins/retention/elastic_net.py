@@ -15,7 +15,9 @@ import attrs
 import torch
 
 import miraslab
-from miraslab.api import ChunkEnd, GateDef, Gates, Retention, at_least_fp32
+from miraslab.api import ChunkEnd, at_least_fp32
+
+from .decay import ForgetGate
 
 
 @attrs.frozen
@@ -25,27 +27,18 @@ class ElasticNetParams:
     init: float = miraslab.param(0.98, gt=0, lt=1, doc="alpha_t at initialisation")
 
 
-class ElasticNet(Retention):
+class ElasticNet(ForgetGate):
     """Decay alpha_t, then soft-threshold by lambda at chunk ends."""
-
-    decay_gate = "decay"
 
     nonlinear = True
 
     def __init__(self, params: ElasticNetParams):
-        super().__init__()
-        self.params = params
+        super().__init__(params)
         log_threshold = torch.tensor([math.log(params.threshold)])  # (1,): FSDP2 cannot shard 0-d
         if params.learn_threshold:
             self.log_threshold = torch.nn.Parameter(log_threshold)
         else:
             self.register_buffer("log_threshold", log_threshold)
-
-    def gates(self) -> list[GateDef]:
-        return [GateDef("decay", "log_sigmoid", init=self.params.init)]
-
-    def log_alpha(self, gates: Gates) -> torch.Tensor:
-        return gates["decay"]
 
     def chunk_end(self, end: ChunkEnd):
         threshold = torch.exp(at_least_fp32(self.log_threshold))

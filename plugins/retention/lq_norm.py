@@ -16,7 +16,9 @@ import attrs
 import torch
 
 import miraslab
-from miraslab.api import ChunkEnd, GateDef, Gates, Retention, Weights, at_least_fp32
+from miraslab.api import ChunkEnd, Weights, at_least_fp32
+
+from .decay import ForgetGate
 
 
 @attrs.frozen
@@ -26,22 +28,10 @@ class LqNormParams:
     init: float = miraslab.param(0.98, gt=0, lt=1, doc="alpha_t at initialisation")
 
 
-class LqNorm(Retention):
+class LqNorm(ForgetGate):
     """Decay alpha_t, then W = A / ||A||_q^(q-2) at chunk ends."""
 
-    decay_gate = "decay"
-
     nonlinear = True
-
-    def __init__(self, params: LqNormParams):
-        super().__init__()
-        self.params = params
-
-    def gates(self) -> list[GateDef]:
-        return [GateDef("decay", "log_sigmoid", init=self.params.init)]
-
-    def log_alpha(self, gates: Gates) -> torch.Tensor:
-        return gates["decay"]
 
     def _normaliser(self, accumulator: torch.Tensor) -> torch.Tensor:
         q = self.params.q
