@@ -1,5 +1,6 @@
-"""What the ``tensorboard`` and ``wandb`` monitors share: which metrics are scalars, the
-recipe flattened to hyper-parameters, the report's plots, and the missing-package line.
+"""What the ``tensorboard`` and ``wandb`` monitors share: their shape (``Tracker``), which
+metrics are scalars, the recipe flattened to hyper-parameters, the report's plots, and the
+missing-package line.
 
 Both send what ``metrics.jsonl`` holds, under the same keys and at the same steps: every
 logged step and validation pass (their hooks run after every other monitor's, so what
@@ -14,8 +15,9 @@ import math
 import sys
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
+import miraslab
 from miraslab.api import MiraslabError, MissingPackageError, build_report
 
 INSTALL = "pip install 'miraslab[tracking]'"
@@ -29,6 +31,40 @@ def require(package: str, monitor: str) -> None:
         found = False
     if not found:
         raise MissingPackageError(f"monitor {monitor!r} needs the {package} package: {INSTALL}")
+
+
+class Tracker:
+    """A monitor that sends a run to a tracking service: it needs ``package`` when it is built,
+    opens its run on rank 0 only (``start``) and sends every numeric metric of each logged step
+    and validation pass (``send``), after every other monitor has added its entries."""
+
+    package: ClassVar[str]  # what it needs installed
+    monitor: ClassVar[str]  # its registered name, as the missing-package line says it
+
+    def __init__(self, params: Any):
+        require(self.package, self.monitor)
+        self.params = params
+
+    @miraslab.hookimpl
+    def on_train_start(self, run):
+        if run.rank == 0:
+            self.start(run)
+
+    # trylast: after every other monitor has added its entries to ``metrics``
+    @miraslab.hookimpl(trylast=True)
+    def on_step_end(self, run, metrics):
+        self.send(int(metrics.get("step", run.step)), dict(scalars(metrics)))
+
+    @miraslab.hookimpl(trylast=True)
+    def on_eval(self, run, metrics):
+        self.send(int(metrics.get("step", run.step)), dict(scalars(metrics)))
+
+    def start(self, run: Any) -> None:
+        raise NotImplementedError
+
+    def send(self, step: int, values: dict[str, float]) -> None:
+        """Send ``values`` at ``step`` (nothing before ``start``, or on other ranks)."""
+        raise NotImplementedError
 
 
 def scalars(metrics: Mapping[str, Any]) -> Iterator[tuple[str, float]]:

@@ -23,7 +23,7 @@ import attrs
 
 import miraslab
 from miraslab.api import recipe_to_dict, recipe_toml
-from miraslab.plugins.monitor._tracking import flat_hparams, report_plots, require, scalars
+from miraslab.plugins.monitor._tracking import Tracker, flat_hparams, report_plots
 
 # registered as hyper-parameter metrics: the HParams tab shows their last value beside the recipe
 HPARAM_METRICS = ("loss", "val_loss")
@@ -35,18 +35,13 @@ class TensorBoardParams:
     plots: bool = miraslab.param(True, doc="send the report's plots (written to RUN/report) at the end")
 
 
-class TensorBoard:
+class TensorBoard(Tracker):
     """Writes the run's metrics, recipe and plots as TensorBoard events (rank 0 only)."""
 
-    def __init__(self, params: TensorBoardParams):
-        require("tensorboard", "tensorboard")
-        self.params = params
-        self.writer: Any = None
+    package = monitor = "tensorboard"
+    writer: Any = None
 
-    @miraslab.hookimpl
-    def on_train_start(self, run):
-        if run.rank != 0:
-            return
+    def start(self, run):
         from torch.utils.tensorboard import SummaryWriter
         from torch.utils.tensorboard.summary import hparams
 
@@ -62,21 +57,11 @@ class TensorBoard:
             self.writer.file_writer.add_summary(summary)
         self.writer.add_text("recipe", "```toml\n" + recipe_toml(run.recipe) + "```", global_step=run.step)
 
-    def _write(self, run, metrics) -> None:
+    def send(self, step, values):
         if self.writer is None:
             return
-        step = int(metrics.get("step", run.step))
-        for key, value in scalars(metrics):
+        for key, value in values.items():
             self.writer.add_scalar(key, value, global_step=step)
-
-    # trylast: after every other monitor has added its entries to ``metrics``
-    @miraslab.hookimpl(trylast=True)
-    def on_step_end(self, run, metrics):
-        self._write(run, metrics)
-
-    @miraslab.hookimpl(trylast=True)
-    def on_eval(self, run, metrics):
-        self._write(run, metrics)
 
     @miraslab.hookimpl
     def on_checkpoint(self, run, path):

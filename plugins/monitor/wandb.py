@@ -27,7 +27,7 @@ import attrs
 
 import miraslab
 from miraslab.api import recipe_to_dict
-from miraslab.plugins.monitor._tracking import report_plots, require, scalars
+from miraslab.plugins.monitor._tracking import Tracker, report_plots
 
 
 @attrs.frozen
@@ -44,18 +44,13 @@ class WandbParams:
     plots: bool = miraslab.param(True, doc="send the report's plots (written to RUN/report) at the end")
 
 
-class Wandb:
+class Wandb(Tracker):
     """Logs the run's metrics, recipe and plots to a W&B run (rank 0 only)."""
 
-    def __init__(self, params: WandbParams):
-        require("wandb", "wandb")
-        self.params = params
-        self.run: Any = None
+    package = monitor = "wandb"
+    run: Any = None
 
-    @miraslab.hookimpl
-    def on_train_start(self, run):
-        if run.rank != 0:
-            return
+    def start(self, run):
         import wandb
 
         out_dir = Path(run.out_dir)
@@ -75,18 +70,9 @@ class Wandb:
             config=config,
         )
 
-    def _log(self, run, metrics) -> None:
+    def send(self, step, values):
         if self.run is not None:
-            self.run.log(dict(scalars(metrics)), step=int(metrics.get("step", run.step)))
-
-    # trylast: after every other monitor has added its entries to ``metrics``
-    @miraslab.hookimpl(trylast=True)
-    def on_step_end(self, run, metrics):
-        self._log(run, metrics)
-
-    @miraslab.hookimpl(trylast=True)
-    def on_eval(self, run, metrics):
-        self._log(run, metrics)
+            self.run.log(values, step=step)
 
     @miraslab.hookimpl
     def on_train_end(self, run, summary):
