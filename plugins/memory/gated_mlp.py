@@ -9,7 +9,9 @@ import torch
 import torch.nn.functional as F
 
 import miraslab
-from miraslab.api import Linear, MemoryArchitecture, RecipeError
+from miraslab.api import Linear, MemoryArchitecture
+
+from .mlp import check_residual_width
 
 
 @attrs.frozen
@@ -24,13 +26,8 @@ class GatedMLPMemory(MemoryArchitecture):
 
     def __init__(self, params: GatedMLPParams, heads: int, d_in: int, d_out: int):
         super().__init__(heads, d_in, d_out)
-        if params.residual and d_in != d_out:
-            raise RecipeError(
-                [
-                    f"memory gated_mlp: residual = true needs the key width ({d_in}) to equal the value "
-                    f"width ({d_out}); set model.memory.memory.residual = false"
-                ]
-            )
+        if params.residual:
+            check_residual_width("gated_mlp", d_in, d_out)
         hidden = params.expansion * d_in
         self.residual = params.residual
         self.make_init("w1", hidden, d_in, bias=params.bias)

@@ -26,6 +26,17 @@ BACKWARDS = {
 }
 
 
+def check_residual_width(memory: str, d_in: int, d_out: int, remedy: str = "") -> None:
+    """x + f(x) adds the key to the value: refuse a residual memory whose widths differ."""
+    if d_in != d_out:
+        raise RecipeError(
+            [
+                f"memory {memory}: residual = true needs the key width ({d_in}) to equal the value width "
+                f"({d_out}); set model.memory.memory.residual = false{remedy}"
+            ]
+        )
+
+
 @attrs.frozen
 class MLPParams:
     expansion: int = miraslab.param(4, ge=1, doc="hidden width as a multiple of the input width")
@@ -39,13 +50,8 @@ class MLPMemory(MemoryArchitecture):
 
     def __init__(self, params: MLPParams, heads: int, d_in: int, d_out: int):
         super().__init__(heads, d_in, d_out)
-        if params.residual and d_in != d_out:
-            raise RecipeError(
-                [
-                    f"memory mlp: residual = true needs the key width ({d_in}) to equal the value width "
-                    f"({d_out}); set model.memory.memory.residual = false or use a feature map that keeps the width"
-                ]
-            )
+        if params.residual:
+            check_residual_width("mlp", d_in, d_out, " or use a feature map that keeps the width")
         hidden = params.expansion * d_in
         self.residual = params.residual
         self.act = ACTIVATIONS[params.activation]
