@@ -16,10 +16,10 @@ so ``window = w`` lets each query see itself and the ``w - 1`` tokens before it.
 from __future__ import annotations
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 
-def is_visible(q_pos: torch.Tensor, k_pos: torch.Tensor, window: int) -> torch.Tensor:
+def is_visible(q_pos: Tensor, k_pos: Tensor, window: int) -> Tensor:
     """The visibility rule, elementwise on broadcastable position tensors (also a flex mask_mod)."""
     visible = k_pos <= q_pos
     if window > 0:
@@ -27,20 +27,14 @@ def is_visible(q_pos: torch.Tensor, k_pos: torch.Tensor, window: int) -> torch.T
     return visible | (k_pos < 0)
 
 
-def visibility_mask(q_pos: torch.Tensor, k_pos: torch.Tensor, window: int) -> torch.Tensor:
+def visibility_mask(q_pos: Tensor, k_pos: Tensor, window: int) -> Tensor:
     """(Tq, Tk) boolean mask, True where query i may attend to key j (see module docstring)."""
     return is_visible(q_pos[:, None], k_pos[None, :], window)
 
 
 def reference_attention(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    q_pos: torch.Tensor,
-    k_pos: torch.Tensor,
-    window: int,
-    scale: float | None = None,
-) -> torch.Tensor:
+    q: Tensor, k: Tensor, v: Tensor, q_pos: Tensor, k_pos: Tensor, window: int, scale: float | None = None
+) -> Tensor:
     """softmax(q k^T * scale + mask) v, materialised in full: the oracle for tests.
 
     q: (B, H, Tq, d); k, v: (B, H, Tk, d); returns (B, H, Tq, d).  A query with no visible
@@ -53,7 +47,7 @@ def reference_attention(
     return scores.softmax(dim=-1) @ v
 
 
-def keys_end_at_queries(q_pos: torch.Tensor, k_pos: torch.Tensor) -> bool:
+def keys_end_at_queries(q_pos: Tensor, k_pos: Tensor) -> bool:
     """True when the keys are consecutive positions p0, p0+1, ... (no position-free tokens)
     and the queries are the last ``Tq`` of them.
 
@@ -78,7 +72,7 @@ class Visibility:
     other case and ``visible(q_index, k_index)`` the rule on indices (a flex ``mask_mod``).
     """
 
-    def __init__(self, q_pos: torch.Tensor, k_pos: torch.Tensor, window: int):
+    def __init__(self, q_pos: Tensor, k_pos: Tensor, window: int):
         self.q_pos, self.k_pos, self.window = q_pos, k_pos, window
         self.n_queries, self.n_keys = q_pos.shape[0], k_pos.shape[0]
         self.shift = self.n_keys - self.n_queries  # key j at position p0 + j, query i at p0 + shift + i
@@ -97,11 +91,11 @@ class Visibility:
         # cheap shape tests first: the position check synchronises with the device
         return self.window == 0 and self.n_queries == self.n_keys and self.aligned
 
-    def mask(self) -> torch.Tensor:
+    def mask(self) -> Tensor:
         """(Tq, Tk) boolean mask, True where query i may attend to key j."""
         return visibility_mask(self.q_pos, self.k_pos, self.window)
 
-    def visible(self, q_index: torch.Tensor, k_index: torch.Tensor) -> torch.Tensor:
+    def visible(self, q_index: Tensor, k_index: Tensor) -> Tensor:
         """The rule on query and key indices, elementwise (what a flex ``mask_mod`` computes)."""
         if self.aligned:
             return is_visible(q_index + self.shift, k_index, self.window)
@@ -118,20 +112,10 @@ class AttentionBackend(nn.Module):
     (or overrides ``forward`` itself).
     """
 
-    def forward(
-        self,
-        q: torch.Tensor,
-        k: torch.Tensor,
-        v: torch.Tensor,
-        q_pos: torch.Tensor,
-        k_pos: torch.Tensor,
-        window: int,
-    ) -> torch.Tensor:
+    def forward(self, q: Tensor, k: Tensor, v: Tensor, q_pos: Tensor, k_pos: Tensor, window: int) -> Tensor:
         return self.attend(q, k, v, Visibility(q_pos, k_pos, window))
 
-    def attend(
-        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, visibility: Visibility
-    ) -> torch.Tensor:
+    def attend(self, q: Tensor, k: Tensor, v: Tensor, visibility: Visibility) -> Tensor:
         raise NotImplementedError(f"{type(self).__name__} must implement attend (or forward)")
 
     def unavailable_reason(self, device: torch.device) -> str | None:

@@ -17,17 +17,10 @@ import torch
 from .. import api
 from ..errors import MiraslabError
 from ..registry import Registry, get_registry
+from . import memory_paths as paths
 from .failure import KitFailure, expect_close
 from .inner_gradients import check_bias_gradient, check_inner_factors
 from .memory_inputs import AXES, RuleCase, describe, split_named
-from .memory_paths import (
-    PATH_TOLERANCE,
-    check_decode_continues,
-    check_finite,
-    check_gradients_reach,
-    check_paths_agree,
-    check_short_sequence,
-)
 from .options import option_variants
 
 # the rules a component is checked inside: a matrix memory with decay and momentum (the batched
@@ -37,12 +30,12 @@ PARTNERS = (
     RuleCase("mlp", "l2", "none", "gd"),
 )
 RULE_CHECKS = (
-    check_paths_agree,
-    check_decode_continues,
-    check_short_sequence,
-    check_gradients_reach,
+    paths.check_paths_agree,
+    paths.check_decode_continues,
+    paths.check_short_sequence,
+    paths.check_gradients_reach,
     check_inner_factors,
-    check_finite,
+    paths.check_finite,
 )
 
 
@@ -156,7 +149,7 @@ def check_memory_layer(
             f"{what}, chunk {size}: chunked vs recurrent",
             model(x),
             model(x, path="recurrent"),
-            PATH_TOLERANCE,
+            paths.PATH_TOLERANCE,
         )
     model = layer(chunk)
     full = model(x)
@@ -166,7 +159,9 @@ def check_memory_layer(
     for t in range(prefix, seq):
         out, state = model(x[:, t : t + 1], state=state, return_state=True, path="recurrent")
         pieces.append(out)
-    expect_close(f"{what}: decoding token by token vs one call", torch.cat(pieces, 1), full, PATH_TOLERANCE)
+    expect_close(
+        f"{what}: decoding token by token vs one call", torch.cat(pieces, 1), full, paths.PATH_TOLERANCE
+    )
     changed = x.clone()
     changed[:, prefix] += 1.0
     expect_close(f"{what}: outputs before a changed token", model(changed)[:, :prefix], full[:, :prefix], 0.0)
@@ -204,7 +199,7 @@ def check_features(
                     f"features {what}: output {tuple(y.shape)}, expected out_dim {phi.out_dim} last"
                 )
             one = torch.cat([phi(x[:, :, t : t + 1], query=query) for t in range(x.shape[2])], dim=2)
-            expect_close(f"features {what}: token by token vs all at once", one, y, PATH_TOLERANCE)
+            expect_close(f"features {what}: token by token vs all at once", one, y, paths.PATH_TOLERANCE)
         for partner in FEATURE_PARTNERS:
             check_memory_layer(registry=registry, features=table, **partner)
             checked.append(f"{what} with {partner}")
