@@ -82,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
     from ..evaluation import evaluate_by_memory
     from ..memory.ablation import MODES
     from ..train.run_dir import load_run
-    from .run_evaluation import run_task, validation_batches
+    from .evaluation_data import run_task, validation_batches
 
     loaded = load_run(args.run_dir, args.checkpoint)
     recipe, task = run_task(args.run_dir, loaded, args.task, args.sets)

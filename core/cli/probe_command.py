@@ -101,7 +101,7 @@ def parse_depths(text: str | None) -> tuple[float, ...]:
 def memory_ablation_probe(args: argparse.Namespace, loaded: Any, modes: tuple[str, ...]) -> dict[str, Any]:
     from ..data.batch import IGNORE, TrainingBatch
     from ..evaluation import evaluate_by_memory
-    from .run_evaluation import run_task, validation_batches
+    from .evaluation_data import run_task, validation_batches
 
     recipe, task = run_task(args.run_dir, loaded, args.task, args.sets)
     batches = validation_batches(task, recipe, args.batches)
@@ -162,7 +162,7 @@ def niah_probe(
 
     from ..data.batch import IGNORE, TrainingBatch
     from ..evaluation import evaluate_by_memory
-    from .run_evaluation import run_task, validation_batches
+    from .evaluation_data import run_task, validation_batches
 
     by_depth = []
     hits: dict[tuple[int, int], dict[str, float]] = {}  # distance bucket -> mode -> answers right

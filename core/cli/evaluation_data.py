@@ -1,5 +1,6 @@
-"""What ``miraslab eval`` and ``miraslab probe`` share: a trained run's task, its validation
-batches, and ``evaluate`` under each memory ablation on the same batches."""
+"""What ``miraslab eval`` and ``miraslab probe`` evaluate on: a trained run's task (rebuilt
+with the command's overrides) and its validation batches, drawn once so every condition sees
+the same."""
 
 from __future__ import annotations
 
