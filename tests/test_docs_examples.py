@@ -117,6 +117,18 @@ def test_the_plugins_page_runs_the_kit_as_it_shows(in_repo):
     run_block("docs/plugins.md", 1)
 
 
+def test_the_plugins_page_seeded_task_resumes_and_asks_every_copied_token(in_repo):
+    """docs/plugins.md's SeededTask: a resumed iterator continues with the batch that came next
+    (the block asserts it), rows are the first half twice, and the labels ask exactly the copy."""
+    ns = run_block("docs/plugins.md", 2)
+    first = ns["first"]
+    inputs, labels = first["inputs"], first["labels"]
+    assert inputs.shape == labels.shape == (8, 32) and inputs.dtype == torch.int64
+    assert torch.equal(inputs[:, :16], inputs[:, 16:])
+    assert torch.equal(labels[:, 15:31], inputs[:, 16:]) and bool((labels[:, :15] == -100).all())
+    assert ns["batches"].state_dict()["format"] == "acme.copy/1"
+
+
 PAGES = ["README.md", *sorted(str(p.relative_to(REPO)) for p in (REPO / "docs").glob("*.md"))]
 
 
@@ -129,6 +141,6 @@ def test_every_python_block_of_the_page_is_run_by_a_test_here(path):
         "docs/memory.md": 2,
         "docs/models.md": 1,
         "docs/diagnostics.md": 2,
-        "docs/plugins.md": 2,
+        "docs/plugins.md": 3,
     }
     assert len(python_blocks(REPO / path)) == runs.get(path, 0)
