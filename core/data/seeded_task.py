@@ -60,7 +60,7 @@ class SeededBatches(Batches):
             self.steps = int(state["steps"])
         self.prepare(state)
 
-    def prepare(self, state: dict[str, Any] | None) -> None:
+    def prepare(self, state: DataState | None) -> None:
         """Set up what ``draw`` reads beyond the step (called last in ``__init__``, with the saved
         data state or None): nothing here."""
 
@@ -144,7 +144,7 @@ class SeededTask(Task):
         seed: int,
         rank: int = 0,
         world_size: int = 1,
-        state: dict[str, Any] | None = None,
+        state: DataState | None = None,
     ) -> SeededBatches:
         check_split(split)
         self.check_seq_len(seq_len)

@@ -38,7 +38,6 @@ import miraslab
 from miraslab.api import ParamValueError, RecipeError, SeededBatches, SeededTask, cache_key
 
 IGNORE = -100  # F.cross_entropy's default ignore_index, and mad-lab's target_ignore_idx
-SPLIT_STREAMS = {"train": 0, "val": 1}  # as SeededTask.stream draws them
 BLOCK = 256  # examples generated together from one generator
 EXAMPLES, EPOCHS = 0, 1  # what a generator keyed (seed, split, kind, index) draws
 

@@ -28,7 +28,6 @@ from miraslab.api import ParamValueError
 
 from ._mad_common import (
     IGNORE,
-    SPLIT_STREAMS,
     Examples,
     MadTask,
     check_noise,
@@ -114,7 +113,7 @@ class MemorizationTask(MadTask):
         return memorization(self.params, key_value_map(self.params, seed), rng, rows)
 
     def stream(self, split: str) -> int:
-        return SPLIT_STREAMS["train" if self.params.val_set == "train" else split]
+        return super().stream("train" if self.params.val_set == "train" else split)
 
     def set_size(self, split: str) -> int:
         if split == "val" and self.params.val_set == "train":
