@@ -247,10 +247,10 @@ def test_a_state_left_mid_chunk_by_mini_batch_steps_is_refused():
 
 
 def test_the_layer_runs_per_token_steps_on_both_paths_and_decodes():
-    """MemoryLayer(inner_steps="per_token") at chunk 16: chunked == recurrent, and a chunked
+    """MemoryLayer.from_options(inner_steps="per_token") at chunk 16: chunked == recurrent, and a chunked
     prefix continued token by token (the decoding path) == one call (float64, atol 1e-10)."""
     torch.manual_seed(0)
-    layer = MemoryLayer(
+    layer = MemoryLayer.from_options(
         16,
         heads=2,
         memory="linear",
@@ -268,7 +268,7 @@ def test_the_layer_runs_per_token_steps_on_both_paths_and_decodes():
         y, state = layer(x[:, t : t + 1], state, return_state=True, path="recurrent")
         outs.append(y)
     torch.testing.assert_close(torch.cat(outs, dim=1), chunked, atol=ATOL, rtol=0)
-    mini_batch = MemoryLayer(
+    mini_batch = MemoryLayer.from_options(
         16,
         heads=2,
         memory="linear",

@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from torch import nn
 
 from ..errors import MiraslabError
+from .hierarchical_memory import HierarchicalMemory
 from .neural_memory import NeuralMemory
 
 MODES = ("carried", "reset", "zero")
@@ -31,8 +32,6 @@ def memories_of(model: nn.Module) -> list[NeuralMemory]:
 
 def shard_lengths(model: nn.Module) -> dict[NeuralMemory, int]:
     """Each memory of a TNT hierarchy, with its hierarchy's shard length."""
-    from ..model.hierarchical_memory import HierarchicalMemory  # model imports memory, not back
-
     return {
         memory: module.shard_length
         for module in model.modules()
