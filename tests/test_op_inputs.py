@@ -9,13 +9,13 @@ import torch
 
 from miraslab import MemoryLayer, memory_op
 from miraslab.memory.rule.build import build_rule
-from miraslab.memory.spec import GatesSpec, MemorySpec
+from miraslab.memory.spec import MemorySpec
 
 B, H, T, D = 2, 4, 10, 8
 
 
 def make_rule(channelwise: frozenset[str] = frozenset()):
-    gates = GatesSpec(**{f"channelwise_{role}": True for role in channelwise})
+    gates = {f"channelwise_{role}": True for role in channelwise}
     spec = MemorySpec.from_options(memory="linear", retention="decay", algorithm="momentum", gates=gates)
     return build_rule(spec, H, D, D)
 

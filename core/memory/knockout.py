@@ -1,4 +1,4 @@
-"""Memory ablations for evaluation: is the model using what its memory carries?
+"""Knocking the memory out for evaluation (memory ablations): is the model using what its memory carries?
 
 ``with memory_ablation(model, "reset"):`` every neural memory of the model starts from its
 initial state at every chunk (its chunk_size, counted from each call's first token), so
