@@ -20,9 +20,9 @@ import dataclasses
 import torch
 
 from ..kernels.batched import outer_sum
-from ..kernels.chunk_end_update import channel_chunk_end, chunk_end_update
+from ..kernels.chunk_end_update import chunk_end_update
 from ..kernels.decay_matrix import decay_matrix
-from ..kernels.dual_read import channel_dual_read, dual_read
+from ..kernels.dual_read import dual_read
 from ..rule.axes import Gates, at_least_fp32
 from ..rule.memory_rule import MemoryRule
 from ..rule.state import MemoryState
@@ -224,13 +224,12 @@ def _piece(
     read_dtype = q.dtype  # the per-token coefficients, cast once for every read
     coef_read, beta_read = coef.to(read_dtype), per_token(beta).to(read_dtype)
     carry_read = per_token(carry).to(read_dtype) if carry is not None else None
-    read = channel_dual_read if channels else dual_read
 
     def linear(name: str, x: torch.Tensor) -> torch.Tensor:
         """W_i x_i for every token: K o (x h^T) @ delta + beta x W^T + sigma x S^T."""
         h, delta = factors[name]
         dtype = x.dtype
-        return read(
+        return dual_read(
             x,
             h.to(dtype),
             delta.to(dtype),
@@ -256,11 +255,10 @@ def _piece(
     new_weights, new_momentum, new_decayed = {}, {}, {}
     row_w = last_row(coef)
     row_s = last_row(momentum_coef) if carry is not None else None
-    end_update = channel_chunk_end if channels else chunk_end_update
     for name, (h, delta) in factors.items():
         scale = retention.lr_scale(state.extra, name)
         state_dtype = torch.promote_types(start_w[name].dtype, torch.float32)
-        w, s_next = end_update(
+        w, s_next = chunk_end_update(
             delta,
             h.to(delta.dtype),
             scaled(row_w, scale).to(delta.dtype),

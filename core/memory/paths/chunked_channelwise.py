@@ -20,8 +20,8 @@ import dataclasses
 
 import torch
 
-from ..kernels.chunk_end_update import channel_chunk_end
-from ..kernels.dual_read import channel_dual_read
+from ..kernels.chunk_end_update import chunk_end_update
+from ..kernels.dual_read import dual_read
 from ..rule.axes import Gates, at_least_fp32
 from ..rule.memory_rule import MemoryRule
 from ..rule.state import MemoryState
@@ -103,11 +103,11 @@ def sub_chunked(
     for delta_b, h_b, row_w_b, row_s_b, beta_b, carry_b, eta_b in per_sub:
         starts_w.append(w)
         starts_s.append(s)
-        w, s = channel_chunk_end(delta_b, h_b, row_w_b, row_s_b, beta_b, carry_b, eta_b, w, s)
+        w, s = chunk_end_update(delta_b, h_b, row_w_b, row_s_b, beta_b, carry_b, eta_b, w, s)
 
     def read(x: torch.Tensor) -> torch.Tensor:
         dtype = x.dtype
-        y = channel_dual_read(
+        y = dual_read(
             fold_chunks(x, subs),
             h_sub.to(dtype),
             delta_sub.to(dtype),
