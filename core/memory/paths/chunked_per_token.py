@@ -41,9 +41,10 @@ import math
 import torch
 from torch import nn
 
-from ..rule.axes import AttentionalBias, Gates, LearningAlgorithm, MemoryArchitecture, Retention
+from ..rule.axes import AttentionalBias, LearningAlgorithm, MemoryArchitecture, Retention
 from ..rule.memory_rule import MemoryRule
 from ..rule.state import MemoryState
+from .tokens import Result, Tokens
 
 
 def per_token_problem(
@@ -97,18 +98,16 @@ def _name(module: nn.Module) -> str:
 
 def chunked_per_token(
     rule: MemoryRule,
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    gates: Gates,
+    tokens: Tokens,
     state: MemoryState,
     chunk_size: int,
-) -> tuple[torch.Tensor, MemoryState]:
+) -> Result:
     """q, k (B, H, T, d_k), v (B, H, T, d_v): reads (B, H, T, d_v) and the state after T tokens.
 
     ``state`` must be closed (offset 0), as every per-token state is: the recurrent path
     with per-token steps closes its one-token chunk after every token.
     """
+    q, k, v, gates = tokens
     if (problem := inner_steps_problem(rule.parts, "per_token", chunk_size)) is not None:
         raise ValueError(problem)
     if state.offset:

@@ -12,6 +12,7 @@ from .chunked import chunked
 from .chunked_per_token import chunked_per_token
 from .op_inputs import check_op_inputs
 from .recurrent import recurrent
+from .tokens import Tokens
 
 
 def memory_op(
@@ -63,11 +64,12 @@ def memory_op(
     if per_token and (path == "recurrent" or chunk_size == 1):  # per-token steps: chunks of one token
         chunk_size = 1
     if path == "recurrent":
-        return recurrent(rule, q, k, v, gates, state, chunk_size)
+        return recurrent(rule, Tokens(q, k, v, gates), state, chunk_size)
     # the chunked path batches matmuls over (batch, heads, chunks): with a strided layout
     # (heads split off the feature dimension) every one of them would first copy its operands
-    q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
-    gates = {name: g.contiguous() for name, g in gates.items()}
+    tokens = Tokens(
+        q.contiguous(), k.contiguous(), v.contiguous(), {n: g.contiguous() for n, g in gates.items()}
+    )
     if per_token and chunk_size > 1:
-        return chunked_per_token(rule, q, k, v, gates, state, chunk_size)
-    return chunked(rule, q, k, v, gates, state, chunk_size, compile_chunks)
+        return chunked_per_token(rule, tokens, state, chunk_size)
+    return chunked(rule, tokens, state, chunk_size, compile_chunks)
