@@ -14,20 +14,15 @@ projected back.  Usable without recipes::
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
 from typing import Any
 
 import torch
 from torch import nn
 
-from ..params import Component, make_component
-from ..registry import get_registry
 from .kernels.merge_heads import merge_heads
 from .neural_memory import NeuralMemory, NeuralMemoryState
 from .qkv_projections import MemoryInputs
 from .spec import MemorySpec
-
-ComponentLike = str | Mapping[str, Any] | Component
 
 
 @dataclasses.dataclass
@@ -41,17 +36,6 @@ class LayerState:
     def detach(self) -> LayerState:
         conv = self.conv.detach() if self.conv is not None else None
         return LayerState(self.memory.detach(), conv, self.position)
-
-
-def as_component(kind: str, value: ComponentLike) -> Component:
-    """A Component from a name, a {"name": ..., options} table, or a Component."""
-    if isinstance(value, Component):
-        return value
-    registry = get_registry()
-    if isinstance(value, str):
-        return make_component(kind, value, {}, registry)
-    table = dict(value)
-    return make_component(kind, table.pop("name"), table, registry)
 
 
 def check_layer_input(x: torch.Tensor, dim: int, state: LayerState | None) -> None:
