@@ -104,7 +104,11 @@ class MemorySpec:
     @classmethod
     def from_options(cls, **options: Any) -> MemorySpec:
         """``[model.memory]`` from keywords (its keys; components as names, tables or
-        Components), structured and validated as a recipe's table is: the no-recipe entrance."""
+        Components), structured and validated as a recipe's table is: the no-recipe entrance.
+
+        The run options the functional op shares are refused first in its words (``chunk_size
+        must be >= 1, got 0``), as the keyword layer always refused them; the rest, in a
+        recipe's (``key: expected ..., got ...``)."""
         check_run_options(
             **{key: options[key] for key in ("path", "chunk_size", "inner_steps") if key in options}
         )
