@@ -41,12 +41,11 @@ MIRASLAB_CONFIGS: dict[str, dict[str, Any]] = {
         "memory": "linear",
         "retention": "decay",
         "algorithm": "momentum",
-        "channelwise_decay": True,
-        "channelwise_momentum": True,
+        "gates": {"channelwise_decay": True, "channelwise_momentum": True},
     },
 }
 
-COMPILED_CHUNKS = "compiled"  # the path name of MemoryLayer(path="chunked", compile_chunks=True)
+COMPILED_CHUNKS = "compiled"  # the path name of MemoryLayer.from_options(path="chunked", compile_chunks=True)
 
 # titans-pytorch NeuralMemory keyword arguments, spelled out in full (see README.md for why).
 # batch_size=64 commits the weights after every 64-token chunk, like miraslab's chunked path;
@@ -201,7 +200,7 @@ def runs_chunk_step(config: str) -> bool:
     from miraslab.memory.layer import MemoryLayer
     from miraslab.memory.paths.chunked import per_chunk_step
 
-    layer = MemoryLayer(DIM, heads=HEADS, chunk_size=CHUNK, **MIRASLAB_CONFIGS[config])
+    layer = MemoryLayer.from_options(DIM, heads=HEADS, chunk_size=CHUNK, **MIRASLAB_CONFIGS[config])
     return per_chunk_step(layer.memory.rule)
 
 
@@ -215,12 +214,12 @@ def build(case: Case) -> nn.Module:
         path = case.path
         if path == COMPILED_CHUNKS:
             path, options["compile_chunks"] = "chunked", True
-        module = MemoryLayer(DIM, heads=HEADS, chunk_size=CHUNK, path=path, **options)
+        module = MemoryLayer.from_options(DIM, heads=HEADS, chunk_size=CHUNK, path=path, **options)
     elif case.impl == FLA:
         from miraslab.memory.layer import MemoryLayer
 
         options = MIRASLAB_CONFIGS[FLA_CONFIGS[case.config][2]]
-        module = MemoryLayer(DIM, heads=HEADS, chunk_size=CHUNK, **options)
+        module = MemoryLayer.from_options(DIM, heads=HEADS, chunk_size=CHUNK, **options)
         module.memory = FLAMemory(module.memory, case.config)
     else:
         from titans_pytorch import NeuralMemory

@@ -53,7 +53,9 @@ from .memory.spec import (
     AlgorithmComponent,
     BiasComponent,
     FeaturesComponent,
+    GatesSpec,
     MemoryComponent,
+    MemorySpec,
     RetentionComponent,
 )
 from .model.attention import KVCache
@@ -124,6 +126,8 @@ __all__ = [  # noqa: RUF022 -- grouped by the kind of plugin that needs them, no
     "AlgorithmComponent",
     "FeaturesComponent",
     # the memory engine, and what monitors read from it
+    "MemorySpec",
+    "GatesSpec",
     "MemoryLayer",
     "memory_op",
     "build_rule",

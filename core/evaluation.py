@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from .data.batch import IGNORE, TrainingBatch
-from .memory.ablation import memory_ablation
+from .memory.knockout import memory_ablation
 
 
 def distance_bucket(distance: int) -> tuple[int, int]:

@@ -245,6 +245,8 @@ def make_converter(registry: Any) -> cattrs.Converter:
 
     def structure_component(value: Any, tp: type[Component]) -> Component:
         kind = tp.kind
+        if isinstance(value, tp):  # already structured (a Component passed without a recipe)
+            return value
         if isinstance(value, str):
             name, table = value, {}
         elif isinstance(value, Mapping):

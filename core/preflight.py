@@ -33,8 +33,8 @@ import torch.nn.functional as F
 from .components import build_component
 from .data.batch import IGNORE, TrainingBatch
 from .data.documents import documents_apart, documents_separator
-from .memory.ablation import memories_of, memory_ablation, shard_lengths
 from .memory.gate_projections import GateProjections
+from .memory.knockout import memories_of, memory_ablation, shard_lengths
 from .model.memory_gate import MemoryGate
 from .observation import observe, recorded_gates, stop_observing
 from .recipe.resolve import load_recipe

@@ -8,6 +8,7 @@ from miraslab import testing
 from miraslab.errors import RecipeError
 from miraslab.memory.rule.build import build_rule
 from miraslab.memory.rule.memory_rule import MemoryRule
+from miraslab.memory.spec import GatesSpec, MemorySpec
 from miraslab.params import make_component
 from miraslab.registry import get_registry
 
@@ -44,20 +45,15 @@ def make_rule(
 ) -> MemoryRule:
     """A float64 rule; ``options`` = {"retention": {...}, ...} overrides a part's params."""
     options = options or {}
-    return build_rule(
-        component("memory", memory, **options.get("memory", {})),
-        component("bias", bias, **options.get("bias", {})),
-        component("retention", retention, **options.get("retention", {})),
-        component("algorithm", algorithm, **options.get("algorithm", {})),
-        heads=heads,
-        d_key=d_key or d,
-        d_value=d,
-        channelwise={
-            *channelwise,
-            *(["lr"] if channelwise_lr else []),
-            *(["window"] if channelwise_window else []),
-        },
-    ).double()
+    roles = {*channelwise, *(["lr"] if channelwise_lr else []), *(["window"] if channelwise_window else [])}
+    spec = MemorySpec(
+        memory=component("memory", memory, **options.get("memory", {})),
+        bias=component("bias", bias, **options.get("bias", {})),
+        retention=component("retention", retention, **options.get("retention", {})),
+        algorithm=component("algorithm", algorithm, **options.get("algorithm", {})),
+        gates=GatesSpec(**{f"channelwise_{role}": True for role in roles}),
+    )
+    return build_rule(spec, heads, d_key or d, d).double()
 
 
 def all_combinations() -> tuple[list[tuple[str, ...]], list[tuple[str, ...]]]:

@@ -42,8 +42,10 @@ CASES = {
 def pair(dim: int, chunk_size: int = 4, **options) -> tuple[MemoryLayer, MemoryLayer]:
     """An eager layer and a compile_chunks layer with the same weights, in float64."""
     torch.manual_seed(0)
-    eager = MemoryLayer(dim, heads=2, chunk_size=chunk_size, **options).double()
-    compiled = MemoryLayer(dim, heads=2, chunk_size=chunk_size, compile_chunks=True, **options).double()
+    eager = MemoryLayer.from_options(dim, heads=2, chunk_size=chunk_size, **options).double()
+    compiled = MemoryLayer.from_options(
+        dim, heads=2, chunk_size=chunk_size, compile_chunks=True, **options
+    ).double()
     compiled.load_state_dict(eager.state_dict())
     return eager, compiled
 
@@ -99,7 +101,7 @@ def test_channelwise_sub_chunks_compiled_equal_eager():
     mid-chunk (56 as sub-chunk pieces of 48 and 8, 2 whole chunks, 5).  Heads of 32
     channels and four sub-chunks: the shape at which inductor had miscompiled the decay
     gate's gradient (see ``batched.times_transposed``; chunks of 32 did not show it)."""
-    options = {"memory": "linear", "channelwise_decay": True, "channelwise_momentum": True}
+    options = {"memory": "linear", "gates": {"channelwise_decay": True, "channelwise_momentum": True}}
     eager, compiled = pair(64, chunk_size=64, retention="decay", algorithm="momentum", **options)
     x = torch.randn(2, 389, 64, dtype=torch.float64)
     assert_two_calls_equal_eager(eager, compiled, x, cut=200, whole_chunks=5)
@@ -190,9 +192,9 @@ def test_inside_a_whole_model_compile_the_step_is_traced_inline():
 def test_recipes_and_the_layer_take_the_option():
     from miraslab.memory.spec import MemorySpec
 
-    layer = MemoryLayer.from_spec(MemorySpec(compile_chunks=True), dim=16, default_heads=2)
-    assert layer.memory.compile_chunks
-    assert not MemoryLayer(16, heads=2).memory.compile_chunks
+    layer = MemoryLayer(16, 2, MemorySpec(compile_chunks=True))
+    assert layer.memory.spec.compile_chunks
+    assert not MemoryLayer.from_options(16, heads=2).memory.spec.compile_chunks
 
 
 def tnt_model(compile_chunks: bool) -> torch.nn.Module:

@@ -15,6 +15,7 @@ from memory_cases import make_rule, random_inputs, tokens
 
 from miraslab.memory.kernels.linear_chunks import linear_chunks
 from miraslab.memory.paths import chunked_affine
+from miraslab.memory.paths.tokens import Tokens
 
 CASES = [
     (bias, retention, algorithm)
@@ -26,7 +27,11 @@ CASES = [
 
 def run(rule, q, k, v, gates, state, hand_written):
     return chunked_affine.whole_chunks(
-        rule, q, k, v, gates, dataclasses.replace(state), chunk_size=4, hand_written_backward=hand_written
+        rule,
+        Tokens(q, k, v, gates),
+        dataclasses.replace(state),
+        chunk_size=4,
+        hand_written_backward=hand_written,
     )
 
 
@@ -99,7 +104,9 @@ def test_bf16_autocast_keeps_the_state_in_fp32():
     q, k, v = (t.float().to(torch.bfloat16) for t in (q, k, v))
     gates = {n: t.float() for n, t in gates.items()}
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        y, state = chunked_affine.whole_chunks(rule, q, k, v, gates, rule.initial_state(2), chunk_size=4)
+        y, state = chunked_affine.whole_chunks(
+            rule, Tokens(q, k, v, gates), rule.initial_state(2), chunk_size=4
+        )
     assert y.dtype == torch.bfloat16
     assert state.weights["w"].dtype == torch.float32 and state.momentum["w"].dtype == torch.float32
     assert torch.isfinite(y.float()).all()

@@ -11,12 +11,12 @@ import torch
 
 import miraslab
 from miraslab.errors import MiraslabError
-from miraslab.memory.ablation import memory_ablation
+from miraslab.memory.knockout import memory_ablation
 
 
 def layer(**options) -> miraslab.MemoryLayer:
     torch.manual_seed(0)
-    return miraslab.MemoryLayer(16, heads=2, chunk_size=4, conv_kernel=0, **options).double()
+    return miraslab.MemoryLayer.from_options(16, heads=2, chunk_size=4, conv_kernel=0, **options).double()
 
 
 @pytest.mark.parametrize(

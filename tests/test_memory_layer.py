@@ -14,7 +14,7 @@ from miraslab.memory.qk_projection import qk_project
 
 def layer(**options) -> MemoryLayer:
     torch.manual_seed(0)
-    return MemoryLayer(16, heads=2, chunk_size=4, **options).double()
+    return MemoryLayer.from_options(16, heads=2, chunk_size=4, **options).double()
 
 
 LAYER_CASES = {
@@ -27,12 +27,11 @@ LAYER_CASES = {
     },
     "tensor-features": {"memory": {"name": "mlp", "residual": False}, "features": "polynomial"},
     "qk-projection": {"qk_projection": True, "conv_kernel": 2},
-    "channelwise-window": {"bias": {"name": "omega", "window": 3}, "channelwise_window": True},
+    "channelwise-window": {"bias": {"name": "omega", "window": 3}, "gates": {"channelwise_window": True}},
     "channelwise-decays": {
         "memory": "linear",
         "retention": {"name": "decay", "gradient_at": "decayed"},
-        "channelwise_decay": True,
-        "channelwise_momentum": True,
+        "gates": {"channelwise_decay": True, "channelwise_momentum": True},
     },
 }
 
@@ -117,7 +116,9 @@ def test_polynomial_coefficients_start_at_one_over_i_factorial():
 def test_under_bf16_autocast_gate_parameters_stay_fp32_and_can_take_tiny_steps():
     """The TNT-Atlas seed: a bf16 gain near 5.0 could not take a 1e-5 step. Ours stay fp32."""
     torch.manual_seed(0)
-    module = MemoryLayer(32, heads=2, chunk_size=8, algorithm="muon", bias={"name": "omega", "window": 2})
+    module = MemoryLayer.from_options(
+        32, heads=2, chunk_size=8, algorithm="muon", bias={"name": "omega", "window": 2}
+    )
     x = torch.randn(2, 24, 32)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         y = module(x)
@@ -136,8 +137,7 @@ BF16_CASES = {
     "linear": {"memory": "linear"},
     "linear-channelwise-decays": {
         "memory": "linear",
-        "channelwise_decay": True,
-        "channelwise_momentum": True,
+        "gates": {"channelwise_decay": True, "channelwise_momentum": True},
     },
 }
 
@@ -150,7 +150,7 @@ def test_bf16_autocast_output_and_gradients_are_close_to_fp32(options):
     the output and of the input gradient < 5e-2.  At this size that bound does not tell fp32
     from bf16 accumulation of the state; test_linear_chunks_backward checks the state's dtype."""
     torch.manual_seed(0)
-    module = MemoryLayer(32, heads=2, chunk_size=8, **options)
+    module = MemoryLayer.from_options(32, heads=2, chunk_size=8, **options)
     x = torch.randn(2, 24, 32, requires_grad=True)
     exact = module(x)
     (grad_exact,) = torch.autograd.grad(exact.square().sum(), x)
@@ -165,9 +165,9 @@ def test_layer_accepts_component_tables_and_rejects_nonsense_combinations():
     from miraslab.errors import RecipeError
 
     with pytest.raises(RecipeError, match="do not compose"):
-        MemoryLayer(16, heads=2, retention="kl", algorithm="muon")
+        MemoryLayer.from_options(16, heads=2, retention="kl", algorithm="muon")
     with pytest.raises(RecipeError, match="residual = true needs"):
-        MemoryLayer(16, heads=2, features={"name": "polynomial", "degree": 2})
+        MemoryLayer.from_options(16, heads=2, features={"name": "polynomial", "degree": 2})
 
 
 COMPILE_CASES = {
@@ -181,13 +181,13 @@ COMPILE_CASES = {
     # one sub-chunk: compiling unrolls the sub-chunk loop, and its time grows faster than the
     # graph (two sub-chunks: two minutes)
     "channelwise-decays": (
-        {"chunk_size": 16, "channelwise_decay": True, "channelwise_momentum": True},
+        {"chunk_size": 16, "gates": {"channelwise_decay": True, "channelwise_momentum": True}},
         16,
         16,
     ),
     # width 8, one chunk: where inductor had got every gradient before the memory wrong (the
     # head split wrote q, k and v with out= into one buffer; see split_heads)
-    "channelwise-momentum": ({"chunk_size": 4, "channelwise_momentum": True}, 8, 4),
+    "channelwise-momentum": ({"chunk_size": 4, "gates": {"channelwise_momentum": True}}, 8, 4),
 }
 # float32 compiled against eager, relative to each tensor's largest magnitude: the worst
 # case measured was 1.0e-6 (x's gradient, channel-wise momentum); with the head split as it
@@ -206,7 +206,7 @@ def test_the_layer_compiles_without_graph_breaks_and_matches_eager(options, dim,
     <= COMPILE_TOL * max|eager|`` per tensor (tests/tolerance.py says why not element-wise)."""
     torch.manual_seed(0)
     rule = {"memory": "linear", "retention": "decay", "algorithm": "momentum"}
-    layer = MemoryLayer(dim, heads=2, **{**rule, **options})
+    layer = MemoryLayer.from_options(dim, heads=2, **{**rule, **options})
     x = torch.randn(2, seq, dim, requires_grad=True)
     inputs = [x, *layer.parameters()]
     eager = layer(x)
@@ -219,16 +219,20 @@ def test_the_layer_compiles_without_graph_breaks_and_matches_eager(options, dim,
         assert_close_to_scale(got, expected, COMPILE_TOL, name)
 
 
-def test_the_one_assembly_copies_every_key_of_the_memory_table():
-    """spec_options is the single copy of [model.memory]'s fields that the plain layer and TNT
-    build from: a key added to MemorySpec and not to it would be silently ignored."""
+def test_the_memory_table_reaches_every_memory_whole():
+    """The plain layer and each of TNT's memories keep the [model.memory] spec they were built
+    from (TNT's at its own chunk sizes), so a key added to MemorySpec cannot be dropped on the
+    way from the recipe to the rule."""
     import attrs
 
-    from miraslab.memory.layer import spec_options
-    from miraslab.memory.spec import GatesSpec, MemorySpec
+    from miraslab.memory.hierarchical_memory import HierarchicalMemory
+    from miraslab.memory.spec import GatesSpec, MemorySpec, TNTSpec
 
-    options = spec_options(MemorySpec())
-    shape = {"heads", "head_dim", "gates"}  # the layer's shape, and the gates' own table below
-    assert {f.name for f in attrs.fields(MemorySpec)} - shape <= set(options)
-    gate_keys = {f.name for f in attrs.fields(GatesSpec)} - {"rank"}
-    assert gate_keys <= set(options) and "gate_rank" in options
+    spec = MemorySpec(conv_kernel=2, qk_norm=False, gates=GatesSpec(channelwise_lr=True, rank=4))
+    assert MemoryLayer(16, 2, spec).memory.spec == spec
+    tnt = TNTSpec(global_chunk=4, local_chunks=(2,), shard_length=4)
+    hierarchy = HierarchicalMemory(16, 2, spec, tnt)
+    assert hierarchy.global_memory.spec == attrs.evolve(spec, chunk_size=4, qk_projection=False)
+    assert [m.spec for m in hierarchy.local_memories] == [
+        attrs.evolve(spec, chunk_size=2, qk_projection=True)
+    ]

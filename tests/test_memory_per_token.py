@@ -29,6 +29,7 @@ from miraslab.errors import RecipeError
 from miraslab.memory.layer import MemoryLayer
 from miraslab.memory.paths.chunked_per_token import chunked_per_token, per_token_problem
 from miraslab.memory.paths.memory_op import memory_op
+from miraslab.memory.paths.tokens import Tokens
 from miraslab.recipe.resolve import load_recipe
 
 ATOL = 1e-10
@@ -128,7 +129,7 @@ def test_per_token_chunked_is_the_published_recurrence_at_every_chunk_size(name)
     q, k, v, gates = case_inputs(rule, normalized)
     expected, final, final_z = oracle(rule, kind, normalized, q, k, v, gates)
     for chunk in (1, 16, 64):
-        y, state = chunked_per_token(rule, q, k, v, gates, rule.initial_state(2), chunk)
+        y, state = chunked_per_token(rule, Tokens(q, k, v, gates), rule.initial_state(2), chunk)
         torch.testing.assert_close(y, expected, atol=ATOL, rtol=0, msg=f"{name}, chunk {chunk}")
         torch.testing.assert_close(state.weights["w"], final, atol=ATOL, rtol=0)
         if final_z is not None:
@@ -143,8 +144,8 @@ def test_per_token_chunked_continues_from_a_carried_state(name):
     expected, final, _ = oracle(rule, kind, normalized, q, k, v, gates)
     part = (slice(0, SPLIT), slice(SPLIT, SEQ))
     cut = [(q[:, :, p], k[:, :, p], v[:, :, p], {n: g[:, :, p] for n, g in gates.items()}) for p in part]
-    y1, state = chunked_per_token(rule, *cut[0], rule.initial_state(2), 16)
-    y2, state = chunked_per_token(rule, *cut[1], state, 16)
+    y1, state = chunked_per_token(rule, Tokens(*cut[0]), rule.initial_state(2), 16)
+    y2, state = chunked_per_token(rule, Tokens(*cut[1]), state, 16)
     torch.testing.assert_close(torch.cat([y1, y2], dim=2), expected, atol=ATOL, rtol=0)
     torch.testing.assert_close(state.weights["w"], final, atol=ATOL, rtol=0)
     y_rec, rec_state = memory_op(rule, q, k, v, gates, chunk_size=1, path="recurrent")
@@ -181,7 +182,7 @@ def test_per_token_gradients_equal_autograd_through_the_recurrent_path(name):
             t.grad = None
         return out
 
-    chunked = grads(lambda q, k, v, g: chunked_per_token(rule, q, k, v, g, rule.initial_state(2), 16))
+    chunked = grads(lambda q, k, v, g: chunked_per_token(rule, Tokens(q, k, v, g), rule.initial_state(2), 16))
     recurrent = grads(lambda q, k, v, g: memory_op(rule, q, k, v, g, chunk_size=1, path="recurrent"))
     for n in recurrent:
         assert recurrent[n].abs().max() > 0, n
@@ -193,15 +194,7 @@ def test_decode_continues_a_per_token_chunked_prefix_exactly():
     rule, kind, normalized = case_rule("gated-deltanet")
     q, k, v, gates = case_inputs(rule, normalized, seq=80)
     expected, _, _ = oracle(rule, kind, normalized, q, k, v, gates)
-    y, state = chunked_per_token(
-        rule,
-        q[:, :, :70],
-        k[:, :, :70],
-        v[:, :, :70],
-        {n: g[:, :, :70] for n, g in gates.items()},
-        rule.initial_state(2),
-        64,
-    )
+    y, state = chunked_per_token(rule, Tokens(q, k, v, gates).at(slice(70)), rule.initial_state(2), 64)
     outs = [y]
     for t in range(70, 80):
         y, state = memory_op(
@@ -234,7 +227,7 @@ def test_combinations_without_an_exact_chunk_parallel_form_are_refused(parts, re
     assert problem is not None and reason in problem
     q, k, v, gates, _ = random_inputs(rule, seq=5)
     with pytest.raises(ValueError, match=reason):
-        chunked_per_token(rule, q, k, v, gates, rule.initial_state(2), 4)
+        chunked_per_token(rule, Tokens(q, k, v, gates), rule.initial_state(2), 4)
 
 
 def test_a_state_left_mid_chunk_by_mini_batch_steps_is_refused():
@@ -243,14 +236,14 @@ def test_a_state_left_mid_chunk_by_mini_batch_steps_is_refused():
     _, state = memory_op(rule, q, k, v, gates, chunk_size=4)
     assert state.offset == 1
     with pytest.raises(ValueError, match="mini-batch chunk"):
-        chunked_per_token(rule, q, k, v, gates, dataclasses.replace(state), 4)
+        chunked_per_token(rule, Tokens(q, k, v, gates), dataclasses.replace(state), 4)
 
 
 def test_the_layer_runs_per_token_steps_on_both_paths_and_decodes():
-    """MemoryLayer(inner_steps="per_token") at chunk 16: chunked == recurrent, and a chunked
+    """MemoryLayer.from_options(inner_steps="per_token") at chunk 16: chunked == recurrent, and a chunked
     prefix continued token by token (the decoding path) == one call (float64, atol 1e-10)."""
     torch.manual_seed(0)
-    layer = MemoryLayer(
+    layer = MemoryLayer.from_options(
         16,
         heads=2,
         memory="linear",
@@ -268,7 +261,7 @@ def test_the_layer_runs_per_token_steps_on_both_paths_and_decodes():
         y, state = layer(x[:, t : t + 1], state, return_state=True, path="recurrent")
         outs.append(y)
     torch.testing.assert_close(torch.cat(outs, dim=1), chunked, atol=ATOL, rtol=0)
-    mini_batch = MemoryLayer(
+    mini_batch = MemoryLayer.from_options(
         16,
         heads=2,
         memory="linear",

@@ -142,18 +142,17 @@ def test_omega_with_window_1_and_no_gate_is_its_inner_bias():
     from memory_cases import component
 
     from miraslab.memory.rule.build import build_rule
+    from miraslab.memory.spec import MemorySpec
 
     def rule_with(bias):
         torch.manual_seed(0)
-        return build_rule(
-            component("memory", "mlp"),
-            bias,
-            component("retention", "decay"),
-            component("algorithm", "momentum"),
-            heads=2,
-            d_key=4,
-            d_value=4,
-        ).double()
+        spec = MemorySpec(
+            memory=component("memory", "mlp"),
+            bias=bias,
+            retention=component("retention", "decay"),
+            algorithm=component("algorithm", "momentum"),
+        )
+        return build_rule(spec, 2, 4, 4).double()
 
     omega = rule_with(component("bias", "omega", window=1, gated=False, inner={"name": "huber"}))
     huber = rule_with(component("bias", "huber", data_dependent=False, delta=1.0))

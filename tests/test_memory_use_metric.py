@@ -10,7 +10,7 @@ from training_cases import MQAR_RECIPE
 import miraslab
 from miraslab.components import build_component
 from miraslab.data.batch import IGNORE
-from miraslab.memory.ablation import memory_ablation
+from miraslab.memory.knockout import memory_ablation
 from miraslab.train.run_dir import RunDir, load_run
 from miraslab.train.trainer import Trainer
 

@@ -128,4 +128,4 @@ def test_every_tnt_memory_takes_the_memory_tables_keys():
     model = tiny_model("lmm", TNT, memory={"chunk_size": 3, "compile_chunks": True})
     memories = [m for m in model.modules() if isinstance(m, NeuralMemory)]
     assert len(memories) == 4  # two layers, a global and a local memory each
-    assert all(m.compile_chunks for m in memories)
+    assert all(m.spec.compile_chunks for m in memories)

@@ -71,7 +71,7 @@ def test_how_far_the_memory_moved_within_a_sequence_is_measured_from_its_w_init(
     import miraslab
 
     torch.manual_seed(0)
-    layer = miraslab.MemoryLayer(32, heads=2, memory="mlp", algorithm="momentum").double()
+    layer = miraslab.MemoryLayer.from_options(32, heads=2, memory="mlp", algorithm="momentum").double()
     layer.memory.record = True
     _, state = layer(torch.randn(2, 40, 32, dtype=torch.float64), return_state=True)
     end = {n: w.detach() for n, w in state.memory.memory.weights.items()}

@@ -8,23 +8,16 @@ import pytest
 import torch
 
 from miraslab import MemoryLayer, memory_op
-from miraslab.memory.layer import as_component
 from miraslab.memory.rule.build import build_rule
+from miraslab.memory.spec import MemorySpec
 
 B, H, T, D = 2, 4, 10, 8
 
 
 def make_rule(channelwise: frozenset[str] = frozenset()):
-    return build_rule(
-        as_component("memory", "linear"),
-        as_component("bias", "l2"),
-        as_component("retention", "decay"),
-        as_component("algorithm", "momentum"),
-        heads=H,
-        d_key=D,
-        d_value=D,
-        channelwise=channelwise,
-    )
+    gates = {f"channelwise_{role}": True for role in channelwise}
+    spec = MemorySpec.from_options(memory="linear", retention="decay", algorithm="momentum", gates=gates)
+    return build_rule(spec, H, D, D)
 
 
 def good_inputs(channelwise: frozenset[str] = frozenset()) -> dict:
@@ -118,14 +111,14 @@ def test_a_state_for_another_batch_is_refused():
 
 @pytest.mark.parametrize("shape", [(1024, 32), (2, 10, 16), (2, 3, 10, 32)])
 def test_the_layer_names_the_input_shape_it_needs(shape):
-    layer = MemoryLayer(32, heads=2, chunk_size=4)
+    layer = MemoryLayer.from_options(32, heads=2, chunk_size=4)
     message = f"MemoryLayer: x must be (batch, seq, dim=32), got shape {shape}"
     with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
         layer(torch.randn(*shape))
 
 
 def test_the_layer_refuses_a_state_that_is_not_its_own_or_for_another_batch():
-    layer = MemoryLayer(32, heads=2, chunk_size=4)
+    layer = MemoryLayer.from_options(32, heads=2, chunk_size=4)
     _, state = layer(torch.randn(2, 10, 32), return_state=True)
     message = "MemoryLayer: state is for batch 2, x has batch 1"
     with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
@@ -144,4 +137,4 @@ def test_the_layer_refuses_a_state_that_is_not_its_own_or_for_another_batch():
 )
 def test_the_layer_checks_its_chunk_size_and_path_when_built(options, message):
     with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
-        MemoryLayer(32, heads=2, **options)
+        MemoryLayer.from_options(32, heads=2, **options)

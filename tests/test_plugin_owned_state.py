@@ -17,6 +17,7 @@ import miraslab
 from miraslab.api import ChunkEnd, GateDef, LearningAlgorithm, memory_op, use_registry
 from miraslab.memory.rule.axes import check_parts
 from miraslab.memory.rule.build import build_rule
+from miraslab.memory.spec import MemorySpec
 from miraslab.registry import Registry, Source
 
 
@@ -60,15 +61,13 @@ def registry() -> Registry:
 
 def rule_with(registry: Registry, retention: str, memory: str = "linear"):
     with use_registry(registry):
-        return build_rule(
-            component("memory", memory),
-            component("bias", "l2"),
-            component("retention", retention),
-            component("algorithm", "damped_gd"),
-            heads=2,
-            d_key=4,
-            d_value=4,
-        ).double()
+        spec = MemorySpec(
+            memory=component("memory", memory),
+            bias=component("bias", "l2"),
+            retention=component("retention", retention),
+            algorithm=component("algorithm", "damped_gd"),
+        )
+        return build_rule(spec, 2, 4, 4).double()
 
 
 def test_the_declared_sum_is_carried_in_the_state_not_a_field():

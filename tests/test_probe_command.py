@@ -11,7 +11,7 @@ from training_cases import MQAR_RECIPE, SHORT_PROOF, write_corpus, write_recipe
 
 import miraslab
 from miraslab.cli import main
-from miraslab.memory.ablation import memory_ablation, modes_of
+from miraslab.memory.knockout import memory_ablation, modes_of
 from miraslab.train.trainer import Trainer
 
 

@@ -15,6 +15,7 @@ import miraslab
 from miraslab.api import FeatureMap, Linear, MemoryArchitecture, MemoryLayer
 from miraslab.errors import RecipeError
 from miraslab.memory.rule.build import build_features, build_rule
+from miraslab.memory.spec import MemorySpec
 from miraslab.model.language_model import build_model
 from miraslab.model.spec import ModelSpec
 from miraslab.params import make_component, structure
@@ -67,24 +68,22 @@ MEMORY = {"memory": "private_linear", "features": "private_identity", "chunk_siz
 
 def test_the_private_components_are_unknown_outside_the_block(private):
     with pytest.raises(miraslab.MiraslabError, match="private_linear"):
-        MemoryLayer(16, 2, memory="private_linear")
+        MemoryLayer.from_options(16, 2, memory="private_linear")
     assert "private_linear" not in get_registry().names("memory")
 
 
 def test_memory_layer_build_rule_and_features_use_the_swapped_registry(private):
     with use_registry(private) as active:
         assert get_registry() is active is private
-        layer = MemoryLayer(16, 2, memory="private_linear", features="private_identity", chunk_size=2)
+        layer = MemoryLayer.from_options(
+            16, 2, memory="private_linear", features="private_identity", chunk_size=2
+        )
         assert type(layer.memory.rule.arch) is PrivateLinear
         assert type(layer.memory.features) is PrivateIdentity
         y = layer(torch.randn(1, 5, 16))
         assert y.shape == (1, 5, 16)
-        memory = make_component("memory", "private_linear", {}, private)
-        rest = [
-            make_component(k, n, {}, private)
-            for k, n in [("bias", "l2"), ("retention", "none"), ("algorithm", "gd")]
-        ]
-        rule = build_rule(memory, *rest, heads=2, d_key=8, d_value=8)
+        spec = MemorySpec.from_options(memory="private_linear", bias="l2", retention="none", algorithm="gd")
+        rule = build_rule(spec, 2, 8, 8)
         assert type(rule.arch) is PrivateLinear
         assert (
             type(build_features(make_component("features", "private_identity", {}, private), 8))

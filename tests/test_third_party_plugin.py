@@ -259,7 +259,7 @@ x = torch.randn(2, 12, 32)
 def layer(rate, path):
     torch.manual_seed(1)
     retention = {"name": "acme_forget", "rate": rate}
-    return miraslab.MemoryLayer(32, heads=2, retention=retention, chunk_size=4, path=path)
+    return miraslab.MemoryLayer.from_options(32, heads=2, retention=retention, chunk_size=4, path=path)
 
 chunked = layer(0.5, "chunked")
 y = chunked(x)

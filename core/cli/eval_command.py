@@ -1,5 +1,5 @@
 """``miraslab eval RUN [--task NAME] [--set task.x=...] [--memory MODE] [--json]``: accuracy of a
-trained run, with its memory as trained or ablated (see ``miraslab.memory.ablation``).
+trained run, with its memory as trained or ablated (see ``miraslab.memory.knockout``).
 
 ``miraslab eval RUN --lm-eval TASKS``: the run exported to a temporary directory and scored by
 lm-evaluation-harness (``miraslab.hf.harness``), the result kept in ``RUN/lm_eval/results.json``."""
@@ -80,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
         if value is not None:
             raise MiraslabError(f"{flag} applies to --lm-eval TASKS, which is not given")
     from ..evaluation import evaluate_by_memory
-    from ..memory.ablation import MODES
+    from ..memory.knockout import MODES
     from ..train.run_dir import load_run
     from .evaluation_data import run_task, validation_batches
 

@@ -2,7 +2,7 @@
 
 ``--memory-ablation``: the loss (and, for a task with answers, the accuracy) on the same
 validation batches with the memory as trained, started afresh at every TNT shard (TNT models),
-at every chunk, and with its read zeroed (``miraslab.memory.ablation``).  ``--niah``: needle
+at every chunk, and with its read zeroed (``miraslab.memory.knockout``).  ``--niah``: needle
 retrieval accuracy by depth and by distance on the ``niah`` task, written in the run's own
 vocabulary (its tokenizer for a text run), under the same memory modes when both are given.
 """
@@ -59,7 +59,7 @@ def add_parser(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..memory.ablation import modes_of
+    from ..memory.knockout import modes_of
     from ..train.run_dir import load_run
 
     if not (args.memory_ablation or args.niah):

@@ -3,19 +3,17 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import RecipeError
-from ..params import Component
 from .gate_projections import GateProjections
-from .paths.memory_op import check_path_and_chunk, inner_steps_problem, memory_op
+from .paths.memory_op import memory_op
 from .qk_projection import qk_project
 from .rule.build import build_features, build_rule
 from .rule.state import MemoryState
+from .spec import MemorySpec
 
 
 @dataclasses.dataclass
@@ -63,52 +61,24 @@ def state_norms(state: MemoryState, initial: dict[str, torch.Tensor] | None = No
 class NeuralMemory(nn.Module):
     """y_t = M_t(phi(q_t)) with M written by the rule; gates come from the layer input x."""
 
-    def __init__(
-        self,
-        dim: int,
-        heads: int,
-        head_dim: int,
-        *,
-        memory: Component,
-        bias: Component,
-        retention: Component,
-        algorithm: Component,
-        features: Component,
-        chunk_size: int,
-        path: str = "chunked",
-        qk_projection: bool = False,
-        qk_norm: bool = True,
-        channelwise: Iterable[str] = (),
-        gate_rank: int = 16,
-        compile_chunks: bool = False,
-        inner_steps: str = "mini_batch",
-    ):
+    def __init__(self, dim: int, heads: int, head_dim: int, spec: MemorySpec):
+        """``spec``: the memory's ``[model.memory]``; ``heads`` and ``head_dim`` its resolved shape."""
         super().__init__()
-        check_path_and_chunk(path, chunk_size, inner_steps)  # here, not at the first forward
-        self.chunk_size, self.path, self.compile_chunks = chunk_size, path, compile_chunks
-        self.inner_steps = inner_steps
-        self.use_qk_projection, self.qk_norm = qk_projection, qk_norm
-        self.features = build_features(features, head_dim)
-        self.rule = build_rule(
-            memory,
-            bias,
-            retention,
-            algorithm,
-            heads=heads,
-            d_key=self.features.out_dim,
-            d_value=head_dim,
-            channelwise=channelwise,
-        )
-        if (problem := inner_steps_problem(self.rule, chunk_size, inner_steps)) is not None:
-            raise RecipeError([f"model.memory.inner_steps: {problem}"])  # TNT's own chunk sizes too
-        self.gates = GateProjections(dim, heads, self.rule.gate_defs(), head_dim, gate_rank)
+        self.spec = spec
+        self.features = build_features(spec.features, head_dim)
+        self.rule = build_rule(spec, heads, self.features.out_dim, head_dim)
+        self.gates = GateProjections(dim, heads, self.rule.gate_defs(), head_dim, spec.gates.rank)
         self.record = False  # keep the norms of the last state for monitors
         self.last_norms: dict[str, float] = {}
         # None, or an ablation ("reset": the state starts fresh at every chunk, or every
         # reset_span tokens when set; "zero": the read is zeros) set by
-        # miraslab.memory.ablation.memory_ablation for evaluation
+        # miraslab.memory.knockout.memory_ablation for evaluation
         self.ablation: str | None = None
         self.reset_span: int | None = None
+
+    @property
+    def chunk_size(self) -> int:
+        return self.spec.chunk_size
 
     def forward(
         self,
@@ -122,14 +92,15 @@ class NeuralMemory(nn.Module):
         # no NeuralMemoryState() for a missing state: dynamo cannot trace a dataclass's default factory
         qk_in, memory_in = (state.qk, state.memory) if state is not None else (None, None)
         qk_state = None
-        if self.use_qk_projection:
-            q, qk_state = qk_project(q, k, qk_in, self.chunk_size)
-            if self.qk_norm:
+        spec = self.spec
+        if spec.qk_projection:
+            q, qk_state = qk_project(q, k, qk_in, spec.chunk_size)
+            if spec.qk_norm:
                 q = F.normalize(q, dim=-1)
         q, k = self.features(q, query=True), self.features(k)
         gates = self.gates(x)
         if self.ablation == "reset":
-            y, memory_state = self._fresh_every_chunk(q, k, v, gates, path or self.path, self.reset_span)
+            y, memory_state = self._fresh_every_chunk(q, k, v, gates, path or spec.path, self.reset_span)
         else:
             y, memory_state = memory_op(
                 self.rule,
@@ -138,10 +109,10 @@ class NeuralMemory(nn.Module):
                 v,
                 gates,
                 memory_in,
-                self.chunk_size,
-                path or self.path,
-                self.compile_chunks,
-                self.inner_steps,
+                spec.chunk_size,
+                path or spec.path,
+                spec.compile_chunks,
+                spec.inner_steps,
             )
         if self.ablation == "zero":
             y = torch.zeros_like(y)
@@ -163,7 +134,7 @@ class NeuralMemory(nn.Module):
         token, written and read from the initial state: nothing carries from one to the next,
         nor from an earlier call."""
         outputs, state = [], None
-        span = span or self.chunk_size
+        span = span or self.spec.chunk_size
         for start in range(0, q.shape[2], span):
             part = slice(start, start + span)
             piece_gates = {name: gate[:, :, part] for name, gate in gates.items()}
@@ -174,18 +145,18 @@ class NeuralMemory(nn.Module):
                 v[:, :, part],
                 piece_gates,
                 None,
-                self.chunk_size,
+                self.spec.chunk_size,
                 path,
-                inner_steps=self.inner_steps,
+                inner_steps=self.spec.inner_steps,
             )
             outputs.append(y)
         return torch.cat(outputs, dim=2), state
 
     def retrieve(self, q: torch.Tensor, state: NeuralMemoryState | None) -> torch.Tensor:
         """Read with the state's current weights, without writing (MAC's h_t = M*_{t-1}(q_t))."""
-        if self.use_qk_projection and state is not None and state.qk is not None:
+        if self.spec.qk_projection and state is not None and state.qk is not None:
             q = q @ state.qk.to(q.dtype)
-            if self.qk_norm:
+            if self.spec.qk_norm:
                 q = F.normalize(q, dim=-1)
         q = self.features(q, query=True)
         memory_state = state.memory if state is not None and state.memory is not None else None

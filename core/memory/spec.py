@@ -1,21 +1,32 @@
-"""The recipe table of one Miras memory: ``[model.memory]``.
+"""The recipe table of one Miras memory, ``[model.memory]``, and of TNT's hierarchy, ``[model.tnt]``.
 
 The four Miras axes (memory architecture, attentional bias, retention gate, learning
 algorithm) plus the key/query feature map are components, each with its own params;
 the rest are the layer's shape and the Titans block around the memory.
+
+The spec travels whole: ``MemoryLayer``, ``NeuralMemory`` and ``build_rule`` each take it
+and read the keys they use, so a new key touches this class and the code that reads it.
+Without a recipe, :meth:`MemorySpec.from_options` structures keywords into it exactly as a
+recipe's table is structured.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 import attrs
 
-from ..params import component_field, component_type, param
+from ..params import ParamValueError, component_field, component_type, param, structure
+
+PATHS = ("chunked", "recurrent")
+INNER_STEPS = ("mini_batch", "per_token")
 
 MemoryComponent = component_type("memory")
 BiasComponent = component_type("bias")
 RetentionComponent = component_type("retention")
 AlgorithmComponent = component_type("algorithm")
 FeaturesComponent = component_type("features")
+MixerComponent = component_type("mixer")
 
 
 @attrs.frozen
@@ -71,12 +82,12 @@ class MemorySpec:
     )
     inner_steps: str = param(
         "mini_batch",
-        choices=("mini_batch", "per_token"),
+        choices=INNER_STEPS,
         doc="inner-loop semantics: mini_batch takes every gradient of a chunk at the chunk-start state "
         "(Titans eq. 16-18); per_token takes each token's at the state the previous token left "
         "(DeltaNet, Gated DeltaNet: exact at any chunk size; matrix memories with l2 or dot, gd or momentum)",
     )
-    path: str = param("chunked", choices=("chunked", "recurrent"), doc="execution path for training")
+    path: str = param("chunked", choices=PATHS, doc="execution path for training")
     conv_kernel: int = param(4, ge=0, doc="causal depthwise convolution on q/k/v; 0 disables")
     activation: str = param("silu", choices=("silu", "identity"), doc="activation on q/k/v (Titans)")
     qk_norm: bool = param(True, doc="l2-normalise queries and keys")
@@ -89,3 +100,55 @@ class MemorySpec:
         "eager if it fails)",
     )
     gates: GatesSpec = attrs.field(factory=GatesSpec, metadata={"doc": "gate projections"})
+
+    @classmethod
+    def from_options(cls, **options: Any) -> MemorySpec:
+        """``[model.memory]`` from keywords (its keys; components as names, tables or
+        Components), structured and validated as a recipe's table is: the no-recipe entrance.
+
+        The run options the functional op shares are refused first in its words (``chunk_size
+        must be >= 1, got 0``), as the keyword layer always refused them; the rest, in a
+        recipe's (``key: expected ..., got ...``)."""
+        check_run_options(
+            **{key: options[key] for key in ("path", "chunk_size", "inner_steps") if key in options}
+        )
+        return structure(options, cls)
+
+    def shape(self, dim: int, n_heads: int) -> tuple[int, int]:
+        """(heads, head_dim) of a memory in a ``dim``-wide model of ``n_heads`` heads."""
+        heads = self.heads or n_heads
+        return heads, self.head_dim or dim // heads
+
+
+def check_run_options(path: str = PATHS[0], chunk_size: int = 1, inner_steps: str = INNER_STEPS[0]) -> None:
+    """The engine's run options, as the functional op and the keyword constructors word them."""
+    if path not in PATHS:
+        raise ValueError(f"path must be one of {PATHS}, got {path!r}")
+    if isinstance(chunk_size, int) and chunk_size < 1:  # a non-integer is structuring's to refuse
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    if inner_steps not in INNER_STEPS:
+        raise ValueError(f"inner_steps must be one of {INNER_STEPS}, got {inner_steps!r}")
+
+
+@attrs.frozen
+class TNTSpec:
+    """TNT hierarchy (arXiv 2511.07343): one global memory plus local memories reset per shard."""
+
+    global_chunk: int = param(2048, ge=1, doc="chunk size of the global memory")
+    local_chunks: tuple[int, ...] = param(factory=lambda: (256,), ge=1, doc="chunk size of each local memory")
+    shard_length: int = param(
+        2048, ge=1, doc="local memories reset to their learned W_init every this many tokens"
+    )
+    local_qk_projection: bool = param(True, doc="Q-K projection on the local memories' queries (TNT eq. 7)")
+    mixer: MixerComponent = component_field("mixer", "sum", "how local and global read-outs combine")
+
+    def cross_check(self) -> None:
+        if not self.local_chunks:
+            raise ParamValueError("local_chunks", "at least one local memory chunk size", [])
+        for chunk in self.local_chunks:
+            if self.shard_length % chunk:
+                raise ParamValueError(
+                    "shard_length",
+                    f"a multiple of every local chunk size {list(self.local_chunks)}",
+                    self.shard_length,
+                )

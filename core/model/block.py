@@ -43,10 +43,10 @@ class BlockContext:
     def memory(self) -> nn.Module:
         """The model's neural memory: one MemoryLayer, or TNT's global + local memories."""
         if self.tnt is not None:
-            from .hierarchical_memory import HierarchicalMemory
+            from ..memory.hierarchical_memory import HierarchicalMemory
 
             return HierarchicalMemory(self.dim, self.n_heads, self.memory_spec, self.tnt)
-        return MemoryLayer.from_spec(self.memory_spec, self.dim, self.n_heads)
+        return MemoryLayer(self.dim, self.n_heads, self.memory_spec)
 
     def feed_forward(self) -> SwiGLU:
         return SwiGLU(self.dim, self.d_ff, self.dropout)

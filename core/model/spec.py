@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import attrs
 
-from ..memory.spec import MemorySpec
+from ..memory.spec import MemorySpec, TNTSpec
 from ..params import ParamValueError, component_field, component_type, param
 
 LayoutComponent = component_type("layout")
 AttentionComponent = component_type("attention")
-MixerComponent = component_type("mixer")
 
 
 @attrs.frozen
@@ -22,30 +21,6 @@ class AttentionSpec:
     persistent_tokens: int = param(0, ge=0, doc="learned tokens prepended to every attention's keys")
     rope: bool = param(True, doc="rotary position embeddings on queries and keys")
     rope_base: float = param(10000.0, gt=0, doc="RoPE base frequency")
-
-
-@attrs.frozen
-class TNTSpec:
-    """TNT hierarchy (arXiv 2511.07343): one global memory plus local memories reset per shard."""
-
-    global_chunk: int = param(2048, ge=1, doc="chunk size of the global memory")
-    local_chunks: tuple[int, ...] = param(factory=lambda: (256,), ge=1, doc="chunk size of each local memory")
-    shard_length: int = param(
-        2048, ge=1, doc="local memories reset to their learned W_init every this many tokens"
-    )
-    local_qk_projection: bool = param(True, doc="Q-K projection on the local memories' queries (TNT eq. 7)")
-    mixer: MixerComponent = component_field("mixer", "sum", "how local and global read-outs combine")
-
-    def cross_check(self) -> None:
-        if not self.local_chunks:
-            raise ParamValueError("local_chunks", "at least one local memory chunk size", [])
-        for chunk in self.local_chunks:
-            if self.shard_length % chunk:
-                raise ParamValueError(
-                    "shard_length",
-                    f"a multiple of every local chunk size {list(self.local_chunks)}",
-                    self.shard_length,
-                )
 
 
 @attrs.frozen

@@ -134,12 +134,12 @@ def check_memory_layer(
     float64 with ``components`` (memory=, bias=, retention=, algorithm=, features=, as names or
     tables): chunked == recurrent at chunk 1 and ``chunk``, decoding token by token continues a
     chunked state, no output sees a later token, and the loss reaches every parameter."""
-    what = "MemoryLayer(" + ", ".join(f"{k}={v!r}" for k, v in components.items()) + ")"
+    what = "MemoryLayer.from_options(" + ", ".join(f"{k}={v!r}" for k, v in components.items()) + ")"
 
     def layer(chunk_size: int) -> Any:
         torch.manual_seed(0)
         with api.use_registry(registry or api.get_registry()):
-            return api.MemoryLayer(dim, heads, chunk_size=chunk_size, **components).double()
+            return api.MemoryLayer.from_options(dim, heads, chunk_size=chunk_size, **components).double()
 
     generator = torch.Generator().manual_seed(0)
     x = torch.randn(2, seq, dim, generator=generator, dtype=torch.double)

@@ -57,11 +57,12 @@ class RuleCase:
     def build(self, registry: Registry | None = None) -> Any:
         """The rule in float64; a combination the engine refuses raises ``RecipeError``."""
         registry = registry or get_registry()
-        components = [api.make_component(axis, *split_named(getattr(self, axis)), registry) for axis in AXES]
+        components = {
+            axis: api.make_component(axis, *split_named(getattr(self, axis)), registry) for axis in AXES
+        }
         with api.use_registry(registry):
-            rule = api.build_rule(
-                *components, heads=self.heads, d_key=self.d, d_value=self.d, channelwise=self.channelwise
-            )
+            gates = api.GatesSpec(**{f"channelwise_{role}": True for role in self.channelwise})
+            rule = api.build_rule(api.MemorySpec(**components, gates=gates), self.heads, self.d, self.d)
         return rule.double()
 
 

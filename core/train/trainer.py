@@ -33,7 +33,7 @@ from ..data.documents import documents_apart, documents_apart_in_buckets, docume
 from ..errors import MiraslabError, RecipeError, RunStopped
 from ..evaluation import evaluate, evaluate_by_memory
 from ..hf.llama_init import SeedReport, is_hf_directory, seed_tensors_for, write_report
-from ..memory.ablation import memories_of
+from ..memory.knockout import memories_of
 from ..memory_use import memory_is_used, plot_memory_use, verdict
 from ..model.language_model import LanguageModel
 from ..model.spec import SeedInitSpec

@@ -86,20 +86,17 @@ def chunk_end_update(
     s: torch.Tensor | None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """delta (B, H, L, d_out), h (B, H, L, d_in), rows (B, H, L) in their dtype; beta, sigma,
-    eta (B, H, 1, 1), w, s (B, H, d_out, d_in) in the state's dtype -> (W', S' or None)."""
+    eta (B, H, 1, 1), w, s (B, H, d_out, d_in) in the state's dtype -> (W', S' or None).
+
+    Rows per value channel (channel-wise decays), as many dimensions as delta, go through
+    autograd (``_channel_chunk_end``)."""
+    if row_w.dim() == delta.dim():
+        return _channel_chunk_end(delta, h, row_w, row_s, beta, sigma, eta, w, s)
     return _ChunkEnd.apply(delta, h, row_w, row_s, beta, sigma, eta, w, s)
 
 
-def channel_chunk_end(
-    delta: torch.Tensor,
-    h: torch.Tensor,
-    row_w: torch.Tensor,
-    row_s: torch.Tensor | None,
-    beta: torch.Tensor,
-    sigma: torch.Tensor | None,
-    eta: torch.Tensor | None,
-    w: torch.Tensor,
-    s: torch.Tensor | None,
+def _channel_chunk_end(
+    delta, h, row_w, row_s, beta, sigma, eta, w, s
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """``chunk_end_update`` with channel-wise decays: rows (B, H, C, L) and beta, sigma, eta
     (B, H, C, 1), one per row of W (C = d_out or 1); through autograd."""

@@ -64,20 +64,16 @@ def dual_read(
     s: torch.Tensor | None,
 ) -> torch.Tensor:
     """x, h (B, H, L, d_in), delta (B, H, L, d_out), coef (B, H, L, L), beta / sigma (B, H, L, 1),
-    w / s (B, H, d_out, d_in), all one dtype -> W_i x_i for every token (B, H, L, d_out)."""
+    w / s (B, H, d_out, d_in), all one dtype -> W_i x_i for every token (B, H, L, d_out).
+
+    A coefficient matrix per value channel (channel-wise decays), coef with one dimension
+    more than x, is read through autograd (``_channel_dual_read``)."""
+    if coef.dim() > x.dim():
+        return _channel_dual_read(x, h, delta, coef, beta, sigma, w, s)
     return _DualRead.apply(x, h, delta, coef, beta, sigma, w, s)
 
 
-def channel_dual_read(
-    x: torch.Tensor,
-    h: torch.Tensor,
-    delta: torch.Tensor,
-    coef: torch.Tensor,
-    beta: torch.Tensor,
-    sigma: torch.Tensor | None,
-    w: torch.Tensor,
-    s: torch.Tensor | None,
-) -> torch.Tensor:
+def _channel_dual_read(x, h, delta, coef, beta, sigma, w, s) -> torch.Tensor:
     """``dual_read`` with one coefficient matrix per value channel (channel-wise decays):
     coef (B, H, C, L, L), beta / sigma (B, H, L, C), C = d_out or 1.  Row c of W_i is
     beta_ic W[c] + sigma_ic S[c] + sum_j K_c[i, j] delta_jc h_j^T, so

@@ -20,9 +20,9 @@ import dataclasses
 import torch
 
 from ..kernels.batched import outer_sum
-from ..kernels.chunk_end_update import channel_chunk_end, chunk_end_update
+from ..kernels.chunk_end_update import chunk_end_update
 from ..kernels.decay_matrix import decay_matrix
-from ..kernels.dual_read import channel_dual_read, dual_read
+from ..kernels.dual_read import dual_read
 from ..rule.axes import Gates, at_least_fp32
 from ..rule.memory_rule import MemoryRule
 from ..rule.state import MemoryState
@@ -33,24 +33,23 @@ from .coefficients import ChunkCoefficients, piece_coefficients
 from .compiled import chunk_major, like_chunk_end, run_compiled
 from .omega_window import keep_window, window_band, with_window
 from .recurrent import scaled
+from .tokens import Result, Tokens
 
 
 def chunked(
     rule: MemoryRule,
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    gates: Gates,
+    tokens: Tokens,
     state: MemoryState,
     chunk_size: int,
     compile_chunks: bool = False,
-) -> tuple[torch.Tensor, MemoryState]:
+) -> Result:
     """q, k, v (B, H, T, d): one pass per chunk (the first may finish a chunk the state began).
 
     ``compile_chunks`` runs the per-chunk step of whole chunks (``_piece``, or the
     channel-wise sub-chunked step) through ``torch.compile`` (see ``paths.compiled``); the
     batched matrix-memory pass stays eager.
     """
+    q, k, v, gates = tokens
     state = dataclasses.replace(state)
     total = q.shape[2]
     lengths = [min(chunk_size - state.offset, total)]
@@ -73,7 +72,7 @@ def chunked(
         piece_gates = dict(zip(names, gate_pieces, strict=True))
         if batched and q_piece.shape[2] > chunk_size:
             y, state = chunked_affine.whole_chunks(
-                rule, q_piece, k_piece, v_piece, piece_gates, state, chunk_size
+                rule, Tokens(q_piece, k_piece, v_piece, piece_gates), state, chunk_size
             )
             outputs.append(y)
             continue
@@ -84,7 +83,7 @@ def chunked(
         if compiled and index == compiled.start:  # its state laid out as later chunks get theirs
             step_inputs = [q_piece, k_piece, v_piece, *gate_pieces, *rule.parameters()]
             state = like_chunk_end(state, step_inputs)
-        args = (rule, q_piece, k_piece, v_piece, piece_gates, state, chunk_size, *extra)
+        args = (rule, Tokens(q_piece, k_piece, v_piece, piece_gates), state, chunk_size, *extra)
         y, state = step(*args) if index not in compiled else run_compiled(step, *args)
         outputs.append(y)
     return torch.cat(outputs, dim=2) if len(outputs) > 1 else outputs[0], state
@@ -180,14 +179,12 @@ def _join_whole_chunks(lengths: list[int], chunk_size: int, offset: int) -> list
 
 def _piece(
     rule: MemoryRule,
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    gates: Gates,
+    tokens: Tokens,
     state: MemoryState,
     chunk_size: int,
     precomputed: tuple[torch.Tensor, ChunkCoefficients] | None = None,
-) -> tuple[torch.Tensor, MemoryState]:
+) -> Result:
+    q, k, v, gates = tokens
     retention = rule.retention
     batch, heads, length = q.shape[:3]
 
@@ -224,13 +221,12 @@ def _piece(
     read_dtype = q.dtype  # the per-token coefficients, cast once for every read
     coef_read, beta_read = coef.to(read_dtype), per_token(beta).to(read_dtype)
     carry_read = per_token(carry).to(read_dtype) if carry is not None else None
-    read = channel_dual_read if channels else dual_read
 
     def linear(name: str, x: torch.Tensor) -> torch.Tensor:
         """W_i x_i for every token: K o (x h^T) @ delta + beta x W^T + sigma x S^T."""
         h, delta = factors[name]
         dtype = x.dtype
-        return read(
+        return dual_read(
             x,
             h.to(dtype),
             delta.to(dtype),
@@ -256,11 +252,10 @@ def _piece(
     new_weights, new_momentum, new_decayed = {}, {}, {}
     row_w = last_row(coef)
     row_s = last_row(momentum_coef) if carry is not None else None
-    end_update = channel_chunk_end if channels else chunk_end_update
     for name, (h, delta) in factors.items():
         scale = retention.lr_scale(state.extra, name)
         state_dtype = torch.promote_types(start_w[name].dtype, torch.float32)
-        w, s_next = end_update(
+        w, s_next = chunk_end_update(
             delta,
             h.to(delta.dtype),
             scaled(row_w, scale).to(delta.dtype),

@@ -24,11 +24,12 @@ import torch
 
 from ..kernels.batched import matmul_add
 from ..kernels.linear_chunks import chunk_list, chunk_recurrence, end_terms, linear_chunks
-from ..rule.axes import Gates, at_least_fp32
+from ..rule.axes import at_least_fp32
 from ..rule.memory_rule import MemoryRule
 from ..rule.state import MemoryState
 from .coefficients import piece_coefficients, piece_rates
 from .omega_window import keep_window, window_band, with_window
+from .tokens import Result, Tokens
 
 
 def supports(rule: MemoryRule) -> bool:
@@ -53,20 +54,18 @@ def _windows(x: torch.Tensor, buffer: torch.Tensor | None, keep: int, chunk: int
 
 def whole_chunks(
     rule: MemoryRule,
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    gates: Gates,
+    tokens: Tokens,
     state: MemoryState,
     chunk_size: int,
     hand_written_backward: bool = True,
-) -> tuple[torch.Tensor, MemoryState]:
+) -> Result:
     """q, k, v (B, H, n * chunk_size, d) from a state at a chunk boundary.
 
     Without an Omega window or a decayed gradient point, the pass is one autograd Function
     with a hand-written backward (``kernels.linear_chunks``); ``hand_written_backward =
     False`` builds the same computation from autograd ops instead (the tests' reference).
     """
+    q, k, v, gates = tokens
     retention, algorithm, bias = rule.retention, rule.algorithm, rule.bias
     batch, heads, total = q.shape[:3]
     chunk, n = chunk_size, total // chunk_size

@@ -20,15 +20,16 @@ import dataclasses
 
 import torch
 
-from ..kernels.chunk_end_update import channel_chunk_end
-from ..kernels.dual_read import channel_dual_read
-from ..rule.axes import Gates, at_least_fp32
+from ..kernels.chunk_end_update import chunk_end_update
+from ..kernels.dual_read import dual_read
+from ..rule.axes import at_least_fp32
 from ..rule.memory_rule import MemoryRule
 from ..rule.state import MemoryState
 from .chunk_end import add_piece_decay, end_piece
 from .coefficients import chunk_coefficients, fold_chunks, piece_rates
 from .omega_window import with_window
 from .recurrent import scaled
+from .tokens import Result, Tokens
 
 SUB = 16  # tokens per sub-chunk: (16 x 16) decay matrices per channel; 8 and 32 ran slower, timed by hand
 
@@ -40,14 +41,12 @@ def supports(rule: MemoryRule) -> bool:
 
 def sub_chunked(
     rule: MemoryRule,
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    gates: Gates,
+    tokens: Tokens,
     state: MemoryState,
     chunk_size: int,
-) -> tuple[torch.Tensor, MemoryState]:
+) -> Result:
     """A piece of m * SUB tokens inside one chunk: q, k, v (B, H, m * SUB, d)."""
+    q, k, v, gates = tokens
     state = dataclasses.replace(state)
     retention = rule.retention
     length = q.shape[2]
@@ -103,11 +102,11 @@ def sub_chunked(
     for delta_b, h_b, row_w_b, row_s_b, beta_b, carry_b, eta_b in per_sub:
         starts_w.append(w)
         starts_s.append(s)
-        w, s = channel_chunk_end(delta_b, h_b, row_w_b, row_s_b, beta_b, carry_b, eta_b, w, s)
+        w, s = chunk_end_update(delta_b, h_b, row_w_b, row_s_b, beta_b, carry_b, eta_b, w, s)
 
     def read(x: torch.Tensor) -> torch.Tensor:
         dtype = x.dtype
-        y = channel_dual_read(
+        y = dual_read(
             fold_chunks(x, subs),
             h_sub.to(dtype),
             delta_sub.to(dtype),

@@ -41,11 +41,10 @@ import math
 import torch
 from torch import nn
 
-from ..rule.axes import AttentionalBias, Gates, LearningAlgorithm, MemoryArchitecture, Retention
+from ..rule.axes import AttentionalBias, LearningAlgorithm, MemoryArchitecture, Retention
 from ..rule.memory_rule import MemoryRule
 from ..rule.state import MemoryState
-
-INNER_STEPS = ("mini_batch", "per_token")
+from .tokens import Result, Tokens
 
 
 def per_token_problem(
@@ -72,8 +71,25 @@ def per_token_problem(
     return None
 
 
+def inner_steps_problem(
+    parts: tuple[MemoryArchitecture, AttentionalBias, Retention, LearningAlgorithm],
+    inner_steps: str,
+    chunk_size: int,
+) -> str | None:
+    """Why ``parts`` cannot run ``inner_steps`` at ``chunk_size`` (None: they can), as a sentence.
+
+    Per-token steps at chunk 1 are the mini-batch steps at chunk 1, so every rule has them
+    there; at larger chunks only rules with an exact chunk-parallel form do."""
+    if inner_steps != "per_token" or chunk_size == 1 or (reason := per_token_problem(*parts)) is None:
+        return None
+    return (
+        f"inner_steps = 'per_token' has no exact chunk-parallel form at chunk_size {chunk_size}: {reason} "
+        "(use chunk_size = 1 or inner_steps = 'mini_batch')"
+    )
+
+
 def supports(rule: MemoryRule) -> bool:
-    return per_token_problem(rule.arch, rule.bias, rule.retention, rule.algorithm) is None
+    return per_token_problem(*rule.parts) is None
 
 
 def _name(module: nn.Module) -> str:
@@ -82,21 +98,18 @@ def _name(module: nn.Module) -> str:
 
 def chunked_per_token(
     rule: MemoryRule,
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    gates: Gates,
+    tokens: Tokens,
     state: MemoryState,
     chunk_size: int,
-) -> tuple[torch.Tensor, MemoryState]:
+) -> Result:
     """q, k (B, H, T, d_k), v (B, H, T, d_v): reads (B, H, T, d_v) and the state after T tokens.
 
     ``state`` must be closed (offset 0), as every per-token state is: the recurrent path
     with per-token steps closes its one-token chunk after every token.
     """
-    problem = per_token_problem(rule.arch, rule.bias, rule.retention, rule.algorithm)
-    if problem is not None:
-        raise ValueError(f"inner_steps = 'per_token' at chunk_size {chunk_size}: {problem}")
+    q, k, v, gates = tokens
+    if (problem := inner_steps_problem(rule.parts, "per_token", chunk_size)) is not None:
+        raise ValueError(problem)
     if state.offset:
         raise ValueError(
             f"inner_steps = 'per_token': the state is {state.offset} tokens into a mini-batch chunk; "

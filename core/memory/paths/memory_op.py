@@ -7,34 +7,12 @@ import torch
 from ..rule.axes import Gates
 from ..rule.memory_rule import MemoryRule
 from ..rule.state import MemoryState
+from ..spec import check_run_options
 from .chunked import chunked
-from .chunked_per_token import INNER_STEPS, chunked_per_token, per_token_problem
+from .chunked_per_token import chunked_per_token
 from .op_inputs import check_op_inputs
 from .recurrent import recurrent
-
-PATHS = ("chunked", "recurrent")
-
-
-def check_path_and_chunk(path: str, chunk_size: int, inner_steps: str = "mini_batch") -> None:
-    if path not in PATHS:
-        raise ValueError(f"path must be one of {PATHS}, got {path!r}")
-    if chunk_size < 1:
-        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
-    if inner_steps not in INNER_STEPS:
-        raise ValueError(f"inner_steps must be one of {INNER_STEPS}, got {inner_steps!r}")
-
-
-def inner_steps_problem(rule: MemoryRule, chunk_size: int, inner_steps: str) -> str | None:
-    """Why ``rule`` cannot run ``inner_steps`` at ``chunk_size`` (None: it can).
-
-    Per-token steps at chunk 1 are the mini-batch steps at chunk 1, so every rule has them
-    there; at larger chunks only rules with an exact chunk-parallel form do."""
-    if inner_steps != "per_token" or chunk_size == 1:
-        return None
-    problem = per_token_problem(rule.arch, rule.bias, rule.retention, rule.algorithm)
-    if problem is None:
-        return None
-    return f"'per_token' has no exact chunk-parallel form at chunk_size {chunk_size}: {problem} (use chunk_size = 1 or inner_steps = 'mini_batch')"
+from .tokens import Tokens
 
 
 def memory_op(
@@ -52,7 +30,7 @@ def memory_op(
     """Run a Miras memory over a sequence.
 
     Args:
-        rule: the memory's four parts (see :func:`miraslab.memory.rule.build.build_rule`).
+        rule: the memory's four parts (:func:`miraslab.memory.rule.build.build_rule`).
         q, k: (batch, heads, seq, d_k) queries and keys, feature map already applied.
         v: (batch, heads, seq, d_v) values.
         gates: {name: (batch, heads, seq) or (batch, heads, seq, d_v)}, as the rule's
@@ -70,14 +48,13 @@ def memory_op(
             (Titans eq. 16-18); ``"per_token"``: each token's at the state the previous token
             left (DeltaNet, Gated DeltaNet), the same at any chunk size: the recurrent path
             then steps chunks of one token, the chunked path runs
-            ``paths.chunked_per_token`` (or, for a rule without that form, needs chunk 1).
+            ``paths.chunked_per_token``, which refuses a rule without that form (chunk 1
+            has it for every rule).
 
     Returns:
         outputs (batch, heads, seq, d_v) and the state after the last token.
     """
-    check_path_and_chunk(path, chunk_size, inner_steps)
-    if (problem := inner_steps_problem(rule, chunk_size, inner_steps)) is not None:
-        raise ValueError(f"memory_op: inner_steps {problem}")
+    check_run_options(path, chunk_size, inner_steps)
     check_op_inputs(rule, q, k, v, gates, state)
     if state is None:
         state = rule.initial_state(q.shape[0])
@@ -87,11 +64,12 @@ def memory_op(
     if per_token and (path == "recurrent" or chunk_size == 1):  # per-token steps: chunks of one token
         chunk_size = 1
     if path == "recurrent":
-        return recurrent(rule, q, k, v, gates, state, chunk_size)
+        return recurrent(rule, Tokens(q, k, v, gates), state, chunk_size)
     # the chunked path batches matmuls over (batch, heads, chunks): with a strided layout
     # (heads split off the feature dimension) every one of them would first copy its operands
-    q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
-    gates = {name: g.contiguous() for name, g in gates.items()}
+    tokens = Tokens(
+        q.contiguous(), k.contiguous(), v.contiguous(), {n: g.contiguous() for n, g in gates.items()}
+    )
     if per_token and chunk_size > 1:
-        return chunked_per_token(rule, q, k, v, gates, state, chunk_size)
-    return chunked(rule, q, k, v, gates, state, chunk_size, compile_chunks)
+        return chunked_per_token(rule, tokens, state, chunk_size)
+    return chunked(rule, tokens, state, chunk_size, compile_chunks)

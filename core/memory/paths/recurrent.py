@@ -13,11 +13,11 @@ import dataclasses
 import torch
 
 from ..kernels.batched import outer_sum
-from ..rule.axes import Gates
 from ..rule.memory_rule import MemoryRule
 from ..rule.state import MemoryState
 from .chunk_end import close_chunk
 from .omega_window import keep_window, window_band, with_window
+from .tokens import Result, Tokens
 
 
 def scaled(value: torch.Tensor, scale: torch.Tensor | float) -> torch.Tensor:
@@ -36,14 +36,12 @@ def _rows(x: torch.Tensor) -> torch.Tensor:
 
 def step(
     rule: MemoryRule,
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    gates: Gates,
+    tokens: Tokens,
     state: MemoryState,
     chunk_size: int,
-) -> tuple[torch.Tensor, MemoryState]:
+) -> Result:
     """One token: q, k, v (B, H, d); gates {name: (B, H) or (B, H, d_v)}."""
+    q, k, v, gates = tokens
     state = dataclasses.replace(state)
     retention, algorithm = rule.retention, rule.algorithm
     k, v = k.unsqueeze(2), v.unsqueeze(2)
@@ -110,24 +108,13 @@ def step(
 
 def recurrent(
     rule: MemoryRule,
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    gates: Gates,
+    tokens: Tokens,
     state: MemoryState,
     chunk_size: int,
-) -> tuple[torch.Tensor, MemoryState]:
+) -> Result:
     """q, k, v (B, H, T, d); a Python loop over tokens (use for decoding and as the oracle)."""
     outputs = []
-    for t in range(q.shape[2]):
-        y, state = step(
-            rule,
-            q[:, :, t],
-            k[:, :, t],
-            v[:, :, t],
-            {n: g[:, :, t] for n, g in gates.items()},
-            state,
-            chunk_size,
-        )
+    for t in range(tokens.q.shape[2]):
+        y, state = step(rule, tokens.at(t), state, chunk_size)
         outputs.append(y)
     return torch.stack(outputs, dim=2), state

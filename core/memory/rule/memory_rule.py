@@ -57,6 +57,11 @@ class MemoryRule(nn.Module):
         self.gate_layout = {d.name: d.channelwise for d in self.gate_defs()}
 
     @property
+    def parts(self) -> tuple[MemoryArchitecture, AttentionalBias, Retention, LearningAlgorithm]:
+        """The four Miras axes, in the order the checks take them."""
+        return self.arch, self.bias, self.retention, self.algorithm
+
+    @property
     def channelwise_lr(self) -> bool:
         return "lr" in self.channelwise
 

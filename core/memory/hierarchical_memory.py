@@ -14,16 +14,15 @@ from __future__ import annotations
 
 import dataclasses
 
+import attrs
 import torch
 from torch import nn
 
 from ..components import build_component
-from ..memory.kernels.merge_heads import merge_heads
-from ..memory.layer import AROUND_MEMORY, build_neural_memory, spec_options
-from ..memory.neural_memory import NeuralMemory, NeuralMemoryState
-from ..memory.qkv_projections import MemoryInputs
-from ..memory.spec import MemorySpec
-from .spec import TNTSpec
+from .kernels.merge_heads import merge_heads
+from .neural_memory import NeuralMemory, NeuralMemoryState
+from .qkv_projections import MemoryInputs
+from .spec import MemorySpec, TNTSpec
 
 
 @dataclasses.dataclass
@@ -55,24 +54,16 @@ def _take_last_shard(state: NeuralMemoryState, batch: int, shards: int) -> Neura
 class HierarchicalMemory(nn.Module):
     def __init__(self, dim: int, heads: int, spec: MemorySpec, tnt: TNTSpec):
         super().__init__()
-        heads = spec.heads or heads
-        head_dim = spec.head_dim or dim // heads
+        heads, head_dim = spec.shape(dim, heads)
         self.dim, self.heads, self.head_dim = dim, heads, head_dim
         self.shard_length = tnt.shard_length
+        # one set of q/k/v inputs and one read-out norm around all the memories; each memory
+        # is the spec at its own chunk size (and, locally, with TNT's Q-K projection)
         self.inputs = MemoryInputs(dim, heads, head_dim, spec.conv_kernel, spec.activation, spec.qk_norm)
 
-        # every [model.memory] key reaches each memory through the plain layer's assembly;
-        # the q/k/v inputs and the read-out norm around them are built once, here
-        options = spec_options(spec)
-        for key in AROUND_MEMORY:
-            del options[key]
-
         def memory(chunk: int, qk_projection: bool) -> NeuralMemory:
-            return build_neural_memory(
-                dim,
-                heads,
-                head_dim,
-                **{**options, "chunk_size": chunk, "qk_projection": qk_projection},
+            return NeuralMemory(
+                dim, heads, head_dim, attrs.evolve(spec, chunk_size=chunk, qk_projection=qk_projection)
             )
 
         self.global_memory = memory(tnt.global_chunk, qk_projection=False)

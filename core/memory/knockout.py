@@ -1,4 +1,4 @@
-"""Memory ablations for evaluation: is the model using what its memory carries?
+"""Knocking the memory out for evaluation (memory ablations): is the model using what its memory carries?
 
 ``with memory_ablation(model, "reset"):`` every neural memory of the model starts from its
 initial state at every chunk (its chunk_size, counted from each call's first token), so
@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from torch import nn
 
 from ..errors import MiraslabError
+from .hierarchical_memory import HierarchicalMemory
 from .neural_memory import NeuralMemory
 
 MODES = ("carried", "reset", "zero")
@@ -31,8 +32,6 @@ def memories_of(model: nn.Module) -> list[NeuralMemory]:
 
 def shard_lengths(model: nn.Module) -> dict[NeuralMemory, int]:
     """Each memory of a TNT hierarchy, with its hierarchy's shard length."""
-    from ..model.hierarchical_memory import HierarchicalMemory  # model imports memory, not back
-
     return {
         memory: module.shard_length
         for module in model.modules()
