@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from checkpoint_faults import paused_command
 from training_cases import write_corpus, write_recipe
 
 from miraslab.errors import MiraslabError
@@ -160,10 +161,9 @@ def test_a_process_killed_while_writing_a_checkpoint_resumes_from_the_previous_o
     recipe = recipe_path(workspace)
     out = tmp_path / "killed"
     process = subprocess.Popen(
-        [sys.executable, "-m", "miraslab", "train", str(recipe), "--out", str(out), "--quiet"],
+        paused_command("model.safetensors@12", "train", str(recipe), "--out", str(out), "--quiet"),
         stderr=subprocess.PIPE,
         text=True,
-        env={**os.environ, "MIRASLAB_CHECKPOINT_TEST_PAUSE": "model.safetensors@12"},
     )
     deadline = time.time() + 120
     for line in process.stderr:
