@@ -283,8 +283,8 @@ def test_torch_compile_trains_to_the_same_losses(workspace, tmp_path):
 
 
 def test_a_model_torch_compile_cannot_handle_trains_eager_with_a_warning(capsys):
+    from miraslab.train.compiled_or_eager import CompiledOrEager
     from miraslab.train.progress import TrainingProgress
-    from miraslab.train.trainer import CompiledOrEager
 
     def failing_backend(graph, example_inputs):
         raise RuntimeError("no compiler here")
@@ -301,8 +301,8 @@ def test_a_new_input_shape_compiles_a_static_graph_of_its_own():
     """An evaluation batch or a stage's sequence length of another shape must not turn the
     model's graph symbolic (under torch.compile's default a second shape does, and with the
     memory's loops over chunks that compile took minutes)."""
+    from miraslab.train.compiled_or_eager import CompiledOrEager
     from miraslab.train.progress import TrainingProgress
-    from miraslab.train.trainer import CompiledOrEager
 
     symbolic = []
 
