@@ -319,6 +319,7 @@ class Trainer:
                 )
 
     def _optimizer_step(self, batches: Any, context: RunContext, hook: Any) -> dict[str, Any]:
+        """One optimizer step on the next batch: its forward pieces, loss terms, clip, AdamW."""
         stage_train = self.stage.recipe.train
         lr = set_learning_rate(self.optimizer, stage_train.lr, schedule_factor(self.step, self.train))
         buckets, exact = self.recipe.data.document_buckets, self.dist.enabled
