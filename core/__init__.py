@@ -32,7 +32,7 @@ _LAZY = {
     "Recipe": ("miraslab.recipe.schema", "Recipe"),
     "get_registry": ("miraslab.registry", "get_registry"),
     "build_component": ("miraslab.components", "build_component"),
-    "build_model": ("miraslab.model.language_model", "build_model"),
+    "build_model": ("miraslab.recipe.build", "build_model"),
     "load_run": ("miraslab.train.run_dir", "load_run"),
     "MemoryLayer": ("miraslab.memory.layer", "MemoryLayer"),
     "memory_op": ("miraslab.memory.paths.memory_op", "memory_op"),

@@ -28,9 +28,11 @@ from .data.sources import (
 from .data.task import Batches, Task, check_data_state, check_seq_len, check_split, rank_rows
 from .data.tokenizer_training import cached_tokenizer, protect_special_tokens, tokenizer_cache_path
 from .errors import MiraslabError, MissingPackageError, RecipeError
+from .evaluation import evaluate_by_memory
 from .gate_penalty import GatePenalty
 from .hookspecs import Register, RunContext, hookimpl, hookspec
 from .memory.gate_projections import GateProjections
+from .memory.knockout import memories_of
 from .memory.layer import MemoryLayer
 from .memory.neural_memory import NeuralMemory
 from .memory.paths.memory_op import memory_op
@@ -58,6 +60,8 @@ from .memory.spec import (
     MemorySpec,
     RetentionComponent,
 )
+from .memory_use import memory_is_used, plot_memory_use
+from .memory_use import verdict as memory_use_verdict
 from .model.attention import KVCache
 from .model.attention_backend import (
     AttentionBackend,
@@ -108,6 +112,12 @@ __all__ = [  # noqa: RUF022 -- grouped by the kind of plugin that needs them, no
     "recipe_toml",
     "build_report",
     "Report",
+    # what the memory_use monitor measures and says: the carried state's worth at an evaluation
+    "memories_of",
+    "evaluate_by_memory",
+    "memory_is_used",
+    "memory_use_verdict",
+    "plot_memory_use",
     # memory axes: what a memory/bias/retention/algorithm/features plugin subclasses
     "MemoryArchitecture",
     "AttentionalBias",

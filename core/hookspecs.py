@@ -13,7 +13,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 import pluggy
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Mapping
+    from collections.abc import Callable, Mapping, Sequence
+    from contextlib import AbstractContextManager
 
     import torch
 
@@ -110,6 +111,25 @@ class RunContext(Protocol):
         """Stop after this step with ``reason``; ``cause`` (a key of
         ``miraslab.errors.STOP_EXIT_CODES``) picks the command's exit code."""
 
+    def say(self, line: str) -> None:
+        """Print one line as the trainer prints its own (above the progress bar; quiet with
+        ``--quiet`` and on every rank but 0)."""
+
+    def log(self, record: dict[str, Any]) -> None:
+        """Append one record to the run's ``metrics.jsonl`` (rank 0 writes it), e.g.
+        ``{"step": run.step, "event": "my_warning", "message": ...}``."""
+
+    def records(self) -> list[dict[str, Any]]:
+        """Every record ``metrics.jsonl`` holds so far, a resumed run's earlier ones included."""
+
+    def mean(self, value: float) -> float:
+        """``value``'s mean over the processes under torchrun (itself alone): a monitor that
+        measures on its rank's batches calls it on every rank, in the same order."""
+
+    def precision(self) -> AbstractContextManager:
+        """The run's precision as a context for a forward pass (bf16 autocast on CUDA by
+        default, nothing on CPU): a monitor's own forwards run as the trainer's do."""
+
 
 @hookspec
 def on_train_start(run: RunContext) -> None:
@@ -127,8 +147,20 @@ def on_step_end(run: RunContext, metrics: dict[str, Any]) -> None:
 
 
 @hookspec
-def on_eval(run: RunContext, metrics: dict[str, Any]) -> None:
-    """Called after each validation pass with its metrics."""
+def on_eval(run: RunContext, metrics: dict[str, Any], batches: Sequence[Any]) -> str | None:
+    """Called after each validation pass, before its record is logged.
+
+    ``metrics`` holds ``val_loss`` and ``val_ppl`` (and ``val_accuracy`` on a task with
+    answers); ``batches`` are the pass's ``TrainingBatch``es on the run's device, so a monitor
+    can measure more on the same data (the unwrapped ``run.model`` under ``run.precision()``)
+    and add entries to ``metrics``.  A phrase returned is added to the pass's progress line;
+    what a monitor says or logs here comes after the pass's own line and record."""
+
+
+@hookspec
+def on_summary(run: RunContext, summary: dict[str, Any]) -> None:
+    """Called once when the run ends (finished or stopped by a check), before ``summary.json``
+    is written: may add entries to ``summary``."""
 
 
 @hookspec
@@ -139,4 +171,5 @@ def on_checkpoint(run: RunContext, path: Any) -> None:
 @hookspec
 def on_train_end(run: RunContext, summary: Mapping[str, Any]) -> None:
     """Called once when the run ends, finished or stopped by a check (``summary["stopped_by"]``),
-    after ``summary.json`` and the memory-use plot are written; not after a crash."""
+    after ``summary.json`` is written (the built-in ``memory_use`` monitor's plot first: it is
+    ``tryfirst``); not after a crash."""

@@ -1,6 +1,6 @@
 """Whether a run's memory is used, in one sentence and one picture, from its evaluations.
 
-Every evaluation of a model with a memory logs ``memory_use/*`` (see the trainer): the loss
+Every evaluation of a model with a memory logs ``memory_use/*`` (the memory_use monitor): the loss
 with the memory's state carried, reset at every chunk and with its read zeroed, and for a task
 with answers the accuracy under each.  The verdict reads the last of them; the plot draws all
 of them over the run, so a memory that never starts to carry shows as two curves that never

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from checkpoint_faults import PAUSE_HOOK
 from safetensors import safe_open
 from torch import nn
 
@@ -443,16 +444,19 @@ def test_newest_valid_checkpoint_skips_a_corrupted_latest(run_with_two_checkpoin
 
 # --- crashes ------------------------------------------------------------------------------------
 
-SAVER = """
-import os, sys, torch
+SAVER = (
+    PAUSE_HOOK
+    + """
+import torch
 from miraslab.train.checkpoint import save_checkpoint
 
 run_dir, pause_after = sys.argv[1], sys.argv[2]
 save_checkpoint(run_dir, 1, model={"w": torch.ones(4)}, optimizer=None, tensors={}, meta={"n": 1}, keep=3)
-os.environ["MIRASLAB_CHECKPOINT_TEST_PAUSE"] = pause_after
+pause_at(pause_after)
 big = {"w": torch.ones(1 << 20), "b": torch.ones(1 << 20)}
 save_checkpoint(run_dir, 2, model=big, optimizer=None, tensors={}, meta={"n": 2}, keep=3)
 """
+)
 
 
 def kill_while_saving(run_dir: Path, pause_after: str) -> int:

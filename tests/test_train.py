@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from checkpoint_faults import paused_command
 from training_cases import write_corpus, write_recipe
 
 from miraslab.errors import MiraslabError
@@ -160,10 +161,9 @@ def test_a_process_killed_while_writing_a_checkpoint_resumes_from_the_previous_o
     recipe = recipe_path(workspace)
     out = tmp_path / "killed"
     process = subprocess.Popen(
-        [sys.executable, "-m", "miraslab", "train", str(recipe), "--out", str(out), "--quiet"],
+        paused_command("model.safetensors@12", "train", str(recipe), "--out", str(out), "--quiet"),
         stderr=subprocess.PIPE,
         text=True,
-        env={**os.environ, "MIRASLAB_CHECKPOINT_TEST_PAUSE": "model.safetensors@12"},
     )
     deadline = time.time() + 120
     for line in process.stderr:
@@ -283,8 +283,8 @@ def test_torch_compile_trains_to_the_same_losses(workspace, tmp_path):
 
 
 def test_a_model_torch_compile_cannot_handle_trains_eager_with_a_warning(capsys):
+    from miraslab.train.compiled_or_eager import CompiledOrEager
     from miraslab.train.progress import TrainingProgress
-    from miraslab.train.trainer import CompiledOrEager
 
     def failing_backend(graph, example_inputs):
         raise RuntimeError("no compiler here")
@@ -301,8 +301,8 @@ def test_a_new_input_shape_compiles_a_static_graph_of_its_own():
     """An evaluation batch or a stage's sequence length of another shape must not turn the
     model's graph symbolic (under torch.compile's default a second shape does, and with the
     memory's loops over chunks that compile took minutes)."""
+    from miraslab.train.compiled_or_eager import CompiledOrEager
     from miraslab.train.progress import TrainingProgress
-    from miraslab.train.trainer import CompiledOrEager
 
     symbolic = []
 

@@ -16,7 +16,6 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..recipe.resolve import load_recipe
 from ..registry import get_registry
 from .block import BlockContext
 from .spec import ModelSpec
@@ -84,9 +83,12 @@ class LanguageModel(nn.Module):
         return self.head(self.norm(x)), DecodeState(states, position)
 
 
-def build_model(recipe: Any, sets: tuple[str, ...] | list[str] = ()) -> LanguageModel:
-    """A model from a Recipe, a ModelSpec, or a recipe file path (with --set style overrides)."""
+def build_model(recipe: Any) -> LanguageModel:
+    """A model from a Recipe or a ModelSpec.
+
+    A recipe file is ``miraslab.build_model``'s (``miraslab.recipe.build``): this module never
+    loads recipes, because recipe validation builds models to count their parameters."""
     if isinstance(recipe, (str, Path)):
-        recipe = load_recipe(recipe, sets)
+        raise TypeError(f"a recipe file is miraslab.build_model's to load, not this one's: {recipe}")
     spec = recipe if isinstance(recipe, ModelSpec) else recipe.model
     return LanguageModel(spec)

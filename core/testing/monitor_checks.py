@@ -3,6 +3,7 @@ the monitor runs its events on a tiny model for a few steps without stopping a h
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Mapping
 from pathlib import Path
@@ -32,9 +33,27 @@ class KitRun:
     rank: int = 0
     world_size: int = 1
 
+    said: list[str] = attrs.field(factory=list)  # what the monitor printed (``say``)
+    logged: list[dict[str, Any]] = attrs.field(factory=list)  # what it logged (``log``)
+
     def request_stop(self, reason: str, cause: str = "stopped") -> None:
         if self.stop_reason is None:
             self.stop_reason, self.stop_cause = reason, cause
+
+    def say(self, line: str) -> None:
+        self.said.append(line)
+
+    def log(self, record: dict[str, Any]) -> None:
+        self.logged.append(record)
+
+    def records(self) -> list[dict[str, Any]]:
+        return list(self.logged)
+
+    def mean(self, value: float) -> float:  # one process
+        return value
+
+    def precision(self) -> contextlib.AbstractContextManager:  # fp32 on the CPU
+        return contextlib.nullcontext()
 
 
 def check_monitor(
@@ -46,7 +65,7 @@ def check_monitor(
     steps: int = 3,
 ) -> str | None:
     """Registers on a fresh plugin manager (a misspelled hook fails), then drives
-    on_train_start, loss_terms, on_step_end, on_eval, on_checkpoint and on_train_end over
+    on_train_start, loss_terms, on_step_end, on_eval, on_checkpoint, on_summary and on_train_end over
     ``steps`` AdamW steps of a tiny ``layout`` model: loss terms are finite scalars, metrics
     stay JSON, and the defaults do not stop a run that is only a few steps old.  Returns None,
     or why the monitor cannot be checked here (an optional package it needs is missing)."""
@@ -91,9 +110,16 @@ def check_monitor(
             json.dumps(metrics)
         except TypeError as exc:
             raise KitFailure(f"{what}: on_step_end left metrics that are not JSON: {exc}") from None
-    pm.hook.on_eval(run=run, metrics={"val_loss": float(loss)})
+    batch = api.TrainingBatch.of(ids)  # the last step's, as a validation pass's batches
+    pm.hook.on_eval(run=run, metrics={"val_loss": float(loss)}, batches=[batch])
     pm.hook.on_checkpoint(run=run, path=Path(out_dir))
     if run.stop_reason is not None:
         raise KitFailure(f"{what}: stopped a {steps}-step run at its defaults: {run.stop_reason}")
-    pm.hook.on_train_end(run=run, summary={"step": steps, "final_loss": float(loss), "stopped_by": None})
+    summary: dict[str, Any] = {"step": steps, "final_loss": float(loss), "stopped_by": None}
+    pm.hook.on_summary(run=run, summary=summary)
+    try:
+        json.dumps(summary)
+    except TypeError as exc:
+        raise KitFailure(f"{what}: on_summary left a summary that is not JSON: {exc}") from None
+    pm.hook.on_train_end(run=run, summary=summary)
     return None

@@ -43,8 +43,6 @@ import json
 import os
 import re
 import shutil
-import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -71,9 +69,10 @@ TENSORS, META, MANIFEST = "tensors.safetensors", "meta.json", "manifest.json"
 _REQUIRED, _OPTIMIZER = {MODEL, TENSORS, META}, {OPTIMIZER_TENSORS, OPTIMIZER_JSON}
 _STEP_DIR = re.compile(r"step-(\d+)")
 _TMP_OWNER = re.compile(r"\.tmp-.*-(\d+)")
-# Test-only: makes a save stop after the named file (or "renamed"), optionally only at one step
-# ("model.safetensors@20"), so a test can SIGKILL it there.
-_PAUSE_ENV = "MIRASLAB_CHECKPOINT_TEST_PAUSE"
+# A fault hook, None outside tests: called with (file name, step) after each file of a save is
+# sealed and with ("renamed", step) after the rename, so a test can stop a save at that point
+# and SIGKILL it there (tests/checkpoint_faults.py installs one).
+fault_hook: Callable[[str, int], None] | None = None
 
 
 class CheckpointError(MiraslabError):
@@ -138,7 +137,7 @@ def save_checkpoint(
     def put(name: str, write: Callable[[Path], None]) -> None:
         write(tmp / name)
         files[name] = seal_file(tmp / name)
-        _test_pause(name, step)
+        _reached(name, step)
 
     try:
         put(MODEL, lambda p: write_tensors(p, model, what="model"))
@@ -161,7 +160,7 @@ def save_checkpoint(
         os.rename(final, root / f".tmp-replaced-{final.name}-{os.getpid()}")
     os.rename(tmp, final)
     fsync_dir(root)
-    _test_pause("renamed", step)
+    _reached("renamed", step)
     # The commit point: until this replace, a resume finds the previous checkpoint.
     _point_latest(root, final.name)
     _prune(root, keep=keep, latest=final.name)
@@ -411,9 +410,6 @@ def _alive_other_process(pid: int) -> bool:
     return True
 
 
-def _test_pause(stage: str, step: int) -> None:
-    """``MIRASLAB_CHECKPOINT_TEST_PAUSE=<stage>`` or ``<stage>@<step>`` pauses that save for a kill."""
-    wanted = os.environ.get(_PAUSE_ENV)
-    if wanted in (stage, f"{stage}@{step}"):
-        print(f"checkpoint paused after {stage}", file=sys.stderr, flush=True)
-        time.sleep(60)
+def _reached(stage: str, step: int) -> None:
+    if fault_hook is not None:
+        fault_hook(stage, step)

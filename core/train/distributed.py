@@ -122,3 +122,11 @@ def load_full_state_dicts(
         set_state_dict(
             model, optimizer, model_state_dict=model_state, optim_state_dict=optimizer_state, options=options
         )
+
+
+def parameters_finite(model: nn.Module, distributed: Distributed) -> bool:
+    """Whether every parameter and buffer is finite, on every process (one sync)."""
+    tensors = [t.to_local() if hasattr(t, "to_local") else t for t in (*model.parameters(), *model.buffers())]
+    flags = [torch.isfinite(t).all() for t in tensors if t.is_floating_point() and t.numel()]
+    finite = bool(torch.stack(flags).all()) if flags else True
+    return distributed.mean(float(finite)) == 1.0

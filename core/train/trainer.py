@@ -1,87 +1,60 @@
 """The TNT trainer: stages, AdamW, accumulation, clipping, precision, checkpoints, events.
 
-One optimizer step:
+``_run`` reads top to bottom: check that the run fits, build its monitors and its task,
+restore (a resume point, a seed checkpoint or the seed's weights), loop, finish.  One
+optimizer step:
 
     for each micro-batch:  loss = CE(model(x), y) / n_micro + hook loss terms;  backward
     clip the global gradient norm;  AdamW step with lr = peak(stage) * schedule(step)
 
 Trainer events (``on_train_start``, ``loss_terms``, ``on_step_end``, ``on_eval``,
-``on_checkpoint``, ``on_train_end``) are pluggy hooks: monitors named in the recipe are
-registered for the run, so a monitor can log, add a loss term or stop the run without
-editing this file.
+``on_checkpoint``, ``on_summary``, ``on_train_end``) are pluggy hooks: the monitors a recipe
+names, and the built-in ones every run has (``monitors``: the memory-use metric and its
+floor), are registered for the run, so a monitor can log, add a loss term or stop the run
+without editing this file.
 """
 
 from __future__ import annotations
 
-import contextlib
-import copy
-import hashlib
+import functools
 import math
-import random
 import time
 from pathlib import Path
 from typing import Any
 
-import attrs
-import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..components import build_component
 from ..data.batch import IGNORE, TrainingBatch
-from ..data.documents import documents_apart, documents_apart_in_buckets, documents_separator
-from ..errors import MiraslabError, RecipeError, RunStopped
-from ..evaluation import evaluate, evaluate_by_memory
-from ..hf.llama_init import SeedReport, is_hf_directory, seed_tensors_for, write_report
-from ..memory.knockout import memories_of
-from ..memory_use import memory_is_used, plot_memory_use, verdict
+from ..data.documents import documents_apart, documents_separator
+from ..errors import RecipeError
+from ..evaluation import evaluate
 from ..model.language_model import LanguageModel
-from ..model.spec import SeedInitSpec
-from ..recipe.resolve import recipe_from_dict, recipe_to_dict
+from ..recipe.resolve import recipe_to_dict
 from ..recipe.schema import Recipe
 from ..recipe.size_check import training_problems
-from ..recipe.toml_writer import dumps
 from ..registry import get_registry
+from .activation_checkpointing import checkpoint_blocks
 from .allocator import keep_freed_memory
-from .checkpoint import (
-    CheckpointError,
-    checkpoint_dir,
-    drop_later_checkpoints,
-    has_checkpoint,
-    load_checkpoint,
-    save_checkpoint,
-)
-from .distributed import Distributed, full_model_state_dict, full_state_dicts, load_full_state_dicts
+from .checkpoint import Checkpoint, CheckpointError, checkpoint_dir, load_checkpoint, save_checkpoint
+from .compiled_or_eager import compiled_or_eager
+from .distributed import Distributed, full_state_dicts, load_full_state_dicts, parameters_finite
+from .micro_batches import forward_pieces
+from .monitors import build_monitors, registered
 from .optim import build_optimizer, freeze_except, schedule_factor, set_learning_rate
 from .progress import TrainingProgress
-from .resume_check import check_model_tensors, check_resumable
+from .resume_check import check_model_tensors
+from .resume_point import recipe_hash, resume_point, saved_int
 from .rng_state import capture_rng_state, restore_rng_state
-from .run_dir import TOKENIZER_FILE, RunDir
+from .run_context import RunContext, autocast_for
+from .run_dir import RunDir
 from .run_lock import RunLock
+from .run_task import build_task, probe_validation, save_tokenizer, task_batches
+from .seed_init import SeedWeights, load_seed, seed_weights
 from .stages import Stage, plan_stages, stage_at
+from .summary import stopped, summary_line
 
-MEMORY_USE_PLOT = "memory_use.png"
-
-
-@attrs.define
-class RunContext:
-    """What event hooks see of the run."""
-
-    recipe: Recipe
-    out_dir: Path
-    model: torch.nn.Module
-    step: int = 0
-    stage: str = ""
-    stop_reason: str | None = None
-    stop_cause: str = "stopped"
-    optimizer: Any = None  # the optimizer stepping ``model`` (the precision guard reads its state)
-    rank: int = 0  # under torchrun; monitors that write files (tensorboard, wandb) write on rank 0
-    world_size: int = 1
-
-    def request_stop(self, reason: str, cause: str = "stopped") -> None:
-        """Stop after this step; ``cause`` (a key of ``STOP_EXIT_CODES``) picks the exit code."""
-        if self.stop_reason is None:
-            self.stop_reason, self.stop_cause = reason, cause
+__all__ = ["RunContext", "Trainer"]
 
 
 class Trainer:
@@ -108,133 +81,17 @@ class Trainer:
         self.train = recipe.train
         self.stages = plan_stages(recipe)
         self.dist = Distributed.from_environment(self.train.device)
+        self.precision = functools.partial(autocast_for, self.train.precision, self.dist.device)
         self.model: torch.nn.Module | None = None  # what forward runs (maybe wrapped)
         self.raw: LanguageModel | None = None
         self.optimizer: torch.optim.Optimizer | None = None
         self.stage: Stage | None = None
         self.step, self.tokens = 0, 0
         self.registry = get_registry()
-        self.last_eval: dict[str, Any] | None = None  # the memory-use verdict at the end reads it
-        self.low_carry_evals = 0  # evaluations in a row below train.memory_use_min_share
+        self.last_eval: dict[str, Any] | None = None  # the last validation pass's (preflight reads it)
         self.separator: int | None = None  # opens each packed document, when they run apart
 
-    # --- setup ------------------------------------------------------------------------
-
-    def _precision_context(self):
-        precision = self.train.precision
-        if precision == "auto":
-            precision = "bf16" if self.dist.device.type == "cuda" else "fp32"
-        if precision == "bf16":
-            return torch.autocast(device_type=self.dist.device.type, dtype=torch.bfloat16)
-        return contextlib.nullcontext()
-
-    def _enter_stage(self, stage: Stage) -> None:
-        """Build the model and optimizer for ``stage``, carrying weights and moments over.
-
-        The model is rebuilt at every stage (its recipe may change chunk sizes) and wrapped
-        again (which parameters train may change); state moves through the unsharded,
-        name-keyed form, so this works the same under DDP and FSDP.
-        """
-        previous = self.stage
-        carried = full_state_dicts(self.model, self.optimizer) if self.optimizer is not None else None
-        with torch.random.fork_rng(
-            devices=[]
-        ):  # initial weights from the seed, without touching the run's RNG
-            torch.manual_seed(self.recipe.seed)
-            raw = LanguageModel(stage.recipe.model).to(self.dist.device)
-        frozen = freeze_except(raw, stage.spec.train_only)
-        if self.train.activation_checkpointing:
-            _checkpoint_blocks(raw)
-        model: torch.nn.Module = self.dist.wrap(raw, self.train.distributed)
-        optimizer = build_optimizer(raw, stage.recipe.train)  # after sharding: FSDP2 replaces parameters
-        if carried is not None:
-            try:
-                load_full_state_dicts(model, optimizer, *carried)
-            except (RuntimeError, ValueError, KeyError) as exc:
-                raise RecipeError(
-                    [
-                        f"train.stages[{stage.index}].overrides: a stage may not change "
-                        f"parameter shapes ({str(exc).splitlines()[0]})"
-                    ]
-                ) from None
-        if self.train.compile:
-            model = _compiled(model, self.progress)
-        self.raw, self.model, self.optimizer, self.stage = raw, model, optimizer, stage
-        if previous is not None or stage.index > 0:
-            detail = f", training only {', '.join(stage.spec.train_only)}" if stage.spec.train_only else ""
-            self.progress.event(
-                f"stage {stage.name} from step {self.step}{detail} ({len(frozen)} tensors frozen)"
-            )
-            if self.dist.is_main:
-                self.run_dir.log(
-                    {
-                        "step": self.step,
-                        "event": "stage",
-                        "stage": stage.name,
-                        "train_only": list(stage.spec.train_only),
-                    }
-                )
-
-    def _task_and_vocabulary(self) -> Any:
-        component = self.recipe.data.task
-        saved = self.run_dir.path / TOKENIZER_FILE
-        params = component.params
-        if (
-            self.resume
-            and saved.is_file()
-            and attrs.has(type(params))
-            and getattr(params, "tokenizer", None) == ""
-        ):
-            # a resumed run reads the tokenizer it was trained with, not the cache's (which may be gone)
-            component = attrs.evolve(component, params=attrs.evolve(params, tokenizer=str(saved)))
-        task = build_component(component)
-        vocab = task.vocab_size()
-        if vocab > self.recipe.model.vocab_size:
-            raise RecipeError(
-                [
-                    f"model.vocab_size: expected at least the task's vocabulary ({vocab}), got "
-                    f"{self.recipe.model.vocab_size}; set --set model.vocab_size={vocab}"
-                ]
-            )
-        return task
-
-    def _seed_init(self) -> SeedInitSpec | None:
-        """The Llama-family checkpoint a run starting from step 0 takes its weights from: an
-        --init-from Hugging Face directory (with [model.init]'s options, if any), else
-        [model.init]; None for a miraslab checkpoint or none at all."""
-        init = self.recipe.model.init
-        if self.init_from is not None:
-            if not is_hf_directory(self.init_from):
-                return None
-            base = init or SeedInitSpec(from_="")
-            return attrs.evolve(base, from_=str(Path(self.init_from).absolute()))
-        return init
-
-    def _seed_weights(self) -> tuple[dict[str, torch.Tensor], SeedReport] | None:
-        """The seed checkpoint's tensors for the model of step 0, mapped and checked."""
-        init = self._seed_init()
-        return seed_tensors_for(stage_at(self.stages, 0).recipe.model, init) if init is not None else None
-
-    def _load_seed(self, tensors: dict[str, torch.Tensor], report: SeedReport) -> None:
-        """Copy the checkpoint's tensors in, and say (and save) what was mapped and what not."""
-        state = full_model_state_dict(self.model)
-        state.update(tensors)
-        load_full_state_dicts(self.model, self.optimizer, state, None)
-        self.progress.event(report.summary())
-        if self.dist.is_main:
-            write_report(report, self.run_dir.path)
-            self.run_dir.log(
-                {
-                    "step": self.step,
-                    "event": "seed_init",
-                    "source": report.source,
-                    "mapped": len(report.mapped),
-                    "kept": len(report.kept),
-                    "unused": len(report.unused),
-                }
-            )
-
-    # --- the loop ---------------------------------------------------------------------
+    # --- the run: restore, loop, finish ------------------------------------------------
 
     def run(self) -> dict[str, Any]:
         total = self.train.total_steps
@@ -258,162 +115,217 @@ class Trainer:
             if problems := training_problems(stage.recipe, self.dist.world_size):
                 raise RecipeError(problems)
         # before the run directory is written: a monitor that cannot be built (a missing package) is one line
-        built = [(component.name, build_component(component)) for component in self.recipe.monitors]
-        task = self._task_and_vocabulary()
+        monitors = build_monitors(self.recipe)
+        task = build_task(self.recipe, self.run_dir.path, self.resume)
         if self.recipe.data.reset_at_documents:
             self.separator = documents_separator(task)
         checkpoint = self._resume_point() if self.resume else None
         # read before the run directory is made: a checkpoint that does not fit leaves nothing behind
-        seeded = self._seed_weights() if checkpoint is None else None
+        first_model = stage_at(self.stages, 0).recipe.model
+        seeded = (
+            seed_weights(first_model, self.recipe.model.init, self.init_from) if checkpoint is None else None
+        )
+        self._prepare_run_dir(task, checkpoint)
+        self._enter_stage(stage_at(self.stages, self.step))
+        self._load_weights(checkpoint, seeded)
+        batches = self._training_batches(task, checkpoint)
+        if self.train.eval_every:  # an empty validation split is found now, not at the first evaluation
+            probe_validation(task, self.recipe, self.dist)
+        context = RunContext(
+            self.recipe,
+            self.run_dir.path,
+            self.raw,
+            self.step,
+            self.stage.name,
+            optimizer=self.optimizer,
+            rank=self.dist.rank,
+            world_size=self.dist.world_size,
+            dist=self.dist,
+            progress=self.progress,
+            autocast=self.precision,
+        )
+        with registered(self.registry, monitors):  # through the end hook, a stop's included
+            hook = self.registry.hook()
+            hook.on_train_start(run=context)
+            self.progress.event(
+                f"training {self.recipe.name or 'model'}: steps {self.step}..{last} of {self.train.total_steps}, "
+                f"{sum(p.numel() for p in self.raw.parameters()):,} parameters, {self.dist.world_size} process(es) "
+                f"on {self.dist.device.type}, run directory {self.run_dir.path}"
+            )
+            started = time.time()
+            history, best_val = self._loop(last, task, batches, context, hook, resumed=checkpoint is not None)
+            summary = self._finish(history, best_val, time.time() - started, context, hook)
+        if context.stop_reason is not None:
+            raise stopped(
+                self.step, context.stop_reason, context.stop_cause, self.last_checkpoint, self.run_dir.path
+            )
+        return summary
+
+    def _resume_point(self) -> Checkpoint | None:
+        checkpoint = resume_point(
+            self.run_dir.path, self.resume_from, self.recipe, self.dist, self.progress.event
+        )
         if checkpoint is not None:
-            self.step, self.tokens = checkpoint.step, _saved_int(checkpoint, "tokens")
+            self.last_checkpoint = checkpoint.path
+        return checkpoint
+
+    def _prepare_run_dir(self, task: Any, checkpoint: Checkpoint | None) -> None:
+        """A resume continues its metrics from the checkpoint's step; a new run gets a fresh directory."""
+        if checkpoint is not None:
+            self.step, self.tokens = checkpoint.step, saved_int(checkpoint, "tokens")
             if self.dist.is_main:
                 self.run_dir.truncate_metrics(self.step, warn=self.progress.event)
         elif self.resume:  # stopped before its first checkpoint: the run starts again from step 0
             self.progress.event(f"{self.run_dir.path}: no checkpoint was written yet; training from step 0")
             if self.dist.is_main:
                 self.run_dir.truncate_metrics(-1, warn=self.progress.event)
-                self._save_tokenizer(task, replace=False)
+                save_tokenizer(task, self.run_dir.path, replace=False)
         elif self.dist.is_main:
             self.run_dir.create(self.recipe)
-            self._save_tokenizer(task, replace=True)
+            save_tokenizer(task, self.run_dir.path, replace=True)
         self.dist.barrier()
 
-        self._enter_stage(stage_at(self.stages, self.step))
+    def _load_weights(self, checkpoint: Checkpoint | None, seeded: SeedWeights | None) -> None:
+        """A resume's weights, optimizer and RNG; else a seed checkpoint's or --init-from's weights;
+        else those the recipe's seed initialised."""
         if checkpoint is not None:
             check_model_tensors(checkpoint.path, self.raw.state_dict(), checkpoint.model)
-            load_full_state_dicts(
-                self.model,
-                self.optimizer,
-                checkpoint.model,
-                checkpoint.optimizer,
-            )
+            load_full_state_dicts(self.model, self.optimizer, checkpoint.model, checkpoint.optimizer)
             restore_rng_state(checkpoint)
         elif seeded is not None:
-            self._load_seed(*seeded)
+            rank0_run_dir = self.run_dir if self.dist.is_main else None
+            load_seed(self.model, self.optimizer, seeded, self.progress.event, rank0_run_dir, self.step)
         elif self.init_from is not None and not self.resume:
             initial = load_checkpoint(self.init_from)
             check_model_tensors(initial.path, self.raw.state_dict(), initial.model)
             load_full_state_dicts(self.model, self.optimizer, initial.model, None)
             self.progress.event(f"weights from {initial.path} (optimizer, schedule and data start afresh)")
+
+    def _training_batches(self, task: Any, checkpoint: Checkpoint | None) -> Any:
+        """The training batches, from where the checkpoint's data state left them."""
         data_state = checkpoint.meta.get("data") if checkpoint is not None else None
         try:
-            batches = self._batches(task, "train", data_state)
+            return task_batches(task, "train", self.recipe, self.dist, data_state)
         except (KeyError, TypeError, ValueError) as error:  # a crafted or damaged data state
             problem = f"its data state cannot be restored ({type(error).__name__}: {error})"
             raise CheckpointError(checkpoint.path if checkpoint else self.run_dir.path, problem) from None
-        if self.train.eval_every:  # an empty validation split is found now, not at the first evaluation
-            self._probe_validation(task)
-        context = RunContext(self.recipe, self.run_dir.path, self.raw, self.step, self.stage.name)
-        context.optimizer = self.optimizer
-        context.rank, context.world_size = self.dist.rank, self.dist.world_size
-        monitors = self._register_monitors(built)
-        hook = self.registry.hook()
-        hook.on_train_start(run=context)
-        self.progress.event(
-            f"training {self.recipe.name or 'model'}: steps {self.step}..{last} of {self.train.total_steps}, "
-            f"{sum(p.numel() for p in self.raw.parameters()):,} parameters, {self.dist.world_size} process(es) "
-            f"on {self.dist.device.type}, run directory {self.run_dir.path}"
-        )
-        started, window_start, window_tokens = time.time(), time.time(), 0
+
+    def _loop(
+        self, last: int, task: Any, batches: Any, context: RunContext, hook: Any, resumed: bool
+    ) -> tuple[list[float], float]:
+        """Optimizer steps up to ``last`` or a stop; logs, evaluations and checkpoints on their
+        schedules, and a checkpoint at the end.  Returns the losses and the best val_loss."""
+        window_start, window_tokens = time.time(), 0
         history: list[float] = []
         best_val = math.inf
-        saved_at = self.step if checkpoint is not None else -1
-        try:  # the monitors stay registered through the end hook, a stop's included
-            while self.step < last and context.stop_reason is None:
-                stage = stage_at(self.stages, self.step)
-                if stage is not self.stage:
-                    self._enter_stage(stage)
-                    context.model, context.stage, context.optimizer = self.raw, stage.name, self.optimizer
-                metrics = self._optimizer_step(batches, context, hook)
-                window_tokens += metrics.pop("_tokens")
-                history.append(metrics["loss"])
-                context.step = self.step
-                if not math.isfinite(metrics["loss"]):
-                    context.request_stop(f"the loss is {metrics['loss']} at step {self.step}", "diverged")
-                elif not math.isfinite(metrics["grad_norm"]):  # this step's update is already non-finite
-                    context.request_stop(
-                        f"the gradient norm is {metrics['grad_norm']} at step {self.step}", "diverged"
-                    )
-                log_now = self.step % self.train.log_every == 0 or self.step == last
-                if log_now:
-                    now = time.time()
-                    metrics["tokens_per_s"] = window_tokens / max(now - window_start, 1e-9)
-                    window_start, window_tokens = now, 0
-                    hook.on_step_end(run=context, metrics=metrics)
-                    if self.dist.is_main:
-                        self.run_dir.log(metrics)
-                    self.progress.update(self.step, metrics)
-                if self.train.eval_every and self.step % self.train.eval_every == 0:
-                    val = self._evaluate(task, context, hook)
-                    best_val = min(best_val, val["val_loss"])
-                if (
-                    context.stop_reason is None
-                    and (
-                        (self.train.checkpoint_every and self.step % self.train.checkpoint_every == 0)
-                        or self.step == last
-                    )
-                    and self._save(batches, hook, context)
-                ):
-                    saved_at = self.step
-            if context.stop_reason is None and saved_at != self.step:
-                self._save(batches, hook, context)
-            summary = {
-                "name": self.recipe.name,
-                "step": self.step,
-                "total_steps": self.train.total_steps,
-                "tokens": self.tokens,
-                "final_loss": history[-1] if history else None,
-                "best_val_loss": best_val if math.isfinite(best_val) else None,
-                "wall_seconds": time.time() - started,
-                "stopped_by": context.stop_reason,
-                "parameters": sum(p.numel() for p in self.raw.parameters()),
-            }
-            if self.last_eval is not None and "memory_use/carry_gain" in self.last_eval:
-                summary["memory_use"] = {k: v for k, v in self.last_eval.items() if k != "event"}
-                summary["memory_used"] = memory_is_used(self.last_eval)
-            if self.dist.is_main:
-                self.run_dir.write_summary(summary)
-            self.progress.event(_summary_line(summary, self.run_dir.path))
-            if self.dist.is_main and "memory_use" in summary:
-                self._report_memory_use()
-            hook.on_train_end(run=context, summary=summary)
-        finally:
-            for name in monitors:
-                self.registry.pm.unregister(name=name)
-        if context.stop_reason is not None:
-            if self.last_checkpoint is not None:
-                kept = f"the last good checkpoint is {self.last_checkpoint}"
-            else:
-                kept = (
-                    f"no checkpoint was written; `miraslab train --resume {self.run_dir.path}` "
-                    "starts the run again from step 0"
+        saved_at = self.step if resumed else -1
+        while self.step < last and context.stop_reason is None:
+            stage = stage_at(self.stages, self.step)
+            if stage is not self.stage:
+                self._enter_stage(stage)
+                context.model, context.stage, context.optimizer = self.raw, stage.name, self.optimizer
+            metrics = self._optimizer_step(batches, context, hook)
+            window_tokens += metrics.pop("_tokens")
+            history.append(metrics["loss"])
+            context.step = self.step
+            if not math.isfinite(metrics["loss"]):
+                context.request_stop(f"the loss is {metrics['loss']} at step {self.step}", "diverged")
+            elif not math.isfinite(metrics["grad_norm"]):  # this step's update is already non-finite
+                context.request_stop(
+                    f"the gradient norm is {metrics['grad_norm']} at step {self.step}", "diverged"
                 )
-            raise RunStopped(
-                f"run stopped at step {self.step}: {context.stop_reason}; {kept}", context.stop_cause
-            )
+            if self.step % self.train.log_every == 0 or self.step == last:
+                now = time.time()
+                metrics["tokens_per_s"] = window_tokens / max(now - window_start, 1e-9)
+                window_start, window_tokens = now, 0
+                hook.on_step_end(run=context, metrics=metrics)
+                if self.dist.is_main:
+                    self.run_dir.log(metrics)
+                self.progress.update(self.step, metrics)
+            if self.train.eval_every and self.step % self.train.eval_every == 0:
+                best_val = min(best_val, self._evaluate(task, context, hook)["val_loss"])
+            every = self.train.checkpoint_every
+            due = (every and self.step % every == 0) or self.step == last
+            if context.stop_reason is None and due and self._save(batches, hook, context):
+                saved_at = self.step
+        if context.stop_reason is None and saved_at != self.step:
+            self._save(batches, hook, context)
+        return history, best_val
+
+    def _finish(
+        self, history: list[float], best_val: float, wall: float, context: RunContext, hook: Any
+    ) -> dict[str, Any]:
+        """summary.json (with what monitors add), the final line, and the end hook."""
+        summary = {
+            "name": self.recipe.name,
+            "step": self.step,
+            "total_steps": self.train.total_steps,
+            "tokens": self.tokens,
+            "final_loss": history[-1] if history else None,
+            "best_val_loss": best_val if math.isfinite(best_val) else None,
+            "wall_seconds": wall,
+            "stopped_by": context.stop_reason,
+            "parameters": sum(p.numel() for p in self.raw.parameters()),
+        }
+        hook.on_summary(run=context, summary=summary)
+        if self.dist.is_main:
+            self.run_dir.write_summary(summary)
+        self.progress.event(summary_line(summary, self.run_dir.path))
+        hook.on_train_end(run=context, summary=summary)
         return summary
 
+    # --- the pieces: stages, steps, evaluations, checkpoints ---------------------------
+
+    def _enter_stage(self, stage: Stage) -> None:
+        """Build the model and optimizer for ``stage``, carrying weights and moments over.
+
+        The model is rebuilt at every stage (its recipe may change chunk sizes) and wrapped
+        again (which parameters train may change); state moves through the unsharded,
+        name-keyed form, so this works the same under DDP and FSDP.
+        """
+        previous = self.stage
+        carried = full_state_dicts(self.model, self.optimizer) if self.optimizer is not None else None
+        # initial weights from the seed, without touching the run's RNG
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.recipe.seed)
+            raw = LanguageModel(stage.recipe.model).to(self.dist.device)
+        frozen = freeze_except(raw, stage.spec.train_only)
+        if self.train.activation_checkpointing:
+            checkpoint_blocks(raw)
+        model: torch.nn.Module = self.dist.wrap(raw, self.train.distributed)
+        optimizer = build_optimizer(raw, stage.recipe.train)  # after sharding: FSDP2 replaces parameters
+        if carried is not None:
+            try:
+                load_full_state_dicts(model, optimizer, *carried)
+            except (RuntimeError, ValueError, KeyError) as exc:
+                raise RecipeError(
+                    [
+                        f"train.stages[{stage.index}].overrides: a stage may not change "
+                        f"parameter shapes ({str(exc).splitlines()[0]})"
+                    ]
+                ) from None
+        if self.train.compile:
+            model = compiled_or_eager(model, self.progress)
+        self.raw, self.model, self.optimizer, self.stage = raw, model, optimizer, stage
+        if previous is not None or stage.index > 0:
+            detail = f", training only {', '.join(stage.spec.train_only)}" if stage.spec.train_only else ""
+            self.progress.event(
+                f"stage {stage.name} from step {self.step}{detail} ({len(frozen)} tensors frozen)"
+            )
+            if self.dist.is_main:
+                only = list(stage.spec.train_only)
+                self.run_dir.log(
+                    {"step": self.step, "event": "stage", "stage": stage.name, "train_only": only}
+                )
+
     def _optimizer_step(self, batches: Any, context: RunContext, hook: Any) -> dict[str, Any]:
+        """One optimizer step on the next batch: its forward pieces, loss terms, clip, AdamW."""
         stage_train = self.stage.recipe.train
         lr = set_learning_rate(self.optimizer, stage_train.lr, schedule_factor(self.step, self.train))
-        batch = TrainingBatch.of(next(batches))
-        micro = self.train.micro_batch_size or batch.rows
-        if batch.rows % micro:
-            raise RecipeError(
-                [
-                    f"train.micro_batch_size: expected a divisor of the per-process batch "
-                    f"({batch.rows}), got {micro}"
-                ]
-            )
-        # with data.reset_at_documents each micro-batch's documents run apart, in length
-        # buckets: more forward passes, the same sums (on the host, before the copy)
-        buckets = self.recipe.data.document_buckets
-        pieces = [
-            part
-            for piece in batch.split(micro)
-            for part in documents_apart_in_buckets(piece, self.separator, buckets, exact=self.dist.enabled)
-        ]
+        buckets, exact = self.recipe.data.document_buckets, self.dist.enabled
+        pieces = forward_pieces(
+            TrainingBatch.of(next(batches)), self.train.micro_batch_size, self.separator, buckets, exact
+        )
         # the loss is the mean over the batch's labelled targets: each micro-batch's sum over
         # its own, divided by the batch's count (a synthetic task's rows may differ in count);
         # counted on the host, before the copy to the device, so a step adds no sync
@@ -423,7 +335,7 @@ class Trainer:
         self.model.train()
         for index, (piece, count) in enumerate(zip(pieces, counts, strict=True)):
             piece = piece.to(self.dist.device)
-            with self.dist.no_sync(self.model, last=index == len(pieces) - 1), self._precision_context():
+            with self.dist.no_sync(self.model, last=index == len(pieces) - 1), self.precision():
                 logits = self.model(piece.inputs)
                 loss_sum = F.cross_entropy(
                     logits.float().reshape(-1, logits.shape[-1]), piece.targets.reshape(-1), reduction="sum"
@@ -459,144 +371,37 @@ class Trainer:
         metrics.update({name: self.dist.mean(value) for name, value in extras.items()})
         return metrics
 
-    def _batches(self, task: Any, split: str, state: dict | None = None) -> Any:
-        return task.batches(
-            split,
-            seq_len=self.recipe.data.seq_len,
-            batch_size=self.train.batch_size,
-            seed=self.recipe.seed,
-            rank=self.dist.rank,
-            world_size=self.dist.world_size,
-            state=state,
-        )
-
     def _evaluate(self, task: Any, context: RunContext, hook: Any) -> dict[str, Any]:
-        val = self._batches(task, "val")  # a fresh iterator: every pass sees the same batches
+        """One validation pass on fresh batches: loss (and accuracy), what monitors add on the
+        same batches (the memory-use metric), one record and one line."""
+        val = task_batches(
+            task, "val", self.recipe, self.dist
+        )  # a fresh iterator: every pass sees the same batches
         batches = [
             documents_apart(TrainingBatch.of(next(val)).to(self.dist.device), self.separator)
             for _ in range(self.train.eval_batches)
         ]
-        # the memory-use metric: the same batches with the memory's carried state taken away,
-        # on the unwrapped model (a compiled one would compile each ablation anew)
-        modes = ("reset", "zero") if self.train.memory_use and memories_of(self.raw) else ()
-        with self._precision_context():
+        with self.precision():
             result = evaluate(self.model, batches)
-            ablated = evaluate_by_memory(self.raw, batches, modes)
         loss = self.dist.mean(result["loss"])
         metrics = {"step": self.step, "event": "eval", "val_loss": loss, "val_ppl": math.exp(min(loss, 50.0))}
         # a task with answers (documents run apart have IGNORE only at their pads)
-        answers = self.separator is None and any(bool((batch.targets == IGNORE).any()) for batch in batches)
-        if answers:
+        if self.separator is None and any(bool((batch.targets == IGNORE).any()) for batch in batches):
             metrics["val_accuracy"] = self.dist.mean(result["accuracy"])
-        if ablated:
-            reset, zero = (self.dist.mean(ablated[mode]["loss"]) for mode in ("reset", "zero"))
-            metrics["memory_use/carry_gain"] = reset - loss  # nats the carried state is worth
-            metrics["memory_use/carry_gain_share"] = (reset - loss) / loss
-            metrics["memory_use/read_gain"] = zero - loss
-            if answers:  # the proof a recall task gives: accuracy without the carried state
-                metrics["memory_use/reset_accuracy"] = self.dist.mean(ablated["reset"]["accuracy"])
-                metrics["memory_use/zero_accuracy"] = self.dist.mean(ablated["zero"]["accuracy"])
-        hook.on_eval(run=context, metrics=metrics)
-        if self.dist.is_main:
-            self.run_dir.log(metrics)
-        line = f"step {self.step}: val_loss {loss:.4f}, val_ppl {metrics['val_ppl']:.2f}"
-        if "val_accuracy" in metrics:
-            line += f", val_accuracy {metrics['val_accuracy']:.1%}"
-        if "memory_use/carry_gain" in metrics:
-            line += (
-                f", memory carry gain {metrics['memory_use/carry_gain']:+.4f} nats "
-                f"({metrics['memory_use/carry_gain_share']:+.1%})"
-            )
-        self.progress.event(line)
+        with context.held_back():  # what monitors say of the pass follows its own record and line
+            phrases = hook.on_eval(run=context, metrics=metrics, batches=batches)
+            if self.dist.is_main:
+                self.run_dir.log(metrics)
+            line = f"step {self.step}: val_loss {loss:.4f}, val_ppl {metrics['val_ppl']:.2f}"
+            if "val_accuracy" in metrics:
+                line += f", val_accuracy {metrics['val_accuracy']:.1%}"
+            self.progress.event(", ".join([line, *(phrase for phrase in phrases if phrase)]))
         self.last_eval = metrics
-        self._check_carry_gain(metrics, context)
         return metrics
-
-    def _report_memory_use(self) -> None:
-        """The run's last word: is its memory used (one sentence) and the picture over the run."""
-        self.progress.event(verdict(self.last_eval))
-        try:
-            plot = plot_memory_use(self.run_dir.metrics(), self.run_dir.path / MEMORY_USE_PLOT)
-        except (OSError, ImportError) as error:  # the run is saved; a missing picture is not fatal
-            self.progress.event(f"memory-use plot not written: {error}")
-            return
-        if plot is not None:
-            self.progress.event(f"plot: {plot}")
-
-    def _check_carry_gain(self, metrics: dict[str, Any], context: RunContext) -> None:
-        """Warn or stop once the carry gain has stayed below its floor for the patience."""
-        floor = self.train.memory_use_min_share
-        share = metrics.get("memory_use/carry_gain_share")
-        if not floor or share is None:
-            return
-        self.low_carry_evals = self.low_carry_evals + 1 if share < floor else 0
-        if self.low_carry_evals < self.train.memory_use_patience:
-            return
-        diagnosis = (
-            f"memory_use/carry_gain_share {share:.2%} below train.memory_use_min_share {floor:.2%} for "
-            f"{self.low_carry_evals} evaluations (carry gain {metrics['memory_use/carry_gain']:+.4f} nats at "
-            f"step {self.step}): the memory carries nothing across chunks"
-        )
-        if self.dist.is_main:
-            self.run_dir.log({"step": self.step, "event": "memory_use_warning", "message": diagnosis})
-        if self.train.memory_use_action == "stop":
-            context.request_stop(diagnosis, "memory_unused")
-        else:
-            self.progress.event(f"warning: {diagnosis}")
-
-    def _resume_point(self) -> Any:
-        """The checkpoint to resume from, checked against the recipe; None if the run has none yet."""
-        if self.resume_from is None and not has_checkpoint(self.run_dir.path):
-            return None
-        checkpoint = load_checkpoint(self.resume_from or self.run_dir.path)
-        notes = check_resumable(
-            checkpoint.path,
-            _with_defaults(checkpoint.meta.get("recipe")),
-            checkpoint.meta.get("recipe_sha256"),
-            recipe_to_dict(self.recipe),
-            _recipe_hash(self.recipe),
-        )
-        for note in notes:
-            self.progress.event(note)
-        if self.dist.is_main:
-            dropped = drop_later_checkpoints(self.run_dir.path, checkpoint.path)
-            if dropped:
-                self.progress.event(
-                    f"resuming from {checkpoint.path.name}: removed the later checkpoints of the abandoned "
-                    f"run, {', '.join(dropped)}"
-                )
-        self.dist.barrier()
-        self.last_checkpoint = checkpoint.path
-        return checkpoint
-
-    def _probe_validation(self, task: Any) -> None:
-        """Draw one validation batch, leaving every global generator as it was."""
-        python_state, numpy_state = random.getstate(), np.random.get_state()
-        with torch.random.fork_rng(devices=[]):
-            next(self._batches(task, "val"))
-        random.setstate(python_state)
-        np.random.set_state(numpy_state)
-
-    def _save_tokenizer(self, task: Any, *, replace: bool) -> None:
-        path = self.run_dir.path / TOKENIZER_FILE
-        if replace or not path.exists():
-            tokenizer = task.tokenizer()
-            if tokenizer is not None:
-                tokenizer.save(str(path))
-
-    def _parameters_finite(self) -> bool:
-        """Whether every parameter and buffer is finite, on every process (one sync)."""
-        tensors = [
-            t.to_local() if hasattr(t, "to_local") else t
-            for t in (*self.raw.parameters(), *self.raw.buffers())
-        ]
-        flags = [torch.isfinite(t).all() for t in tensors if t.is_floating_point() and t.numel()]
-        finite = bool(torch.stack(flags).all()) if flags else True
-        return self.dist.mean(float(finite)) == 1.0
 
     def _save(self, batches: Any, hook: Any, context: RunContext) -> bool:
         """Write a checkpoint, or stop the run when its state is not finite; whether it wrote one."""
-        if not self._parameters_finite():
+        if not parameters_finite(self.raw, self.dist):
             context.request_stop(f"the parameters hold non-finite values at step {self.step}", "diverged")
             return False
         model_state, optimizer_state = full_state_dicts(self.model, self.optimizer)
@@ -606,7 +411,7 @@ class Trainer:
                 "tokens": self.tokens,
                 "stage": self.stage.index,
                 "data": batches.state_dict(),
-                "recipe_sha256": _recipe_hash(self.recipe),
+                "recipe_sha256": recipe_hash(self.recipe),
                 "recipe": recipe_to_dict(self.recipe),  # a resume names the keys that changed
                 "world_size": self.dist.world_size,
                 **rng_meta,
@@ -624,101 +429,3 @@ class Trainer:
         self.dist.barrier()
         self.last_checkpoint = checkpoint_dir(self.run_dir.path, self.step)
         return True
-
-    def _register_monitors(self, built: list[tuple[str, Any]]) -> list[str]:
-        names = []
-        for index, (component, monitor) in enumerate(built):
-            name = f"monitor-{index}-{component}"
-            self.registry.pm.register(monitor, name=name)
-            names.append(name)
-        return names
-
-
-def _with_defaults(saved: Any) -> dict[str, Any] | None:
-    """A checkpoint's recipe with the keys added to the schema since filled in by their defaults."""
-    if not isinstance(saved, dict):
-        return None
-    try:
-        return recipe_to_dict(recipe_from_dict(copy.deepcopy(saved)))
-    except MiraslabError:  # a key since removed or renamed: compare as saved, the change is named
-        return saved
-
-
-def _saved_int(checkpoint: Any, key: str) -> int:
-    try:
-        return int(checkpoint.meta[key])
-    except (KeyError, TypeError, ValueError):
-        raise CheckpointError(checkpoint.path, f"meta.json holds no integer {key!r}") from None
-
-
-def _recipe_hash(recipe: Recipe) -> str:
-    return hashlib.sha256(dumps(recipe_to_dict(recipe)).encode()).hexdigest()
-
-
-def _summary_line(summary: dict[str, Any], path: Path) -> str:
-    loss = summary["final_loss"]
-    val = summary["best_val_loss"]
-    parts = [
-        f"done: step {summary['step']}/{summary['total_steps']}",
-        f"{summary['tokens']:,} tokens",
-        f"{summary['wall_seconds']:.1f}s",
-    ]
-    if loss is not None:
-        parts.append(f"final loss {loss:.4f}")
-    if val is not None:
-        parts.append(f"best val_loss {val:.4f}")
-    return ", ".join(parts) + f"; run directory {path}"
-
-
-def _checkpoint_blocks(model: LanguageModel) -> None:
-    """Recompute each block in the backward pass instead of keeping its activations."""
-    from torch.utils.checkpoint import checkpoint
-
-    for block in model.blocks:
-        if getattr(block, "_checkpointed", False):
-            continue
-        forward = block.forward
-
-        def checkpointed(x, state=None, return_state=False, _forward=forward):
-            if state is not None or return_state or not torch.is_grad_enabled():
-                return _forward(x, state, return_state)
-            return checkpoint(_forward, x, use_reentrant=False)
-
-        block.forward = checkpointed
-        block._checkpointed = True
-
-
-class CompiledOrEager(torch.nn.Module):
-    """``torch.compile(model)``, falling back to the eager model (once, with a warning) when
-    compiling fails: no compiler toolchain, or code dynamo cannot trace."""
-
-    def __init__(self, model: torch.nn.Module, progress: TrainingProgress, backend: Any = "inductor"):
-        super().__init__()
-        self.module = model
-        # static shapes: each new shape (an evaluation batch, a stage's sequence length) gets a
-        # graph of its own.  Under the default, the second shape recompiles with symbolic
-        # sizes, and the memory's loops over chunks make that compile take minutes (a
-        # memory layer at width 16, seq 12 then 20: over 9 minutes, against 18 s static)
-        self.compiled = torch.compile(model, backend=backend, dynamic=False)
-        self.progress = progress
-        self.use_compiled = True
-
-    def forward(self, *args: Any, **kwargs: Any) -> Any:
-        if self.use_compiled:
-            try:
-                return self.compiled(*args, **kwargs)
-            except Exception as exc:
-                self.use_compiled = False
-                first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-                self.progress.event(
-                    f"warning: torch.compile failed ({type(exc).__name__}: {first_line}); running eager"
-                )
-        return self.module(*args, **kwargs)
-
-
-def _compiled(model: torch.nn.Module, progress: TrainingProgress) -> torch.nn.Module:
-    try:
-        return CompiledOrEager(model, progress)
-    except Exception as exc:
-        progress.event(f"warning: torch.compile is unavailable ({type(exc).__name__}: {exc}); running eager")
-        return model
