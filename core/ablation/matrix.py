@@ -155,7 +155,8 @@ def load_matrix(path: str | Path) -> Matrix:
                 parts.append(f"seed={seed}")
                 extra["seed"] = seed
             cell_id = _UNSAFE.sub("-", ",".join(parts)) or "base"
-            if problem := name_problem(cell_id):  # a cell named "." or ".." would train outside its own directory
+            # a cell named "." or ".." would train outside its own directory
+            if problem := name_problem(cell_id):
                 raise fail(f'cells."{label}"', f"the cell id {problem}; name the cell as one directory")
             cells.append(Cell(cell_id, {**shared, **overrides, **extra}, _UNSAFE.sub("-", label) or "base"))
     ids: set[str] = set()  # a set, not a scan per cell: a 300 x 300 matrix is 90,000 cells
@@ -273,9 +274,7 @@ def _seeds(seeds: Any, fail: Any) -> list[int]:
     raise fail("seeds", f"expected a count >= 1 or a list of integer seeds, got {seeds!r}")
 
 
-def _check_cell_count(
-    axes: list[_Axis], named: Mapping[str, Any], seeds: list[int], fail: Any
-) -> None:
+def _check_cell_count(axes: list[_Axis], named: Mapping[str, Any], seeds: list[int], fail: Any) -> None:
     """The matrix's size (before [[exclude]]) from its axes' lengths, before any cell is built."""
     product = math.prod(len(axis.options) for axis in axes)
     total = ((product if axes or not named else 0) + len(named)) * max(1, len(seeds))

@@ -65,3 +65,28 @@ def _read_holder(fd: int) -> str:
     except OSError:
         text = ""
     return text or "pid unknown"
+
+
+def lock_holder(run_dir: Path, wait: bool = False) -> str | None:
+    """Who holds ``run_dir``'s lock (``pid N on HOST``), or None when no live process does.
+
+    ``wait``: block until the holder ends, then return None.  The probe takes and drops a
+    shared lock, never creating the file, so it cannot disturb a run.
+    """
+    path = Path(run_dir) / LOCK_FILE
+    if fcntl is None or not path.is_file():
+        return None
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError:
+            if not wait:
+                return _read_holder(fd)
+            fcntl.flock(fd, fcntl.LOCK_SH)  # the kernel wakes us when the trainer exits
+        return None
+    finally:
+        os.close(fd)  # drops the shared lock
