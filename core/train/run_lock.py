@@ -35,7 +35,7 @@ class RunLock:
     @classmethod
     def acquire(cls, run_dir: Path) -> RunLock:
         run_dir = Path(run_dir)
-        run_dir.mkdir(parents=True, exist_ok=True)
+        make_run_dir(run_dir)
         path = run_dir / LOCK_FILE
         if fcntl is None:
             return cls(path, None)
@@ -57,6 +57,18 @@ class RunLock:
         if self._fd is not None:
             os.close(self._fd)  # closing the file releases the flock
             self._fd = None
+
+
+def make_run_dir(run_dir: Path) -> None:
+    """Create the run directory, or say in one line why it cannot be (a file there, a full disk)."""
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise MiraslabError(
+            f"{run_dir}: is a file (or lies under one), not a run directory; choose another --out"
+        ) from None
+    except OSError as exc:
+        raise MiraslabError(f"{run_dir}: cannot create the run directory: {exc.strerror or exc}") from None
 
 
 def _read_holder(fd: int) -> str:
