@@ -9,6 +9,8 @@ not an allocation of 238 GiB.
 
 from __future__ import annotations
 
+from typing import Any
+
 from .errors import MiraslabError
 
 MAX_STEPS = 10**9  # optimizer steps; the longest published runs take a few million
@@ -39,7 +41,9 @@ def check_count(
         raise MiraslabError(f"{where}: expected an integer >= {minimum:,}, got {value:,}")
     tail = f"; {advice}" if advice else ""
     if value > maximum:
-        raise MiraslabError(f"{where}: {value:,} is more than the limit of {maximum:,}{tail}")
+        raise MiraslabError(
+            f"{where}: {value:,} is more than the limit of {maximum:,}{tail or '; docs/recipes.md lists the limits'}"
+        )
     if bytes_each:
         from .recipe.size_check import _bytes, machine_memory
 
@@ -50,3 +54,28 @@ def check_count(
                 f"{_bytes(memory)} of memory{tail}"
             )
     return value
+
+
+TOKEN_ID_BYTES = 16  # an int64 input and target per token of a batch held for evaluation
+
+
+def check_evaluation_fits(recipe: Any, batches: int, seq_len: int | None = None) -> None:
+    """``eval``/``probe``: one forward pass over a batch of the run's rows, and the ``batches``
+    held together (every memory mode sees the same), fit this machine; checked before any is drawn.
+
+    ``seq_len``: a ``--seq-len`` given instead of the run's ``data.seq_len``.
+    """
+    rows, model = recipe.train.batch_size, recipe.model
+    if seq_len is not None:  # lower bound: fp32 logits and one residual per layer, per token
+        forward = (model.vocab_size + model.d_model * model.n_layers) * 4
+        check_count(
+            seq_len,
+            "--seq-len",
+            maximum=MAX_SEQ_LEN,
+            bytes_each=rows * forward,
+            advice="choose a shorter one",
+        )
+    tokens = rows * (seq_len or recipe.data.seq_len)
+    check_count(
+        batches, "--batches", maximum=MAX_BATCHES, bytes_each=tokens * TOKEN_ID_BYTES, advice="ask for fewer"
+    )

@@ -49,9 +49,9 @@ def add_parser(sub: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..ablation import cell_problems, default_root, load_matrix, run_matrix
     from ..ablation.run import cell_state
+    from ..limits import MAX_CELLS, check_count
 
-    if args.jobs < 1:
-        raise MiraslabError(f"--jobs: expected an integer >= 1, got {args.jobs}")
+    check_count(args.jobs, "--jobs", maximum=MAX_CELLS)
     if args.nproc is not None and args.nproc < 1:
         raise MiraslabError(f"--nproc: expected an integer >= 1, got {args.nproc}")
     matrix = load_matrix(args.matrix)
