@@ -22,6 +22,7 @@ from types import FrameType
 
 import attrs
 
+from ..bounded_read import MAX_JSON_BYTES, read_bounded_text
 from ..errors import MiraslabError
 from ..output_paths import path_under
 from .matrix import Cell, Matrix, cell_problems
@@ -46,11 +47,11 @@ def cell_state(run: Path, max_steps: int | None) -> str:
     summary = run / "summary.json"
     if summary.is_file():
         try:
-            done = json.loads(summary.read_text())
+            done = json.loads(read_bounded_text(summary, MAX_JSON_BYTES, "summary.json"))
             target = min(done["total_steps"], max_steps or done["total_steps"])
             if done["step"] >= target and not done.get("stopped_by"):
                 return "finished"
-        except (ValueError, KeyError, TypeError):
+        except (ValueError, KeyError, TypeError, MiraslabError):
             pass  # a torn summary: the checkpoints say where the run is
     return "interrupted" if (run / "recipe.toml").is_file() else "new"
 
@@ -294,8 +295,8 @@ def _write_results(root: Path, results: Sequence[CellResult]) -> None:
     known: dict[str, dict[str, str]] = {}
     if path.is_file():
         try:
-            known = {entry["cell"]: entry for entry in json.loads(path.read_text())}
-        except (ValueError, KeyError, TypeError):
+            known = {entry["cell"]: entry for entry in json.loads(read_bounded_text(path, MAX_JSON_BYTES))}
+        except (ValueError, KeyError, TypeError, MiraslabError):
             known = {}
     known.update({result.cell: attrs.asdict(result) for result in results})
     partial = path.with_suffix(f".{os.getpid()}.tmp")  # whole or not at all, with array jobs side by side
