@@ -136,9 +136,8 @@ def run_matrix(
             for cell_id, future in futures.items():
                 results[cell_id] = future.result()
                 say(f"{cell_id}: {results[cell_id].status}")
-        ordered = [results[cell.id] for cell in cells]
         if children.stopped_by is not None:  # the children got the signal too; record, then stop
-            _write_results(root, ordered)
+            _write_results(root, [results[cell.id] for cell in cells])
             if children.stopped_by == signal.SIGINT:
                 raise KeyboardInterrupt
             stopped = MiraslabError(
