@@ -15,6 +15,7 @@ from collections.abc import Iterator
 import torch
 
 from .errors import MiraslabError
+from .limits import MAX_NEW_TOKENS, check_count
 
 
 def check_sampling(temperature: float, top_k: int, top_p: float, max_tokens: int = 0) -> None:
@@ -25,8 +26,7 @@ def check_sampling(temperature: float, top_k: int, top_p: float, max_tokens: int
         raise MiraslabError(f"--top-k: expected an integer >= 0 (0 keeps every token), got {top_k}")
     if not (math.isfinite(top_p) and 0 < top_p <= 1):
         raise MiraslabError(f"--top-p: expected a number in (0, 1], got {top_p}")
-    if max_tokens < 0:
-        raise MiraslabError(f"--max-tokens: expected an integer >= 0, got {max_tokens}")
+    check_count(max_tokens, "--max-tokens", minimum=0, maximum=MAX_NEW_TOKENS)
 
 
 def check_prompt(prompt: str) -> str:

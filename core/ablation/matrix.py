@@ -28,6 +28,7 @@ A cell is a list of ``--set`` assignments over the base recipe, so running it by
 from __future__ import annotations
 
 import itertools
+import math
 import os
 import re
 from collections.abc import Iterable, Mapping
@@ -37,6 +38,8 @@ from typing import Any
 import attrs
 
 from ..errors import MiraslabError
+from ..limits import MAX_CELLS, check_count
+from ..output_paths import name_problem
 from ..recipe.loading import RecipeError, display_path, read_toml
 from ..recipe.toml_writer import value_to_toml
 
@@ -101,7 +104,7 @@ def load_matrix(path: str | Path) -> Matrix:
     if not base_path.is_file():
         raise fail("base", f"no such recipe file {display_path(base_path)}")
     name = data.get("name", path.stem)
-    if not isinstance(name, str) or not name or _UNSAFE.sub("-", name) != name:
+    if not isinstance(name, str) or not name or _UNSAFE.sub("-", name) != name or name_problem(name):
         raise fail("name", f"expected a name usable as a directory, got {name!r}")
 
     shared = _table(data, "set", fail)
@@ -127,6 +130,7 @@ def load_matrix(path: str | Path) -> Matrix:
         if not isinstance(keys, Mapping):
             raise fail(f"cells.{cell_name}", "expected a table of dotted keys and values")
     seeds = _seeds(data.get("seeds"), fail)
+    _check_cell_count(axes, named, seeds, fail)
 
     variants: list[tuple[str, dict[str, Any]]] = []
     if axes or not named:  # with only named cells the product is not a cell of its own
@@ -151,9 +155,15 @@ def load_matrix(path: str | Path) -> Matrix:
                 parts.append(f"seed={seed}")
                 extra["seed"] = seed
             cell_id = _UNSAFE.sub("-", ",".join(parts)) or "base"
+            # a cell named "." or ".." would train outside its own directory
+            if problem := name_problem(cell_id):
+                raise fail(f'cells."{label}"', f"the cell id {problem}; name the cell as one directory")
             cells.append(Cell(cell_id, {**shared, **overrides, **extra}, _UNSAFE.sub("-", label) or "base"))
-    if duplicate := next((c.id for i, c in enumerate(cells) if c.id in {d.id for d in cells[:i]}), None):
-        raise fail("axes", f"two cells share the id {duplicate!r}; name the values ({{label = value}})")
+    ids: set[str] = set()  # a set, not a scan per cell: a 300 x 300 matrix is 90,000 cells
+    for cell in cells:
+        if cell.id in ids:
+            raise fail("axes", f"two cells share the id {cell.id!r}; name the values ({{label = value}})")
+        ids.add(cell.id)
     return Matrix(path, name, base_path, cells, max_steps, nproc)
 
 
@@ -250,6 +260,10 @@ def _seeds(seeds: Any, fail: Any) -> list[int]:
     if seeds is None:
         return []
     if isinstance(seeds, int) and not isinstance(seeds, bool) and seeds >= 1:
+        try:  # bounded before the list is built: seeds = 1000000000 is a line, not 8 GB
+            check_count(seeds, "seeds", maximum=MAX_CELLS, advice="a matrix holds at most that many cells")
+        except MiraslabError as exc:
+            raise fail("seeds", str(exc).removeprefix("seeds: ")) from None
         return list(range(seeds))
     if (
         isinstance(seeds, list)
@@ -258,6 +272,20 @@ def _seeds(seeds: Any, fail: Any) -> list[int]:
     ):
         return list(seeds)
     raise fail("seeds", f"expected a count >= 1 or a list of integer seeds, got {seeds!r}")
+
+
+def _check_cell_count(axes: list[_Axis], named: Mapping[str, Any], seeds: list[int], fail: Any) -> None:
+    """The matrix's size (before [[exclude]]) from its axes' lengths, before any cell is built."""
+    product = math.prod(len(axis.options) for axis in axes)
+    total = ((product if axes or not named else 0) + len(named)) * max(1, len(seeds))
+    try:
+        check_count(total, "cells", maximum=MAX_CELLS)
+    except MiraslabError:
+        raise fail(
+            "axes",
+            f"the matrix has {total:,} cells (before [[exclude]], seeds included), more than the limit "
+            f"of {MAX_CELLS:,}; split it or vary fewer values",
+        ) from None
 
 
 def cell_problems(matrix: Matrix, cells: Iterable[Cell]) -> dict[str, list[str]]:

@@ -10,15 +10,21 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
-from collections.abc import Callable, Sequence
+import threading
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
+from types import FrameType
 
 import attrs
 
+from ..bounded_read import MAX_JSON_BYTES, read_bounded_text
 from ..errors import MiraslabError
+from ..output_paths import path_under
 from .matrix import Cell, Matrix, cell_problems
 
 RESULTS_FILE = "ablation.json"
@@ -28,7 +34,7 @@ LOG_FILE = "ablate.log"
 @attrs.frozen
 class CellResult:
     cell: str
-    status: str  # trained, resumed, skipped (already finished), failed, invalid
+    status: str  # trained, resumed, skipped (already finished), running (by another process), failed, invalid
     detail: str = ""
 
 
@@ -41,11 +47,11 @@ def cell_state(run: Path, max_steps: int | None) -> str:
     summary = run / "summary.json"
     if summary.is_file():
         try:
-            done = json.loads(summary.read_text())
+            done = json.loads(read_bounded_text(summary, MAX_JSON_BYTES, "summary.json"))
             target = min(done["total_steps"], max_steps or done["total_steps"])
             if done["step"] >= target and not done.get("stopped_by"):
                 return "finished"
-        except (ValueError, KeyError, TypeError):
+        except (ValueError, KeyError, TypeError, MiraslabError):
             pass  # a torn summary: the checkpoints say where the run is
     return "interrupted" if (run / "recipe.toml").is_file() else "new"
 
@@ -85,10 +91,16 @@ def run_matrix(
     jobs: int = 1,
     nproc: int | None = None,
     skip_invalid: bool = False,
+    wait: bool = False,
     say: Callable[[str], None] = print,
 ) -> list[CellResult]:
-    """Validate every cell, then run them; refuse to start while one is invalid."""
+    """Validate every cell, then run them; refuse to start while one is invalid.
+
+    ``wait``: a cell another process is still training is waited for, then resumed or skipped;
+    without it such a cell is reported ``running`` with the command that stops its trainer.
+    """
     nproc = nproc or matrix.nproc
+    runs = {cell.id: path_under(root, cell.id, f"cell {cell.id}") for cell in cells}
     invalid = cell_problems(matrix, cells)
     if invalid and not skip_invalid:
         lines = [f"cell {cell}: {problem}" for cell, problems in invalid.items() for problem in problems]
@@ -106,27 +118,101 @@ def run_matrix(
     if jobs == 1 and nproc == 1:
         for index, cell in enumerate(todo, 1):
             say(f"[{index}/{len(todo)}] {cell.id}")
-            results[cell.id] = _run_here(matrix, cell, root / cell.id)
+            results[cell.id] = _run_here(matrix, cell, runs[cell.id], wait, say)
     else:
         env = {
             **os.environ,
             "OMP_NUM_THREADS": str(threads_per_job(jobs)),
             "MKL_NUM_THREADS": str(threads_per_job(jobs)),
         }
-        with ThreadPoolExecutor(max_workers=jobs) as pool:
+        children = _Children()
+        with children.forwarding_signals(), ThreadPoolExecutor(max_workers=jobs) as pool:
             futures = {
-                cell.id: pool.submit(_run_process, matrix, cell, root / cell.id, nproc, env) for cell in todo
+                cell.id: pool.submit(
+                    _run_process, matrix, cell, runs[cell.id], nproc, env, children, wait, say
+                )
+                for cell in todo
             }
             for cell_id, future in futures.items():
                 results[cell_id] = future.result()
                 say(f"{cell_id}: {results[cell_id].status}")
+        if children.stopped_by is not None:  # the children got the signal too; record, then stop
+            _write_results(root, [results[cell.id] for cell in cells])
+            if children.stopped_by == signal.SIGINT:
+                raise KeyboardInterrupt
+            stopped = MiraslabError(
+                f"ablate {matrix.path}: stopped by signal {children.stopped_by}, and so were the trainers "
+                "of its running cells; rerun the same command to resume them"
+            )
+            stopped.exit_code = 128 + children.stopped_by  # type: ignore[attr-defined]  # as a shell reports it
+            raise stopped
     ordered = [results[cell.id] for cell in cells]
     _write_results(root, ordered)
     return ordered
 
 
-def _start(matrix: Matrix, cell: Cell, run: Path) -> tuple[str, CellResult | None]:
-    """The cell's state, or its result when there is nothing to train."""
+class _Children:
+    """The trainer processes of a parallel ablate, so that a signal to the parent reaches them.
+
+    They run in their own sessions (a Ctrl-C at the terminal reaches them once, through us),
+    and a SIGTERM or SIGINT to the parent is forwarded to each before the parent stops: killing
+    only the parent must not leave trainers running that a rerun would then collide with.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._running: set[subprocess.Popen[bytes]] = set()
+        self.stopped_by: int | None = None
+
+    def call(self, argv: list[str], **options: object) -> int | None:
+        """The child's exit code; None when the parent is stopping and nothing was started."""
+        with self._lock:
+            if self.stopped_by is not None:
+                return None
+            child = subprocess.Popen(argv, start_new_session=True, **options)  # type: ignore[call-overload]
+            self._running.add(child)
+        try:
+            return child.wait()
+        finally:
+            with self._lock:
+                self._running.discard(child)
+
+    def _forward(self, signum: int, frame: FrameType | None) -> None:
+        with self._lock:
+            self.stopped_by = signum
+            for child in self._running:
+                child.send_signal(signum)
+
+    @contextmanager
+    def forwarding_signals(self) -> Iterator[None]:
+        if threading.current_thread() is not threading.main_thread():  # only it may set handlers
+            yield
+            return
+        previous = {sig: signal.signal(sig, self._forward) for sig in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            yield
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+
+def _start(
+    matrix: Matrix, cell: Cell, run: Path, wait: bool = False, say: Callable[[str], None] = print
+) -> tuple[str, CellResult | None]:
+    """The cell's state, or its result when there is nothing to train (or another process trains it)."""
+    from ..train.run_lock import lock_holder
+
+    if holder := lock_holder(run):
+        if not wait:
+            pid = holder.split()[1] if holder.startswith("pid ") else "PID"
+            return "running", CellResult(
+                cell.id,
+                "running",
+                f"{holder} is still training it; rerun with --wait to wait for it, or stop it with "
+                f"`kill {pid}` (it resumes from its last checkpoint)",
+            )
+        say(f"{cell.id}: waiting for {holder}, which is still training it")
+        lock_holder(run, wait=True)
     state = cell_state(run, matrix.max_steps)
     if state == "finished":
         return state, CellResult(cell.id, "skipped", "finished before")
@@ -149,12 +235,14 @@ def _recipe_changed(matrix: Matrix, cell: Cell, run: Path) -> str:
     return ""
 
 
-def _run_here(matrix: Matrix, cell: Cell, run: Path) -> CellResult:
+def _run_here(
+    matrix: Matrix, cell: Cell, run: Path, wait: bool = False, say: Callable[[str], None] = print
+) -> CellResult:
     from ..recipe.resolve import load_recipe
     from ..train.run_dir import RunDir
     from ..train.trainer import Trainer
 
-    state, result = _start(matrix, cell, run)
+    state, result = _start(matrix, cell, run, wait, say)
     if result is not None:
         return result
     try:
@@ -169,16 +257,29 @@ def _run_here(matrix: Matrix, cell: Cell, run: Path) -> CellResult:
     return CellResult(cell.id, "resumed" if state == "interrupted" else "trained")
 
 
-def _run_process(matrix: Matrix, cell: Cell, run: Path, nproc: int, env: dict[str, str]) -> CellResult:
-    state, result = _start(matrix, cell, run)
+def _run_process(
+    matrix: Matrix,
+    cell: Cell,
+    run: Path,
+    nproc: int,
+    env: dict[str, str],
+    children: _Children,
+    wait: bool = False,
+    say: Callable[[str], None] = print,
+) -> CellResult:
+    if children.stopped_by is not None:
+        return CellResult(cell.id, "failed", "not started: ablate was stopped")
+    state, result = _start(matrix, cell, run, wait, say)
     if result is not None:
         return result
     run.mkdir(parents=True, exist_ok=True)
     log = run / LOG_FILE
     with open(log, "a", encoding="utf-8") as out:
-        code = subprocess.call(
+        code = children.call(
             train_argv(matrix, cell, run, state, nproc), stdout=out, stderr=subprocess.STDOUT, env=env
         )
+    if code is None:
+        return CellResult(cell.id, "failed", "not started: ablate was stopped")
     if code != 0:
         errors = [line for line in log.read_text(errors="replace").splitlines() if line.startswith("error:")]
         detail = errors[-1].removeprefix("error: ") if errors else f"exit code {code}, see {log}"
@@ -193,8 +294,8 @@ def _write_results(root: Path, results: Sequence[CellResult]) -> None:
     known: dict[str, dict[str, str]] = {}
     if path.is_file():
         try:
-            known = {entry["cell"]: entry for entry in json.loads(path.read_text())}
-        except (ValueError, KeyError, TypeError):
+            known = {entry["cell"]: entry for entry in json.loads(read_bounded_text(path, MAX_JSON_BYTES))}
+        except (ValueError, KeyError, TypeError, MiraslabError):
             known = {}
     known.update({result.cell: attrs.asdict(result) for result in results})
     partial = path.with_suffix(f".{os.getpid()}.tmp")  # whole or not at all, with array jobs side by side

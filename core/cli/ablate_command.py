@@ -1,4 +1,4 @@
-"""``miraslab ablate MATRIX.toml [--out DIR] [--jobs N] [--nproc N] [--cell ID] [--dry-run] [--list]``.
+"""``miraslab ablate MATRIX.toml [--out DIR] [--jobs N] [--nproc N] [--cell ID] [--wait] [--dry-run] [--list]``.
 
 Every cell of the matrix trains into ``runs/<matrix>/<cell>/`` (or ``DIR/<cell>``); a rerun
 skips the finished cells and resumes the interrupted ones.  docs/ablations.md has the format.
@@ -38,20 +38,27 @@ def add_parser(sub: Any) -> None:
         "--list", action="store_true", help="print the cell ids, one a line (for a SLURM array), run nothing"
     )
     parser.add_argument("--skip-invalid", action="store_true", help="run the valid cells when some are not")
+    parser.add_argument(
+        "--wait",
+        action="store_true",
+        help="a cell another process is still training: wait for it to end (default: report it running)",
+    )
     parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from ..ablation import cell_problems, default_root, load_matrix, run_matrix
     from ..ablation.run import cell_state
+    from ..limits import MAX_CELLS, check_count
 
-    if args.jobs < 1:
-        raise MiraslabError(f"--jobs: expected an integer >= 1, got {args.jobs}")
+    check_count(args.jobs, "--jobs", maximum=MAX_CELLS)
     if args.nproc is not None and args.nproc < 1:
         raise MiraslabError(f"--nproc: expected an integer >= 1, got {args.nproc}")
     matrix = load_matrix(args.matrix)
     cells = [matrix.cell(cell_id) for cell_id in args.cell] or matrix.cells
     root = args.out or default_root(matrix)
+    if root.exists() and not root.is_dir():
+        raise MiraslabError(f"--out {root}: is a file, expected the directory the cells' runs go in")
     if args.list:
         print("\n".join(cell.id for cell in cells))
         return 0
@@ -67,14 +74,14 @@ def run(args: argparse.Namespace) -> int:
                 print(f"    error: {problem}")
         return 2 if invalid else 0
     results = run_matrix(
-        matrix, root, cells, jobs=args.jobs, nproc=args.nproc, skip_invalid=args.skip_invalid
+        matrix, root, cells, jobs=args.jobs, nproc=args.nproc, skip_invalid=args.skip_invalid, wait=args.wait
     )
     width = max(len(result.cell) for result in results)
     print(f"\n{matrix.name}: {len(results)} cells in {root}/")
     for result in results:
         detail = f"  {result.detail}" if result.detail else ""
         print(f"  {result.cell:<{width}}  {result.status}{detail}")
-    failed = [result for result in results if result.status in ("failed", "invalid")]
+    failed = [result for result in results if result.status in ("failed", "invalid", "running")]
     if failed:
         print(f"{len(failed)} of {len(results)} cells did not finish; rerun to retry them")
         return 1

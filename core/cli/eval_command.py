@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import MiraslabError
+from ..limits import MAX_BATCHES, check_count, check_evaluation_fits
 
 
 def add_parser(sub: Any) -> None:
@@ -84,8 +85,10 @@ def run(args: argparse.Namespace) -> int:
     from ..train.run_dir import load_run
     from .evaluation_data import run_task, validation_batches
 
+    check_count(args.batches, "--batches", maximum=MAX_BATCHES)
     loaded = load_run(args.run_dir, args.checkpoint)
     recipe, task = run_task(args.run_dir, loaded, args.task, args.sets)
+    check_evaluation_fits(recipe, args.batches)  # before any batch is drawn
     batches = validation_batches(task, recipe, args.batches)  # every mode evaluates the same ones
     modes = MODES if args.memory == "all" else (args.memory,)
     results = evaluate_by_memory(loaded.model, batches, modes)

@@ -24,7 +24,9 @@ def run_task(
 
     overrides = [f'data.task={{ name = "{task}" }}'] if task else []
     overrides += [f"data.{item}" if item.startswith("task.") else item for item in sets]
-    recipe = load_recipe(Path(run_dir) / "recipe.toml", overrides) if overrides else loaded.recipe
+    recipe = (
+        load_recipe(Path(run_dir) / "recipe.toml", overrides, stored=True) if overrides else loaded.recipe
+    )
     built = build_component(recipe.data.task)
     check_vocabulary(built, recipe)
     return recipe, built

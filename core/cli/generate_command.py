@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import MiraslabError
+from ..limits import MAX_SEED, check_count
 
 
 def add_parser(sub: Any) -> None:
@@ -30,6 +31,8 @@ def run(args: argparse.Namespace) -> int:
     from ..train.run_dir import load_run
 
     check_sampling(args.temperature, args.top_k, args.top_p, args.max_tokens)
+    if args.seed is not None:  # torch.Generator takes a 64-bit seed
+        check_count(args.seed, "--seed", minimum=-(2**63), maximum=MAX_SEED)
     check_prompt(args.prompt)
     loaded = load_run(args.run_dir, args.checkpoint)
     tokenizer = loaded.tokenizer

@@ -42,14 +42,11 @@ def add_parser(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..errors import MiraslabError
+    from ..limits import MAX_STEPS, check_count
     from ..preflight import run_preflight
 
     for name in ("life_steps", "burst_steps"):
-        if getattr(args, name) < 1:
-            raise MiraslabError(
-                f"--{name.replace('_', '-')}: expected an integer >= 1, got {getattr(args, name)}"
-            )
+        check_count(getattr(args, name), f"--{name.replace('_', '-')}", maximum=MAX_STEPS)
     results = run_preflight(
         args.recipe,
         args.sets,

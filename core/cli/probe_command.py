@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import MiraslabError
+from ..limits import MAX_BATCHES, MAX_SEQ_LEN, check_count, check_evaluation_fits
 
 MODE_NAMES = {
     "carried": "carried",
@@ -64,10 +65,12 @@ def run(args: argparse.Namespace) -> int:
 
     if not (args.memory_ablation or args.niah):
         raise MiraslabError("probe: choose what to measure, --memory-ablation and/or --niah")
-    if args.batches < 1:
-        raise MiraslabError(f"--batches: expected an integer >= 1, got {args.batches}")
+    check_count(args.batches, "--batches", maximum=MAX_BATCHES)
+    if args.seq_len is not None:
+        check_count(args.seq_len, "--seq-len", maximum=MAX_SEQ_LEN)
     depths = parse_depths(args.depths)
     loaded = load_run(args.run_dir, args.checkpoint)
+    check_evaluation_fits(loaded.recipe, args.batches, args.seq_len)  # before any batch is drawn
     modes = modes_of(loaded.model) if args.memory_ablation else ("carried",)
     output: dict[str, Any] = {"run": str(args.run_dir), "step": loaded.step}
     if args.memory_ablation:

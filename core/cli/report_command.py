@@ -8,6 +8,7 @@ root its cells were run into (as for ``miraslab ablate``); anything else is a ru
 from __future__ import annotations
 
 import argparse
+import errno
 from pathlib import Path
 from typing import Any
 
@@ -32,9 +33,20 @@ def add_parser(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.target.suffix == ".toml":
-        return matrix_report(args)
-    return run_report(args)
+    if args.out is not None and args.out.exists() and not args.out.is_dir():
+        raise MiraslabError(f"--out {args.out}: is a file, expected the directory the report goes in")
+    try:  # a run directory may be named like a file: what it is decides, not its suffix
+        if args.target.suffix == ".toml" and not args.target.is_dir():
+            return matrix_report(args)
+        return run_report(args)
+    except OSError as error:  # a full disk, a read-only directory: one line naming the file
+        where = error.filename or args.out or args.target
+        full = error.errno == errno.ENOSPC
+        problem = "the disk is full" if full else (error.strerror or str(error))
+        todo = "free some space or choose another --out" if full else "fix that"
+        raise MiraslabError(
+            f"{where}: {problem}, so the report is incomplete; {todo}, then rerun `miraslab report {args.target}`"
+        ) from None
 
 
 def run_report(args: argparse.Namespace) -> int:

@@ -45,12 +45,13 @@ def add_parser(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..limits import MAX_STEPS, check_count
     from ..recipe.resolve import load_recipe
     from ..train.run_dir import RunDir
     from ..train.trainer import Trainer
 
-    if args.max_steps is not None and args.max_steps < 1:
-        raise MiraslabError(f"--max-steps: expected an integer >= 1, got {args.max_steps}")
+    if args.max_steps is not None:
+        check_count(args.max_steps, "--max-steps", maximum=MAX_STEPS)
     if args.init_from is not None and args.resume is not None:
         raise MiraslabError("--init-from starts a new run: give a RECIPE and --out instead of --resume")
     if args.resume is not None:

@@ -121,6 +121,12 @@ def read_tokenizer(path: Path, advice: str = "") -> Tokenizer:
     """A ``tokenizer.json`` (JSON only: the tokenizers library never unpickles); one line if it is bad."""
     from tokenizers import Tokenizer
 
+    from ..bounded_read import MAX_JSON_BYTES, FileRefused, check_regular_file
+
+    try:  # the library reads whatever the path names: a FIFO would block, /dev/zero never end
+        check_regular_file(path, MAX_JSON_BYTES, "tokenizer.json")
+    except FileRefused as exc:
+        raise MiraslabError(f"{exc}" + (f"; {advice}" if advice else "")) from None
     try:
         return Tokenizer.from_file(str(path))
     except Exception as exc:  # the library raises a bare Exception for any malformed file

@@ -18,6 +18,11 @@ rather not pass it.
 
 from __future__ import annotations
 
+import errno
+import os
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -65,9 +70,7 @@ def export_model(
     from .modeling import MiraslabForCausalLM
 
     out = Path(out)
-    if out.exists() and any(out.iterdir()) and not (out / "config.json").exists():
-        raise MiraslabError(f"{out}: exists and is not an export; choose an empty or new --hf directory")
-    out.mkdir(parents=True, exist_ok=True)
+    _check_target(out)
     eos_id = tokenizer.token_to_id(eos_token) if tokenizer is not None and eos_token else None
     config = MiraslabConfig(
         recipe=recipe_to_dict(recipe),
@@ -85,12 +88,83 @@ def export_model(
     # a load with trust_remote_code marks the config class as remote code; saving would then
     # copy miraslab's own sources beside the shims: the export names the installed miraslab
     config._auto_class = None
-    wrapped.save_pretrained(out)
-    (out / CONFIGURATION_FILE).write_text(SHIM.format(module="config", name="MiraslabConfig"))
-    (out / MODELING_FILE).write_text(SHIM.format(module="modeling", name="MiraslabForCausalLM"))
-    if tokenizer is not None:
-        _save_tokenizer(tokenizer, out, eos_token)
+    with _written_in_place_of(out) as partial:
+        wrapped.save_pretrained(partial)
+        (partial / CONFIGURATION_FILE).write_text(SHIM.format(module="config", name="MiraslabConfig"))
+        (partial / MODELING_FILE).write_text(SHIM.format(module="modeling", name="MiraslabForCausalLM"))
+        if tokenizer is not None:
+            _save_tokenizer(tokenizer, partial, eos_token)
     return out
+
+
+# what every export holds: a directory without them is not one (and is not replaced)
+EXPORT_MARKERS = ("config.json", "model.safetensors")
+_PARTIAL = ".{name}.partial-{pid}"
+
+
+def _check_target(out: Path) -> None:
+    if out.exists() and not out.is_dir():
+        raise MiraslabError(f"{out}: is a file, not a directory; choose an empty or new --hf directory")
+    if out.is_dir() and any(out.iterdir()) and not all((out / name).is_file() for name in EXPORT_MARKERS):
+        raise MiraslabError(f"{out}: exists and is not an export; choose an empty or new --hf directory")
+
+
+@contextmanager
+def _written_in_place_of(out: Path) -> Iterator[Path]:
+    """A hidden sibling to write the export in, renamed over ``out`` once complete.
+
+    As checkpoints are: a kill or a full disk mid-export leaves ``out`` as it was (absent, or
+    the previous export), never a directory with a config.json and no weights.
+    """
+    parent = out.parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise MiraslabError(f"{out}: cannot create its parent directory: {exc.strerror or exc}") from None
+    _remove_stale_partials(out)
+    partial = parent / _PARTIAL.format(name=out.name, pid=os.getpid())
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir()
+    old = parent / f".{out.name}.old-{os.getpid()}"
+    try:
+        yield partial
+        if out.is_dir() and any(out.iterdir()):  # a previous export: moved aside, then removed
+            os.replace(out, old)
+        elif out.is_dir():
+            out.rmdir()
+        os.replace(partial, out)
+        shutil.rmtree(old, ignore_errors=True)
+    except OSError as exc:
+        shutil.rmtree(partial, ignore_errors=True)
+        if old.is_dir() and not out.exists():  # the previous export goes back where it was
+            os.replace(old, out)
+        full = exc.errno == errno.ENOSPC
+        problem = "the disk is full" if full else (exc.strerror or str(exc))
+        raise MiraslabError(
+            f"{out}: the export could not be written ({problem}); nothing was left in its place"
+            + ("; free some space and export again" if full else "")
+        ) from None
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+
+
+def _remove_stale_partials(out: Path) -> None:
+    """Partial exports left by a killed export (its process gone) are removed."""
+    for stale in out.parent.glob(_PARTIAL.format(name=out.name, pid="*")):
+        pid = stale.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(stale, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
 
 
 def _save_tokenizer(tokenizer: Any, out: Path, eos_token: str | None) -> None:

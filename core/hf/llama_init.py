@@ -39,6 +39,7 @@ import attrs
 import torch
 from torch import nn
 
+from ..bounded_read import MAX_JSON_BYTES, FileRefused, read_bounded_text
 from ..errors import RecipeError
 from ..memory.rule.axes import MemoryArchitecture
 from ..model.attention import default_head_dim
@@ -122,17 +123,24 @@ def read_checkpoint(directory: Path) -> Checkpoint:
             [f"{where}: {directory}: no such directory (expected a Hugging Face model directory)"]
         )
     config_path = directory / "config.json"
+    if not config_path.exists():
+        raise RecipeError([f"{where}: {directory}: no config.json (save the model with save_pretrained)"])
     try:
-        config = json.loads(config_path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise RecipeError(
-            [f"{where}: {directory}: no config.json (save the model with save_pretrained)"]
-        ) from None
-    except (OSError, ValueError) as exc:
+        config = json.loads(read_bounded_text(config_path, MAX_JSON_BYTES, "config.json"))
+    except FileRefused as exc:
+        raise RecipeError([f"{where}: {exc}"]) from None
+    except ValueError as exc:
         raise RecipeError([f"{where}: {config_path}: not readable JSON ({exc})"]) from None
     index = directory / "model.safetensors.index.json"
     if index.is_file():
-        files = sorted({directory / name for name in json.loads(index.read_text())["weight_map"].values()})
+        files = sorted(
+            {
+                directory / name
+                for name in json.loads(read_bounded_text(index, MAX_JSON_BYTES, "index"))[
+                    "weight_map"
+                ].values()
+            }
+        )
     else:
         files = sorted(directory.glob("*.safetensors"))
     if not files:

@@ -13,22 +13,27 @@ import attrs
 from ..errors import RecipeError
 from ..params import ParamsError, join_path, make_converter, structure_with
 from ..registry import get_registry
-from .loading import Origins, apply_set, display_path, load_raw, origin_of
+from .loading import SET_ORIGIN, Origins, apply_set, display_path, load_raw, origin_of
 from .schema import Recipe
 from .size_check import size_problems
 from .toml_writer import dumps
 
 
-def load_recipe(path: str | Path, sets: Iterable[str] = ()) -> Recipe:
-    """Read, merge, override, structure and validate a recipe; raise RecipeError on any problem."""
+def load_recipe(path: str | Path, sets: Iterable[str] = (), *, stored: bool = False) -> Recipe:
+    """Read, merge, override, structure and validate a recipe; raise RecipeError on any problem.
+
+    ``stored``: a run's own ``recipe.toml``, whose schedule was accepted when the run began
+    (it spells out every default, so a warmup it inherited would look chosen).
+    """
     data, origins = load_raw(path, sets)
-    return recipe_from_dict(data, origins, default_origin=display_path(path))
+    return recipe_from_dict(data, origins, default_origin=display_path(path), check_schedule=not stored)
 
 
 def recipe_from_dict(
     data: dict[str, Any],
     origins: Origins | None = None,
     default_origin: str = "<recipe>",
+    check_schedule: bool = True,
 ) -> Recipe:
     origins = origins or {}
     converter = make_converter(get_registry())
@@ -45,13 +50,34 @@ def recipe_from_dict(
             [f"{origin_of(tuple(p.split(':')[0].split('.')), origins, default_origin)}: {p}" for p in sizes]
         )
     recipe = _seed_path_resolved(recipe, origins, default_origin)
-    problems = list(_stage_problems(recipe, data, converter, default_origin, origins))
+    problems = _schedule_problems(recipe, origins, default_origin) if check_schedule else []
+    problems += list(_stage_problems(recipe, data, converter, default_origin, origins))
     problems += [
         f"{_memory_origin(origins, default_origin)}: model.memory: {p}" for p in _memory_problems(recipe)
     ]
     if problems:
         raise RecipeError(problems)
     return recipe
+
+
+def _schedule_problems(recipe: Recipe, origins: Origins, default_origin: str) -> list[str]:
+    """A warmup longer than the run never reaches its learning rate.
+
+    Refused where one file (or --set) chose it; a recipe's warmup under a run shortened by
+    ``--set train.steps=2`` (a smoke test, an ablation cell) is the shortening's business.
+    """
+    train = recipe.train
+    warmup_at = ("train", "warmup_steps")
+    steps_at = ("train", "stages") if train.stages else ("train", "steps")
+    if warmup_at not in origins or train.warmup_steps <= train.total_steps:
+        return []
+    warmup_origin = origins[warmup_at]
+    if origin_of(steps_at, origins, default_origin) == SET_ORIGIN and warmup_origin != SET_ORIGIN:
+        return []
+    return [
+        f"{warmup_origin}: train.warmup_steps: {train.warmup_steps:,} warmup steps in a run of "
+        f"{train.total_steps:,} steps never reach train.lr; make warmup_steps at most {train.total_steps:,}"
+    ]
 
 
 def _seed_path_resolved(recipe: Recipe, origins: Origins, default_origin: str) -> Recipe:

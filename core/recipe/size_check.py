@@ -27,7 +27,7 @@ BYTES_PER_TRAINED_PARAMETER = 16  # fp32 weight, gradient and AdamW's two moment
 
 
 def machine_memory() -> int:
-    """Bytes of memory this process may use: physical RAM, or the cgroup limit when lower."""
+    """Bytes of memory this process may use: physical RAM, or the cgroup or address-space limit when lower."""
     try:
         total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (AttributeError, ValueError, OSError):  # not POSIX: no check
@@ -39,6 +39,14 @@ def machine_memory() -> int:
             continue
         if limit.isdigit():
             total = min(total, int(limit))
+    try:  # an address-space cap (ulimit -v) bounds this process too
+        import resource
+
+        cap = resource.getrlimit(resource.RLIMIT_AS)[0]
+        if cap != resource.RLIM_INFINITY:
+            total = min(total, cap)
+    except (ImportError, ValueError, OSError):
+        pass
     return total
 
 

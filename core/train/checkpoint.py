@@ -50,6 +50,7 @@ from typing import Any
 import attrs
 import torch
 
+from ..bounded_read import MAX_POINTER_BYTES, FileRefused, read_bounded_text
 from ..errors import MiraslabError
 from .state_files import (
     decode_state,
@@ -253,9 +254,10 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
     pointer = root / LATEST
     if not pointer.is_file():
         return None
-    name = pointer.read_text(encoding="utf-8").strip()
-    if not _STEP_DIR.fullmatch(name):
-        problem = f"does not name a checkpoint directory (it reads {name[:40]!r})"
+    name = _read_pointer(pointer)
+    if name is None or not _STEP_DIR.fullmatch(name):
+        reads = "it is not a short UTF-8 line" if name is None else f"it reads {name[:40]!r}"
+        problem = f"does not name a checkpoint directory ({reads})"
         raise CheckpointCorruptedError(pointer, problem, _resume_advice(root))
     if not (root / name).is_dir():
         raise CheckpointNotFoundError(
@@ -274,7 +276,7 @@ def newest_valid_checkpoint(run_dir: Path) -> Path | None:
     """``latest`` if it verifies, else the highest step that does; None if none does."""
     root = Path(run_dir) / CHECKPOINTS
     pointer = root / LATEST
-    named = root / pointer.read_text(encoding="utf-8").strip() if pointer.is_file() else None
+    named = root / name if (name := _read_pointer(pointer)) else None
     steps = list(reversed(_step_dirs(root)))
     for candidate in ([named] if named in steps else []) + [d for d in steps if d != named]:
         try:
@@ -341,7 +343,15 @@ def drop_later_checkpoints(run_dir: Path, checkpoint: Path) -> list[str]:
 
 def latest_checkpoint_name(root: Path) -> str | None:
     pointer = Path(root) / LATEST
-    return pointer.read_text(encoding="utf-8").strip() if pointer.is_file() else None
+    return _read_pointer(pointer)
+
+
+def _read_pointer(pointer: Path) -> str | None:
+    """``latest``'s text, or None when it is absent or not a short UTF-8 file (crafted or torn)."""
+    try:
+        return read_bounded_text(pointer, MAX_POINTER_BYTES, "checkpoint pointer").strip()
+    except FileRefused:
+        return None
 
 
 def _point_latest(root: Path, name: str) -> None:

@@ -21,6 +21,7 @@ from typing import Any
 
 import attrs
 
+from ..bounded_read import MAX_JSON_BYTES, read_bounded_text
 from ..errors import MiraslabError, ProvenanceWarning
 from ..params import Component
 from ..plugin_api import PLUGIN_API_VERSION
@@ -86,7 +87,7 @@ def read_provenance(run: Path) -> dict[str, Any] | None:
     if not path.exists():
         return None
     try:
-        recorded = json.loads(path.read_text(encoding="utf-8"))
+        recorded = json.loads(read_bounded_text(path, MAX_JSON_BYTES, "provenance.json"))
         _entries(recorded)
     except (ValueError, KeyError, TypeError) as exc:
         raise MiraslabError(

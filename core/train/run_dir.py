@@ -27,6 +27,7 @@ from ..errors import MiraslabError
 from ..recipe.resolve import load_recipe, recipe_toml
 from ..recipe.schema import Recipe
 from .provenance import check_provenance, write_provenance
+from .run_lock import make_run_dir
 from .state_files import fsync_dir
 
 RECIPE_FILE = "recipe.toml"
@@ -54,7 +55,7 @@ class RunDir:
                 f"{self.path}: already holds a run; continue it with `miraslab train --resume {self.path}` "
                 "or choose another --out"
             )
-        self.path.mkdir(parents=True, exist_ok=True)
+        make_run_dir(self.path)
         self.recipe_path.write_text(recipe_toml(recipe))
         write_provenance(self.path, recipe)
 
@@ -63,7 +64,7 @@ class RunDir:
         if not self.recipe_path.exists():
             raise MiraslabError(f"{self.path}: no {RECIPE_FILE} here; is this a miraslab run directory?")
         check_provenance(self.path)
-        return load_recipe(self.recipe_path)
+        return load_recipe(self.recipe_path, stored=True)
 
     def log(self, record: dict[str, Any]) -> None:
         line = json.dumps(_finite(record)) + "\n"

@@ -35,7 +35,7 @@ class RunLock:
     @classmethod
     def acquire(cls, run_dir: Path) -> RunLock:
         run_dir = Path(run_dir)
-        run_dir.mkdir(parents=True, exist_ok=True)
+        make_run_dir(run_dir)
         path = run_dir / LOCK_FILE
         if fcntl is None:
             return cls(path, None)
@@ -59,9 +59,46 @@ class RunLock:
             self._fd = None
 
 
+def make_run_dir(run_dir: Path) -> None:
+    """Create the run directory, or say in one line why it cannot be (a file there, a full disk)."""
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise MiraslabError(
+            f"{run_dir}: is a file (or lies under one), not a run directory; choose another --out"
+        ) from None
+    except OSError as exc:
+        raise MiraslabError(f"{run_dir}: cannot create the run directory: {exc.strerror or exc}") from None
+
+
 def _read_holder(fd: int) -> str:
     try:
         text = os.pread(fd, 200, 0).decode("utf-8", errors="replace").strip()
     except OSError:
         text = ""
     return text or "pid unknown"
+
+
+def lock_holder(run_dir: Path, wait: bool = False) -> str | None:
+    """Who holds ``run_dir``'s lock (``pid N on HOST``), or None when no live process does.
+
+    ``wait``: block until the holder ends, then return None.  The probe takes and drops a
+    shared lock, never creating the file, so it cannot disturb a run.
+    """
+    path = Path(run_dir) / LOCK_FILE
+    if fcntl is None or not path.is_file():
+        return None
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError:
+            if not wait:
+                return _read_holder(fd)
+            fcntl.flock(fd, fcntl.LOCK_SH)  # the kernel wakes us when the trainer exits
+        return None
+    finally:
+        os.close(fd)  # drops the shared lock

@@ -6,6 +6,7 @@ from typing import Any
 
 import attrs
 
+from ..limits import MAX_STEPS
 from ..params import ParamValueError, component_field, component_type, param
 
 TaskComponent = component_type("task")
@@ -49,7 +50,7 @@ class DataSpec:
 class StageSpec:
     """One TNT stage: its length, recipe overrides, and which parameters train."""
 
-    steps: int = param(ge=1, doc="optimizer steps in this stage")
+    steps: int = param(ge=1, le=MAX_STEPS, doc="optimizer steps in this stage")
     name: str = param("", doc="shown in logs; defaults to stage1, stage2, ...")
     overrides: dict[str, Any] = attrs.field(
         factory=dict,
@@ -66,7 +67,7 @@ class StageSpec:
 class TrainSpec:
     """Optimisation, schedule, precision, checkpoints and logging."""
 
-    steps: int = param(1000, ge=1, doc="optimizer steps when no stages are given")
+    steps: int = param(1000, ge=1, le=MAX_STEPS, doc="optimizer steps when no stages are given")
     stages: tuple[StageSpec, ...] = attrs.field(factory=tuple, metadata={"doc": "TNT stages, run in order"})
     batch_size: int = param(8, ge=1, doc="sequences per optimizer step, over all processes")
     micro_batch_size: int = param(0, ge=0, doc="sequences per forward pass per process; 0 = no accumulation")

@@ -16,13 +16,14 @@ each checkpoint and the writer is closed when the run ends.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
 import attrs
 
 import miraslab
-from miraslab.api import recipe_to_dict, recipe_toml
+from miraslab.api import MiraslabError, recipe_to_dict, recipe_toml
 from miraslab.plugins.monitor._tracking import Tracker, flat_hparams, report_plots
 
 # registered as hyper-parameter metrics: the HParams tab shows their last value beside the recipe
@@ -41,6 +42,11 @@ class TensorBoard(Tracker):
     package = monitor = "tensorboard"
     writer: Any = None
 
+    def __init__(self, params: TensorBoardParams):
+        super().__init__(params)
+        if params.log_dir and (problem := _uncreatable(Path(params.log_dir))):
+            raise MiraslabError(f"tensorboard: log_dir: {params.log_dir}: {problem}; choose another log_dir")
+
     def start(self, run):
         from torch.utils.tensorboard import SummaryWriter
         from torch.utils.tensorboard.summary import hparams
@@ -49,6 +55,13 @@ class TensorBoard(Tracker):
         # a resume: drop the abandoned run's events after the checkpoint (metrics.jsonl drops them too)
         resumed = log_dir.is_dir() and any(log_dir.glob("events.out.tfevents.*"))
         self.close()
+        try:  # SummaryWriter creates the directory in a thread of its own, where an error is lost
+            log_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise MiraslabError(
+                f"tensorboard: log_dir: {log_dir}: cannot be created ({error.strerror or error}); "
+                "choose another log_dir"
+            ) from None
         self.writer = SummaryWriter(str(log_dir), purge_step=run.step + 1 if resumed else None)
         if run.recipe is None:  # driven without a recipe (the conformance kit)
             return
@@ -88,3 +101,16 @@ class TensorBoard(Tracker):
 @miraslab.hookimpl
 def register_monitors(register):
     register("tensorboard", TensorBoard, TensorBoardParams)
+
+
+def _uncreatable(path: Path) -> str:
+    """Why ``path`` cannot be created as a directory, seen without creating anything ("" when it can):
+    a run must not train for an hour to fail at its first event."""
+    for ancestor in (path, *path.absolute().parents):
+        if ancestor.exists():
+            if not ancestor.is_dir():
+                return f"{ancestor} is a file, not a directory"
+            if not os.access(ancestor, os.W_OK | os.X_OK):
+                return f"{ancestor} is not writable"
+            return ""
+    return ""
