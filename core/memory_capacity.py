@@ -10,8 +10,10 @@ use, nothing written).  Per N it reports, averaged over pairs, heads and trials,
     error  = ||y_i - v_i||^2 / ||v_i||^2     (a zero read scores 1)
     cosine = cos(y_i, v_i)
 
-beside a linear delta-rule memory (M <- M + (v - M k) k^T, unit keys, step 1) written with
-the same keys and values: a d_key x d_value matrix per head, which stores up to d_key
+beside the same read from the memory's initial state, nothing written (``initial_*``: what a
+memory that cannot store still reads, e.g. a residual MLP's k + MLP(k)), and beside a linear
+delta-rule memory (M <- M + (v - M k) k^T, unit keys, step 1) written with the same keys and
+values (``reference_*``): a d_key x d_value matrix per head, which stores up to d_key
 orthogonal pairs exactly.
 
 Two kinds of pairs:
@@ -192,11 +194,14 @@ def layer_capacity(
                 k, v, x = (_draw if kind == "task" else _random)(pool, n, trials, generator)
                 k, v, x = k.to(device), v.to(device), x.to(device)
                 own = read_back(write_and_read(memory, k, v, x), v)
+                unwritten = read_back(memory.retrieve(k, None), v)  # the initial state's read
                 reference = read_back(delta_rule_read(k, v), v)
                 rows.append(
                     {
                         "n": n,
                         **own,
+                        "initial_error": unwritten["error"],
+                        "initial_cosine": unwritten["cosine"],
                         "reference_error": reference["error"],
                         "reference_cosine": reference["cosine"],
                     }
@@ -255,19 +260,21 @@ def format_capacity(result: dict[str, Any], title: str) -> list[str]:
             if kind not in layer:
                 continue
             lines.append(
-                f"    {kind + ' pairs':<13} {'N':>5} {'cosine':>8} {'error':>9} {'delta cos':>10} {'delta err':>10}"
+                f"    {kind + ' pairs':<13} {'N':>5} {'cosine':>8} {'error':>9} {'unwritten cos':>14} "
+                f"{'delta cos':>10} {'delta err':>10}"
             )
             for row in layer[kind]:
                 lines.append(
                     f"    {'':<13} {row['n']:>5} {row['cosine']:8.3f} {row['error']:9.3f} "
+                    f"{row['initial_cosine']:14.3f} "
                     f"{row['reference_cosine']:10.3f} {row['reference_error']:10.3f}"
                 )
     return lines
 
 
 def plot_capacity(result: dict[str, Any], path: Path, title: str) -> Path:
-    """Cosine and error against N per layer (solid) and the delta rule (dashed), one column
-    per kind of pairs."""
+    """Cosine and error against N per layer (solid), the delta rule (dashed) and, for the
+    cosine, the initial state's read (dotted), one column per kind of pairs."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -289,6 +296,8 @@ def plot_capacity(result: dict[str, Any], path: Path, title: str) -> Path:
                 reference = [max(row[f"reference_{key}"], floor) for row in rows]
                 axis.plot(n, own, "o-", color=colour, label=layer["layer"])
                 axis.plot(n, reference, "--", color=colour, alpha=0.6)
+                if key == "cosine":
+                    axis.plot(n, [row["initial_cosine"] for row in rows], ":", color=colour, alpha=0.6)
         axes[0][column].set_title(f"{kind} pairs")
         axes[0][column].set_ylabel("cosine(read, value)")
         axes[1][column].set_ylabel("||read - value||² / ||value||²")
@@ -299,6 +308,7 @@ def plot_capacity(result: dict[str, Any], path: Path, title: str) -> Path:
             row[column].set_xscale("log", base=2)
             row[column].grid(alpha=0.3)
     axes[0][0].plot([], [], "k--", alpha=0.6, label="delta rule (same keys, values)")
+    axes[0][0].plot([], [], "k:", alpha=0.6, label="nothing written (initial state)")
     axes[1][0].plot([], [], ":", color="grey", label="a zero read")
     axes[0][0].legend(fontsize=7)
     axes[1][0].legend(fontsize=7)
