@@ -48,6 +48,8 @@ LINEAR_REGION = 0.1  # |z| below this: sigmoid / tanh are linear there
 SATURATION = 4.0  # |z| above this: sigmoid's slope below 0.018, no gradient flows
 DEAD_SHARE = 0.9
 MIN_CARRY_SHARE = 0.01
+CAPACITY_PAIRS = 4  # random unit pairs each memory must store at its initial gates
+MIN_CAPACITY_COSINE = 0.5  # the delta rule reads 4 such pairs back at ~0.96-0.99
 MIN_CARRY_POINTS = 0.05
 
 
@@ -69,7 +71,7 @@ def run_preflight(
     life_steps: int = 5,
     burst_steps: int = 300,
     init_from: Path | None = None,
-    gates: Sequence[str] = ("proof_of_life", "baton_pass", "memory_ablation", "seed_competition"),
+    gates: Sequence[str] = ("proof_of_life", "baton_pass", "capacity", "memory_ablation", "seed_competition"),
 ) -> list[GateResult]:
     recipe = load_recipe(recipe_path, list(sets))
     results = []
@@ -80,6 +82,8 @@ def run_preflight(
                 results.append(proof_of_life(recipe_path, sets, work / "life", life_steps))
             elif name == "baton_pass":
                 results.append(baton_pass(recipe))
+            elif name == "capacity":
+                results.append(capacity_gate(recipe))
             elif name == "memory_ablation":
                 results.append(memory_ablation_gate(recipe_path, sets, work / "burst", burst_steps))
             elif name == "seed_competition":
@@ -298,6 +302,50 @@ def baton_pass(recipe: Recipe) -> GateResult:
         f"{where}: gradient {carried:.3g} with the state carried, {reset:.3g} with it reset at every "
         "chunk: "
         + ("nothing crosses the boundary" if carried == 0 else "something other than the memory carries it"),
+        numbers,
+    )
+
+
+# --- capacity: does the memory store pairs at its initial gates? ---------------------------
+
+
+def capacity_gate(recipe: Recipe) -> GateResult:
+    """Each memory of the untrained model writes ``CAPACITY_PAIRS`` random unit key/value pairs
+    with its own rule, chunking and gates at their biases, then reads them back with the keys
+    (``miraslab.memory_capacity``).  A memory whose read-back cosine stays below
+    ``MIN_CAPACITY_COSINE`` cannot store pairs at its initial gates: training must first open
+    them, and no loss says so."""
+    from .memory_capacity import at_count, probe_capacity
+    from .model.language_model import build_model
+
+    torch.manual_seed(recipe.seed)
+    model = build_model(recipe.model)
+    if not memories_of(model):
+        return GateResult("capacity", "skip", "the model has no neural memory")
+    result = probe_capacity(
+        model, _val_batch(recipe, rows=1).inputs, most=CAPACITY_PAIRS, seed=recipe.seed, kinds=("random",)
+    )
+    rows = {layer["layer"]: at_count(layer, "random", CAPACITY_PAIRS) for layer in result["layers"]}
+    numbers = {"pairs": CAPACITY_PAIRS, "threshold": MIN_CAPACITY_COSINE, "layers": rows}
+    short = {name: row for name, row in rows.items() if row["cosine"] < MIN_CAPACITY_COSINE}
+    worst_name, worst = min(rows.items(), key=lambda item: item[1]["cosine"])
+    delta = worst["reference_cosine"]
+    if short:
+        names = ", ".join(list(short)[:3]) + (f" and {len(short) - 3} more" if len(short) > 3 else "")
+        return GateResult(
+            "capacity",
+            "fail",
+            f"{names} cannot store {CAPACITY_PAIRS} random pairs at the initial gates: read-back cosine "
+            f"{worst['cosine']:.3f} (a linear delta rule {delta:.3f}, needs {MIN_CAPACITY_COSINE}); "
+            "open the lr gate (algorithm.lr_init), or see miraslab probe --recipe RECIPE --capacity",
+            numbers,
+        )
+    return GateResult(
+        "capacity",
+        "pass",
+        f"every memory ({len(rows)}) stores {CAPACITY_PAIRS} random pairs at its initial gates: lowest "
+        f"read-back cosine {worst['cosine']:.3f} ({worst_name}; a linear delta rule {delta:.3f}, "
+        f"needs {MIN_CAPACITY_COSINE})",
         numbers,
     )
 
