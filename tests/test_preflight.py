@@ -61,6 +61,7 @@ def test_a_healthy_mqar_memory_passes_every_gate_after_a_brief_burst(capsys):
     assert status == {
         "proof_of_life": "pass",
         "baton_pass": "pass",
+        "capacity": "pass",
         "memory_ablation": "pass",
         "seed_competition": "skip",
     }
