@@ -142,7 +142,8 @@ def capacity_command(args: argparse.Namespace) -> int:
     check_vocabulary(task, recipe)
     plot = args.plot or Path(f"capacity-{recipe.name}.png")
     output = {"recipe": str(args.recipe), "step": 0}
-    output["capacity"] = capacity_probe(args, model, recipe, task, plot, f"{recipe.name}, untrained")
+    title = f"{recipe.name}, untrained" + (f" ({'; '.join(args.sets)})" if args.sets else "")
+    output["capacity"] = capacity_probe(args, model, recipe, task, plot, title)
     if args.json:
         print(json.dumps(output, indent=2))
     else:
