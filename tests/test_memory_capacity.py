@@ -99,3 +99,13 @@ def test_probe_needs_a_run_or_a_recipe_and_runs_only_capacity_on_a_recipe(capsys
     assert main(["probe", "--recipe", str(QUICKSTART), "--memory-ablation"]) == 2
     err = capsys.readouterr().err
     assert "only --capacity runs on an untrained model" in err and err.count("\n") == 1
+
+
+def test_a_tnt_model_is_probed_memory_by_memory(capsys, tmp_path):
+    """TNT's global memory (chunk 16) and its local memory (chunk 2, Q-K projection) each
+    write with their own chunking: both store 4 random pairs at cosine > 0.8 (measured 0.95, 0.87)."""
+    tnt = 'model.tnt={global_chunk=16, local_chunks=[2], shard_length=64, local_qk_projection=true, mixer="sum"}'
+    layers = capacity_json(capsys, tmp_path, 'model.layout="mag"', tnt)["layers"]
+    chunks = {layer["layer"]: layer["chunk_size"] for layer in layers}
+    assert chunks == {"blocks.0.memory.global_memory": 16, "blocks.0.memory.local_memories.0": 2}
+    assert all(at_count(layer, "random", 4)["cosine"] > 0.8 for layer in layers)
