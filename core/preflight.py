@@ -335,9 +335,10 @@ def capacity_gate(recipe: Recipe) -> GateResult:
         return GateResult(
             "capacity",
             "fail",
-            f"{names} cannot store {CAPACITY_PAIRS} random pairs at the initial gates: read-back cosine "
-            f"{worst['cosine']:.3f} (a linear delta rule {delta:.3f}, needs {MIN_CAPACITY_COSINE}); "
-            "open the lr gate (algorithm.lr_init), or see miraslab probe --recipe RECIPE --capacity",
+            f"{names} cannot store {CAPACITY_PAIRS} random pairs at the initial gates: lowest read-back "
+            f"cosine {worst['cosine']:.3f}, {worst['initial_cosine']:.3f} with nothing written (a linear "
+            f"delta rule {delta:.3f}, needs {MIN_CAPACITY_COSINE}): its writes do not move its read at "
+            "this step size (model.memory.algorithm.lr_init); the curve: miraslab probe --recipe RECIPE --capacity",
             numbers,
         )
     return GateResult(
