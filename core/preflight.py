@@ -1,4 +1,4 @@
-"""Preflight: the seeds' four gates, run on a recipe in minutes before anyone trains it for days.
+"""Preflight: the seeds' four gates and a capacity gate, run on a recipe in minutes before anyone trains it for days.
 
 1. **proof of life** — a few optimizer steps, then no gate (MAG/MAC gate, the memory's
    data-dependent gates) is dead by what makes a gate dead: no finite, non-zero gradient
@@ -13,6 +13,10 @@
    embedding, the two farther apart than attention and convolutions can reach, is non-zero
    with the state carried and exactly zero with the state reset at every chunk.  A state that
    is dropped or detached at a boundary fails here, before any training.
+2b. **capacity** (no training either) — each memory of the untrained model stores 4 random
+    unit key/value pairs at its initial gates: read back with the keys, cosine >= 0.5
+    (``miraslab.memory_capacity``).  Every deep memory of the paper recipes reads them back
+    at -0.05 to 0.27, the delta rules at 0.98 (docs/diagnostics.md).
 3. **memory ablation** — after a short training burst, resetting the memory at every chunk
    costs more than a threshold (1 % of the loss, or 5 accuracy points on a task with answers).
    A task without answers (text) cannot show it in minutes, so the burst runs on an MQAR probe
