@@ -40,7 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .memory.neural_memory import NeuralMemory
+from .api import NeuralMemory  # the public face: stable across the memory refactor
 
 PAIR_KINDS = ("task", "random")
 DEFAULT_TRIALS = 4
