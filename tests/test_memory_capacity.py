@@ -109,3 +109,10 @@ def test_a_tnt_model_is_probed_memory_by_memory(capsys, tmp_path):
     chunks = {layer["layer"]: layer["chunk_size"] for layer in layers}
     assert chunks == {"blocks.0.memory.global_memory": 16, "blocks.0.memory.local_memories.0": 2}
     assert all(at_count(layer, "random", 4)["cosine"] > 0.8 for layer in layers)
+
+
+@pytest.mark.parametrize("flag", ["--pairs", "--trials", "--rows"])
+def test_a_count_below_one_is_one_line_before_any_model_is_built(capsys, flag):
+    assert main(["probe", "--recipe", str(QUICKSTART), "--capacity", flag, "0"]) == 2
+    err = capsys.readouterr().err
+    assert f"{flag}: expected an integer >= 1, got 0" in err and err.count("\n") == 1

@@ -4,9 +4,10 @@
 validation batches with the memory as trained, started afresh at every TNT shard (TNT models),
 at every chunk, and with its read zeroed (``miraslab.memory.ablation``).  ``--niah``: needle
 retrieval accuracy by depth and by distance on the ``niah`` task, written in the run's own
-vocabulary (its tokenizer for a text run), under the same memory modes when both are given.  ``--capacity`` (also on an untrained model,
-``miraslab probe --recipe RECIPE --capacity``): can each memory store N key/value pairs with
-its own rule, gates and chunking (``miraslab.memory_capacity``)?
+vocabulary (its tokenizer for a text run), under the same memory modes when both are given.
+``--capacity`` (also on an untrained model, ``miraslab probe --recipe RECIPE --capacity``):
+can each memory store N key/value pairs with its own rule, gates and chunking
+(``miraslab.memory_capacity``)?
 """
 
 from __future__ import annotations
@@ -31,7 +32,8 @@ def add_parser(sub: Any) -> None:
     from . import add_set_option
 
     parser = sub.add_parser(
-        "probe", help="memory ablations and needle-in-a-haystack retrieval on a trained run"
+        "probe",
+        help="memory ablations, needle-in-a-haystack retrieval and memory capacity on a trained run",
     )
     parser.add_argument(
         "run_dir", type=Path, metavar="RUN", nargs="?", help="a run directory written by miraslab train"
@@ -86,6 +88,9 @@ def run(args: argparse.Namespace) -> int:
 
     if not (args.memory_ablation or args.niah or args.capacity):
         raise MiraslabError("probe: choose what to measure, --memory-ablation, --niah and/or --capacity")
+    for name in ("rows", "trials", "pairs"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            raise MiraslabError(f"--{name}: expected an integer >= 1, got {getattr(args, name)}")
     if (args.run_dir is None) == (args.recipe is None):
         raise MiraslabError(
             "probe: give a RUN directory or --recipe RECIPE (for --capacity), not both or neither"
@@ -157,10 +162,6 @@ def capacity_probe(
     from ..data.batch import TrainingBatch
     from ..memory_capacity import plot_capacity, probe_capacity
 
-    if args.rows < 1 or args.trials < 1 or (args.pairs is not None and args.pairs < 1):
-        raise MiraslabError(
-            f"--rows, --trials, --pairs: expected integers >= 1, got {args.rows}, {args.trials}, {args.pairs}"
-        )
     batch = next(task.batches("val", seq_len=recipe.data.seq_len, batch_size=args.rows, seed=recipe.seed))
     result = probe_capacity(
         model, TrainingBatch.of(batch).inputs, most=args.pairs, trials=args.trials, seed=recipe.seed
