@@ -1,14 +1,22 @@
-"""Preflight: the seeds' four gates, run on a recipe in minutes before anyone trains it for days.
+"""Preflight: the seeds' four gates and a capacity gate, run on a recipe in minutes before anyone trains it for days.
 
-1. **proof of life** — a few optimizer steps, then every gate (MAG/MAC gate, the memory's
-   data-dependent gates) is out of its linear region (the share of pre-activations with
-   |z| < 0.1 below 90 %) and its parameters receive a finite, non-zero gradient.  The
-   TNT-Atlas seed's gates sat at |z| ~ 0.017 for its whole run.
+1. **proof of life** — a few optimizer steps, then no gate (MAG/MAC gate, the memory's
+   data-dependent gates) is dead by what makes a gate dead: no finite, non-zero gradient
+   reaching its parameters, a bf16/fp16 parameter whose updates round away, over 90 % of its
+   pre-activations saturated (|z| > 4), or over 90 % pinned in the linear region (|z| < 0.1)
+   where its design does not put it — a MAG/MAC gate whose gain holds it there (the
+   TNT-Atlas seed's gain 0.5/sqrt(576), |z| ~ 0.02 for its whole run).  A memory gate whose
+   designed init is inside the linear region (the lr gate's lr_init = lr_max / 2, z = 0)
+   is not dead for sitting there.
 2. **baton pass** — the memory's state carries information across chunk boundaries (and TNT
    shard boundaries): the gradient of a late token's logits with respect to an early token's
    embedding, the two farther apart than attention and convolutions can reach, is non-zero
    with the state carried and exactly zero with the state reset at every chunk.  A state that
    is dropped or detached at a boundary fails here, before any training.
+2b. **capacity** (no training either) — each memory of the untrained model stores 4 random
+    unit key/value pairs at its initial gates: read back with the keys, cosine >= 0.5
+    (``miraslab.memory_capacity``).  Every deep memory of the paper recipes reads them back
+    at -0.05 to 0.27, the delta rules at 0.98 (docs/diagnostics.md).
 3. **memory ablation** — after a short training burst, resetting the memory at every chunk
    costs more than a threshold (1 % of the loss, or 5 accuracy points on a task with answers).
    A task without answers (text) cannot show it in minutes, so the burst runs on an MQAR probe
@@ -33,7 +41,7 @@ import torch.nn.functional as F
 from .components import build_component
 from .data.batch import IGNORE, TrainingBatch
 from .data.documents import documents_apart, documents_separator
-from .memory.gate_projections import GateProjections
+from .memory.gate_projections import GateProjections, inverse_activation
 from .memory.knockout import memories_of, memory_ablation, shard_lengths
 from .model.memory_gate import MemoryGate
 from .observation import observe, recorded_gates, stop_observing
@@ -41,8 +49,11 @@ from .recipe.resolve import load_recipe
 from .recipe.schema import Recipe
 
 LINEAR_REGION = 0.1  # |z| below this: sigmoid / tanh are linear there
+SATURATION = 4.0  # |z| above this: sigmoid's slope below 0.018, no gradient flows
 DEAD_SHARE = 0.9
 MIN_CARRY_SHARE = 0.01
+CAPACITY_PAIRS = 4  # random unit pairs each memory must store at its initial gates
+MIN_CAPACITY_COSINE = 0.5  # the delta rule reads 4 such pairs back at ~0.96-0.99
 MIN_CARRY_POINTS = 0.05
 
 
@@ -64,7 +75,7 @@ def run_preflight(
     life_steps: int = 5,
     burst_steps: int = 300,
     init_from: Path | None = None,
-    gates: Sequence[str] = ("proof_of_life", "baton_pass", "memory_ablation", "seed_competition"),
+    gates: Sequence[str] = ("proof_of_life", "baton_pass", "capacity", "memory_ablation", "seed_competition"),
 ) -> list[GateResult]:
     recipe = load_recipe(recipe_path, list(sets))
     results = []
@@ -75,6 +86,8 @@ def run_preflight(
                 results.append(proof_of_life(recipe_path, sets, work / "life", life_steps))
             elif name == "baton_pass":
                 results.append(baton_pass(recipe))
+            elif name == "capacity":
+                results.append(capacity_gate(recipe))
             elif name == "memory_ablation":
                 results.append(memory_ablation_gate(recipe_path, sets, work / "burst", burst_steps))
             elif name == "seed_competition":
@@ -114,26 +127,65 @@ def _gate_modules(model: torch.nn.Module) -> list[tuple[str, torch.nn.Module]]:
     return [(name, m) for name, m in model.named_modules() if isinstance(m, (MemoryGate, GateProjections))]
 
 
-def gate_activity(model: torch.nn.Module, batch: TrainingBatch) -> dict[str, dict[str, float]]:
-    """Per gate: the share of pre-activations in the linear region, and its gradient norm,
-    from one forward and backward of ``batch``."""
+def _designed_preactivation(module: torch.nn.Module, gate: str | None) -> float | None:
+    """Where the gate's design puts its pre-activation before training: a memory gate's bias
+    (``lr_init = lr_max / 2`` is z = 0 by design); None for a MAG/MAC gate, whose design is
+    gain x RMS-normalised input, order 1."""
+    if gate is None or not isinstance(module, GateProjections):
+        return None
+    return inverse_activation(module.definitions[gate])
+
+
+def gate_activity(model: torch.nn.Module, batch: TrainingBatch) -> dict[str, dict[str, Any]]:
+    """Per gate, from one forward and backward of ``batch``: the shares of pre-activations in
+    the linear region and in saturation, the gradient norm of its parameters, their lowest
+    precision, its designed pre-activation and its gain (a MAG/MAC gate's)."""
     observe(model)
     model.zero_grad(set_to_none=True)
     logits = model(batch.inputs).float()
     F.cross_entropy(
         logits.reshape(-1, logits.shape[-1]), batch.targets.reshape(-1), ignore_index=IGNORE
     ).backward()
-    found: dict[str, dict[str, float]] = {}
+    found: dict[str, dict[str, Any]] = {}
     for name, module, gate, _, pre in recorded_gates(model):
         grads = [p.grad for p in module.parameters() if p.grad is not None]
+        z = pre.detach().float().abs()
         found[f"{name}.{gate}" if gate else name] = {
-            "linear_share": float((pre.detach().float().abs() < LINEAR_REGION).float().mean()),
-            "mean_abs_preactivation": float(pre.detach().float().abs().mean()),
+            "linear_share": float((z < LINEAR_REGION).float().mean()),
+            "saturated_share": float((z > SATURATION).float().mean()),
+            "mean_abs_preactivation": float(z.mean()),
             "grad_norm": math.sqrt(sum(float(g.float().square().sum()) for g in grads)) if grads else 0.0,
+            "low_precision": any(p.dtype in (torch.bfloat16, torch.float16) for p in module.parameters()),
+            "designed_preactivation": _designed_preactivation(module, gate),
+            "gain": module.gain if isinstance(module, MemoryGate) else None,
         }
     stop_observing(model)
     model.zero_grad(set_to_none=True)
     return found
+
+
+def why_dead(gate: dict[str, Any]) -> str | None:
+    """What makes a gate dead, or None: judged by what stops it from working, not by where it
+    sits.  A gate sitting at its designed init (the lr gate's sigmoid at z = 0) is alive if
+    gradient reaches it and its parameters can move."""
+    if not 0 < gate["grad_norm"] < math.inf:
+        return f"gradient norm {gate['grad_norm']:.3g}: no gradient reaches its projection"
+    if gate["low_precision"]:
+        return "a bf16/fp16 parameter: updates of ~1e-5 round away, it cannot move"
+    designed = gate["designed_preactivation"]
+    if gate["saturated_share"] > DEAD_SHARE and (designed is None or abs(designed) <= SATURATION):
+        return (
+            f"{gate['saturated_share']:.0%} saturated (|z| > {SATURATION:g}, mean |z| "
+            f"{gate['mean_abs_preactivation']:.3g}): no gradient flows through it"
+        )
+    if gate["linear_share"] > DEAD_SHARE and (designed is None or abs(designed) >= LINEAR_REGION):
+        cause = (
+            f"its gain {gate['gain']:.3g} holds it there (a gain that cannot move it out in a run)"
+            if gate["gain"] is not None
+            else f"its design puts it at z = {designed:.3g}"
+        )
+        return f"{gate['linear_share']:.0%} linear (mean |z| {gate['mean_abs_preactivation']:.3g}): {cause}"
+    return None
 
 
 def _val_batch(recipe: Recipe, rows: int = 4) -> TrainingBatch:
@@ -151,28 +203,28 @@ def proof_of_life(recipe_path: Path, sets: Sequence[str], out: Path, steps: int)
     if not _gate_modules(model):
         return GateResult("proof_of_life", "skip", "the model has no gates")
     found = gate_activity(model, _val_batch(recipe))
-    dead = {name: v for name, v in found.items() if v["linear_share"] > DEAD_SHARE}
-    cut = {name: v for name, v in found.items() if not (0 < v["grad_norm"] < math.inf)}
-    worst = max(found.items(), key=lambda item: item[1]["linear_share"])
-    if dead or cut:
-        problems = [
-            f"{name} {v['linear_share']:.0%} linear (mean |z| {v['mean_abs_preactivation']:.3g})"
-            for name, v in dead.items()
-        ] + [f"{name} gradient norm {v['grad_norm']:.3g}" for name, v in cut.items()]
+    dead = {name: cause for name, v in found.items() if (cause := why_dead(v)) is not None}
+    numbers = {"gates": found, "steps": steps, "dead": dead}
+    if dead:
+        problems = [f"{name} {cause}" for name, cause in dead.items()]
         return GateResult(
             "proof_of_life",
             "fail",
-            f"after {steps} steps, dead gates (|z| < {LINEAR_REGION} for over {DEAD_SHARE:.0%}): "
+            f"after {steps} steps, dead gates: "
             + "; ".join(problems[:4])
             + (f"; and {len(problems) - 4} more" if len(problems) > 4 else ""),
-            {"gates": found, "steps": steps},
+            numbers,
         )
+    worst = max(found.items(), key=lambda item: item[1]["linear_share"])
+    at_init = [n for n, v in found.items() if v["linear_share"] > DEAD_SHARE]
+    note = f"; {', '.join(at_init)} at its designed init, receiving gradient" if at_init else ""
     return GateResult(
         "proof_of_life",
         "pass",
-        f"after {steps} steps every gate ({len(found)}) is out of the linear region (most linear: "
-        f"{worst[0]} {worst[1]['linear_share']:.0%}) and receive gradient",
-        {"gates": found, "steps": steps},
+        f"after {steps} steps every gate ({len(found)}) receives gradient, none saturated or pinned "
+        f"in its linear region against its design (most linear: {worst[0]} "
+        f"{worst[1]['linear_share']:.0%}){note}",
+        numbers,
     )
 
 
@@ -254,6 +306,51 @@ def baton_pass(recipe: Recipe) -> GateResult:
         f"{where}: gradient {carried:.3g} with the state carried, {reset:.3g} with it reset at every "
         "chunk: "
         + ("nothing crosses the boundary" if carried == 0 else "something other than the memory carries it"),
+        numbers,
+    )
+
+
+# --- capacity: does the memory store pairs at its initial gates? ---------------------------
+
+
+def capacity_gate(recipe: Recipe) -> GateResult:
+    """Each memory of the untrained model writes ``CAPACITY_PAIRS`` random unit key/value pairs
+    with its own rule, chunking and gates at their biases, then reads them back with the keys
+    (``miraslab.memory_capacity``).  A memory whose read-back cosine stays below
+    ``MIN_CAPACITY_COSINE`` cannot store pairs at its initial gates: training must first open
+    them, and no loss says so."""
+    from .memory_capacity import at_count, probe_capacity
+    from .model.language_model import build_model
+
+    torch.manual_seed(recipe.seed)
+    model = build_model(recipe.model)
+    if not memories_of(model):
+        return GateResult("capacity", "skip", "the model has no neural memory")
+    result = probe_capacity(
+        model, _val_batch(recipe, rows=1).inputs, most=CAPACITY_PAIRS, seed=recipe.seed, kinds=("random",)
+    )
+    rows = {layer["layer"]: at_count(layer, "random", CAPACITY_PAIRS) for layer in result["layers"]}
+    numbers = {"pairs": CAPACITY_PAIRS, "threshold": MIN_CAPACITY_COSINE, "layers": rows}
+    short = {name: row for name, row in rows.items() if row["cosine"] < MIN_CAPACITY_COSINE}
+    worst_name, worst = min(rows.items(), key=lambda item: item[1]["cosine"])
+    delta = worst["reference_cosine"]
+    if short:
+        names = ", ".join(list(short)[:3]) + (f" and {len(short) - 3} more" if len(short) > 3 else "")
+        return GateResult(
+            "capacity",
+            "fail",
+            f"{names} cannot store {CAPACITY_PAIRS} random pairs at the initial gates: lowest read-back "
+            f"cosine {worst['cosine']:.3f}, {worst['initial_cosine']:.3f} with nothing written (a linear "
+            f"delta rule {delta:.3f}, needs {MIN_CAPACITY_COSINE}): its writes do not move its read at "
+            "this step size (model.memory.algorithm.lr_init); the curve: miraslab probe --recipe RECIPE --capacity",
+            numbers,
+        )
+    return GateResult(
+        "capacity",
+        "pass",
+        f"every memory ({len(rows)}) stores {CAPACITY_PAIRS} random pairs at its initial gates: lowest "
+        f"read-back cosine {worst['cosine']:.3f} ({worst_name}; a linear delta rule {delta:.3f}, "
+        f"needs {MIN_CAPACITY_COSINE})",
         numbers,
     )
 

@@ -61,6 +61,7 @@ def test_a_healthy_mqar_memory_passes_every_gate_after_a_brief_burst(capsys):
     assert status == {
         "proof_of_life": "pass",
         "baton_pass": "pass",
+        "capacity": "pass",
         "memory_ablation": "pass",
         "seed_competition": "skip",
     }
@@ -104,3 +105,31 @@ def test_a_text_recipe_is_probed_on_mqar(tmp_path):
     assert probe.data.task.name == "mqar" and probe.model.attention.window == 16
     # every query beyond what two layers of 16-token attention and the convolution reach
     assert probe.data.task.params.min_query_distance > 2 * (16 + probe.model.memory.conv_kernel)
+
+
+QUICKSTART = REPO / "recipes" / "quickstart.toml"
+
+
+def test_the_quickstarts_lr_gate_at_its_designed_init_is_not_dead():
+    """lr_init = lr_max / 2 puts the lr gate at z = 0 by design: ~94 % of its pre-activations
+    within +-0.1 after 5 steps, with gradient reaching it; that is not a dead gate."""
+    (life,) = run_preflight(QUICKSTART, [], gates=["proof_of_life"])
+    assert life.status == "pass", life.summary
+    lr = life.numbers["gates"]["blocks.0.memory.memory.gates.lr"]
+    assert lr["linear_share"] > 0.9 and lr["designed_preactivation"] == 0.0 and lr["grad_norm"] > 0
+
+
+def test_a_gate_is_dead_by_what_stops_it_not_by_where_it_sits():
+    from miraslab.preflight import why_dead
+
+    alive = {"linear_share": 0.94, "saturated_share": 0.0, "mean_abs_preactivation": 0.066,
+             "grad_norm": 0.03, "low_precision": False, "designed_preactivation": 0.0, "gain": None}  # fmt: skip
+    assert why_dead(alive) is None
+    assert "no gradient" in why_dead(alive | {"grad_norm": 0.0})
+    assert "no gradient" in why_dead(alive | {"grad_norm": math.nan})
+    assert "cannot move" in why_dead(alive | {"low_precision": True})
+    # a decay gate designed at z = 3.9 that collapsed into the linear region
+    assert "linear" in why_dead(alive | {"designed_preactivation": 3.9})
+    assert "saturated" in why_dead(alive | {"linear_share": 0.0, "saturated_share": 0.95})
+    # the TNT-Atlas seed's MAG gate: no bias, its gain 0.02 pins it at sigmoid's midpoint
+    assert "its gain 0.0208" in why_dead(alive | {"designed_preactivation": None, "gain": 0.0208})

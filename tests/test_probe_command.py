@@ -115,7 +115,7 @@ def test_without_a_tnt_hierarchy_reset_every_shard_is_an_error(tmp_path):
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        ((), "choose what to measure, --memory-ablation and/or --niah"),
+        ((), "choose what to measure, --memory-ablation, --niah and/or --capacity"),
         (("--niah", "--depths", "0,2"), "--depths: expected numbers in [0, 1]"),
     ],
 )
@@ -123,3 +123,11 @@ def test_a_bad_request_is_one_line(proof_run, capsys, args, message):
     assert main(["probe", str(proof_run), *args]) == 2
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1
+
+
+def test_capacity_on_a_trained_run_writes_its_plot_into_the_run(proof_run, capsys):
+    capacity = probe_json(capsys, str(proof_run), "--capacity", "--pairs", "4", "--trials", "2")["capacity"]
+    assert capacity["plot"] == str(proof_run / "capacity.png") and (proof_run / "capacity.png").is_file()
+    (layer,) = capacity["layers"]
+    assert [row["n"] for row in layer["random"]] == [1, 2, 4]
+    assert capacity["task"] == "mqar" and capacity["title"].endswith("at step 30")

@@ -1,4 +1,4 @@
-"""``miraslab preflight RECIPE [--set ...] [--json]``: the seeds' four gates, in minutes."""
+"""``miraslab preflight RECIPE [--set ...] [--json]``: the seeds' four gates and a capacity gate, in minutes."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Any
 
 import attrs
 
-GATES = ("proof_of_life", "baton_pass", "memory_ablation", "seed_competition")
+GATES = ("proof_of_life", "baton_pass", "capacity", "memory_ablation", "seed_competition")
 
 
 def add_parser(sub: Any) -> None:
@@ -18,7 +18,7 @@ def add_parser(sub: Any) -> None:
     parser = sub.add_parser(
         "preflight",
         help="check a recipe's memory before a long run: gates alive, state carried, memory used",
-        description="Runs the four gates of docs/diagnostics.md; exits 1 if any fails.",
+        description="Runs the gates of docs/diagnostics.md; exits 1 if any fails.",
     )
     parser.add_argument("recipe", type=Path, help="recipe .toml file")
     add_set_option(parser)

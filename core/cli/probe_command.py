@@ -1,10 +1,13 @@
-"""``miraslab probe RUN --memory-ablation | --niah [--json]``: does a trained run use its memory?
+"""``miraslab probe RUN --memory-ablation | --niah | --capacity [--json]``: does a trained run use its memory?
 
 ``--memory-ablation``: the loss (and, for a task with answers, the accuracy) on the same
 validation batches with the memory as trained, started afresh at every TNT shard (TNT models),
 at every chunk, and with its read zeroed (``miraslab.memory.knockout``).  ``--niah``: needle
 retrieval accuracy by depth and by distance on the ``niah`` task, written in the run's own
 vocabulary (its tokenizer for a text run), under the same memory modes when both are given.
+``--capacity`` (also on an untrained model, ``miraslab probe --recipe RECIPE --capacity``):
+can each memory store N key/value pairs with its own rule, gates and chunking
+(``miraslab.memory_capacity``)?
 """
 
 from __future__ import annotations
@@ -30,15 +33,36 @@ def add_parser(sub: Any) -> None:
     from . import add_set_option
 
     parser = sub.add_parser(
-        "probe", help="memory ablations and needle-in-a-haystack retrieval on a trained run"
+        "probe",
+        help="memory ablations, needle-in-a-haystack retrieval and memory capacity on a trained run",
     )
-    parser.add_argument("run_dir", type=Path, metavar="RUN", help="a run directory written by miraslab train")
+    parser.add_argument(
+        "run_dir", type=Path, metavar="RUN", nargs="?", help="a run directory written by miraslab train"
+    )
+    parser.add_argument(
+        "--recipe",
+        type=Path,
+        help="for --capacity: an untrained model built from this recipe instead of a RUN",
+    )
     parser.add_argument(
         "--memory-ablation",
         action="store_true",
         help="loss and accuracy with the memory carried, reset every TNT shard, reset every chunk, read zeroed",
     )
     parser.add_argument("--niah", action="store_true", help="needle retrieval accuracy by depth and distance")
+    parser.add_argument(
+        "--capacity",
+        action="store_true",
+        help="read-back of N key/value pairs written into each memory, beside a linear delta rule",
+    )
+    parser.add_argument("--pairs", type=int, help="--capacity: the largest N (default 4 x the key width)")
+    parser.add_argument("--trials", type=int, default=4, help="--capacity: draws of pairs per N")
+    parser.add_argument(
+        "--rows", type=int, default=4, help="--capacity: validation sequences the task pairs come from"
+    )
+    parser.add_argument(
+        "--plot", type=Path, help="--capacity: the PNG (default RUN/capacity.png, or capacity-NAME.png)"
+    )
     parser.add_argument("--task", help="for --memory-ablation: a task instead of the run's own (e.g. mqar)")
     add_set_option(parser)  # for --memory-ablation's task; task.x=... is short for data.task.x=...
     parser.add_argument("--batches", type=int, default=8, help="validation batches (per depth for --niah)")
@@ -63,8 +87,21 @@ def run(args: argparse.Namespace) -> int:
     from ..memory.knockout import modes_of
     from ..train.run_dir import load_run
 
-    if not (args.memory_ablation or args.niah):
-        raise MiraslabError("probe: choose what to measure, --memory-ablation and/or --niah")
+    if not (args.memory_ablation or args.niah or args.capacity):
+        raise MiraslabError("probe: choose what to measure, --memory-ablation, --niah and/or --capacity")
+    for name in ("rows", "trials", "pairs"):  # before any model is built
+        if getattr(args, name) is not None:
+            check_count(getattr(args, name), f"--{name}", maximum=MAX_BATCHES)
+    if (args.run_dir is None) == (args.recipe is None):
+        raise MiraslabError(
+            "probe: give a RUN directory or --recipe RECIPE (for --capacity), not both or neither"
+        )
+    if args.recipe is not None:
+        if args.memory_ablation or args.niah:
+            raise MiraslabError(
+                "probe --recipe: only --capacity runs on an untrained model; give a RUN for the rest"
+            )
+        return capacity_command(args)
     check_count(args.batches, "--batches", maximum=MAX_BATCHES)
     if args.seq_len is not None:
         check_count(args.seq_len, "--seq-len", maximum=MAX_SEQ_LEN)
@@ -77,6 +114,14 @@ def run(args: argparse.Namespace) -> int:
         output["memory_ablation"] = memory_ablation_probe(args, loaded, modes)
     if args.niah:
         output["niah"] = niah_probe(args, loaded, modes, depths)
+    if args.capacity:
+        from .run_evaluation import run_task
+
+        recipe, task = run_task(args.run_dir, loaded, args.task, args.sets)
+        plot = args.plot or Path(args.run_dir) / "capacity.png"
+        output["capacity"] = capacity_probe(
+            args, loaded.model, recipe, task, plot, f"{args.run_dir} at step {loaded.step}"
+        )
     if args.json:
         print(json.dumps(output, indent=2))
         return 0
@@ -84,7 +129,60 @@ def run(args: argparse.Namespace) -> int:
         print_memory_ablation(args.run_dir, loaded.step, output["memory_ablation"])
     if "niah" in output:
         print_niah(args.run_dir, loaded.step, output["niah"])
+    if "capacity" in output:
+        print_capacity(output["capacity"])
     return 0
+
+
+def capacity_command(args: argparse.Namespace) -> int:
+    """``probe --recipe RECIPE --capacity``: the recipe's model at its initialisation."""
+    import torch
+
+    from ..components import build_component
+    from ..model.language_model import build_model
+    from ..recipe.resolve import load_recipe
+    from .run_evaluation import check_vocabulary
+
+    recipe = load_recipe(args.recipe, [f"data.{s}" if s.startswith("task.") else s for s in args.sets])
+    torch.manual_seed(recipe.seed)
+    model = build_model(recipe.model)
+    task = build_component(recipe.data.task)
+    check_vocabulary(task, recipe)
+    plot = args.plot or Path(f"capacity-{recipe.name}.png")
+    output = {"recipe": str(args.recipe), "step": 0}
+    title = f"{recipe.name}, untrained" + (f" ({'; '.join(args.sets)})" if args.sets else "")
+    output["capacity"] = capacity_probe(args, model, recipe, task, plot, title)
+    if args.json:
+        print(json.dumps(output, indent=2))
+    else:
+        print_capacity(output["capacity"])
+    return 0
+
+
+def capacity_probe(
+    args: argparse.Namespace, model: Any, recipe: Any, task: Any, plot: Path, title: str
+) -> dict[str, Any]:
+    from ..data.batch import TrainingBatch
+    from ..memory_capacity import plot_capacity, probe_capacity
+
+    batch = next(task.batches("val", seq_len=recipe.data.seq_len, batch_size=args.rows, seed=recipe.seed))
+    result = probe_capacity(
+        model, TrainingBatch.of(batch).inputs, most=args.pairs, trials=args.trials, seed=recipe.seed
+    )
+    if not result["layers"]:
+        raise MiraslabError(f"probe --capacity: {title} has no neural memory to probe")
+    result["title"] = title
+    result["task"] = recipe.data.task.name
+    result["plot"] = str(plot_capacity(result, plot, title))
+    return result
+
+
+def print_capacity(result: dict[str, Any]) -> None:
+    from ..memory_capacity import format_capacity
+
+    for line in format_capacity(result, f"{result['title']} on {result['task']} validation data"):
+        print(line)
+    print(f"  plot: {result['plot']}")
 
 
 def parse_depths(text: str | None) -> tuple[float, ...]:
