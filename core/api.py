@@ -80,7 +80,7 @@ from .observation import (
 from .params import ParamValueError, component_field, make_component, param, structure
 from .plugin_api import PLUGIN_API_VERSION
 from .recipe.resolve import recipe_to_dict, recipe_toml
-from .registry import Registry, get_registry, use_registry
+from .registry import Registry, Source, get_registry, use_registry
 from .report import Report, build_report
 
 __all__ = [  # noqa: RUF022 -- grouped by the kind of plugin that needs them, not sorted
@@ -96,6 +96,7 @@ __all__ = [  # noqa: RUF022 -- grouped by the kind of plugin that needs them, no
     "structure",
     "ParamValueError",
     "Registry",
+    "Source",
     "get_registry",
     "use_registry",
     "RecipeError",

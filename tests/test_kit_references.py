@@ -104,7 +104,8 @@ def test_a_self_consistent_approximation_passes_every_consistency_check(nesterov
 
 
 def test_the_kit_fails_an_algorithm_that_is_not_its_reference(nesterov):
-    with pytest.raises(KitFailure, match=r"linear-l2-decay-nesterov_first_order: the engine .* vs the reference"):
+    failure = r"linear-l2-decay-nesterov_first_order: the engine .* vs the reference"
+    with pytest.raises(KitFailure, match=failure):
         check_component("algorithm", "nesterov_first_order")
 
 

@@ -113,7 +113,11 @@ def check_axis(
 
 
 def _run(
-    case: RuleCase, registry: Registry, refused: dict[str, str], kind: str = "", referenced: list | None = None
+    case: RuleCase,
+    registry: Registry,
+    refused: dict[str, str],
+    kind: str = "",
+    referenced: list | None = None,
 ) -> bool:
     """Build ``case`` and run every rule check on it; when the component of axis ``kind`` has a
     reference the loop can run, also hold the engine to it and record ``case.id`` in ``referenced``."""

@@ -82,7 +82,8 @@ class Muon(Momentum):
         """
         theta, eta = gates["lr"][..., None, None], torch.exp(gates["momentum"])[..., None, None]
         momentum = -theta * grad if state is None else eta * state - theta * grad
-        return alpha[..., None, None] * weight + theta * newton_schulz(momentum, self.params.ns_steps), momentum
+        orthogonalised = newton_schulz(momentum, self.params.ns_steps)
+        return alpha[..., None, None] * weight + theta * orthogonalised, momentum
 
 
 @miraslab.hookimpl

@@ -32,7 +32,6 @@ class LpBias(AttentionalBias):
         error = at_least_fp32(pred - target)
         return (self.p * error * (error.pow(2) + self.eps**2).pow(self.p / 2 - 1)).to(pred.dtype)
 
-
     def reference_gradient(self, weight, key, value, gates):
         """For the kit (Moneta): grad_W sum_c |W k - v|_c^p = p (sign(e) |e|^(p-1)) k^T, e = W k - v,
         with |e| = sqrt(e^2 + eps^2) and sign(e) = e / |e|."""
