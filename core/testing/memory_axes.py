@@ -89,10 +89,11 @@ def check_axis(
     checked: list[str] = []
     refused: dict[str, str] = {}
     referenced: list[str] = []
+    left_out: dict[str, str] = {}
     accepted: list[RuleCase] = []
     for partner in partners:
         case = partner.with_axis(kind, {"name": name, **base})
-        if _run(case, registry, refused, kind, referenced):
+        if _run(case, registry, refused, kind, referenced, left_out):
             checked.append(case.id)
             accepted.append(case)
     if not accepted:
@@ -105,11 +106,11 @@ def check_axis(
         if kind == "bias":
             _check_bias(table, registry, refused)
         case = accepted[0].with_axis(kind, table)
-        if _run(case, registry, refused, kind, referenced):
+        if _run(case, registry, refused, kind, referenced, left_out):
             checked.append(case.id)
     if kind == "bias":
         _check_bias({"name": name, **base}, registry, refused)
-    return AxisReport(checked, refused, referenced, _reference_line(kind, name, referenced))
+    return AxisReport(checked, refused, referenced, _reference_line(kind, name, referenced, left_out))
 
 
 def _run(
@@ -118,9 +119,11 @@ def _run(
     refused: dict[str, str],
     kind: str = "",
     referenced: list | None = None,
+    left_out: dict[str, str] | None = None,
 ) -> bool:
     """Build ``case`` and run every rule check on it; when the component of axis ``kind`` has a
-    reference the loop can run, also hold the engine to it and record ``case.id`` in ``referenced``."""
+    reference, also hold the engine to it and record ``case.id`` in ``referenced`` (or in ``left_out``,
+    with why the reference loop cannot run that rule)."""
     try:
         rule = case.build(registry)
     except (MiraslabError, ValueError) as exc:  # a combination the engine refuses, with its reason
@@ -129,16 +132,22 @@ def _run(
     for check in RULE_CHECKS:
         check(rule, what=case.id)
     component = getattr(rule, kind, None)
-    if referenced is not None and has_reference(kind, component) and why_not_referenced(rule) is None:
-        check_reference(rule, what=case.id)
-        referenced.append(case.id)
+    if referenced is not None and has_reference(kind, component):
+        reason = why_not_referenced(rule)
+        if reason is None:
+            check_reference(rule, what=case.id)
+            referenced.append(case.id)
+        elif left_out is not None:
+            left_out[case.id] = reason
     return True
 
 
-def _reference_line(kind: str, name: str, referenced: list[str]) -> str:
+def _reference_line(kind: str, name: str, referenced: list[str], left_out: dict[str, str]) -> str:
     method = REFERENCE_METHOD.get(kind)
     if method is None:
         return f"{NO_REFERENCE} (a {kind} has no reference hook)"
+    if not referenced and left_out:
+        return f"consistency only: its {method} was not run, {next(iter(left_out.values()))}"
     if not referenced:
         return NO_REFERENCE if method == "reference_step" else f"consistency only: no {method}"
     return (
