@@ -86,7 +86,7 @@ from .observation import (
 from .params import ParamValueError, component_field, make_component, param, structure
 from .plugin_api import PLUGIN_API_VERSION
 from .recipe.resolve import recipe_to_dict, recipe_toml
-from .registry import Registry, get_registry, use_registry
+from .registry import Registry, Source, get_registry, use_registry
 from .report import Report, build_report
 
 __all__ = [  # noqa: RUF022 -- grouped by the kind of plugin that needs them, not sorted
@@ -102,6 +102,7 @@ __all__ = [  # noqa: RUF022 -- grouped by the kind of plugin that needs them, no
     "structure",
     "ParamValueError",
     "Registry",
+    "Source",
     "get_registry",
     "use_registry",
     "RecipeError",

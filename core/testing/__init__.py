@@ -41,6 +41,7 @@ from .model_checks import (
 )
 from .monitor_checks import KitRun, check_monitor
 from .options import option_variants
+from .references import REFERENCE_TOLERANCE, check_reference, has_reference, reference_loop
 from .task_checks import check_task
 
 __all__ = [  # noqa: RUF022 -- grouped: entry points, memory rules, around the memory, tolerances
@@ -64,6 +65,9 @@ __all__ = [  # noqa: RUF022 -- grouped: entry points, memory rules, around the m
     "check_finite",
     "check_bias_gradient",
     "check_inner_factors",
+    "check_reference",
+    "has_reference",
+    "reference_loop",
     "random_inputs",
     "tokens",
     "option_variants",
@@ -80,6 +84,7 @@ __all__ = [  # noqa: RUF022 -- grouped: entry points, memory rules, around the m
     "KitRun",
     "PATH_TOLERANCE",
     "GRADIENT_TOLERANCE",
+    "REFERENCE_TOLERANCE",
     "DECODE_TOLERANCE",
     "ATTENTION_TOLERANCE",
     "SCALES",

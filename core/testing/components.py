@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from ..registry import KINDS, Registry, get_registry
-from .memory_axes import check_axis, check_features
+from .memory_axes import AxisReport, check_axis, check_features
 from .model_checks import check_attention_backend, check_layout, check_mixer
 from .monitor_checks import check_monitor
 from .task_checks import check_task
@@ -20,16 +20,19 @@ def check_component(
     options: Mapping[str, Any] | None = None,
     registry: Registry | None = None,
     out_dir: Path | None = None,
-) -> str | None:
+) -> AxisReport | str | None:
     """Run the kit on component ``name`` of ``kind`` at ``options``; raises ``KitFailure``.
 
-    Returns None, or why nothing could be checked here (an attention backend that cannot run
-    on this machine says so itself; a monitor whose optional package is missing).
+    Returns, for a memory, bias, retention or algorithm, the ``AxisReport`` of what it ran (the
+    rules and options, and whether the component's own reference was checked or it is
+    "consistency only"); for the other kinds None, or a string saying why nothing could be
+    checked here (an attention backend that cannot run on this machine says so itself; a
+    monitor whose optional package is missing).
     """
     registry = registry or get_registry()
     registry.get(kind, name)  # an unknown name is the registry's one-line error
     if kind in ("memory", "bias", "retention", "algorithm"):
-        check_axis(kind, name, options, registry)
+        return check_axis(kind, name, options, registry)
     elif kind == "features":
         check_features(name, options, registry)
     elif kind == "layout":

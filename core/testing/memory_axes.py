@@ -22,6 +22,7 @@ from .failure import KitFailure, expect_close
 from .inner_gradients import check_bias_gradient, check_inner_factors
 from .memory_inputs import AXES, RuleCase, describe, split_named
 from .options import option_variants
+from .references import NO_REFERENCE, REFERENCE_TOLERANCE, check_reference, has_reference, why_not_referenced
 
 # the rules a component is checked inside: a matrix memory with decay and momentum (the batched
 # matrix path), and a deep memory with plain gradient steps (the general path, nothing to forget)
@@ -39,12 +40,25 @@ RULE_CHECKS = (
 )
 
 
+REFERENCE_METHOD = {"algorithm": "reference_step", "bias": "reference_gradient"}
+
+
 @attrs.frozen
 class AxisReport:
-    """What ``check_axis`` ran: the rules it checked, and the ones the engine refused (with why)."""
+    """What ``check_axis`` ran: the rules (each with the options it was built at) it checked, the
+    ones the engine refused (with why), the rules it held to the component's own reference
+    (``check_reference``), and ``reference``: one line saying which, or plainly that the
+    component has none ("consistency only: no reference_step")."""
 
     checked: list[str]
     refused: dict[str, str]
+    referenced: list[str] = attrs.field(factory=list)
+    reference: str = NO_REFERENCE
+
+    def __str__(self) -> str:
+        lines = [f"checked {case}" for case in self.checked]
+        lines += [f"refused {case}: {why}" for case, why in self.refused.items()]
+        return "\n".join([*lines, self.reference])
 
 
 def check_rule(case: RuleCase, registry: Registry | None = None) -> None:
@@ -74,10 +88,12 @@ def check_axis(
     base = dict(options or {})
     checked: list[str] = []
     refused: dict[str, str] = {}
+    referenced: list[str] = []
+    left_out: dict[str, str] = {}
     accepted: list[RuleCase] = []
     for partner in partners:
         case = partner.with_axis(kind, {"name": name, **base})
-        if _run(case, registry, refused):
+        if _run(case, registry, refused, kind, referenced, left_out):
             checked.append(case.id)
             accepted.append(case)
     if not accepted:
@@ -90,14 +106,24 @@ def check_axis(
         if kind == "bias":
             _check_bias(table, registry, refused)
         case = accepted[0].with_axis(kind, table)
-        if _run(case, registry, refused):
+        if _run(case, registry, refused, kind, referenced, left_out):
             checked.append(case.id)
     if kind == "bias":
         _check_bias({"name": name, **base}, registry, refused)
-    return AxisReport(checked, refused)
+    return AxisReport(checked, refused, referenced, _reference_line(kind, name, referenced, left_out))
 
 
-def _run(case: RuleCase, registry: Registry, refused: dict[str, str]) -> bool:
+def _run(
+    case: RuleCase,
+    registry: Registry,
+    refused: dict[str, str],
+    kind: str = "",
+    referenced: list | None = None,
+    left_out: dict[str, str] | None = None,
+) -> bool:
+    """Build ``case`` and run every rule check on it; when the component of axis ``kind`` has a
+    reference, also hold the engine to it and record ``case.id`` in ``referenced`` (or in ``left_out``,
+    with why the reference loop cannot run that rule)."""
     try:
         rule = case.build(registry)
     except (MiraslabError, ValueError) as exc:  # a combination the engine refuses, with its reason
@@ -105,7 +131,29 @@ def _run(case: RuleCase, registry: Registry, refused: dict[str, str]) -> bool:
         return False
     for check in RULE_CHECKS:
         check(rule, what=case.id)
+    component = getattr(rule, kind, None)
+    if referenced is not None and has_reference(kind, component):
+        reason = why_not_referenced(rule)
+        if reason is None:
+            check_reference(rule, what=case.id)
+            referenced.append(case.id)
+        elif left_out is not None:
+            left_out[case.id] = reason
     return True
+
+
+def _reference_line(kind: str, name: str, referenced: list[str], left_out: dict[str, str]) -> str:
+    method = REFERENCE_METHOD.get(kind)
+    if method is None:
+        return f"{NO_REFERENCE} (a {kind} has no reference hook)"
+    if not referenced and left_out:
+        return f"consistency only: its {method} was not run, {next(iter(left_out.values()))}"
+    if not referenced:
+        return NO_REFERENCE if method == "reference_step" else f"consistency only: no {method}"
+    return (
+        f"{kind} {name!r}: the recurrent path held to its {method} "
+        f"(tolerance {REFERENCE_TOLERANCE:g}) in {', '.join(referenced)}"
+    )
 
 
 def _check_bias(table: dict[str, Any], registry: Registry, refused: dict[str, str]) -> None:

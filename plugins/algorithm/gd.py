@@ -36,6 +36,11 @@ class GradientDescent(LearningAlgorithm):
     def gates(self) -> list[GateDef]:
         return [GateDef("lr", "sigmoid", init=self.params.lr_init, scale=self.params.lr_max)]
 
+    def reference_step(self, weight, state, grad, gates, alpha):
+        """One token on plain tensors, for the kit: W_t = alpha_t W_{t-1} - theta_t g_t (no state)."""
+        theta = gates["lr"][..., None, None]
+        return alpha[..., None, None] * weight - theta * grad, None
+
 
 @miraslab.hookimpl
 def register_algorithms(register):

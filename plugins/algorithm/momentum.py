@@ -50,6 +50,15 @@ class Momentum(LearningAlgorithm):
     def log_eta(self, gates: Gates) -> torch.Tensor:
         return gates["momentum"]
 
+    def reference_step(self, weight, state, grad, gates, alpha):
+        """One token on plain tensors, for the kit (Titans eq. 10, 13-14); the state is S_{t-1}:
+
+        S_t = eta_t S_{t-1} - theta_t g_t,   W_t = alpha_t W_{t-1} + S_t   (S_0 = 0)
+        """
+        theta, eta = gates["lr"][..., None, None], torch.exp(gates["momentum"])[..., None, None]
+        surprise = -theta * grad if state is None else eta * state - theta * grad
+        return alpha[..., None, None] * weight + surprise, surprise
+
 
 @miraslab.hookimpl
 def register_algorithms(register):

@@ -75,6 +75,16 @@ class Muon(Momentum):
             out[name] = kept + (step * newton_schulz(update, self.params.ns_steps)).to(w.dtype)
         return out
 
+    def reference_step(self, weight, state, grad, gates, alpha):
+        """One token on plain tensors, for the kit (Atlas's rule at chunk 1); the state is S_{t-1}:
+
+        S_t = eta_t S_{t-1} - theta_t g_t,   W_t = alpha_t W_{t-1} + theta_t NS_k(S_t)   (S_0 = 0)
+        """
+        theta, eta = gates["lr"][..., None, None], torch.exp(gates["momentum"])[..., None, None]
+        momentum = -theta * grad if state is None else eta * state - theta * grad
+        orthogonalised = newton_schulz(momentum, self.params.ns_steps)
+        return alpha[..., None, None] * weight + theta * orthogonalised, momentum
+
 
 @miraslab.hookimpl
 def register_algorithms(register):

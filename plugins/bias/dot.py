@@ -29,6 +29,10 @@ class DotBias(AttentionalBias):
 
     gradient_slope = 0.0
 
+    def reference_gradient(self, weight, key, value, gates):
+        """For the kit: grad_W -<W k, v> = -v k^T (Hebbian), on plain tensors."""
+        return -value[..., :, None] * key[..., None, :]
+
     def gradient_offset(self, target, gates):
         return -target
 

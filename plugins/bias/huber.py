@@ -56,6 +56,19 @@ class HuberBias(AttentionalBias):
         l1_step = delta.unsqueeze(-1) * error / (error.pow(2) + self.params.eps**2).sqrt()
         return torch.where(inside, error, l1_step).to(pred.dtype)
 
+    def reference_gradient(self, weight, key, value, gates):
+        """For the kit (Yaad): with e = W k - v, the l2 step e k^T while ||e|| <= delta_t, else
+        delta_t (e / sqrt(e^2 + eps^2)) k^T, the smoothed l1 step."""
+        error = torch.einsum("bhoi,bhi->bho", weight, key) - value
+        delta = (
+            gates["huber_delta"]
+            if self.params.data_dependent
+            else torch.full_like(error[..., 0], self.params.delta)
+        )
+        l1_step = delta[..., None] * error / (error.pow(2) + self.params.eps**2).sqrt()
+        step = torch.where((error.norm(dim=-1) <= delta)[..., None], error, l1_step)
+        return step[..., :, None] * key[..., None, :]
+
 
 @miraslab.hookimpl
 def register_biases(register):

@@ -29,6 +29,11 @@ class L2Bias(AttentionalBias):
 
     gradient_slope = 1.0
 
+    def reference_gradient(self, weight, key, value, gates):
+        """For the kit: grad_W 1/2 ||W k - v||^2 = (W k - v) k^T, on plain tensors."""
+        error = torch.einsum("bhoi,bhi->bho", weight, key) - value
+        return error[..., :, None] * key[..., None, :]
+
     def gradient_offset(self, target, gates):
         return -target
 

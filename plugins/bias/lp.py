@@ -32,6 +32,14 @@ class LpBias(AttentionalBias):
         error = at_least_fp32(pred - target)
         return (self.p * error * (error.pow(2) + self.eps**2).pow(self.p / 2 - 1)).to(pred.dtype)
 
+    def reference_gradient(self, weight, key, value, gates):
+        """For the kit (Moneta): grad_W sum_c |W k - v|_c^p = p (sign(e) |e|^(p-1)) k^T, e = W k - v,
+        with |e| = sqrt(e^2 + eps^2) and sign(e) = e / |e|."""
+        error = torch.einsum("bhoi,bhi->bho", weight, key) - value
+        smooth_abs = (error.pow(2) + self.eps**2).sqrt()
+        step = self.p * (error / smooth_abs) * smooth_abs.pow(self.p - 1)
+        return step[..., :, None] * key[..., None, :]
+
 
 @miraslab.hookimpl
 def register_biases(register):

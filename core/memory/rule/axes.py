@@ -274,8 +274,10 @@ class LearningAlgorithm(DeclaresChunkSums, nn.Module):
     takes_biases: bool = True  # as Retention.takes_biases
     # divide each token's gradient by sum_l ||h_l||^2, the squared norms of the inputs of the
     # memory's linear maps (normalised LMS): theta then means "the share of the error corrected"
-    # whatever the memory's depth or width, as beta does in the delta rule with unit keys
-    normalized: bool = False
+    # whatever the memory's depth or width, as beta does in the delta rule with unit keys.  On by
+    # default, as every built-in's ``normalized`` option is: an algorithm that never mentions it
+    # takes the step docs/memory.md describes; set False for the raw gradient
+    normalized: bool = True
 
     def gates(self) -> list[GateDef]:
         return []
