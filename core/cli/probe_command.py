@@ -115,7 +115,7 @@ def run(args: argparse.Namespace) -> int:
     if args.niah:
         output["niah"] = niah_probe(args, loaded, modes, depths)
     if args.capacity:
-        from .run_evaluation import run_task
+        from .evaluation_data import run_task
 
         recipe, task = run_task(args.run_dir, loaded, args.task, args.sets)
         plot = args.plot or Path(args.run_dir) / "capacity.png"
@@ -141,7 +141,7 @@ def capacity_command(args: argparse.Namespace) -> int:
     from ..components import build_component
     from ..model.language_model import build_model
     from ..recipe.resolve import load_recipe
-    from .run_evaluation import check_vocabulary
+    from .evaluation_data import check_vocabulary
 
     recipe = load_recipe(args.recipe, [f"data.{s}" if s.startswith("task.") else s for s in args.sets])
     torch.manual_seed(recipe.seed)
