@@ -33,6 +33,7 @@ from ..data.documents import documents_apart, documents_apart_in_buckets, docume
 from ..errors import MiraslabError, RecipeError, RunStopped
 from ..evaluation import evaluate, evaluate_by_memory
 from ..hf.llama_init import SeedReport, is_hf_directory, seed_tensors_for, write_report
+from ..long_range import recall_carry_gain
 from ..memory.ablation import memories_of
 from ..memory_use import memory_is_used, plot_memory_use, verdict
 from ..model.language_model import LanguageModel
@@ -496,6 +497,11 @@ class Trainer:
             if answers:  # the proof a recall task gives: accuracy without the carried state
                 metrics["memory_use/reset_accuracy"] = self.dist.mean(ablated["reset"]["accuracy"])
                 metrics["memory_use/zero_accuracy"] = self.dist.mean(ablated["zero"]["accuracy"])
+            else:  # text: the carry gain on beyond-window recall hits (miraslab.long_range)
+                with self._precision_context():
+                    metrics.update(
+                        {k: self.dist.mean(v) for k, v in recall_carry_gain(self.raw, batches).items()}
+                    )
         hook.on_eval(run=context, metrics=metrics)
         if self.dist.is_main:
             self.run_dir.log(metrics)
