@@ -36,6 +36,7 @@ from ..hf.llama_init import SeedReport, is_hf_directory, seed_tensors_for, write
 from ..long_range import recall_carry_gain
 from ..memory.ablation import memories_of
 from ..memory_use import memory_is_used, plot_memory_use, verdict
+from ..model.attention_safeguards import set_training_windows
 from ..model.language_model import LanguageModel
 from ..model.spec import SeedInitSpec
 from ..recipe.resolve import recipe_from_dict, recipe_to_dict
@@ -398,6 +399,7 @@ class Trainer:
     def _optimizer_step(self, batches: Any, context: RunContext, hook: Any) -> dict[str, Any]:
         stage_train = self.stage.recipe.train
         lr = set_learning_rate(self.optimizer, stage_train.lr, schedule_factor(self.step, self.train))
+        set_training_windows(self.raw, self.recipe.seed, self.step)  # model.attention.train_window (SWAX)
         batch = TrainingBatch.of(next(batches))
         micro = self.train.micro_batch_size or batch.rows
         if batch.rows % micro:
