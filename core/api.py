@@ -24,6 +24,7 @@ from .data.sources import (
     LocalFiles,
     task_error,
 )
+from .data.streams import StreamedBatches
 from .data.task import Batches, Task, check_data_state, check_seq_len, check_split, rank_rows
 from .data.tokenizer_training import cached_tokenizer, protect_special_tokens, tokenizer_cache_path
 from .errors import MiraslabError, MissingPackageError, RecipeError
@@ -168,6 +169,7 @@ __all__ = [  # noqa: RUF022 -- grouped by the kind of plugin that needs them, no
     "StdlibCorpus",
     "DocumentOrder",
     "PackedBatches",
+    "StreamedBatches",
     "cached_tokenizer",
     "protect_special_tokens",
     "tokenizer_cache_path",

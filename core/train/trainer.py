@@ -61,6 +61,7 @@ from .rng_state import capture_rng_state, restore_rng_state
 from .run_dir import TOKENIZER_FILE, RunDir
 from .run_lock import RunLock
 from .stages import Stage, plan_stages, stage_at
+from .state_passing import CarriedState, streamed_rows
 
 MEMORY_USE_PLOT = "memory_use.png"
 
@@ -115,6 +116,7 @@ class Trainer:
         self.optimizer: torch.optim.Optimizer | None = None
         self.stage: Stage | None = None
         self.step, self.tokens = 0, 0
+        self.carried = CarriedState() if recipe.data.carry_state else None  # data.carry_state
         self.registry = get_registry()
         self.last_eval: dict[str, Any] | None = None  # the memory-use verdict at the end reads it
         self.low_carry_evals = 0  # evaluations in a row below train.memory_use_min_share
@@ -291,6 +293,8 @@ class Trainer:
                 checkpoint.optimizer,
             )
             restore_rng_state(checkpoint)
+            if self.carried is not None:
+                self.carried = CarriedState.restore(checkpoint.meta, checkpoint.tensors, self.dist.device)
         elif seeded is not None:
             self._load_seed(*seeded)
         elif self.init_from is not None and not self.resume:
@@ -427,7 +431,11 @@ class Trainer:
         for index, (piece, count) in enumerate(zip(pieces, counts, strict=True)):
             piece = piece.to(self.dist.device)
             with self.dist.no_sync(self.model, last=index == len(pieces) - 1), self._precision_context():
-                logits = self.model(piece.inputs)
+                logits = (
+                    self.carried.forward(self.model, piece.inputs, index)
+                    if self.carried is not None
+                    else self.model(piece.inputs)
+                )
                 loss_sum = F.cross_entropy(
                     logits.float().reshape(-1, logits.shape[-1]), piece.targets.reshape(-1), reduction="sum"
                 )
@@ -463,7 +471,8 @@ class Trainer:
         return metrics
 
     def _batches(self, task: Any, split: str, state: dict | None = None) -> Any:
-        return task.batches(
+        rows = streamed_rows(task) if split == "train" and self.carried is not None else task.batches
+        return rows(
             split,
             seq_len=self.recipe.data.seq_len,
             batch_size=self.train.batch_size,
@@ -619,6 +628,8 @@ class Trainer:
                 "world_size": self.dist.world_size,
                 **rng_meta,
             }
+            if self.carried is not None:  # rank 0's rows only: see miraslab.train.state_passing
+                self.carried.save(meta, tensors)
             path = save_checkpoint(
                 self.run_dir.path,
                 self.step,
