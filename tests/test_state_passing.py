@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import itertools
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -142,7 +145,7 @@ def test_carrying_the_state_changes_what_is_trained(text_recipe, tmp_path):
         show_progress=False,
     ).run()
     off, on = load_checkpoint(tmp_path / "off"), load_checkpoint(tmp_path / "on")
-    assert "carried_state" not in off.meta and "carried_state" in on.meta
+    assert "carried_state" not in off.meta and on.meta["carried_state"]["world_size"] == 1
     assert not all(torch.equal(off.model[k], on.model[k]) for k in off.model)
 
 
@@ -154,3 +157,28 @@ def test_carry_state_refuses_document_resets_and_a_task_without_documents(
     mqar = miraslab.load_recipe(write_recipe("m.toml", MQAR_RECIPE), ["data.carry_state=true"])
     with pytest.raises(RecipeError, match=r"data\.carry_state: task .* has no stream of documents"):
         Trainer(mqar, tmp_path / "mqar", show_progress=False).run()
+
+
+@pytest.mark.slow
+def test_torchrun_ranks_carry_their_own_rows_and_reproduce_the_single_process_curve(text_recipe, tmp_path):
+    """gloo, global batch 4 = 2 x 2: each process carries its two rows' state. Tolerance: relative
+    1e-5 per logged loss (as for the uncarried curve in test_train.py)."""
+    sets = ["data.carry_state=true", "train.steps=4", "train.checkpoint_every=4", "train.eval_every=0"]
+    Trainer(miraslab.load_recipe(text_recipe, sets), tmp_path / "single", show_progress=False).run()
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "-m", "miraslab", "train"]
+    command += [str(text_recipe), "--out", str(tmp_path / "ddp"), "--quiet"]
+    for item in sets:
+        command += ["--set", item]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    def losses(run):
+        return [(m["step"], m["loss"]) for m in RunDir(run).metrics() if "loss" in m]
+
+    single, ddp = losses(tmp_path / "single"), losses(tmp_path / "ddp")
+    assert [s for s, _ in single] == [s for s, _ in ddp]
+    for (_, a), (_, b) in zip(single, ddp, strict=True):
+        assert abs(a - b) <= 1e-5 * abs(a)
+    saved = load_checkpoint(tmp_path / "ddp").meta["carried_state"]
+    assert saved["world_size"] == 2 and len(saved["ranks"]) == 2

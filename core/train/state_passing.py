@@ -9,8 +9,9 @@ Buitrago Ruiz & Gu, arXiv 2507.02782, "state passing").  Two steps carried this 
 what one forward over the two segments concatenated computes (tests/test_state_passing.py).
 
 The trainer holds one :class:`CarriedState`; with micro-batches each micro-batch's rows carry
-their own state (slot = its index in the step).  A checkpoint keeps the state (its tensors
-beside the RNG state, its shape in the meta), so a resume continues bitwise.
+their own state (slot = its index in the step), and under torchrun each process its own rows'.
+A checkpoint keeps every process's state (gathered to process 0: its tensors beside the RNG
+state, its shape in the meta), so a resume with as many processes continues bitwise.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
+import torch.distributed as dist
 
 from ..errors import RecipeError
 
@@ -43,18 +45,18 @@ def detach_state(value: Any) -> Any:
     return value
 
 
-def encode_state(value: Any, tensors: dict[str, torch.Tensor]) -> Any:
-    """JSON for ``value``'s shape, its tensors added to ``tensors`` under ``carried_state/<n>``."""
+def encode_state(value: Any, tensors: dict[str, torch.Tensor], prefix: str = STATE_KEY) -> Any:
+    """JSON for ``value``'s shape, its tensors added to ``tensors`` under ``<prefix>/<n>``."""
     if isinstance(value, torch.Tensor):
-        name = f"{STATE_KEY}/{len(tensors)}"
+        name = f"{prefix}/{len(tensors)}"
         tensors[name] = value.detach().cpu().contiguous()
         return {"tensor": name}
     if value is None or isinstance(value, (bool, int, float, str)):
         return {"value": value}
     if isinstance(value, (tuple, list)):
-        return {type(value).__name__: [encode_state(item, tensors) for item in value]}
+        return {type(value).__name__: [encode_state(item, tensors, prefix) for item in value]}
     if isinstance(value, dict):
-        return {"dict": {str(key): encode_state(item, tensors) for key, item in value.items()}}
+        return {"dict": {str(key): encode_state(item, tensors, prefix) for key, item in value.items()}}
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         kind = type(value)
         return {
@@ -103,14 +105,43 @@ class CarriedState:
         self.states[slot] = detach_state(state)
         return logits
 
-    def save(self, meta: dict[str, Any], tensors: dict[str, torch.Tensor]) -> None:
-        """Add the state to a checkpoint's meta and tensors."""
-        meta[STATE_KEY] = {str(slot): encode_state(state, tensors) for slot, state in self.states.items()}
+    def snapshot(self) -> tuple[dict[str, Any], dict[str, torch.Tensor]] | None:
+        """Every process's state for a checkpoint, gathered to process 0: its meta entry and its
+        tensors there, None on the others.  Called on every process (a collective under torchrun)."""
+        rank, world_size = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+        tensors: dict[str, torch.Tensor] = {}
+        prefix = f"{STATE_KEY}/{rank}"
+        mine = (
+            {str(slot): encode_state(state, tensors, prefix) for slot, state in self.states.items()},
+            tensors,
+        )
+        gathered = [mine]
+        if world_size > 1:
+            gathered = [None] * world_size if rank == 0 else None
+            dist.gather_object(mine, gathered, dst=0)
+        if rank != 0:
+            return None
+        every: dict[str, torch.Tensor] = {}
+        for _, part in gathered:
+            every.update(part)
+        return {"world_size": world_size, "ranks": [tree for tree, _ in gathered]}, every
 
     @classmethod
     def restore(cls, meta: dict[str, Any], tensors: dict[str, torch.Tensor], device: Any) -> CarriedState:
+        """This process's state from a checkpoint written by ``snapshot``."""
+        rank, world_size = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+        saved = meta.get(STATE_KEY)
         carried = cls()
-        for slot, tree in meta.get(STATE_KEY, {}).items():
+        if saved is None:  # saved before any step
+            return carried
+        if saved["world_size"] != world_size:
+            raise RecipeError(
+                [
+                    f"data.carry_state: the checkpoint carries the state of {saved['world_size']} processes' rows; "
+                    f"resume it with {saved['world_size']} processes, not {world_size}"
+                ]
+            )
+        for slot, tree in saved["ranks"][rank].items():
             carried.states[int(slot)] = decode_state(tree, tensors, device)
         return carried
 

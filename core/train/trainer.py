@@ -61,7 +61,7 @@ from .rng_state import capture_rng_state, restore_rng_state
 from .run_dir import TOKENIZER_FILE, RunDir
 from .run_lock import RunLock
 from .stages import Stage, plan_stages, stage_at
-from .state_passing import CarriedState, streamed_rows
+from .state_passing import STATE_KEY, CarriedState, streamed_rows
 
 MEMORY_USE_PLOT = "memory_use.png"
 
@@ -149,7 +149,8 @@ class Trainer:
         frozen = freeze_except(raw, stage.spec.train_only)
         if self.train.activation_checkpointing:
             _checkpoint_blocks(raw)
-        model: torch.nn.Module = self.dist.wrap(raw, self.train.distributed)
+        # carried state: a memory's learned initial state is unused once a row carries one
+        model: torch.nn.Module = self.dist.wrap(raw, self.train.distributed, self.carried is not None)
         optimizer = build_optimizer(raw, stage.recipe.train)  # after sharding: FSDP2 replaces parameters
         if carried is not None:
             try:
@@ -617,6 +618,7 @@ class Trainer:
             context.request_stop(f"the parameters hold non-finite values at step {self.step}", "diverged")
             return False
         model_state, optimizer_state = full_state_dicts(self.model, self.optimizer)
+        carried = self.carried.snapshot() if self.carried is not None else None  # every process's rows
         if self.dist.is_main:
             tensors, rng_meta = capture_rng_state()
             meta = {
@@ -628,8 +630,9 @@ class Trainer:
                 "world_size": self.dist.world_size,
                 **rng_meta,
             }
-            if self.carried is not None:  # rank 0's rows only: see miraslab.train.state_passing
-                self.carried.save(meta, tensors)
+            if carried is not None:
+                meta[STATE_KEY] = carried[0]
+                tensors.update(carried[1])
             path = save_checkpoint(
                 self.run_dir.path,
                 self.step,
