@@ -165,13 +165,17 @@ def summarise(
     rows = counts.shape[0]
     generator = torch.Generator().manual_seed(seed)
     pick = torch.randint(rows, (resamples, rows), generator=generator)
-    resampled_counts = counts[pick].sum(1)  # (resamples, K)
+    # how often each row is drawn in each resample: sums are then one matmul, (resamples, K)
+    weights = torch.zeros(resamples, rows, dtype=torch.float64).scatter_add_(
+        1, pick, torch.ones(resamples, rows, dtype=torch.float64)
+    )
+    resampled_counts = weights @ counts.double()
 
     def mean(total: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
         return torch.where(count > 0, total / count.clamp(min=1), torch.full_like(total, float("nan")))
 
     point = {name: mean(total.sum(0), counts.sum(0)) for name, total in sums.items()}
-    boot = {name: mean(total[pick].sum(1), resampled_counts) for name, total in sums.items()}
+    boot = {name: mean(weights @ total.double(), resampled_counts) for name, total in sums.items()}
 
     def column(k: int) -> dict[str, Any]:
         out: dict[str, Any] = {"tokens": int(counts[:, k].sum())}

@@ -204,3 +204,18 @@ def test_the_trainer_logs_the_recall_hit_carry_gain_of_the_same_batches(text_run
     assert "beyond-window recall hits" in verdict(last)
     swa = [m for m in RunDir(text_runs / "swa").metrics() if m.get("event") == "eval"][-1]
     assert RECALL_CARRY_GAIN not in swa  # no memory, no gain
+
+
+def test_another_dataset_is_read_with_the_runs_tokenizer(text_runs, capsys, tmp_path, monkeypatch):
+    from miraslab.plugins.task.text import TextTask
+
+    def refuse(self):
+        raise AssertionError("a tokenizer was trained on the other dataset")
+
+    monkeypatch.setattr(TextTask, "_trained_tokenizer", refuse)
+    other = write_corpus(tmp_path, paragraphs=120)
+    result = long_range_json(
+        capsys, str(text_runs / "mag"), "--set", f'task.dataset="{other}"', "--set", "task.val_fraction=0.5",
+        "--batches", "1", "--resamples", "10",
+    )  # fmt: skip
+    assert result["all"]["tokens"] == 4 * 32

@@ -92,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
         batches = _file_batches(args.text, loaded)
         source_name = ", ".join(str(path) for path in args.text)
     else:
-        recipe, task = run_task(args.run_dir, loaded, args.task, args.sets)
+        recipe, task = run_task(args.run_dir, loaded, args.task, [*_run_tokenizer(args, loaded), *args.sets])
         batches = validation_batches(task, recipe, args.batches)
         source_name = f"{recipe.data.task.name} validation split, {args.batches} batches"
     result = long_range_evaluation(
@@ -116,6 +116,16 @@ def run(args: argparse.Namespace) -> int:
     else:
         print(_table(output))
     return 0
+
+
+def _run_tokenizer(args: argparse.Namespace, loaded: Any) -> list[str]:
+    """``task.tokenizer=RUN/tokenizer.json`` for a text run, so that another dataset given with
+    ``--set task.dataset=...`` is read with the run's tokenizer, not one trained on it."""
+    path = Path(args.run_dir) / "tokenizer.json"
+    own = loaded.tokenizer is not None and not args.task and loaded.recipe.data.task.name == "text"
+    if not own or any(item.startswith("task.tokenizer=") for item in args.sets):
+        return []
+    return [f"task.tokenizer={json.dumps(str(path))}"]
 
 
 def _window(given: int | None, found: tuple[int, str] | None) -> tuple[int, str]:
