@@ -25,6 +25,7 @@ from .data.sources import (
     LocalFiles,
     task_error,
 )
+from .data.streams import StreamedBatches
 from .data.task import Batches, Task, check_data_state, check_seq_len, check_split, rank_rows
 from .data.tokenizer_training import cached_tokenizer, protect_special_tokens, tokenizer_cache_path
 from .errors import MiraslabError, MissingPackageError, RecipeError
@@ -60,6 +61,7 @@ from .memory.spec import (
     MemorySpec,
     RetentionComponent,
 )
+from .long_range import recall_carry_gain
 from .memory_use import memory_is_used, plot_memory_use
 from .memory_use import verdict as memory_use_verdict
 from .model.attention import KVCache
@@ -119,6 +121,7 @@ __all__ = [  # noqa: RUF022 -- grouped by the kind of plugin that needs them, no
     "memory_is_used",
     "memory_use_verdict",
     "plot_memory_use",
+    "recall_carry_gain",
     # memory axes: what a memory/bias/retention/algorithm/features plugin subclasses
     "MemoryArchitecture",
     "AttentionalBias",
@@ -190,6 +193,7 @@ __all__ = [  # noqa: RUF022 -- grouped by the kind of plugin that needs them, no
     "StdlibCorpus",
     "DocumentOrder",
     "PackedBatches",
+    "StreamedBatches",
     "cached_tokenizer",
     "protect_special_tokens",
     "tokenizer_cache_path",

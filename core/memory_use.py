@@ -18,6 +18,7 @@ from typing import Any
 USED_SHARE = 0.01
 # on a task with answers: accuracy points the carried state must be worth
 USED_POINTS = 0.05
+RECALL_GAIN = "memory_use/recall_carry_gain"  # text runs: the gain on beyond-window recall hits
 
 
 def memory_is_used(metrics: dict[str, Any]) -> bool:
@@ -43,6 +44,11 @@ def verdict(metrics: dict[str, Any]) -> str:
         )
     else:
         numbers = f"{gain}; reading it is worth {metrics['memory_use/read_gain']:+.4f} nats"
+        if RECALL_GAIN in metrics:  # text: what it carries where only it can reach (miraslab.long_range)
+            numbers += (
+                f"; on beyond-window recall hits ({metrics['memory_use/recall_hits_share']:.1%} of the tokens) "
+                f"the carried state is worth {metrics[RECALL_GAIN]:+.4f} nats"
+            )
     if used:
         return f"the memory is used at step {step}: {numbers}"
     return f"the memory carries nothing across chunks at step {step}: {numbers}"
@@ -83,7 +89,12 @@ def plot_memory_use(records: Iterable[dict[str, Any]], path: Path) -> Path | Non
     main.set_xlabel("step")
     main.set_title("validation, with and without the memory")
     main.legend(loc="center right")
-    gain.plot(steps, [r["memory_use/carry_gain"] for r in rows], "o-", color="C3")
+    gain.plot(steps, [r["memory_use/carry_gain"] for r in rows], "o-", color="C3", label="every token")
+    recall = [r for r in rows if RECALL_GAIN in r]
+    if recall:
+        gain.plot([r["step"] for r in recall], [r[RECALL_GAIN] for r in recall], "s--", color="C4",
+                  label="beyond-window recall hits")  # fmt: skip
+        gain.legend(loc="best", fontsize=8)
     gain.axhline(0.0, color="grey", linewidth=0.8)
     gain.set_xlabel("step")
     gain.set_ylabel("nats")

@@ -14,6 +14,7 @@ from typing import Any
 
 from ..errors import MiraslabError
 from ..limits import MAX_BATCHES, check_count, check_evaluation_fits
+from . import long_range_command
 
 
 def add_parser(sub: Any) -> None:
@@ -36,6 +37,7 @@ def add_parser(sub: Any) -> None:
         "zeroed (zero), or all three on the same batches (all)",
     )
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
+    long_range_command.add_options(parser)
     harness = parser.add_argument_group(
         "lm-evaluation-harness (pip install 'miraslab[eval]')",
         "score the run's export with lm-eval's tasks instead; the result goes to RUN/lm_eval/results.json",
@@ -80,6 +82,9 @@ def run(args: argparse.Namespace) -> int:
                         ("--max-length", args.max_length), ("--device", args.device)):  # fmt: skip
         if value is not None:
             raise MiraslabError(f"{flag} applies to --lm-eval TASKS, which is not given")
+    long_range_command.check_options(args)
+    if args.long_range:
+        return long_range_command.run(args)
     from ..evaluation import evaluate_by_memory
     from ..memory.knockout import MODES
     from ..train.run_dir import load_run
@@ -112,7 +117,8 @@ def run(args: argparse.Namespace) -> int:
 
 def run_lm_eval(args: argparse.Namespace) -> int:
     """Export the run to a temporary directory, score it with lm-eval, keep the result in the run."""
-    for flag, given in (("--task", args.task), ("--set", args.sets), ("--memory", args.memory != "carried")):
+    for flag, given in (("--task", args.task), ("--set", args.sets), ("--memory", args.memory != "carried"),
+                        ("--long-range", args.long_range)):  # fmt: skip
         if given:
             raise MiraslabError(f"{flag} applies to miraslab's own evaluation, not to --lm-eval")
     if args.batch_size < 1:

@@ -50,6 +50,16 @@ def default_head_dim(dim: int, heads: int, rope: bool) -> int:
     return width - width % 2 if rope else width
 
 
+def drop_context(out: torch.Tensor, own: torch.Tensor, share: float, unit: str) -> torch.Tensor:
+    """Attention-branch dropout: for a ``share`` of tokens (unit "token") or rows ("row"), the
+    attention's output is what it reads over the token alone, softmax over one key = its own
+    value; the context it would have read is gone, so a hybrid's memory has to supply it.
+    out, own: (B, H, T, d)."""
+    batch, _, length, _ = out.shape
+    dropped = torch.rand(batch, 1, length if unit == "token" else 1, 1, device=out.device) < share
+    return torch.where(dropped, own.to(out.dtype), out)
+
+
 class Attention(nn.Module):
     """Multi-head attention over persistent tokens, an optional prefix and the causal past."""
 
@@ -58,6 +68,10 @@ class Attention(nn.Module):
         self.heads = heads
         self.head_dim = spec.head_dim or default_head_dim(dim, heads, spec.rope)
         self.window = spec.window
+        # SWAX's stochastic window: set per training step by miraslab.model.attention_safeguards
+        self.train_window = spec.train_window if spec.window > 0 else ()
+        self.step_window: int | None = None
+        self.branch_dropout, self.branch_dropout_unit = spec.branch_dropout, spec.branch_dropout_unit
         if self.head_dim < 1 or (spec.rope and self.head_dim % 2):
             raise RecipeError(
                 [
@@ -98,7 +112,8 @@ class Attention(nn.Module):
 
         q = self._split_heads(self.q_proj(x))
         k = self._split_heads(self.k_proj(x))
-        v = self._split_heads(self.v_proj(x))
+        v = own_values = self._split_heads(self.v_proj(x))
+        window = self.step_window if self.training and self.step_window is not None else self.window
         if self.rope is not None:
             q, k = self.rope(q, positions), self.rope(k, positions)
         new_positions = positions
@@ -123,14 +138,16 @@ class Attention(nn.Module):
             values = torch.cat([self._split_heads(self.v_proj(free_tokens)), v], dim=2)
             key_positions = torch.cat([positions.new_full((free_tokens.shape[1],), -1), seq_positions])
 
-        out = self.backend(q, keys, values, positions, key_positions, self.window)
+        out = self.backend(q, keys, values, positions, key_positions, window)
+        if self.training and self.branch_dropout > 0:
+            out = drop_context(out, own_values, self.branch_dropout, self.branch_dropout_unit)
         y = self.out_proj(out.transpose(1, 2).reshape(batch, length, -1))
         if not return_cache:
             return y
 
         # what the next token can still see: the last window - 1 positions, or all of them
         next_position = start + length
-        keep = slice(None) if self.window == 0 else seq_positions > next_position - self.window
+        keep = slice(None) if window == 0 else seq_positions > next_position - window
         next_cache = KVCache(
             keys=k[:, :, keep],
             values=v[:, :, keep],

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..errors import RecipeError
 from ..registry import get_registry
 from .block import BlockContext
 from .spec import ModelSpec
@@ -40,6 +41,13 @@ class LanguageModel(nn.Module):
             layout.build(spec.layout.params, context=self._context(spec, index))
             for index in range(spec.n_layers)
         )
+        if spec.attention.branch_dropout and not self.uses_memory:
+            raise RecipeError(
+                [
+                    f"model.attention.branch_dropout: drops the attention's context so that a memory answers; "
+                    f"layout {spec.layout.name!r} has no memory (use a hybrid: mag, mal), or set it to 0"
+                ]
+            )
         self.norm = nn.RMSNorm(spec.d_model, eps=spec.norm_eps)
         self.head = nn.Linear(spec.d_model, spec.vocab_size, bias=False)
         nn.init.normal_(self.embed.weight, std=spec.init_std)

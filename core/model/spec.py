@@ -21,6 +21,32 @@ class AttentionSpec:
     persistent_tokens: int = param(0, ge=0, doc="learned tokens prepended to every attention's keys")
     rope: bool = param(True, doc="rotary position embeddings on queries and keys")
     rope_base: float = param(10000.0, gt=0, doc="RoPE base frequency")
+    train_window: tuple[int, ...] = param(
+        factory=tuple,
+        ge=1,
+        doc="[low, high]: in training, a window drawn per step from low..high (SWAX, arXiv 2509.24552), "
+        "the same for a seed and step; window at evaluation and decode; empty: off",
+    )
+    branch_dropout: float = param(
+        0.0,
+        ge=0,
+        lt=1,
+        doc="in training, the share of tokens (or rows) whose attention reads no context, only the token "
+        "itself, so that a hybrid's memory must answer for them; 0: off",
+    )
+    branch_dropout_unit: str = param(
+        "token", choices=("token", "row"), doc="what branch_dropout drops: single tokens or whole rows"
+    )
+
+    def cross_check(self) -> None:
+        if self.train_window and (len(self.train_window) != 2 or self.train_window[0] > self.train_window[1]):
+            raise ParamValueError(
+                "train_window", "two windows [low, high] with 1 <= low <= high", self.train_window
+            )
+        if self.train_window and self.window == 0:
+            raise ParamValueError(
+                "train_window", "a sliding window to vary (window >= 1, not 0)", self.train_window
+            )
 
 
 @attrs.frozen

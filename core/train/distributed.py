@@ -54,8 +54,9 @@ class Distributed:
             )
         return cls(rank, world_size, local_rank, device)
 
-    def wrap(self, model: nn.Module, strategy: str) -> nn.Module:
-        """DDP or FSDP2 around the model when there are several processes."""
+    def wrap(self, model: nn.Module, strategy: str, find_unused_parameters: bool = False) -> nn.Module:
+        """DDP or FSDP2 around the model when there are several processes; DDP looks for
+        parameters a step did not use when told to (a carried state leaves W_init unused)."""
         if not self.enabled:
             return model
         if strategy == "fsdp":
@@ -67,7 +68,9 @@ class Distributed:
         from torch.nn.parallel import DistributedDataParallel
 
         device_ids = [self.device.index] if self.device.type == "cuda" else None
-        return DistributedDataParallel(model, device_ids=device_ids)
+        return DistributedDataParallel(
+            model, device_ids=device_ids, find_unused_parameters=find_unused_parameters
+        )
 
     def no_sync(self, model: nn.Module, last: bool):
         """Skip the gradient all-reduce on every micro-batch but the last (DDP)."""

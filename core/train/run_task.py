@@ -21,6 +21,7 @@ from ..errors import RecipeError
 from ..recipe.schema import Recipe
 from .distributed import Distributed
 from .run_dir import TOKENIZER_FILE
+from .state_passing import streamed_rows
 
 
 def build_task(recipe: Recipe, run_dir: Path, resume: bool) -> Any:
@@ -51,9 +52,18 @@ def save_tokenizer(task: Any, run_dir: Path, *, replace: bool) -> None:
             tokenizer.save(str(path))
 
 
-def task_batches(task: Any, split: str, recipe: Recipe, dist: Distributed, state: dict | None = None) -> Any:
-    """This process's batches of ``split``, resuming from ``state`` when given."""
-    return task.batches(
+def task_batches(
+    task: Any,
+    split: str,
+    recipe: Recipe,
+    dist: Distributed,
+    state: dict | None = None,
+    streamed: bool = False,
+) -> Any:
+    """This process's batches of ``split``, resuming from ``state`` when given; ``streamed``:
+    rows that continue from one step to the next (``data.carry_state``)."""
+    rows = streamed_rows(task) if streamed else task.batches
+    return rows(
         split,
         seq_len=recipe.data.seq_len,
         batch_size=recipe.train.batch_size,

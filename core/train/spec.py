@@ -37,6 +37,12 @@ class DataSpec:
         "from its initial state at its first token (the separator that opens it), in training, "
         "evaluation and generate; needs a task that packs documents (text)",
     )
+    carry_state: bool = param(
+        False,
+        doc="state passing across training steps: row b of each batch continues row b of the step "
+        "before in a stream read in order, and the model's state (memory, attention's KV window) is "
+        "carried over, detached (truncated backpropagation through time); needs a text task",
+    )
     document_buckets: int = param(
         4,
         ge=1,
@@ -44,6 +50,15 @@ class DataSpec:
         "passes (at most one per row; exactly that many in a distributed run), grouped by length so "
         "each pads only to its own longest; 1 pads all to the batch's longest",
     )
+
+    def cross_check(self) -> None:
+        if self.carry_state and self.reset_at_documents:
+            raise ParamValueError(
+                "carry_state",
+                "false with reset_at_documents = true (a reset at a document boundary inside a carried row "
+                "is not built yet)",
+                True,
+            )
 
 
 @attrs.frozen

@@ -29,6 +29,7 @@ from ..data.batch import IGNORE, TrainingBatch
 from ..data.documents import documents_apart, documents_separator
 from ..errors import RecipeError
 from ..evaluation import evaluate
+from ..model.attention_safeguards import set_training_windows
 from ..model.language_model import LanguageModel
 from ..recipe.resolve import recipe_to_dict
 from ..recipe.schema import Recipe
@@ -52,6 +53,7 @@ from .run_lock import RunLock
 from .run_task import build_task, probe_validation, save_tokenizer, task_batches
 from .seed_init import SeedWeights, load_seed, seed_weights
 from .stages import Stage, plan_stages, stage_at
+from .state_passing import STATE_KEY, CarriedState
 from .summary import stopped, summary_line
 
 __all__ = ["RunContext", "Trainer"]
@@ -87,6 +89,7 @@ class Trainer:
         self.optimizer: torch.optim.Optimizer | None = None
         self.stage: Stage | None = None
         self.step, self.tokens = 0, 0
+        self.carried = CarriedState() if recipe.data.carry_state else None  # data.carry_state
         self.registry = get_registry()
         self.last_eval: dict[str, Any] | None = None  # the last validation pass's (preflight reads it)
         self.separator: int | None = None  # opens each packed document, when they run apart
@@ -192,6 +195,8 @@ class Trainer:
             check_model_tensors(checkpoint.path, self.raw.state_dict(), checkpoint.model)
             load_full_state_dicts(self.model, self.optimizer, checkpoint.model, checkpoint.optimizer)
             restore_rng_state(checkpoint)
+            if self.carried is not None:
+                self.carried = CarriedState.restore(checkpoint.meta, checkpoint.tensors, self.dist.device)
         elif seeded is not None:
             rank0_run_dir = self.run_dir if self.dist.is_main else None
             load_seed(self.model, self.optimizer, seeded, self.progress.event, rank0_run_dir, self.step)
@@ -205,7 +210,9 @@ class Trainer:
         """The training batches, from where the checkpoint's data state left them."""
         data_state = checkpoint.meta.get("data") if checkpoint is not None else None
         try:
-            return task_batches(task, "train", self.recipe, self.dist, data_state)
+            return task_batches(
+                task, "train", self.recipe, self.dist, data_state, streamed=self.carried is not None
+            )
         except (KeyError, TypeError, ValueError) as error:  # a crafted or damaged data state
             problem = f"its data state cannot be restored ({type(error).__name__}: {error})"
             raise CheckpointError(checkpoint.path if checkpoint else self.run_dir.path, problem) from None
@@ -292,7 +299,8 @@ class Trainer:
         frozen = freeze_except(raw, stage.spec.train_only)
         if self.train.activation_checkpointing:
             checkpoint_blocks(raw)
-        model: torch.nn.Module = self.dist.wrap(raw, self.train.distributed)
+        # carried state: a memory's learned initial state is unused once a row carries one
+        model: torch.nn.Module = self.dist.wrap(raw, self.train.distributed, self.carried is not None)
         optimizer = build_optimizer(raw, stage.recipe.train)  # after sharding: FSDP2 replaces parameters
         if carried is not None:
             try:
@@ -322,6 +330,7 @@ class Trainer:
         """One optimizer step on the next batch: its forward pieces, loss terms, clip, AdamW."""
         stage_train = self.stage.recipe.train
         lr = set_learning_rate(self.optimizer, stage_train.lr, schedule_factor(self.step, self.train))
+        set_training_windows(self.raw, self.recipe.seed, self.step)  # model.attention.train_window (SWAX)
         buckets, exact = self.recipe.data.document_buckets, self.dist.enabled
         pieces = forward_pieces(
             TrainingBatch.of(next(batches)), self.train.micro_batch_size, self.separator, buckets, exact
@@ -336,7 +345,11 @@ class Trainer:
         for index, (piece, count) in enumerate(zip(pieces, counts, strict=True)):
             piece = piece.to(self.dist.device)
             with self.dist.no_sync(self.model, last=index == len(pieces) - 1), self.precision():
-                logits = self.model(piece.inputs)
+                logits = (
+                    self.carried.forward(self.model, piece.inputs, index)
+                    if self.carried is not None
+                    else self.model(piece.inputs)
+                )
                 loss_sum = F.cross_entropy(
                     logits.float().reshape(-1, logits.shape[-1]), piece.targets.reshape(-1), reduction="sum"
                 )
@@ -405,6 +418,7 @@ class Trainer:
             context.request_stop(f"the parameters hold non-finite values at step {self.step}", "diverged")
             return False
         model_state, optimizer_state = full_state_dicts(self.model, self.optimizer)
+        carried = self.carried.snapshot() if self.carried is not None else None  # every process's rows
         if self.dist.is_main:
             tensors, rng_meta = capture_rng_state()
             meta = {
@@ -416,6 +430,9 @@ class Trainer:
                 "world_size": self.dist.world_size,
                 **rng_meta,
             }
+            if carried is not None:
+                meta[STATE_KEY] = carried[0]
+                tensors.update(carried[1])
             path = save_checkpoint(
                 self.run_dir.path,
                 self.step,

@@ -25,7 +25,14 @@ from typing import Any
 import attrs
 
 import miraslab
-from miraslab.api import evaluate_by_memory, memories_of, memory_is_used, memory_use_verdict, plot_memory_use
+from miraslab.api import (
+    evaluate_by_memory,
+    memories_of,
+    memory_is_used,
+    memory_use_verdict,
+    plot_memory_use,
+    recall_carry_gain,
+)
 
 PLOT = "memory_use.png"
 MODES = ("reset", "zero")
@@ -71,6 +78,9 @@ class MemoryUse:
         if "val_accuracy" in metrics:  # the proof a recall task gives: accuracy without the carried state
             metrics["memory_use/reset_accuracy"] = run.mean(ablated["reset"]["accuracy"])
             metrics["memory_use/zero_accuracy"] = run.mean(ablated["zero"]["accuracy"])
+        else:  # text: the carry gain on beyond-window recall hits (miraslab.long_range)
+            with run.precision():
+                metrics.update({k: run.mean(v) for k, v in recall_carry_gain(run.model, batches).items()})
         self._hold_to_the_floor(run, metrics)
         return (
             f"memory carry gain {metrics['memory_use/carry_gain']:+.4f} nats "

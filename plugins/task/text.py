@@ -33,6 +33,7 @@ from miraslab.api import (
     PackedBatches,
     ParamValueError,
     StdlibCorpus,
+    StreamedBatches,
     Task,
     cache_key,
     cached_tokenizer,
@@ -148,6 +149,7 @@ class TextTask(Task):
         rank: int = 0,
         world_size: int = 1,
         state: dict[str, Any] | None = None,
+        streamed: bool = False,
     ) -> Batches:
         check_split(split)
         tokenizer = self.tokenizer()
@@ -155,7 +157,8 @@ class TextTask(Task):
         def encode(texts: list[str]) -> list[list[int]]:
             return [e.ids for e in tokenizer.encode_batch(texts, add_special_tokens=False)]
 
-        return PackedBatches(
+        rows = StreamedBatches if streamed else PackedBatches
+        return rows(
             self._order(split, seed),
             encode,
             self._separator_id,
@@ -166,6 +169,10 @@ class TextTask(Task):
             state=state,
             fingerprint=self._data_fingerprint(tokenizer),
         )
+
+    def streamed_batches(self, split: str, **options: Any) -> Batches:
+        """Rows that continue the previous batch's rows, for ``data.carry_state``."""
+        return self.batches(split, **options, streamed=True)
 
     def _order(self, split: str, seed: int) -> DocumentOrder:
         return DocumentOrder(
