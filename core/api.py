@@ -32,6 +32,7 @@ from .errors import MiraslabError, MissingPackageError, RecipeError
 from .evaluation import evaluate_by_memory
 from .gate_penalty import GatePenalty
 from .hookspecs import Register, RunContext, hookimpl, hookspec
+from .long_range import recall_carry_gain
 from .memory.gate_projections import GateProjections
 from .memory.knockout import memories_of
 from .memory.layer import MemoryLayer
@@ -61,7 +62,6 @@ from .memory.spec import (
     MemorySpec,
     RetentionComponent,
 )
-from .long_range import recall_carry_gain
 from .memory_use import memory_is_used, plot_memory_use
 from .memory_use import verdict as memory_use_verdict
 from .model.attention import KVCache
