@@ -80,6 +80,7 @@ def spec_options(spec: MemorySpec) -> dict[str, Any]:
         features=spec.features,
         chunk_size=spec.chunk_size,
         inner_steps=spec.inner_steps,
+        kernel=spec.kernel,
         path=spec.path,
         conv_kernel=spec.conv_kernel,
         activation=spec.activation,
@@ -121,6 +122,7 @@ def build_neural_memory(
     gate_rank: int,
     compile_chunks: bool,
     inner_steps: str = "mini_batch",
+    kernel: str = "auto",
 ) -> NeuralMemory:
     """The memory branch (rule, gates, feature map, chunked or recurrent path) from
     MemoryLayer's options; the plain layer and TNT's global and local memories all build theirs here."""
@@ -146,6 +148,7 @@ def build_neural_memory(
         gate_rank=gate_rank,
         compile_chunks=compile_chunks,
         inner_steps=inner_steps,
+        kernel=kernel,
     )
 
 
@@ -165,6 +168,7 @@ class MemoryLayer(nn.Module):
         features: ComponentLike = "identity",
         chunk_size: int = 64,
         inner_steps: str = "mini_batch",
+        kernel: str = "auto",
         path: str = "chunked",
         conv_kernel: int = 4,
         activation: str = "silu",
@@ -204,6 +208,7 @@ class MemoryLayer(nn.Module):
             gate_rank=gate_rank,
             compile_chunks=compile_chunks,
             inner_steps=inner_steps,
+            kernel=kernel,
         )
         self.norm = nn.RMSNorm(head_dim, eps=1e-6) if output_norm else nn.Identity()
         self.out = nn.Linear(heads * head_dim, dim, bias=False)

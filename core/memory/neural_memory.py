@@ -12,6 +12,7 @@ from torch import nn
 from ..errors import RecipeError
 from ..params import Component
 from .gate_projections import GateProjections
+from .paths.fla_delta import check_kernel
 from .paths.memory_op import check_path_and_chunk, inner_steps_problem, memory_op
 from .qk_projection import qk_project
 from .rule.build import build_features, build_rule
@@ -82,6 +83,7 @@ class NeuralMemory(nn.Module):
         gate_rank: int = 16,
         compile_chunks: bool = False,
         inner_steps: str = "mini_batch",
+        kernel: str = "auto",
     ):
         super().__init__()
         check_path_and_chunk(path, chunk_size, inner_steps)  # here, not at the first forward
@@ -101,6 +103,11 @@ class NeuralMemory(nn.Module):
         )
         if (problem := inner_steps_problem(self.rule, chunk_size, inner_steps)) is not None:
             raise RecipeError([f"model.memory.inner_steps: {problem}"])  # TNT's own chunk sizes too
+        try:
+            check_kernel(kernel, self.rule, inner_steps)
+        except ValueError as error:
+            raise RecipeError([str(error)]) from None
+        self.kernel = kernel
         self.gates = GateProjections(dim, heads, self.rule.gate_defs(), head_dim, gate_rank)
         self.record = False  # keep the norms of the last state for monitors
         self.last_norms: dict[str, float] = {}
@@ -142,6 +149,7 @@ class NeuralMemory(nn.Module):
                 path or self.path,
                 self.compile_chunks,
                 self.inner_steps,
+                self.kernel,
             )
         if self.ablation == "zero":
             y = torch.zeros_like(y)
@@ -177,6 +185,7 @@ class NeuralMemory(nn.Module):
                 self.chunk_size,
                 path,
                 inner_steps=self.inner_steps,
+                kernel=self.kernel,
             )
             outputs.append(y)
         return torch.cat(outputs, dim=2), state

@@ -7,6 +7,7 @@ import torch
 from ..rule.axes import Gates
 from ..rule.memory_rule import MemoryRule
 from ..rule.state import MemoryState
+from . import fla_delta
 from .chunked import chunked
 from .chunked_per_token import INNER_STEPS, chunked_per_token, per_token_problem
 from .op_inputs import check_op_inputs
@@ -48,6 +49,7 @@ def memory_op(
     path: str = "chunked",
     compile_chunks: bool = False,
     inner_steps: str = "mini_batch",
+    kernel: str = "auto",
 ) -> tuple[torch.Tensor, MemoryState]:
     """Run a Miras memory over a sequence.
 
@@ -71,6 +73,9 @@ def memory_op(
             left (DeltaNet, Gated DeltaNet), the same at any chunk size: the recurrent path
             then steps chunks of one token, the chunked path runs
             ``paths.chunked_per_token`` (or, for a rule without that form, needs chunk 1).
+        kernel: who runs per-token steps of the delta-rule family (``paths.fla_delta``):
+            ``"auto"`` flash-linear-attention's kernels on CUDA where installed, else ours;
+            ``"fla"`` FLA or a ValueError; ``"native"`` always ours.
 
     Returns:
         outputs (batch, heads, seq, d_v) and the state after the last token.
@@ -84,6 +89,9 @@ def memory_op(
     if q.shape[2] == 0:
         return q.new_zeros(*q.shape[:3], v.shape[-1]), state
     per_token = inner_steps == "per_token"
+    if per_token and (found := fla_delta.choose(kernel, rule, q, state, path)) is not None:
+        decoding = path == "recurrent" and not torch.is_grad_enabled()  # FLA's fused recurrent: no backward
+        return fla_delta.fla_per_token(found, rule, q, k, v, gates, state, decoding)
     if per_token and (path == "recurrent" or chunk_size == 1):  # per-token steps: chunks of one token
         chunk_size = 1
     if path == "recurrent":
