@@ -164,6 +164,38 @@ def test_a_state_from_one_backend_continues_on_the_other(name, first):
 
 
 @needs_references
+def test_the_delta_rule_takes_chunk_delta_rule_in_bf16_and_the_gated_rule_at_g_0_in_fp32():
+    """FLA's chunk_delta_rule refuses float32 inputs; bf16 inputs are held at bf16's tolerance
+    (3e-2 of the scale: q, k, v and beta rounded to 8 bits)."""
+    rule, q, k, v, gates = rule_and_inputs("delta")
+    want, _ = run(rule, q, k, v, gates, path="recurrent")
+    base, calls = reference_kernels(), []
+
+    def spy(name):
+        def call(*args, **kwargs):
+            calls.append(name)
+            return getattr(base, name)(*args, **kwargs)
+
+        return call
+
+    kernels = dataclasses.replace(
+        base,
+        chunk_delta=spy("chunk_delta"),
+        chunk_gated=spy("chunk_gated"),
+        dtypes=frozenset({torch.float32, torch.bfloat16}),
+    )
+    results = {}
+    with fla_delta.use_kernels(kernels):
+        for dtype in (torch.float32, torch.bfloat16):
+            inputs = [x.to(dtype) for x in (q, k, v)]
+            results[dtype], _ = run(rule, *inputs, {n: g.to(dtype) for n, g in gates.items()}, kernel="fla")
+    assert calls == ["chunk_gated", "chunk_delta"]
+    assert close(results[torch.float32], want)
+    scale = want.abs().max()
+    assert (results[torch.bfloat16].double() - want).abs().max() <= 3e-2 * scale
+
+
+@needs_references
 def test_fla_state_is_our_matrix_transposed():
     rule, q, k, v, gates = rule_and_inputs("gated-delta")
     _, state = run(rule, q, k, v, gates, path="recurrent")

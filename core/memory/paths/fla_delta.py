@@ -17,8 +17,10 @@ they agree where the gradient is taken at the decayed state alpha_t W_{t-1} (ret
 ``decay`` with ``gradient_at = "decayed"``), or where nothing decays (retention ``none``).
 Gates must be one value per head (FLA's beta and g are [B, T, H]); no momentum.
 
-Training calls the chunk kernels (``chunk_delta_rule``, ``chunk_gated_delta_rule``); the
-recurrent path without gradients (decoding) calls the fused recurrent ones.  The state
+Training calls the chunk kernels (``chunk_gated_delta_rule``; for the plain delta rule
+``chunk_delta_rule`` in bf16/fp16, which refuses float32, and the gated kernel at g = 0 in
+float32); the recurrent path without gradients (decoding) calls the fused recurrent ones
+(FLA's gated one has no backward).  The state
 goes back into a closed ``MemoryState`` exactly as ``chunked_per_token`` leaves it, so a
 state from one path continues on the other.
 
@@ -48,6 +50,8 @@ from ..rule.state import MemoryState
 
 KERNELS = ("auto", "fla", "native")
 KEY = "model.memory.kernel"
+HALF = (torch.bfloat16, torch.float16)
+MAX_HEAD_DIM = 256  # FLA's chunk kernels assert K <= 256
 INSTALL = "pip install 'miraslab[gpu]' (flash-linear-attention and triton, CUDA only)"
 
 
@@ -175,6 +179,8 @@ def choose(
         )
     elif found is not None and q.dtype not in found.dtypes:
         problem = f"FLA's kernels take float32, bfloat16 or float16, the tensors are {q.dtype}"
+    elif found is not None and q.shape[-1] > MAX_HEAD_DIM:
+        problem = f"FLA's kernels take keys of width <= {MAX_HEAD_DIM}, these are {q.shape[-1]} wide"
     if problem is not None:
         if kernel == "fla":
             raise ValueError(f"{KEY} = 'fla': {problem}; use kernel = 'native' or 'auto'")
@@ -238,13 +244,17 @@ def fla_per_token(
     ``recurrent``: the fused recurrent kernels (decoding); else the chunk kernels, which
     also carry the backward (FLA's fused recurrent gated rule has none)."""
     work = torch.promote_types(q.dtype, torch.float32)
-    # FLA's kernels take q, k, v in one dtype (bf16 under autocast, else the inputs'),
-    # beta and g in it too, and keep the state in float32
+    # FLA's kernels take q, k, v and beta in one dtype (bf16 under autocast, else the
+    # inputs'), g in float32 (its cumulative sums), and keep the state in float32: as FLA's
+    # own GatedDeltaNet layer calls them
     device = q.device.type
     dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else q.dtype
-    qf, kf, vf, beta, g = (
-        x.to(dtype).contiguous() if x is not None else None for x in fla_inputs(rule, q, k, v, gates)
-    )
+    qf, kf, vf, beta, g = fla_inputs(rule, q, k, v, gates)
+    qf, kf, vf, beta = (x.to(dtype).contiguous() for x in (qf, kf, vf, beta))
+    if g is None and not recurrent and dtype not in HALF:
+        # chunk_delta_rule refuses float32 (an assert): the gated rule at g = 0 is the delta rule
+        g = torch.zeros_like(beta, dtype=work)
+    g = g.to(work).contiguous() if g is not None else None
     initial = fla_state(state.weights["w"]).to(torch.promote_types(dtype, torch.float32)).contiguous()
     with torch.autocast(device_type=device, enabled=False):
         common = {"scale": 1.0, "initial_state": initial, "output_final_state": True}
@@ -265,7 +275,3 @@ def fla_per_token(
         sums={n: x.new_zeros(x.shape) for n, x in state.sums.items()},
     )
     return out.transpose(1, 2).to(q.dtype), closed
-
-
-def needs_grad(*tensors: torch.Tensor) -> bool:
-    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
