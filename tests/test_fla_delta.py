@@ -128,14 +128,39 @@ def close(a: torch.Tensor, b: torch.Tensor) -> bool:
     return torch.allclose(a.double(), b.double(), rtol=0, atol=ATOL)
 
 
+def spying(kernels: fla_delta.FLAKernels, calls: list[str]) -> fla_delta.FLAKernels:
+    """``kernels`` noting in ``calls`` which of the four ran."""
+
+    def spy(name):
+        def call(*args, **kwargs):
+            calls.append(name)
+            return getattr(kernels, name)(*args, **kwargs)
+
+        return call
+
+    names = ("chunk_delta", "chunk_gated", "recurrent_delta", "recurrent_gated")
+    return dataclasses.replace(kernels, **{name: spy(name) for name in names})
+
+
 @needs_references
 @pytest.mark.parametrize("name", list(RULES))
-@pytest.mark.parametrize("path", ["chunked", "recurrent"])
-def test_fla_kernels_equal_our_recurrent_path_in_float64(name, path):
-    rule, q, k, v, gates = rule_and_inputs(name)
+@pytest.mark.parametrize(
+    ("path", "grad", "seq", "form"),
+    [
+        ("chunked", True, SEQ, "chunk"),  # training
+        ("recurrent", True, SEQ, "chunk"),  # FLA's fused recurrent gated rule has no backward
+        ("chunked", False, SEQ, "recurrent"),  # fewer tokens than FLA's block of 64: a decode step
+        ("chunked", False, 70, "chunk"),  # a long prompt
+        ("recurrent", False, 70, "recurrent"),
+    ],
+)
+def test_fla_kernels_equal_our_recurrent_path_in_float64(name, path, grad, seq, form):
+    rule, q, k, v, gates = rule_and_inputs(name, seq=seq)
     want, want_state = run(rule, q, k, v, gates, path="recurrent")
-    with fla_delta.use_kernels(reference_kernels()), torch.no_grad():
+    calls = []
+    with fla_delta.use_kernels(spying(reference_kernels(), calls)), torch.set_grad_enabled(grad):
         got, got_state = run(rule, q, k, v, gates, path=path, kernel="fla")
+    assert len(calls) == 1 and calls[0].startswith(form)
     assert close(got, want)
     assert close(got_state.weights["w"], want_state.weights["w"])
     assert got_state.offset == 0 and got_state.weights["w"].dtype == torch.float64
@@ -169,20 +194,9 @@ def test_the_delta_rule_takes_chunk_delta_rule_in_bf16_and_the_gated_rule_at_g_0
     (3e-2 of the scale: q, k, v and beta rounded to 8 bits)."""
     rule, q, k, v, gates = rule_and_inputs("delta")
     want, _ = run(rule, q, k, v, gates, path="recurrent")
-    base, calls = reference_kernels(), []
-
-    def spy(name):
-        def call(*args, **kwargs):
-            calls.append(name)
-            return getattr(base, name)(*args, **kwargs)
-
-        return call
-
+    calls = []
     kernels = dataclasses.replace(
-        base,
-        chunk_delta=spy("chunk_delta"),
-        chunk_gated=spy("chunk_gated"),
-        dtypes=frozenset({torch.float32, torch.bfloat16}),
+        spying(reference_kernels(), calls), dtypes=frozenset({torch.float32, torch.bfloat16})
     )
     results = {}
     with fla_delta.use_kernels(kernels):

@@ -194,6 +194,13 @@ def choose(
     return found
 
 
+def decoding(path: str, q: torch.Tensor) -> bool:
+    """Whether a call runs FLA's fused recurrent kernels: without gradients (the gated one has no
+    backward), on the recurrent path or for fewer tokens than FLA's chunk block of 64 (a decode
+    step, a short prompt: the chunk form gains nothing there)."""
+    return not torch.is_grad_enabled() and (path == "recurrent" or q.shape[2] < 64)
+
+
 def fla_state(weights: torch.Tensor) -> torch.Tensor:
     """Our matrix memory W (B, H, d_v, d_k) as FLA's state S = W^T [B, H, K, V]."""
     return weights.transpose(-1, -2)
