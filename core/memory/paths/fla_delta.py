@@ -118,7 +118,7 @@ def rule_problem(rule: MemoryRule) -> str | None:
     arch, bias, retention, algorithm = rule.arch, rule.bias, rule.retention, rule.algorithm
     if not arch.linear_map:
         return "FLA's kernels hold a single matrix memory (memory = 'linear')"
-    if not bias.gradient_slope or bias.window > 1:
+    if bias.gradient_slope is None or bias.gradient_slope <= 0 or bias.window > 1:
         return "FLA's kernels need an error term s W k + b with s > 0 and one token per step (bias = 'l2')"
     if algorithm.momentum or algorithm.nonlinear:
         return "FLA's kernels take one plain gradient step per token (algorithm = 'gd')"
