@@ -350,7 +350,28 @@ def model_flops_per_token(model: nn.Module, seq: int) -> tuple[int, int]:
     return 6 * linear + attention, linear
 
 
-def measure_training(shape: Shape, device: torch.device, peak_tflops: float) -> list[dict[str, Any]]:
+def memory_kernel(model: nn.Module, fla_ok: bool) -> str | None:
+    """Who runs the model's memories: "fla" where every per-token delta-rule memory is on FLA's
+    kernels, "miraslab" otherwise (None: no memory)."""
+    from miraslab.memory.neural_memory import NeuralMemory
+    from miraslab.memory.paths import fla_delta
+
+    memories = [m for m in model.modules() if isinstance(m, NeuralMemory)]
+    if not memories:
+        return None
+    on_fla = [
+        fla_ok
+        and m.kernel != "native"
+        and m.inner_steps == "per_token"
+        and fla_delta.rule_problem(m.rule) is None
+        for m in memories
+    ]
+    return "fla" if all(on_fla) else "miraslab"
+
+
+def measure_training(
+    shape: Shape, device: torch.device, peak_tflops: float, fla_ok: bool
+) -> list[dict[str, Any]]:
     from miraslab.model.language_model import build_model
     from miraslab.recipe.resolve import load_recipe
 
@@ -393,6 +414,7 @@ def measure_training(shape: Shape, device: torch.device, peak_tflops: float) -> 
             "seconds": timing.seconds,
             "peak_mib": timing.peak_bytes / 2**20 if timing.peak_bytes is not None else None,
             "flops_per_token": per_token,
+            "memory_kernel": memory_kernel(model, fla_ok),
             "mfu": per_token * tokens_per_s / (peak_tflops * 1e12),
         }
         rows.append(row)
@@ -427,7 +449,7 @@ def _fmt(value: float | None, spec: str) -> str:
 
 def table(rows: list[dict[str, Any]]) -> str:
     """The one table: tests, memory layer, training and the NCCL line, one row each."""
-    header = f"{'section':<13}{'name':<44}{'tokens/s':>11}{'peak MiB':>10}{'%peak':>7}  result / note"
+    header = f"{'section':<13}{'name':<44}{'tokens/s':>11}{'peak MiB':>10}{'%peak':>7}  result / note (%peak: of the bf16 matmul peak; training: MFU)"
     lines = [header, "-" * len(header)]
     for row in rows:
         share = row.get("share_of_peak", row.get("mfu"))
@@ -498,7 +520,7 @@ def main(argv: list[str] | None = None) -> int:
     if "layer" not in args.skip:
         rows += measure_layers(shape, device, peak, fla_ok)
     if "training" not in args.skip:
-        rows += measure_training(shape, device, peak)
+        rows += measure_training(shape, device, peak, fla_ok)
     rows.append({"section": "nccl", "name": "two-process all-reduce", "result": "not run", "note": NCCL_LINE})
     env = environment(device, fla_ok, fla)
     print(

@@ -71,10 +71,11 @@ def test_the_dry_run_prints_one_table_and_writes_every_number(tmp_path, capsys):
         assert 0 < row.get("share_of_peak", row.get("mfu")) < 10
     training = {row["name"]: row for row in record["rows"] if row["section"] == "training"}
     assert training["gated-deltanet"]["parameters"] > 0 and training["titans-mag"]["flops_per_token"] > 0
+    assert training["gated-deltanet"]["memory_kernel"] == "miraslab"  # FLA's kernels need CUDA
     assert record["fla"] == {"runs": False, "detail": "not on a CPU (FLA's kernels are Triton, CUDA only)"}
     assert record["nccl"] == gpu_check.NCCL_LINE and record["matmul_peak_tflops"] > 0
     printed = capsys.readouterr().out
-    assert printed.count("section ") == 1 and "memory layer miraslab gated-delta-per-token" in printed
+    assert printed.count("section  ") == 1 and "memory layer miraslab gated-delta-per-token" in printed
     assert "two-process NCCL needs two GPUs" in printed
 
 
