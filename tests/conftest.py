@@ -49,3 +49,18 @@ def write_recipe(tmp_path: Path):
         return path
 
     return write
+
+
+def pytest_collection_modifyitems(config, items):
+    """``cuda``-marked tests need a CUDA GPU: elsewhere they are skipped, saying so (CI is CPU-only;
+    ``python benchmarks/gpu_check.py`` runs them on one GPU)."""
+    import os
+
+    import torch
+
+    if torch.cuda.is_available() or os.environ.get("MIRASLAB_CUDA_TESTS_ON") == "cpu":
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU (run python benchmarks/gpu_check.py on one)")
+    for item in items:
+        if "cuda" in item.keywords:
+            item.add_marker(skip)

@@ -113,6 +113,7 @@ class NeuralMemory(nn.Module):
                 path or spec.path,
                 spec.compile_chunks,
                 spec.inner_steps,
+                spec.kernel,
             )
         if self.ablation == "zero":
             y = torch.zeros_like(y)
@@ -148,6 +149,7 @@ class NeuralMemory(nn.Module):
                 self.spec.chunk_size,
                 path,
                 inner_steps=self.spec.inner_steps,
+                kernel=self.spec.kernel,
             )
             outputs.append(y)
         return torch.cat(outputs, dim=2), state

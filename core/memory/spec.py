@@ -87,6 +87,14 @@ class MemorySpec:
         "(Titans eq. 16-18); per_token takes each token's at the state the previous token left "
         "(DeltaNet, Gated DeltaNet: exact at any chunk size; matrix memories with l2 or dot, gd or momentum)",
     )
+    kernel: str = param(
+        "auto",
+        choices=("auto", "fla", "native"),
+        doc="who runs per-token steps of the delta-rule family (linear, l2, gd, retention none or decay "
+        "at the decayed state): auto uses flash-linear-attention's kernels on CUDA where installed "
+        "(the [gpu] extra), else miraslab's own; fla forces them (an error where they cannot run); "
+        "native never uses them",
+    )
     path: str = param("chunked", choices=PATHS, doc="execution path for training")
     conv_kernel: int = param(4, ge=0, doc="causal depthwise convolution on q/k/v; 0 disables")
     activation: str = param("silu", choices=("silu", "identity"), doc="activation on q/k/v (Titans)")

@@ -101,9 +101,12 @@ def chunked_per_token(
     tokens: Tokens,
     state: MemoryState,
     chunk_size: int,
+    restart: torch.Tensor | None = None,
 ) -> Result:
     """q, k (B, H, T, d_k), v (B, H, T, d_v): reads (B, H, T, d_v) and the state after T tokens.
 
+    ``restart`` (B, chunks) bool: those chunks start again from ``state`` (documents laid out
+    on the chunk grid, ``paths.per_token_documents``).
     ``state`` must be closed (offset 0), as every per-token state is: the recurrent path
     with per-token steps closes its one-token chunk after every token.
     """
@@ -138,6 +141,7 @@ def chunked_per_token(
             chunk_size,
             log_eta.to(work) if log_eta is not None else None,
             state.momentum["w"].to(work) if log_eta is not None else None,
+            restart,
         )
     state = dataclasses.replace(
         state,
@@ -189,6 +193,7 @@ def per_token_chunks(
     chunk_size: int,
     log_eta: torch.Tensor | None = None,
     s0: torch.Tensor | None = None,
+    restart: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """The per-token recurrence of the module docstring, chunk-parallel (UT form).
 
@@ -296,7 +301,12 @@ def per_token_chunks(
     starts, momenta, deltas = [], [], []
     weights, surprise = w0, s0
     per_chunk = [x.unbind(2) for x in (u, kc, *projections)]
+    restarts = restart[:, None, :, None, None].unbind(2) if restart is not None else None  # (B, 1, 1, 1)
     for c in range(n):
+        if restarts is not None:  # this row's chunk c opens a document: back to W_0 (and S_0)
+            weights = torch.where(restarts[c], w0, weights)
+            if momentum:
+                surprise = torch.where(restarts[c], s0, surprise)
         starts.append(weights)
         delta, key, *projection = (x[c] for x in per_chunk)
         if projection:

@@ -8,6 +8,7 @@ from ..rule.axes import Gates
 from ..rule.memory_rule import MemoryRule
 from ..rule.state import MemoryState
 from ..spec import check_run_options
+from . import fla_delta
 from .chunked import chunked
 from .chunked_per_token import chunked_per_token
 from .op_inputs import check_op_inputs
@@ -26,6 +27,7 @@ def memory_op(
     path: str = "chunked",
     compile_chunks: bool = False,
     inner_steps: str = "mini_batch",
+    kernel: str = "auto",
 ) -> tuple[torch.Tensor, MemoryState]:
     """Run a Miras memory over a sequence.
 
@@ -50,6 +52,9 @@ def memory_op(
             then steps chunks of one token, the chunked path runs
             ``paths.chunked_per_token``, which refuses a rule without that form (chunk 1
             has it for every rule).
+        kernel: who runs per-token steps of the delta-rule family (``paths.fla_delta``):
+            ``"auto"`` flash-linear-attention's kernels on CUDA where installed, else ours;
+            ``"fla"`` FLA or a ValueError; ``"native"`` always ours.
 
     Returns:
         outputs (batch, heads, seq, d_v) and the state after the last token.
@@ -61,6 +66,8 @@ def memory_op(
     if q.shape[2] == 0:
         return q.new_zeros(*q.shape[:3], v.shape[-1]), state
     per_token = inner_steps == "per_token"
+    if per_token and (found := fla_delta.choose(kernel, rule, q, state, path)) is not None:
+        return fla_delta.fla_per_token(found, rule, q, k, v, gates, state, fla_delta.decoding(path, q))
     if per_token and (path == "recurrent" or chunk_size == 1):  # per-token steps: chunks of one token
         chunk_size = 1
     if path == "recurrent":

@@ -13,6 +13,7 @@ from ...components import build_component
 from ...errors import RecipeError
 from ...params import Component
 from ..paths.chunked_per_token import inner_steps_problem
+from ..paths.fla_delta import check_kernel
 from ..spec import MemorySpec
 from .axes import AttentionalBias, FeatureMap, LearningAlgorithm, MemoryArchitecture, Retention, check_parts
 from .memory_rule import MemoryRule
@@ -31,6 +32,10 @@ def build_rule(spec: MemorySpec, heads: int, d_key: int, d_value: int) -> Memory
         raise RecipeError([f"model.memory: {exc}"]) from None
     if (problem := inner_steps_problem(parts, spec.inner_steps, spec.chunk_size)) is not None:
         raise RecipeError([f"model.memory: {problem}"])  # TNT's memories: at their own chunk sizes
+    try:
+        check_kernel(spec.kernel, rule, spec.inner_steps)
+    except ValueError as error:
+        raise RecipeError([str(error)]) from None
     return rule
 
 

@@ -1,0 +1,86 @@
+"""Packed documents through the per-token chunked path, each as if alone, without padding rows.
+
+``data.reset_at_documents`` today unpacks a row's documents into rows of their own, padded
+to the longest (``miraslab.data.documents``).  For the per-token memory that is not needed:
+each document is laid on the chunk grid of its own row (it starts a chunk; its last chunk is
+zero-padded: a padded token has k = 0, beta = 0 and alpha = 1, the identity step), and the
+chunk loop of ``chunked_per_token`` starts such a chunk again from the initial state.  A row
+grows by less than one chunk per document, instead of every document growing to the longest
+(flash-linear-attention's ``cu_seqlens`` lays documents out the same way).
+
+The row's first tokens, before its first marked start, are a document too (as in
+``data.documents``: a row's leading partial document runs from the initial state).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+
+from ..rule.axes import Gates
+from ..rule.memory_rule import MemoryRule
+from .chunked_per_token import chunked_per_token
+from .tokens import Tokens
+
+
+@dataclasses.dataclass(frozen=True)
+class DocumentLayout:
+    """Where each token of a (B, T) packed batch sits on the chunk grid."""
+
+    index: torch.Tensor  # (B, T) long: the token's position in its laid-out row
+    restart: torch.Tensor  # (B, chunks) bool: the chunk opens a document
+    length: int  # laid-out row length, a multiple of the chunk
+
+    def spread(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, H, T, ...) -> (B, H, length, ...), zeros where no token sits."""
+        index = self.index[:, None].expand(x.shape[0], x.shape[1], -1)
+        index = index.reshape(*index.shape, *[1] * (x.dim() - 3)).expand_as(x)
+        out = x.new_zeros(*x.shape[:2], self.length, *x.shape[3:])
+        return out.scatter(2, index, x)
+
+    def gather(self, y: torch.Tensor) -> torch.Tensor:
+        """(B, H, length, d) -> (B, H, T, d): each token's own position back."""
+        index = self.index[:, None, :, None].expand(y.shape[0], y.shape[1], -1, y.shape[-1])
+        return y.gather(2, index)
+
+
+def document_layout(doc_start: torch.Tensor, chunk: int) -> DocumentLayout:
+    """Each document of ``doc_start`` (B, T; True at a document's first token) at a chunk start,
+    its last chunk padded."""
+    batch, seq = doc_start.shape
+    starts = doc_start.clone()
+    starts[:, 0] = True
+    positions = torch.arange(seq, device=doc_start.device).expand(batch, seq)
+    first = torch.cummax(torch.where(starts, positions, 0), dim=1).values  # its document's first token
+    ends = torch.cat([starts[:, 1:], torch.ones_like(starts[:, :1])], dim=1)  # the document's last token
+    pad = torch.where(ends, (-(positions - first + 1)) % chunk, 0)  # after a document's last token
+    index = positions + torch.cumsum(pad, dim=1) - pad  # pads of the documents before it
+    length = int((index[:, -1] + 1 + pad[:, -1]).max())
+    restart = torch.zeros(batch, length // chunk, dtype=torch.bool, device=doc_start.device)
+    rows, tokens = starts.nonzero(as_tuple=True)
+    restart[rows, index[rows, tokens] // chunk] = True
+    return DocumentLayout(index, restart, length)
+
+
+def per_token_documents(
+    rule: MemoryRule,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    gates: Gates,
+    doc_start: torch.Tensor,
+    chunk_size: int,
+) -> torch.Tensor:
+    """Reads (B, H, T, d_v) of a per-token memory restarted from its initial state at every
+    document of ``doc_start`` (B, T): each document's reads as if it ran alone."""
+    layout = document_layout(doc_start, chunk_size)
+    laid = {name: layout.spread(g) for name, g in gates.items()}  # alpha = 1, theta = 0 on pads
+    y, _ = chunked_per_token(
+        rule,
+        Tokens(layout.spread(q), layout.spread(k), layout.spread(v), laid),
+        rule.initial_state(q.shape[0]),
+        chunk_size,
+        restart=layout.restart,
+    )
+    return layout.gather(y)
