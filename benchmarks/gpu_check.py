@@ -252,7 +252,9 @@ def layer_subjects(shape: Shape, fla_ok: bool) -> list[tuple[str, str, Callable[
         options = {**MIRASLAB_CONFIGS[config]}
         if config in PER_TOKEN_CONFIGS:
             options["kernel"] = kernel
-        return lambda: MemoryLayer(shape.dim, heads=shape.heads, chunk_size=shape.chunk, **options)
+        return lambda: MemoryLayer.from_options(
+            shape.dim, heads=shape.heads, chunk_size=shape.chunk, **options
+        )
 
     subjects = [("miraslab", config, ours(config, "native")) for config in LAYER_CONFIGS]
     if fla_ok:

@@ -22,7 +22,7 @@ import pytest
 import torch
 from memory_cases import make_rule, random_inputs
 
-from miraslab.errors import RecipeError
+from miraslab.errors import MiraslabError, RecipeError
 from miraslab.memory.layer import MemoryLayer
 from miraslab.memory.paths import fla_delta
 from miraslab.memory.paths.memory_op import memory_op
@@ -225,7 +225,7 @@ def test_fla_state_is_our_matrix_transposed():
 def test_gradients_through_the_fla_chunk_kernels_equal_ours(name):
     def grads(kernel):
         torch.manual_seed(0)
-        layer = MemoryLayer(
+        layer = MemoryLayer.from_options(
             16,
             heads=2,
             memory="linear",
@@ -305,11 +305,15 @@ def test_fla_forced_for_a_rule_it_cannot_run_is_refused_at_construction():
     with pytest.raises(
         RecipeError, match=r"model\.memory\.kernel = 'fla': FLA's kernels hold a single matrix"
     ):
-        MemoryLayer(
+        MemoryLayer.from_options(
             16, heads=2, memory="mlp", algorithm="gd", inner_steps="per_token", chunk_size=1, kernel="fla"
         )
 
 
 def test_an_unknown_kernel_is_refused():
-    with pytest.raises(RecipeError, match=r"model\.memory\.kernel must be one of"):
-        MemoryLayer(16, heads=2, memory="linear", algorithm="gd", inner_steps="per_token", kernel="triton")
+    with pytest.raises(
+        MiraslabError, match=r"kernel: expected one of \"auto\", \"fla\", \"native\", got \"triton\""
+    ):
+        MemoryLayer.from_options(
+            16, heads=2, memory="linear", algorithm="gd", inner_steps="per_token", kernel="triton"
+        )
