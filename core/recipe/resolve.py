@@ -63,8 +63,8 @@ def recipe_from_dict(
 def _schedule_problems(recipe: Recipe, origins: Origins, default_origin: str) -> list[str]:
     """A warmup longer than the run never reaches its learning rate.
 
-    Refused where one file (or --set) chose it; a recipe's warmup under a run shortened by
-    ``--set train.steps=2`` (a smoke test, an ablation cell) is the shortening's business.
+    Refused where a file chose the run's length; a run shortened by ``--set train.steps=2``
+    (a smoke test, an ablation cell) is the shortening's business, whatever its warmup.
     """
     train = recipe.train
     warmup_at = ("train", "warmup_steps")
@@ -72,7 +72,7 @@ def _schedule_problems(recipe: Recipe, origins: Origins, default_origin: str) ->
     if warmup_at not in origins or train.warmup_steps <= train.total_steps:
         return []
     warmup_origin = origins[warmup_at]
-    if origin_of(steps_at, origins, default_origin) == SET_ORIGIN and warmup_origin != SET_ORIGIN:
+    if origin_of(steps_at, origins, default_origin) == SET_ORIGIN:
         return []
     return [
         f"{warmup_origin}: train.warmup_steps: {train.warmup_steps:,} warmup steps in a run of "
