@@ -29,13 +29,7 @@ class FileRefused(MiraslabError):
 def read_bounded_bytes(path: Path | str, limit: int, what: str = "file") -> bytes:
     """The bytes of ``path``, refused in one line unless it is a regular file of at most ``limit`` bytes."""
     path = Path(path)
-    try:
-        info = os.stat(path)
-    except FileNotFoundError:
-        raise FileRefused(f"{path}: no such {what}") from None
-    except OSError as exc:
-        raise FileRefused(f"{path}: cannot be read: {exc.strerror or exc}") from None
-    _check(path, info, limit, what)
+    check_regular_file(path, limit, what)
     try:
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0))
     except OSError as exc:

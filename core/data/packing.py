@@ -155,13 +155,46 @@ class PackedTokens:
         return self._ahead.popleft()
 
 
-class PackedBatches(Batches):
+class DocumentBatches(Batches):
+    """What packed and streamed rows share: the document order, the rows' shape, this
+    process's rows of each global batch, the count of global batches and the saved state's head."""
+
+    state_format: str
+
+    def _start(
+        self,
+        order: DocumentOrder,
+        seq_len: int,
+        batch_size: int,
+        rank: int,
+        world_size: int,
+        fingerprint: str,
+    ) -> None:
+        if seq_len < 1 or batch_size < 1:
+            raise ValueError(f"seq_len and batch_size must be >= 1, got {seq_len} and {batch_size}")
+        self._rows = rank_rows(batch_size, rank, world_size)
+        self.order, self.seq_len, self.batch_size, self.fingerprint = order, seq_len, batch_size, fingerprint
+        self._steps = 0
+
+    def _state_head(self) -> dict[str, Any]:
+        return {
+            "format": self.state_format,
+            "split": self.order.split,
+            "seed": self.order.seed,
+            "fingerprint": self.fingerprint,
+            "steps": self._steps,
+        }
+
+
+class PackedBatches(DocumentBatches):
     """This process's rows of each global batch of packed documents.
 
     A saved state resumes the token stream where it stopped, whatever ``seq_len``,
     ``batch_size`` and ``world_size`` are now (a TNT stage may change them); the split,
     the seed and the data settings must be the ones it was saved with.
     """
+
+    state_format = STATE_FORMAT
 
     def __init__(
         self,
@@ -176,14 +209,7 @@ class PackedBatches(Batches):
         state: dict[str, Any] | None = None,
         fingerprint: str = "",
     ):
-        if seq_len < 1 or batch_size < 1:
-            raise ValueError(f"seq_len and batch_size must be >= 1, got {seq_len} and {batch_size}")
-        self._rows = rank_rows(batch_size, rank, world_size)
-        self.order = order
-        self.seq_len = seq_len
-        self.batch_size = batch_size
-        self.fingerprint = fingerprint
-        self._steps = 0
+        self._start(order, seq_len, batch_size, rank, world_size, fingerprint)
         position: Position | None = None
         piece, used = 0, 0
         if state is not None:
@@ -206,14 +232,7 @@ class PackedBatches(Batches):
 
     def state_dict(self) -> dict[str, Any]:
         """JSON data; equal on every process.  ``steps`` counts global batches so far."""
-        return {
-            "format": STATE_FORMAT,
-            "split": self.order.split,
-            "seed": self.order.seed,
-            "fingerprint": self.fingerprint,
-            "steps": self._steps,
-            **self._tokens.state(),
-        }
+        return self._state_head() | self._tokens.state()
 
     def _check_state(self, state: dict[str, Any]) -> None:
         if not isinstance(state, dict):

@@ -26,8 +26,7 @@ import torch
 
 from ..errors import RecipeError
 from .document_order import DocumentOrder, Position
-from .packing import Encoder, PackedTokens
-from .task import Batches, rank_rows
+from .packing import DocumentBatches, Encoder, PackedTokens
 
 STATE_FORMAT = "miraslab.streamed-documents/1"
 
@@ -61,8 +60,10 @@ class LaneOrder:
                 yield at, text
 
 
-class StreamedBatches(Batches):
+class StreamedBatches(DocumentBatches):
     """This process's rows of each global batch; row b continues row b of the batch before."""
+
+    state_format = STATE_FORMAT
 
     def __init__(
         self,
@@ -77,11 +78,7 @@ class StreamedBatches(Batches):
         state: dict[str, Any] | None = None,
         fingerprint: str = "",
     ):
-        if seq_len < 1 or batch_size < 1:
-            raise ValueError(f"seq_len and batch_size must be >= 1, got {seq_len} and {batch_size}")
-        self._rows = rank_rows(batch_size, rank, world_size)
-        self.order, self.seq_len, self.batch_size, self.fingerprint = order, seq_len, batch_size, fingerprint
-        self._steps = 0
+        self._start(order, seq_len, batch_size, rank, world_size, fingerprint)
         saved: list[dict[str, Any]] = [{"position": None, "piece": 0, "used": 0, "last": None}] * batch_size
         if state is not None:
             saved = self._check_state(state)
@@ -114,12 +111,7 @@ class StreamedBatches(Batches):
 
     def state_dict(self) -> dict[str, Any]:
         """JSON data, the same on every process: every lane's place and last token."""
-        return {
-            "format": STATE_FORMAT,
-            "split": self.order.split,
-            "seed": self.order.seed,
-            "fingerprint": self.fingerprint,
-            "steps": self._steps,
+        return self._state_head() | {
             "lanes": [
                 tokens.state() | {"last": last} for tokens, last in zip(self._lanes, self._last, strict=True)
             ],

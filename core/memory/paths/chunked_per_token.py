@@ -35,7 +35,6 @@ padded token has k = 0 and beta = 0, the identity step.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 
 import torch
@@ -143,16 +142,7 @@ def chunked_per_token(
             state.momentum["w"].to(work) if log_eta is not None else None,
             restart,
         )
-    state = dataclasses.replace(
-        state,
-        start={"w": weights},
-        weights={"w": weights},
-        offset=0,
-        log_decay=state.log_decay.new_zeros(state.log_decay.shape),
-        sums={n: x.new_zeros(x.shape) for n, x in state.sums.items()},
-        momentum={"w": surprise} if surprise is not None else state.momentum,
-    )
-    return y.to(q.dtype), state
+    return y.to(q.dtype), state.closed(weights, surprise)
 
 
 def _rates(x: torch.Tensor, seq: int) -> torch.Tensor:

@@ -273,12 +273,4 @@ def fla_per_token(
         else:
             out, final = found.chunk_gated(qf, kf, vf, g=g, beta=beta, **common)
     weights = weights_from_fla(final).to(work)
-    closed = dataclasses.replace(
-        state,
-        start={"w": weights},
-        weights={"w": weights},
-        offset=0,
-        log_decay=state.log_decay.new_zeros(state.log_decay.shape),
-        sums={n: x.new_zeros(x.shape) for n, x in state.sums.items()},
-    )
-    return out.transpose(1, 2).to(q.dtype), closed
+    return out.transpose(1, 2).to(q.dtype), state.closed(weights)

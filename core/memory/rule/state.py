@@ -45,3 +45,16 @@ class MemoryState:
 
     def detach(self) -> MemoryState:
         return self.map(torch.Tensor.detach)
+
+    def closed(self, weights: torch.Tensor, momentum: torch.Tensor | None = None) -> MemoryState:
+        """The state of a per-token path after its last token: the matrix memory ``weights``
+        (and ``momentum``, when the rule has one) at a chunk start, nothing accumulated since."""
+        return dataclasses.replace(
+            self,
+            start={"w": weights},
+            weights={"w": weights},
+            offset=0,
+            log_decay=self.log_decay.new_zeros(self.log_decay.shape),
+            sums={n: x.new_zeros(x.shape) for n, x in self.sums.items()},
+            momentum={"w": momentum} if momentum is not None else self.momentum,
+        )
