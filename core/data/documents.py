@@ -55,6 +55,50 @@ def segment_ids(doc_start: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return segment, index - first[segment]
 
 
+class PackedDocuments:
+    """The documents of packed rows, for a model that runs them packed (each as if alone,
+    without one row per document): ``starts`` (B, T) bool, True at a document's first token;
+    each row's first token opens one too (a row's leading partial document).
+
+    What the layers ask of it is computed once per forward pass and shared by every layer:
+    ``segment`` (attention's block-diagonal mask), ``position`` (a short convolution's reach)
+    and ``cached`` (a memory's chunk-grid layout)."""
+
+    def __init__(self, starts: torch.Tensor):
+        if starts.dim() != 2 or starts.dtype != torch.bool:
+            raise ValueError(
+                f"document starts must be a (batch, seq) bool tensor, got {tuple(starts.shape)} {starts.dtype}"
+            )
+        self.starts = starts.clone()
+        self.starts[:, :1] = True
+        self._cache: dict[object, object] = {}
+
+    @property
+    def shape(self) -> torch.Size:
+        return self.starts.shape
+
+    def cached(self, key: object, make):
+        """``make()``, computed on the first call for ``key`` and kept for this pass."""
+        if key not in self._cache:
+            self._cache[key] = make()
+        return self._cache[key]
+
+    @property
+    def segment(self) -> torch.Tensor:
+        """(B, T) long: each token's document, counted from 0 in its row."""
+        return self.cached("segment", lambda: self.starts.long().cumsum(1) - 1)
+
+    @property
+    def position(self) -> torch.Tensor:
+        """(B, T) long: each token's position inside its document."""
+
+        def make() -> torch.Tensor:
+            index = torch.arange(self.starts.shape[1], device=self.starts.device).expand_as(self.starts)
+            return index - torch.cummax(torch.where(self.starts, index, 0), dim=1).values
+
+        return self.cached("position", make)
+
+
 def split_documents(batch: TrainingBatch) -> TrainingBatch:
     """One row per document of ``batch`` (which holds ``extras["doc_start"]``), padded at the
     end to the longest; the same tokens and targets, so the summed loss is the same sum."""
