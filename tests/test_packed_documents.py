@@ -21,6 +21,7 @@ from miraslab.data.documents import DOC_START, documents_apart, mark_documents
 from miraslab.model.language_model import build_model
 from miraslab.model.spec import ModelSpec
 from miraslab.params import structure
+from miraslab.train.activation_checkpointing import checkpoint_blocks
 from miraslab.train.micro_batches import forward_pieces
 
 SEP = 1
@@ -92,8 +93,11 @@ def test_each_packed_document_reads_as_if_alone(name):
         assert (model(rows) - expected).abs().max() > 1e-6
 
 
-def test_gradients_equal_those_of_the_documents_run_apart():
+@pytest.mark.parametrize("checkpointed", [False, True])
+def test_gradients_equal_those_of_the_documents_run_apart(checkpointed):
     model = tiny_model("mal", GATED_DELTA, {"window": 5}).train()
+    if checkpointed:  # train.activation_checkpointing: the starts reach the recomputed blocks
+        checkpoint_blocks(model)
     batch = mark_documents(TrainingBatch.of(torch.cat([packed_rows(), packed_rows()[:, :1]], dim=1)), SEP)
 
     def gradients(logits: torch.Tensor, targets: torch.Tensor) -> list[torch.Tensor]:
