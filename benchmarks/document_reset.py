@@ -139,8 +139,12 @@ def main() -> None:
         print(
             f"| {r['median_doc_tokens']:g} | {r['documents']} | {shape} | {r['extra_positions']:+.0%} | "
             f"{shapes} | {r['bucket_extra_positions']:+.0%} | {r['packed_step_s'] * 1e3:.0f} ms | "
-            f"{r['starts_step_s'] * 1e3:.0f} ms | {r['starts_time_ratio']:.2f}x | "
-            f"{r['apart_step_s'] * 1e3:.0f} ms | {r['time_ratio']:.2f}x | {r['buckets_step_s'] * 1e3:.0f} ms | "
+            + (
+                f"{r['starts_step_s'] * 1e3:.0f} ms | {r['starts_time_ratio']:.2f}x | "
+                if reason is None
+                else "apart | - | "
+            )
+            + f"{r['apart_step_s'] * 1e3:.0f} ms | {r['time_ratio']:.2f}x | {r['buckets_step_s'] * 1e3:.0f} ms | "
             f"{r['buckets_time_ratio']:.2f}x |"
         )
     if args.json:
