@@ -118,6 +118,7 @@ def test_gradients_equal_those_of_the_documents_run_apart(checkpointed):
         ("mal", {"inner_steps": "mini_batch"}, {}, "inner_steps = 'mini_batch'"),
         ("mal", {"path": "recurrent"}, {}, "path = 'recurrent'"),
         ("mal", {"qk_projection": True}, {}, "qk_projection"),
+        ("mal", {"memory": "mlp", "chunk_size": 1}, {}, "token by token"),
         ("mac", {}, {}, "packs_documents"),
         ("mal", {}, {"tnt": {"global_chunk": 4, "local_chunks": [2], "shard_length": 8}}, "TNT"),
     ],

@@ -10,7 +10,7 @@ from torch import nn
 
 from ..data.documents import PackedDocuments
 from .gate_projections import GateProjections
-from .paths.chunked_per_token import inner_steps_problem
+from .paths.chunked_per_token import per_token_problem
 from .paths.memory_op import memory_op
 from .paths.per_token_documents import per_token_documents
 from .qk_projection import qk_project
@@ -99,7 +99,9 @@ class NeuralMemory(nn.Module):
             return "model.memory.qk_projection sums the keys of the whole row"
         if spec.kernel == "fla":
             return "model.memory.kernel = 'fla': FLA's variable-length kernels (cu_seqlens) are not wired here yet"
-        return inner_steps_problem(self.rule.parts, spec.inner_steps, spec.chunk_size)
+        if (problem := per_token_problem(*self.rule.parts)) is not None:  # at chunk 1 too: no chunked form
+            return f"model.memory.inner_steps = 'per_token' runs this rule token by token ({problem})"
+        return None
 
     def forward(
         self,
