@@ -10,6 +10,11 @@ from the row before are not a document start (they are marked False); like every
 first tokens they run from the initial state, as flash-linear-attention's ``cu_seqlens``
 treats a row's leading partial document.
 
+Where every part of the model can restart at a document's start (a per-token memory, see
+``LanguageModel.documents_reason``) the rows stay packed and the model is given the starts
+(:class:`PackedDocuments`): a block-diagonal attention mask, the memory restarted on its chunk
+grid.  Everything else runs the documents apart, as follows.
+
 Every layer of a miraslab model is causal per token and starts a sequence from its initial
 state (attention sees nothing before, every memory is at W_init with its momentum zero,
 its short-convolution history empty and its Omega window empty, TNT's shards begin at the
