@@ -14,6 +14,7 @@ from .data.batch import IGNORE, TrainingBatch
 from .data.cache import cache_key
 from .data.default_corpus import StdlibCorpus
 from .data.document_order import DocumentOrder
+from .data.documents import PackedDocuments
 from .data.packing import PackedBatches
 from .data.seeded_task import SeededBatches, SeededTask
 from .data.sources import (
@@ -151,6 +152,7 @@ __all__ = [  # noqa: RUF022 -- grouped by the kind of plugin that needs them, no
     # layouts and attention backends
     "Block",
     "BlockContext",
+    "PackedDocuments",
     "TransformerBlock",
     "KVCache",
     "MemoryGate",

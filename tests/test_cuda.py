@@ -1,5 +1,5 @@
 """Every CUDA path against the CPU float64 oracle: layouts, attention backends, memory rules,
-decoding, a compiled step and flash-linear-attention's kernels.
+decoding, a compiled step, flash-linear-attention's kernels and packed documents.
 
 Marked ``cuda``: skipped, with the reason, where no CUDA GPU is present (tests/conftest.py);
 ``python benchmarks/gpu_check.py`` runs them on one.  Not yet run on a GPU.
@@ -295,3 +295,36 @@ def test_fla_state_continues_on_our_path_on_cuda_and_back(name):
         y1, middle = op(slice(0, cut), None, first)
         y2, _ = op(slice(cut, None), middle, second)
         assert_close_to_scale(torch.cat([y1, y2], 2), want, 2e-3, f"{first} then {second}")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("layout", ("attention", "swa", "lmm", "mag", "mal"))
+def test_packed_documents_match_the_cpu_oracle(layout, backend):
+    """``model(ids, documents=...)`` on CUDA (the block-diagonal mask of each backend, the memory
+    restarted on its chunk grid), float32, against the float64 CPU oracle of the same call
+    (itself each document alone: tests/test_packed_documents.py)."""
+    skip_unavailable_backend(backend)
+    table = tiny_table(layout, backend, memory={**PER_TOKEN["gated-deltanet"], "kernel": "native"})
+    model = build(table)
+    oracle = build({**table, "attention": {**table["attention"], "backend": "sdpa"}}).double()
+    tokens = ids()
+    starts = torch.zeros_like(tokens, dtype=torch.bool)
+    starts[0, [3, 4, 9, 17]] = True
+    starts[1, [0, 13]] = True
+    results = []
+    for net, device in ((oracle, torch.device("cpu")), (model.to(CUDA), CUDA)):
+        net.zero_grad(set_to_none=True)
+        logits = net(tokens.to(device), documents=starts.to(device))
+        logits.float().logsumexp(-1).mean().backward()
+        results.append(
+            (
+                logits.detach().cpu(),
+                {n: p.grad.cpu() for n, p in net.named_parameters() if p.grad is not None},
+            )
+        )
+    (want_logits, want_grads), (got_logits, got_grads) = results
+    logits_tol, grad_tol = TOLERANCE["fp32"]
+    assert_close_to_scale(got_logits, want_logits, logits_tol, "packed documents: logits")
+    assert got_grads.keys() == want_grads.keys()
+    for name, grad in want_grads.items():
+        assert_close_to_scale(got_grads[name], grad, grad_tol, f"packed documents: d loss / d {name}")

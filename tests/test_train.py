@@ -351,3 +351,33 @@ def test_documents_run_apart_in_training_and_resume_the_same_curve(workspace, tm
         losses(tmp_path / "straight"), losses(tmp_path / "one_bucket"), strict=True
     ):
         assert step == same and abs(bucketed - padded) <= 1e-5 * abs(padded)
+
+
+def test_documents_packed_in_training_give_the_curve_of_the_documents_apart(workspace, tmp_path, monkeypatch):
+    """A per-token memory runs data.reset_at_documents packed (its rows and their starts); the
+    loss curve is the one of the same model run apart, one row per document (fp32, summed in
+    another order: 1e-5 of the loss)."""
+    sets = [
+        "data.reset_at_documents=true",
+        "model.memory.inner_steps=per_token",
+        "model.memory.memory=linear",
+    ]
+    sets += ["model.memory.algorithm=gd"]
+    import miraslab.train.trainer as trainer_module
+    from miraslab.model.language_model import LanguageModel
+
+    kinds, pieces = [], trainer_module.forward_pieces
+
+    def recording(*args, packed=False):
+        kinds.append(packed)
+        return pieces(*args, packed=packed)
+
+    monkeypatch.setattr(trainer_module, "forward_pieces", recording)
+    train(workspace, tmp_path / "packed", sets=sets, layout="mal", max_steps=3)
+    monkeypatch.setattr(LanguageModel, "documents_reason", lambda self: "forced apart")
+    train(workspace, tmp_path / "apart", sets=sets, layout="mal", max_steps=3)
+    assert kinds == [True] * 3 + [False] * 3
+    for (step, got), (same, expected) in zip(
+        losses(tmp_path / "packed"), losses(tmp_path / "apart"), strict=True
+    ):
+        assert step == same and abs(got - expected) <= 1e-5 * abs(expected)

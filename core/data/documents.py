@@ -10,6 +10,11 @@ from the row before are not a document start (they are marked False); like every
 first tokens they run from the initial state, as flash-linear-attention's ``cu_seqlens``
 treats a row's leading partial document.
 
+Where every part of the model can restart at a document's start (a per-token memory, see
+``LanguageModel.documents_reason``) the rows stay packed and the model is given the starts
+(:class:`PackedDocuments`): a block-diagonal attention mask, the memory restarted on its chunk
+grid.  Everything else runs the documents apart, as follows.
+
 Every layer of a miraslab model is causal per token and starts a sequence from its initial
 state (attention sees nothing before, every memory is at W_init with its momentum zero,
 its short-convolution history empty and its Omega window empty, TNT's shards begin at the
@@ -53,6 +58,50 @@ def segment_ids(doc_start: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     index = torch.arange(flat.numel(), device=flat.device)
     first = index[flat]  # the flat index where each segment begins
     return segment, index - first[segment]
+
+
+class PackedDocuments:
+    """The documents of packed rows, for a model that runs them packed (each as if alone,
+    without one row per document): ``starts`` (B, T) bool, True at a document's first token;
+    each row's first token opens one too (a row's leading partial document).
+
+    What the layers ask of it is computed once per forward pass and shared by every layer:
+    ``segment`` (attention's block-diagonal mask), ``position`` (a short convolution's reach)
+    and ``cached`` (a memory's chunk-grid layout)."""
+
+    def __init__(self, starts: torch.Tensor):
+        if starts.dim() != 2 or starts.dtype != torch.bool:
+            raise ValueError(
+                f"document starts must be a (batch, seq) bool tensor, got {tuple(starts.shape)} {starts.dtype}"
+            )
+        self.starts = starts.clone()
+        self.starts[:, :1] = True
+        self._cache: dict[object, object] = {}
+
+    @property
+    def shape(self) -> torch.Size:
+        return self.starts.shape
+
+    def cached(self, key: object, make):
+        """``make()``, computed on the first call for ``key`` and kept for this pass."""
+        if key not in self._cache:
+            self._cache[key] = make()
+        return self._cache[key]
+
+    @property
+    def segment(self) -> torch.Tensor:
+        """(B, T) long: each token's document, counted from 0 in its row."""
+        return self.cached("segment", lambda: self.starts.long().cumsum(1) - 1)
+
+    @property
+    def position(self) -> torch.Tensor:
+        """(B, T) long: each token's position inside its document."""
+
+        def make() -> torch.Tensor:
+            index = torch.arange(self.starts.shape[1], device=self.starts.device).expand_as(self.starts)
+            return index - torch.cummax(torch.where(self.starts, index, 0), dim=1).values
+
+        return self.cached("position", make)
 
 
 def split_documents(batch: TrainingBatch) -> TrainingBatch:

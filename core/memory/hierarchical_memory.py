@@ -131,13 +131,20 @@ class HierarchicalMemory(nn.Module):
             reads.append(self._merge(memory.retrieve(q, local), x.dtype))
         return self.out(self.mixer(reads))
 
+    def documents_reason(self) -> str | None:
+        """TNT cannot run packed documents: its shards are counted from the row's start."""
+        return "TNT's local memories reset at shards counted from the row's start, not at each document"
+
     def forward(
         self,
         x: torch.Tensor,
         state: HierarchicalState | None = None,
         return_state: bool = False,
         path: str | None = None,
+        documents: object = None,
     ):
+        if documents is not None:
+            raise ValueError(f"HierarchicalMemory: {self.documents_reason()}")
         state = state or HierarchicalState()
         q, k, v, conv = self.inputs(x, state.conv)
         y_global, global_state = self.global_memory(q, k, v, x, state.global_memory, path)

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..data.documents import PackedDocuments
 from .kernels.merge_heads import merge_heads
 from .neural_memory import NeuralMemory, NeuralMemoryState
 from .qkv_projections import MemoryInputs
@@ -81,6 +82,11 @@ class MemoryLayer(nn.Module):
     def chunk_size(self) -> int:
         return self.memory.chunk_size
 
+    def documents_reason(self) -> str | None:
+        """Why this layer cannot run packed documents, or None (the convolution runs within
+        each document; the memory restarts at each: ``NeuralMemory.documents_reason``)."""
+        return self.memory.documents_reason()
+
     def merge_heads(self, y: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         """(B, H, T, d) read-outs -> (B, T, H*d), normalised per head."""
         return merge_heads(y, self.norm, dtype)
@@ -91,14 +97,19 @@ class MemoryLayer(nn.Module):
         state: LayerState | None = None,
         return_state: bool = False,
         path: str | None = None,
+        documents: PackedDocuments | None = None,
     ) -> torch.Tensor | tuple[torch.Tensor, LayerState]:
+        """``documents``: x's rows hold packed documents (``data.reset_at_documents``), each
+        read as if alone; no ``state`` then."""
         check_layer_input(x, self.dim, state)
         # no LayerState() for a missing state: dynamo cannot trace a dataclass's default factory
         conv_in, memory_in, position = (
             (state.conv, state.memory, state.position) if state else (None, None, 0)
         )
-        q, k, v, conv = self.inputs(x, conv_in)
-        y, memory_state = self.memory(q, k, v, x, memory_in, path)
+        if documents is not None and state is not None:
+            raise ValueError("MemoryLayer: packed documents start from no state")
+        q, k, v, conv = self.inputs(x, conv_in, documents=documents)
+        y, memory_state = self.memory(q, k, v, x, memory_in, path, documents=documents)
         out = self.out(self.merge_heads(y, x.dtype))
         if not return_state:
             return out

@@ -8,8 +8,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..data.documents import PackedDocuments
 from .gate_projections import GateProjections
+from .paths.chunked_per_token import per_token_problem
 from .paths.memory_op import memory_op
+from .paths.per_token_documents import per_token_documents
 from .qk_projection import qk_project
 from .rule.build import build_features, build_rule
 from .rule.state import MemoryState
@@ -80,6 +83,26 @@ class NeuralMemory(nn.Module):
     def chunk_size(self) -> int:
         return self.spec.chunk_size
 
+    def documents_reason(self) -> str | None:
+        """Why this memory cannot run packed documents (``data.reset_at_documents`` without one
+        row per document), as a sentence; None when it can: per-token steps on the chunked path,
+        restarted at each document (``paths.per_token_documents``)."""
+        spec = self.spec
+        if spec.inner_steps != "per_token":
+            return (
+                f"model.memory.inner_steps = {spec.inner_steps!r} takes a chunk's gradients at the chunk's "
+                "start, so a document must open a chunk of a row of its own"
+            )
+        if spec.path != "chunked":
+            return f"model.memory.path = {spec.path!r}: packed documents restart on the chunked path only"
+        if spec.qk_projection:
+            return "model.memory.qk_projection sums the keys of the whole row"
+        if spec.kernel == "fla":
+            return "model.memory.kernel = 'fla': FLA's variable-length kernels (cu_seqlens) are not wired here yet"
+        if (problem := per_token_problem(*self.rule.parts)) is not None:  # at chunk 1 too: no chunked form
+            return f"model.memory.inner_steps = 'per_token' runs this rule token by token ({problem})"
+        return None
+
     def forward(
         self,
         q: torch.Tensor,
@@ -88,7 +111,12 @@ class NeuralMemory(nn.Module):
         x: torch.Tensor,
         state: NeuralMemoryState | None = None,
         path: str | None = None,
+        documents: PackedDocuments | None = None,
     ):
+        """``documents``: the rows hold packed documents, each written and read from the
+        initial state (no ``state``; see :meth:`documents_reason`)."""
+        if documents is not None:
+            return self._packed_documents(q, k, v, x, state, path, documents)
         # no NeuralMemoryState() for a missing state: dynamo cannot trace a dataclass's default factory
         qk_in, memory_in = (state.qk, state.memory) if state is not None else (None, None)
         qk_state = None
@@ -121,6 +149,31 @@ class NeuralMemory(nn.Module):
             initial = memory_in.weights if memory_in is not None else self.rule.arch.init
             self.last_norms = state_norms(memory_state, dict(initial))
         return y, NeuralMemoryState(memory_state, qk_state)
+
+    def _packed_documents(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        x: torch.Tensor,
+        state: NeuralMemoryState | None,
+        path: str | None,
+        documents: PackedDocuments,
+    ):
+        spec = self.spec
+        reason = self.documents_reason() or (f"path {path!r}" if path not in (None, "chunked") else None)
+        if reason is None and (state is not None or self.ablation is not None):
+            reason = "a carried state or an ablation"
+        if reason is not None:
+            raise ValueError(f"NeuralMemory: packed documents cannot run here: {reason}")
+        q, k = self.features(q, query=True), self.features(k)
+        gates = self.gates(x)
+        y, memory_state = per_token_documents(
+            self.rule, q, k, v, gates, documents, spec.chunk_size, return_state=True
+        )
+        if self.record:
+            self.last_norms = state_norms(memory_state, dict(self.rule.arch.init))
+        return y, NeuralMemoryState(memory_state, None)
 
     def _fresh_every_chunk(
         self,

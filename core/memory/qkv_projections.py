@@ -3,6 +3,10 @@
 Linear projections, a short causal depthwise convolution over time (kernel 4 by default:
 on associative recall it made the difference between 74 % and 100 % in a prototype
 here), SiLU, and l2-normalised queries and keys.
+
+With packed documents the convolution reaches no token of an earlier document: a document's
+first K-1 tokens see zeros before it, as when it runs alone (the taps that crossed the
+boundary are taken back out, at those few tokens only).
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..data.documents import PackedDocuments
 from .kernels.short_conv import causal_conv
 from .kernels.split_heads import split_heads
 
@@ -41,17 +46,58 @@ class MemoryInputs(nn.Module):
             return (F.silu(qkv) if activate else qkv), None
         return causal_conv(qkv, self.conv.weight.squeeze(1), self.conv.bias, past, silu=activate)
 
-    def forward(self, x: torch.Tensor, conv_state: torch.Tensor | None = None, convolve: bool = True):
+    def _convolve_documents(
+        self, qkv: torch.Tensor, documents: PackedDocuments, activate: bool
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The convolution within each packed document: for lag j, the token at position p < j
+        of its document (and not at the row's start, where the taps read zeros) had
+        w_{K-1-j} x_{t-j} of the document before added; it is subtracted again."""
+        if not self.conv_kernel:
+            return (F.silu(qkv) if activate else qkv), None
+        taps = self.conv.weight.squeeze(1)  # (C, K)
+        y, carry = causal_conv(qkv, taps, self.conv.bias, None, silu=False)
+        kernel = self.conv_kernel
+        for lag, rows, tokens in documents.cached(
+            ("conv_crossings", kernel), lambda: _crossings(documents, kernel)
+        ):
+            crossed = qkv[rows, tokens - lag] * taps[:, kernel - 1 - lag].to(qkv.dtype)
+            y = y.index_put((rows, tokens), -crossed, accumulate=True)
+        return (F.silu(y) if activate else y), carry
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        conv_state: torch.Tensor | None = None,
+        convolve: bool = True,
+        documents: PackedDocuments | None = None,
+    ):
         """x (B, T, dim) -> q, k, v (B, H, T, head_dim) and the convolution's carry.
 
         ``convolve=False`` skips the convolution: each token's q, k, v then depend on that
         token alone (MAC's retrieval queries, which must not mix tokens of a segment).
+        ``documents``: x's rows hold packed documents (no ``conv_state``), each convolved alone.
         """
         activate = self.activation == "silu"
-        if convolve:
+        if convolve and documents is not None:
+            if conv_state is not None:
+                raise ValueError("MemoryInputs: packed documents start from no convolution state")
+            qkv, carry = self._convolve_documents(self.qkv(x), documents, activate)
+        elif convolve:
             qkv, carry = self._convolve(self.qkv(x), conv_state, activate)
         else:
             qkv, carry = self.qkv(x), conv_state
             qkv = F.silu(qkv) if activate else qkv
         q, k, v = split_heads(qkv, self.heads, self.qk_norm)
         return q, k, v, carry
+
+
+def _crossings(documents: PackedDocuments, kernel: int) -> list[tuple[int, torch.Tensor, torch.Tensor]]:
+    """For each lag 1 .. K-1, the (row, token) pairs whose tap of that lag reaches an earlier document."""
+    found = []
+    for lag in range(1, kernel):
+        leaked = documents.position < lag
+        leaked[:, :lag] = False  # at a row's start the tap reads the zeros in front
+        rows, tokens = leaked.nonzero(as_tuple=True)
+        if rows.numel():
+            found.append((lag, rows, tokens))
+    return found

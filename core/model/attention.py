@@ -15,6 +15,11 @@ sequence tokens s with s <= t and, when ``window > 0``, t - s < window.
 The cache carries the post-RoPE keys and values of past sequence tokens, only those a future
 token can still see (the last ``window - 1``, or all of them when ``window = 0``), so one
 call over a sequence and many calls over its pieces give the same outputs.
+
+Packed documents (``documents``, a :class:`~miraslab.data.documents.PackedDocuments`): query t
+also sees only the sequence tokens of its own document (a block-diagonal mask; the persistent
+and prefix tokens stay visible), and RoPE rotates it by its position inside its document, so
+each document reads as it would alone.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ import torch
 from torch import nn
 
 from ..components import build_component
+from ..data.documents import PackedDocuments
 from ..errors import RecipeError
 from .attention_backend import AttentionBackend
 from .rope import RotaryEmbedding
@@ -99,13 +105,18 @@ class Attention(nn.Module):
         cache: KVCache | None = None,
         return_cache: bool = False,
         aligned: torch.Tensor | None = None,
+        documents: PackedDocuments | None = None,
     ) -> torch.Tensor | tuple[torch.Tensor, KVCache]:
         """x (B, T, dim), prefix (B, N, dim) -> (B, T, dim), and the next cache if asked.
 
         ``aligned`` (B, T, dim) are extra tokens at x's positions (MAC's retrieved memory):
         no RoPE, seen causally like the sequence tokens, and kept in the cache.
+        ``documents``: x's rows hold packed documents, each attending only within itself
+        (no cache, no ``aligned`` tokens).
         """
         self._check_backend(x)
+        if documents is not None and (cache is not None or aligned is not None):
+            raise ValueError("Attention: packed documents run without a KV cache or aligned tokens")
         batch, length, _ = x.shape
         start = cache.next_position if cache is not None else 0
         positions = torch.arange(start, start + length, device=x.device)
@@ -115,7 +126,10 @@ class Attention(nn.Module):
         v = own_values = self._split_heads(self.v_proj(x))
         window = self.step_window if self.training and self.step_window is not None else self.window
         if self.rope is not None:
-            q, k = self.rope(q, positions), self.rope(k, positions)
+            # packed documents: each rotated from its own first token, as when it runs alone
+            # (the position-free keys make a query's absolute rotation matter)
+            rotation = positions if documents is None else documents.position
+            q, k = self.rope(q, rotation), self.rope(k, rotation)
         new_positions = positions
         if aligned is not None:
             k = torch.cat([self._split_heads(self.k_proj(aligned)), k], dim=2)
@@ -138,7 +152,13 @@ class Attention(nn.Module):
             values = torch.cat([self._split_heads(self.v_proj(free_tokens)), v], dim=2)
             key_positions = torch.cat([positions.new_full((free_tokens.shape[1],), -1), seq_positions])
 
-        out = self.backend(q, keys, values, positions, key_positions, window)
+        if documents is None:
+            out = self.backend(q, keys, values, positions, key_positions, window)
+        else:
+            q_doc = documents.segment
+            free = key_positions.shape[0] - q_doc.shape[1]  # position-free keys first: seen by all
+            k_doc = torch.cat([q_doc.new_full((batch, free), -1), q_doc], dim=1)
+            out = self.backend(q, keys, values, positions, key_positions, window, q_doc, k_doc)
         if self.training and self.branch_dropout > 0:
             out = drop_context(out, own_values, self.branch_dropout, self.branch_dropout_unit)
         y = self.out_proj(out.transpose(1, 2).reshape(batch, length, -1))

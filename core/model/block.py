@@ -14,6 +14,7 @@ import attrs
 import torch
 from torch import nn
 
+from ..data.documents import PackedDocuments
 from ..memory.layer import MemoryLayer
 from ..memory.spec import MemorySpec
 from .feed_forward import SwiGLU
@@ -56,13 +57,31 @@ class BlockContext:
 
 
 class Block(nn.Module):
-    """A layout's block: (B, T, dim) -> (B, T, dim), with a decode state."""
+    """A layout's block: (B, T, dim) -> (B, T, dim), with a decode state.
+
+    A block that sets ``packs_documents`` takes ``documents`` (a PackedDocuments: its rows
+    hold packed documents, ``data.reset_at_documents``) and hands it to its parts, so each
+    document reads as if alone; the parts say through ``documents_reason`` whether they can.
+    A block that does not is given one row per document instead (``data.documents``)."""
 
     uses_memory: bool = False
     uses_attention: bool = True
+    packs_documents: bool = False
 
-    def forward(self, x: torch.Tensor, state: Any = None, return_state: bool = False) -> Any:
+    def forward(
+        self, x: torch.Tensor, state: Any = None, return_state: bool = False, documents: Any = None
+    ) -> Any:
         raise NotImplementedError
+
+    def documents_reason(self) -> str | None:
+        """Why this block cannot run packed documents, as a sentence; None when it can."""
+        if not self.packs_documents:
+            return f"block {type(self).__name__} takes no document starts (packs_documents is False)"
+        for module in self.modules():
+            reason = getattr(module, "documents_reason", None)
+            if module is not self and callable(reason) and (found := reason()) is not None:
+                return found
+        return None
 
 
 class TransformerBlock(Block):
@@ -74,8 +93,16 @@ class TransformerBlock(Block):
         self.attn_norm, self.attn = context.norm(), context.attention(window=window)
         self.ffn_norm, self.ffn = context.norm(), context.feed_forward()
 
-    def forward(self, x: torch.Tensor, state: Any = None, return_state: bool = False) -> Any:
-        h, cache = self.attn(self.attn_norm(x), cache=state, return_cache=True)
+    packs_documents = True
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        state: Any = None,
+        return_state: bool = False,
+        documents: PackedDocuments | None = None,
+    ) -> Any:
+        h, cache = self.attn(self.attn_norm(x), cache=state, return_cache=True, documents=documents)
         x = x + h
         x = x + self.ffn(self.ffn_norm(x))
         return (x, cache) if return_state else x

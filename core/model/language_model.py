@@ -5,6 +5,11 @@ layout, a final RMSNorm and a tied or untied head.
     logits = model(input_ids)                     # (batch, seq, vocab)
     logits, state = model(prompt, return_state=True)
     logits, state = model(next_ids, state=state, return_state=True)   # decode, O(1) state per memory
+    logits = model(packed_ids, documents=doc_start)   # packed documents, each as if alone
+
+``documents`` (B, T) bool marks each packed document's first token (each row's first token
+opens one too): every layer then reads each document as if it ran alone, without one row per
+document; ``documents_reason()`` says why a model cannot (then ``data.documents`` unpacks).
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..data.documents import PackedDocuments
 from ..errors import RecipeError
 from ..registry import get_registry
 from .block import BlockContext
@@ -75,10 +81,36 @@ class LanguageModel(nn.Module):
     def uses_memory(self) -> bool:
         return any(getattr(block, "uses_memory", False) for block in self.blocks)
 
+    def documents_reason(self) -> str | None:
+        """Why this model cannot run packed documents (each as if alone) in one row, as a
+        sentence naming the first block that cannot; None when every block can."""
+        for index, block in enumerate(self.blocks):
+            reason = block.documents_reason() if hasattr(block, "documents_reason") else "not a Block"
+            if reason is not None:
+                return f"layer {index} ({self.spec.layout.name}): {reason}"
+        return None
+
     def forward(
-        self, input_ids: torch.Tensor, state: DecodeState | None = None, return_state: bool = False
+        self,
+        input_ids: torch.Tensor,
+        state: DecodeState | None = None,
+        return_state: bool = False,
+        documents: torch.Tensor | None = None,
     ) -> torch.Tensor | tuple[torch.Tensor, DecodeState]:
         x = self.embed(input_ids)
+        if documents is not None:
+            if state is not None or return_state:
+                raise ValueError("LanguageModel: packed documents run without a decode state")
+            if (reason := self.documents_reason()) is not None:
+                raise ValueError(f"LanguageModel: packed documents cannot run here: {reason}")
+            if documents.shape != input_ids.shape:
+                raise ValueError(
+                    f"documents must be shaped like the input ids {tuple(input_ids.shape)}, got {tuple(documents.shape)}"
+                )
+            packed = PackedDocuments(documents)
+            for block in self.blocks:
+                x = block(x, documents=packed)
+            return self.head(self.norm(x))
         if state is None and not return_state:
             for block in self.blocks:
                 x = block(x)

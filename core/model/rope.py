@@ -18,7 +18,7 @@ from torch import nn
 
 
 class RotaryEmbedding(nn.Module):
-    """Rotates (B, H, T, d) queries or keys by their positions (T,)."""
+    """Rotates (B, H, T, d) queries or keys by their positions (T,), or (B, T) per row."""
 
     def __init__(self, head_dim: int, base: float = 10000.0):
         super().__init__()
@@ -40,7 +40,9 @@ class RotaryEmbedding(nn.Module):
         # cos and sin are computed from the positions at hand rather than read from a table:
         # a table must know the largest position, which on a GPU costs a sync per call, and
         # a (T, d/2) outer product is small beside the attention it feeds
-        angles = positions.to(torch.float32)[:, None] * self.theta(x.device)[None, :]  # (T, d/2)
+        angles = positions.to(torch.float32)[..., None] * self.theta(x.device)  # (T, d/2)
+        if positions.dim() == 2:  # (B, T): each row's own positions (packed documents)
+            angles = angles.unsqueeze(1)  # (B, 1, T, d/2)
         cos, sin = angles.cos(), angles.sin()
         x1, x2 = x.float().chunk(2, dim=-1)
         rotated = torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)

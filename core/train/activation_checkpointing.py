@@ -17,10 +17,11 @@ def checkpoint_blocks(model: LanguageModel) -> None:
             continue
         forward = block.forward
 
-        def checkpointed(x, state=None, return_state=False, _forward=forward):
+        def checkpointed(x, state=None, return_state=False, documents=None, _forward=forward):
+            packed = {} if documents is None else {"documents": documents}  # packed documents' starts
             if state is not None or return_state or not torch.is_grad_enabled():
-                return _forward(x, state, return_state)
-            return checkpoint(_forward, x, use_reentrant=False)
+                return _forward(x, state, return_state, **packed)
+            return checkpoint(_forward, x, use_reentrant=False, **packed)
 
         block.forward = checkpointed
         block._checkpointed = True

@@ -1,20 +1,27 @@
 """One optimizer step's batch as the forward passes that make it: micro-batches of
-``train.micro_batch_size`` rows, and with ``data.reset_at_documents`` each one's documents run
-apart in length buckets (more forward passes, the same sums).  Split on the host, before the
-copy to the device."""
+``train.micro_batch_size`` rows, and with ``data.reset_at_documents`` either each one packed
+with its documents' starts marked (``packed``: a model whose every part restarts at them,
+``LanguageModel.documents_reason``) or its documents run apart in length buckets (more forward
+passes, the same sums).  Split on the host, before the copy to the device."""
 
 from __future__ import annotations
 
 from ..data.batch import TrainingBatch
-from ..data.documents import documents_apart_in_buckets
+from ..data.documents import documents_apart_in_buckets, mark_documents
 from ..errors import RecipeError
 
 
 def forward_pieces(
-    batch: TrainingBatch, micro_batch_size: int, separator: int | None, buckets: int, exact: bool
+    batch: TrainingBatch,
+    micro_batch_size: int,
+    separator: int | None,
+    buckets: int,
+    exact: bool,
+    packed: bool = False,
 ) -> list[TrainingBatch]:
     """The pieces of ``batch`` each forward pass takes; ``exact``: exactly ``buckets`` per micro-batch
-    (a distributed run, whose processes must run as many passes)."""
+    (a distributed run, whose processes must run as many passes); ``packed``: the documents stay
+    in their rows, ``extras["doc_start"]`` marking where each opens."""
     micro = micro_batch_size or batch.rows
     if batch.rows % micro:
         raise RecipeError(
@@ -22,6 +29,8 @@ def forward_pieces(
                 f"train.micro_batch_size: expected a divisor of the per-process batch ({batch.rows}), got {micro}"
             ]
         )
+    if packed and separator is not None:
+        return [mark_documents(piece, separator) for piece in batch.split(micro)]
     return [
         part
         for piece in batch.split(micro)

@@ -35,7 +35,9 @@ class DataSpec:
         False,
         doc="each document packed in a row runs as if alone: attention within it only, every memory "
         "from its initial state at its first token (the separator that opens it), in training, "
-        "evaluation and generate; needs a task that packs documents (text)",
+        "evaluation and generate; the rows stay packed where every model part restarts at a "
+        "document's start (a per-token memory), else one row per document; needs a task that packs "
+        "documents (text)",
     )
     carry_state: bool = param(
         False,
@@ -46,7 +48,7 @@ class DataSpec:
     document_buckets: int = param(
         4,
         ge=1,
-        doc="with reset_at_documents, a training batch's documents run in up to this many forward "
+        doc="with reset_at_documents run apart, a training batch's documents run in up to this many forward "
         "passes (at most one per row; exactly that many in a distributed run), grouped by length so "
         "each pads only to its own longest; 1 pads all to the batch's longest",
     )

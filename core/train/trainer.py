@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from ..data.batch import IGNORE, TrainingBatch
-from ..data.documents import documents_apart, documents_separator
+from ..data.documents import DOC_START, documents_apart, documents_separator
 from ..errors import RecipeError
 from ..evaluation import evaluate
 from ..model.attention_safeguards import set_training_windows
@@ -93,6 +93,7 @@ class Trainer:
         self.registry = get_registry()
         self.last_eval: dict[str, Any] | None = None  # the last validation pass's (preflight reads it)
         self.separator: int | None = None  # opens each packed document, when they run apart
+        self.packed_documents = False  # with a separator: documents stay packed, their starts passed
 
     # --- the run: restore, loop, finish ------------------------------------------------
 
@@ -315,6 +316,15 @@ class Trainer:
         if self.train.compile:
             model = compiled_or_eager(model, self.progress)
         self.raw, self.model, self.optimizer, self.stage = raw, model, optimizer, stage
+        if self.separator is not None:  # data.reset_at_documents: packed where every part restarts
+            reason = raw.documents_reason()
+            if self.packed_documents != (reason is None) or previous is None:
+                self.progress.event(
+                    "documents packed, each restarted at its start (data.reset_at_documents)"
+                    if reason is None
+                    else f"documents run apart, one row each (data.reset_at_documents): {reason}"
+                )
+            self.packed_documents = reason is None
         if previous is not None or stage.index > 0:
             detail = f", training only {', '.join(stage.spec.train_only)}" if stage.spec.train_only else ""
             self.progress.event(
@@ -333,7 +343,12 @@ class Trainer:
         set_training_windows(self.raw, self.recipe.seed, self.step)  # model.attention.train_window (SWAX)
         buckets, exact = self.recipe.data.document_buckets, self.dist.enabled
         pieces = forward_pieces(
-            TrainingBatch.of(next(batches)), self.train.micro_batch_size, self.separator, buckets, exact
+            TrainingBatch.of(next(batches)),
+            self.train.micro_batch_size,
+            self.separator,
+            buckets,
+            exact,
+            packed=self.packed_documents,
         )
         # the loss is the mean over the batch's labelled targets: each micro-batch's sum over
         # its own, divided by the batch's count (a synthetic task's rows may differ in count);
@@ -348,6 +363,8 @@ class Trainer:
                 logits = (
                     self.carried.forward(self.model, piece.inputs, index)
                     if self.carried is not None
+                    else self.model(piece.inputs, documents=piece.extras.get(DOC_START))
+                    if self.packed_documents
                     else self.model(piece.inputs)
                 )
                 loss_sum = F.cross_entropy(

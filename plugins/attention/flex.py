@@ -82,6 +82,13 @@ class FlexAttention(AttentionBackend):
             return visibility.visible(q_idx, kv_idx)
 
         shape = (visibility.n_queries, visibility.n_keys)
+        if visibility.documents:  # packed documents: the block-diagonal mask differs per row, never cached
+
+            def document_mod(b: Any, h: Any, q_idx: torch.Tensor, kv_idx: torch.Tensor) -> torch.Tensor:
+                return visibility.visible(q_idx, kv_idx, b)
+
+            rows = visibility.q_doc.shape[0]
+            return create_block_mask(document_mod, rows, None, *shape, device=device)
         if not visibility.aligned:
             return create_block_mask(mask_mod, None, None, *shape, device=device)
         key = (*shape, visibility.window, device)

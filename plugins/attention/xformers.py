@@ -65,6 +65,12 @@ class XformersAttention(AttentionBackend):
 
         batch, heads, n_queries, _ = q.shape
         n_keys, window = visibility.n_keys, visibility.window
+        if visibility.documents:  # packed documents: a block-diagonal mask per row
+            padded = -(-n_keys // 8) * 8
+            bias = torch.full((batch, 1, n_queries, padded), float("-inf"), dtype=q.dtype, device=q.device)
+            bias = bias[..., :n_keys]
+            bias.masked_fill_(visibility.mask(), 0.0)
+            return bias.expand(batch, heads, n_queries, n_keys)
         if visibility.aligned:
             if window == 0 and n_queries == n_keys:
                 return attn_bias.LowerTriangularMask()

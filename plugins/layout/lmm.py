@@ -18,6 +18,7 @@ class LMMBlock(Block):
     """x += Mem(norm(x)); x += FFN(norm(x))."""
 
     uses_memory = True
+    packs_documents = True  # documents reach the memory
     uses_attention = False
 
     def __init__(self, params: LMMParams, context: BlockContext):
@@ -25,8 +26,8 @@ class LMMBlock(Block):
         self.memory_norm, self.memory = context.norm(), context.memory()
         self.ffn_norm, self.ffn = context.norm(), context.feed_forward()
 
-    def forward(self, x: torch.Tensor, state=None, return_state: bool = False):
-        h, memory_state = self.memory(self.memory_norm(x), state, return_state=True)
+    def forward(self, x: torch.Tensor, state=None, return_state: bool = False, documents=None):
+        h, memory_state = self.memory(self.memory_norm(x), state, return_state=True, documents=documents)
         x = x + h
         x = x + self.ffn(self.ffn_norm(x))
         return (x, memory_state) if return_state else x

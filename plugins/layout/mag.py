@@ -25,6 +25,7 @@ class MAGBlock(Block):
     """SWA(y) * sigmoid(gain * norm(Mem(y)))."""
 
     uses_memory = True
+    packs_documents = True  # documents reach the memory and the attention
 
     def __init__(self, params: MAGParams, context: BlockContext):
         super().__init__()
@@ -33,11 +34,11 @@ class MAGBlock(Block):
         self.gate = MemoryGate(context.dim, params.gain_init, context.norm_eps)
         self.ffn_norm, self.ffn = context.norm(), context.feed_forward()
 
-    def forward(self, x: torch.Tensor, state=None, return_state: bool = False):
+    def forward(self, x: torch.Tensor, state=None, return_state: bool = False, documents=None):
         cache, memory_state = state if state is not None else (None, None)
         y = self.mix_norm(x)
-        attended, cache = self.attn(y, cache=cache, return_cache=True)
-        remembered, memory_state = self.memory(y, memory_state, return_state=True)
+        attended, cache = self.attn(y, cache=cache, return_cache=True, documents=documents)
+        remembered, memory_state = self.memory(y, memory_state, return_state=True, documents=documents)
         x = x + attended * self.gate(remembered)
         x = x + self.ffn(self.ffn_norm(x))
         return (x, (cache, memory_state)) if return_state else x

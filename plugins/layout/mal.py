@@ -21,6 +21,7 @@ class MALBlock(Block):
     """Memory layer, then attention layer, then MLP."""
 
     uses_memory = True
+    packs_documents = True  # documents reach the memory and the attention
 
     def __init__(self, params: MALParams, context: BlockContext):
         super().__init__()
@@ -28,11 +29,13 @@ class MALBlock(Block):
         self.attn_norm, self.attn = context.norm(), context.attention()
         self.ffn_norm, self.ffn = context.norm(), context.feed_forward()
 
-    def forward(self, x: torch.Tensor, state=None, return_state: bool = False):
+    def forward(self, x: torch.Tensor, state=None, return_state: bool = False, documents=None):
         memory_state, cache = state if state is not None else (None, None)
-        h, memory_state = self.memory(self.memory_norm(x), memory_state, return_state=True)
+        h, memory_state = self.memory(
+            self.memory_norm(x), memory_state, return_state=True, documents=documents
+        )
         x = x + h
-        h, cache = self.attn(self.attn_norm(x), cache=cache, return_cache=True)
+        h, cache = self.attn(self.attn_norm(x), cache=cache, return_cache=True, documents=documents)
         x = x + h
         x = x + self.ffn(self.ffn_norm(x))
         return (x, (memory_state, cache)) if return_state else x

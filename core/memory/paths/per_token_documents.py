@@ -18,8 +18,10 @@ import dataclasses
 
 import torch
 
+from ...data.documents import PackedDocuments
 from ..rule.axes import Gates
 from ..rule.memory_rule import MemoryRule
+from ..rule.state import MemoryState
 from .chunked_per_token import chunked_per_token
 from .tokens import Tokens
 
@@ -69,18 +71,29 @@ def per_token_documents(
     k: torch.Tensor,
     v: torch.Tensor,
     gates: Gates,
-    doc_start: torch.Tensor,
+    doc_start: torch.Tensor | PackedDocuments,
     chunk_size: int,
-) -> torch.Tensor:
+    return_state: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, MemoryState]:
     """Reads (B, H, T, d_v) of a per-token memory restarted from its initial state at every
-    document of ``doc_start`` (B, T): each document's reads as if it ran alone."""
-    layout = document_layout(doc_start, chunk_size)
+    document of ``doc_start`` (B, T bool, or the pass's PackedDocuments, whose layout is then
+    computed once for every layer): each document's reads as if it ran alone.  With
+    ``return_state``, also the state after each row's last document (its trailing pads are
+    identity steps)."""
+    if isinstance(doc_start, PackedDocuments):
+        documents = doc_start
+        layout = documents.cached(
+            ("chunk_layout", chunk_size), lambda: document_layout(documents.starts, chunk_size)
+        )
+    else:
+        layout = document_layout(doc_start, chunk_size)
     laid = {name: layout.spread(g) for name, g in gates.items()}  # alpha = 1, theta = 0 on pads
-    y, _ = chunked_per_token(
+    y, state = chunked_per_token(
         rule,
         Tokens(layout.spread(q), layout.spread(k), layout.spread(v), laid),
         rule.initial_state(q.shape[0]),
         chunk_size,
         restart=layout.restart,
     )
-    return layout.gather(y)
+    y = layout.gather(y)
+    return (y, state) if return_state else y
