@@ -6,9 +6,24 @@ passes, the same sums).  Split on the host, before the copy to the device."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from ..data.batch import TrainingBatch
 from ..data.documents import documents_apart_in_buckets, mark_documents
 from ..errors import RecipeError
+
+
+def packs_documents(model: Any, was_packed: bool, first: bool, progress: Any) -> bool:
+    """Whether ``model`` runs ``data.reset_at_documents`` packed (every part restarts at the
+    starts it is given) or apart, said in one line at the first stage and whenever it changes."""
+    reason = model.documents_reason()
+    if first or was_packed != (reason is None):
+        progress.event(
+            "documents packed, each restarted at its start (data.reset_at_documents)"
+            if reason is None
+            else f"documents run apart, one row each (data.reset_at_documents): {reason}"
+        )
+    return reason is None
 
 
 def forward_pieces(

@@ -40,7 +40,7 @@ from .allocator import keep_freed_memory
 from .checkpoint import Checkpoint, CheckpointError, checkpoint_dir, load_checkpoint, save_checkpoint
 from .compiled_or_eager import compiled_or_eager
 from .distributed import Distributed, full_state_dicts, load_full_state_dicts, parameters_finite
-from .micro_batches import forward_pieces
+from .micro_batches import forward_pieces, packs_documents
 from .monitors import build_monitors, registered
 from .optim import build_optimizer, freeze_except, schedule_factor, set_learning_rate
 from .progress import TrainingProgress
@@ -307,49 +307,33 @@ class Trainer:
             try:
                 load_full_state_dicts(model, optimizer, *carried)
             except (RuntimeError, ValueError, KeyError) as exc:
-                raise RecipeError(
-                    [
-                        f"train.stages[{stage.index}].overrides: a stage may not change "
-                        f"parameter shapes ({str(exc).splitlines()[0]})"
-                    ]
-                ) from None
+                problem = f"a stage may not change parameter shapes ({str(exc).splitlines()[0]})"
+                raise RecipeError([f"train.stages[{stage.index}].overrides: {problem}"]) from None
         if self.train.compile:
             model = compiled_or_eager(model, self.progress)
         self.raw, self.model, self.optimizer, self.stage = raw, model, optimizer, stage
         if self.separator is not None:  # data.reset_at_documents: packed where every part restarts
-            reason = raw.documents_reason()
-            if self.packed_documents != (reason is None) or previous is None:
-                self.progress.event(
-                    "documents packed, each restarted at its start (data.reset_at_documents)"
-                    if reason is None
-                    else f"documents run apart, one row each (data.reset_at_documents): {reason}"
-                )
-            self.packed_documents = reason is None
+            self.packed_documents = packs_documents(
+                raw, self.packed_documents, previous is None, self.progress
+            )
         if previous is not None or stage.index > 0:
             detail = f", training only {', '.join(stage.spec.train_only)}" if stage.spec.train_only else ""
             self.progress.event(
                 f"stage {stage.name} from step {self.step}{detail} ({len(frozen)} tensors frozen)"
             )
             if self.dist.is_main:
-                only = list(stage.spec.train_only)
-                self.run_dir.log(
-                    {"step": self.step, "event": "stage", "stage": stage.name, "train_only": only}
-                )
+                record = {"step": self.step, "event": "stage", "stage": stage.name}
+                self.run_dir.log(record | {"train_only": list(stage.spec.train_only)})
 
     def _optimizer_step(self, batches: Any, context: RunContext, hook: Any) -> dict[str, Any]:
         """One optimizer step on the next batch: its forward pieces, loss terms, clip, AdamW."""
         stage_train = self.stage.recipe.train
         lr = set_learning_rate(self.optimizer, stage_train.lr, schedule_factor(self.step, self.train))
         set_training_windows(self.raw, self.recipe.seed, self.step)  # model.attention.train_window (SWAX)
-        buckets, exact = self.recipe.data.document_buckets, self.dist.enabled
         pieces = forward_pieces(
-            TrainingBatch.of(next(batches)),
-            self.train.micro_batch_size,
-            self.separator,
-            buckets,
-            exact,
-            packed=self.packed_documents,
-        )
+            TrainingBatch.of(next(batches)), self.train.micro_batch_size, self.separator,
+            self.recipe.data.document_buckets, self.dist.enabled, packed=self.packed_documents,
+        )  # fmt: skip
         # the loss is the mean over the batch's labelled targets: each micro-batch's sum over
         # its own, divided by the batch's count (a synthetic task's rows may differ in count);
         # counted on the host, before the copy to the device, so a step adds no sync
@@ -360,12 +344,11 @@ class Trainer:
         for index, (piece, count) in enumerate(zip(pieces, counts, strict=True)):
             piece = piece.to(self.dist.device)
             with self.dist.no_sync(self.model, last=index == len(pieces) - 1), self.precision():
+                documents = piece.extras.get(DOC_START) if self.packed_documents else None
                 logits = (
                     self.carried.forward(self.model, piece.inputs, index)
                     if self.carried is not None
-                    else self.model(piece.inputs, documents=piece.extras.get(DOC_START))
-                    if self.packed_documents
-                    else self.model(piece.inputs)
+                    else self.model(piece.inputs, documents=documents)
                 )
                 loss_sum = F.cross_entropy(
                     logits.float().reshape(-1, logits.shape[-1]), piece.targets.reshape(-1), reduction="sum"
