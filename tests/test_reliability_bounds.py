@@ -17,13 +17,11 @@ import time
 from pathlib import Path
 
 import pytest
-from training_cases import write_corpus, write_recipe
+from training_cases import cli, one_line, text_workspace, train_small_run
 
 from miraslab.ablation import load_matrix
-from miraslab.cli import main
 from miraslab.errors import MiraslabError, RecipeError
 from miraslab.recipe.resolve import load_recipe
-from miraslab.train.trainer import Trainer
 
 linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="RLIMIT_AS is Linux's")
 ADDRESS_SPACE_CAP = 3 << 30  # torch alone maps about 1 GB; every case here stayed far below 3 GB
@@ -31,31 +29,12 @@ ADDRESS_SPACE_CAP = 3 << 30  # torch alone maps about 1 GB; every case here stay
 
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory) -> Path:
-    directory = tmp_path_factory.mktemp("bounds")
-    os.environ["MIRASLAB_CACHE"] = str(directory / "cache")
-    write_corpus(directory)
-    write_recipe(directory, directory / "corpus.txt")
-    return directory
+    return text_workspace(tmp_path_factory.mktemp("bounds"))
 
 
 @pytest.fixture(scope="module")
 def small_run(workspace) -> Path:
-    out = workspace / "run"
-    recipe = load_recipe(workspace / "tiny.toml", ["train.steps=2", "train.eval_every=0"])
-    Trainer(recipe, out, show_progress=False).run()
-    return out
-
-
-def cli(capsys, *argv: str) -> tuple[int, str]:
-    """The exit code and what went to stderr."""
-    code = main(list(argv))
-    return code, capsys.readouterr().err
-
-
-def one_line(err: str) -> str:
-    lines = [line for line in err.splitlines() if line.startswith("error:")]
-    assert len(lines) == 1 and "unexpected" not in lines[0], err
-    return lines[0]
+    return train_small_run(workspace)
 
 
 def capped_cli(*argv: str, cwd: Path, timeout: float = 120) -> subprocess.CompletedProcess:

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from training_cases import write_corpus, write_recipe
+from training_cases import text_workspace, train_small_run, write_recipe
 
 from miraslab.errors import MiraslabError, RecipeError
 from miraslab.generation import check_prompt, check_sampling
@@ -24,11 +24,7 @@ from miraslab.train.trainer import Trainer
 
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory) -> Path:
-    directory = tmp_path_factory.mktemp("inputs")
-    os.environ["MIRASLAB_CACHE"] = str(directory / "cache")
-    write_corpus(directory)
-    write_recipe(directory, directory / "corpus.txt")
-    return directory
+    return text_workspace(tmp_path_factory.mktemp("inputs"))
 
 
 def write_recipe_for_layout(layout: str) -> Path:
@@ -112,10 +108,7 @@ def test_garbage_parquet_is_one_line_naming_the_file(workspace, tmp_path):
 
 @pytest.fixture(scope="module")
 def small_run(workspace) -> Path:
-    out = workspace / "run"
-    recipe = load_recipe(workspace / "tiny.toml", ["train.steps=2", "train.eval_every=0"])
-    Trainer(recipe, out, show_progress=False).run()
-    return out
+    return train_small_run(workspace)
 
 
 @pytest.mark.parametrize(

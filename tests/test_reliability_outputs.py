@@ -20,7 +20,14 @@ import time
 from pathlib import Path
 
 import pytest
-from training_cases import MQAR_RECIPE, write_corpus, write_recipe
+from training_cases import (
+    MQAR_RECIPE,
+    cli,
+    one_line,
+    text_workspace,
+    train_small_run,
+    write_recipe,
+)
 
 from miraslab.ablation import load_matrix, run_matrix
 from miraslab.cli import main
@@ -32,30 +39,12 @@ from miraslab.train.trainer import Trainer
 
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory) -> Path:
-    directory = tmp_path_factory.mktemp("outputs")
-    os.environ["MIRASLAB_CACHE"] = str(directory / "cache")
-    write_corpus(directory)
-    write_recipe(directory, directory / "corpus.txt")
-    return directory
+    return text_workspace(tmp_path_factory.mktemp("outputs"))
 
 
 @pytest.fixture(scope="module")
 def small_run(workspace) -> Path:
-    out = workspace / "run"
-    recipe = load_recipe(workspace / "tiny.toml", ["train.steps=2", "train.eval_every=0"])
-    Trainer(recipe, out, show_progress=False).run()
-    return out
-
-
-def cli(capsys, *argv: str) -> tuple[int, str]:
-    code = main(list(argv))
-    return code, capsys.readouterr().err
-
-
-def one_line(err: str) -> str:
-    lines = [line for line in err.splitlines() if line.startswith("error:")]
-    assert len(lines) == 1 and "unexpected" not in lines[0], err
-    return lines[0]
+    return train_small_run(workspace)
 
 
 def write_matrix(directory: Path, body: str) -> Path:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import random
 import textwrap
 from pathlib import Path
@@ -112,3 +113,40 @@ SHORT_PROOF = [
     "train.eval_every=30",
     "train.eval_batches=2",
 ]
+
+
+# --- the hostile-input tests' shared set-up (tests/test_reliability_*.py) ----------------------
+
+
+def text_workspace(directory: Path) -> Path:
+    """``directory`` with a corpus and ``tiny.toml`` over it, its tokenizer cached inside."""
+    os.environ["MIRASLAB_CACHE"] = str(directory / "cache")
+    write_corpus(directory)
+    write_recipe(directory, directory / "corpus.txt")
+    return directory
+
+
+def train_small_run(workspace: Path) -> Path:
+    """Two steps of ``workspace``'s tiny recipe, a run directory to point commands at."""
+    from miraslab.recipe.resolve import load_recipe
+    from miraslab.train.trainer import Trainer
+
+    out = workspace / "run"
+    recipe = load_recipe(workspace / "tiny.toml", ["train.steps=2", "train.eval_every=0"])
+    Trainer(recipe, out, show_progress=False).run()
+    return out
+
+
+def cli(capsys, *argv: str) -> tuple[int, str]:
+    """The exit code of ``miraslab ARGV`` and what went to stderr."""
+    from miraslab.cli import main
+
+    code = main(list(argv))
+    return code, capsys.readouterr().err
+
+
+def one_line(err: str) -> str:
+    """The one ``error:`` line of ``err``, and not an unexpected one."""
+    lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and "unexpected" not in lines[0], err
+    return lines[0]
