@@ -188,6 +188,32 @@ COMPILE_CASES = {
     # width 8, one chunk: where inductor had got every gradient before the memory wrong (the
     # head split wrote q, k and v with out= into one buffer; see split_heads)
     "channelwise-momentum": ({"chunk_size": 4, "gates": {"channelwise_momentum": True}}, 8, 4),
+    # the per-token path (paths.chunked_per_token): its triangular solve and chunk recurrence,
+    # l2 bias, with a length that is not a multiple of the chunk (the zero-padded last chunk)
+    "per-token-delta-rule": (
+        {"chunk_size": 4, "inner_steps": "per_token", "retention": "none", "algorithm": "gd"},
+        16,
+        10,
+    ),
+    "per-token-gated-delta-rule": (
+        {
+            "chunk_size": 4,
+            "inner_steps": "per_token",
+            "retention": {"name": "decay", "gradient_at": "decayed"},
+            "algorithm": "gd",
+        },
+        16,
+        12,
+    ),
+    "per-token-momentum": (
+        {
+            "chunk_size": 4,
+            "inner_steps": "per_token",
+            "retention": {"name": "decay", "gradient_at": "decayed"},
+        },
+        16,
+        10,
+    ),
 }
 # float32 compiled against eager, relative to each tensor's largest magnitude: the worst
 # case measured was 1.0e-6 (x's gradient, channel-wise momentum); with the head split as it
