@@ -75,7 +75,8 @@ class TransformerBlock(Block):
         self.ffn_norm, self.ffn = context.norm(), context.feed_forward()
 
     def forward(self, x: torch.Tensor, state: Any = None, return_state: bool = False) -> Any:
-        h, cache = self.attn(self.attn_norm(x), cache=state, return_cache=True)
+        h = self.attn(self.attn_norm(x), cache=state, return_cache=return_state)  # a cache only to return
+        h, cache = h if return_state else (h, None)
         x = x + h
         x = x + self.ffn(self.ffn_norm(x))
         return (x, cache) if return_state else x

@@ -32,7 +32,8 @@ class MALBlock(Block):
         memory_state, cache = state if state is not None else (None, None)
         h, memory_state = self.memory(self.memory_norm(x), memory_state, return_state=True)
         x = x + h
-        h, cache = self.attn(self.attn_norm(x), cache=cache, return_cache=True)
+        h = self.attn(self.attn_norm(x), cache=cache, return_cache=return_state)  # a cache only to return
+        h, cache = h if return_state else (h, None)
         x = x + h
         x = x + self.ffn(self.ffn_norm(x))
         return (x, (memory_state, cache)) if return_state else x
