@@ -245,6 +245,52 @@ def test_the_layer_compiles_without_graph_breaks_and_matches_eager(options, dim,
         assert_close_to_scale(got, expected, COMPILE_TOL, name)
 
 
+# one case: a dynamic compile with its backward takes minutes here (momentum's: 250 s)
+DYNAMIC_CASES = {name: COMPILE_CASES[name][0] for name in ("per-token-gated-delta-rule",)}
+
+
+@pytest.mark.compile
+@pytest.mark.parametrize("options", DYNAMIC_CASES.values(), ids=DYNAMIC_CASES.keys())
+def test_the_per_token_layer_compiles_once_for_lengths_of_one_chunk_count(options):
+    """``dynamic=True``: one graph (``unique_graphs`` 1, and no recompile, which
+    ``error_on_recompile`` would raise) serves seq 10, 12 and 11 at chunk 4 (a zero-padded
+    last chunk, a multiple of the chunk, another remainder), with outputs and every gradient
+    matching eager to COMPILE_TOL.  Under compile the per-token path always pads (one
+    ``F.pad``), picks each chunk's end row by a gather and returns a gathered copy of the
+    unpadded reads, so no guard falls on the length's remainder.
+
+    What does not hold, and why: a length with another number of chunks (seq 16: four)
+    compiles a second graph, because the chunk recurrence is a Python loop that dynamo
+    unrolls.  Running it through ``torch._higher_order_ops.scan`` traced one graph for every
+    length (aot_eager: seq 9, 10, 12, 16), but inductor fails on scan's backward on torch
+    2.13 (a gradient carry's strides differ from the body output's, static shapes too).
+    The mini-batch chunked path (every memory with inner_steps = "mini_batch") likewise
+    compiles a graph per number of chunks, and a deep memory's dual-form read fails to
+    trace with symbolic shapes (``lift_tracked_freevar_to_input``), so train.compile stays
+    static (``dynamic=False``): a graph per shape."""
+    from torch._dynamo.utils import counters
+
+    torch.manual_seed(0)
+    rule = {"memory": "linear", "retention": "decay", "algorithm": "momentum"}
+    layer = MemoryLayer.from_options(16, heads=2, **{**rule, **options})
+    torch._dynamo.reset()  # dynamo's cache is process-wide: count this test's graphs alone
+    counters.clear()
+    compiled_layer = torch.compile(layer, fullgraph=True, dynamic=True)
+    names = ["x", *(name for name, _ in layer.named_parameters())]
+    for index, seq in enumerate((10, 12, 11)):
+        x = torch.randn(2, seq, 16, requires_grad=True)
+        inputs = [x, *layer.parameters()]
+        eager = layer(x)
+        grads_eager = torch.autograd.grad(eager.square().sum(), inputs)
+        with torch._dynamo.config.patch(error_on_recompile=index > 0):
+            compiled = compiled_layer(x)
+        grads_compiled = torch.autograd.grad(compiled.square().sum(), inputs)
+        assert_close_to_scale(compiled, eager, COMPILE_TOL, f"output, seq {seq}")
+        for name, got, expected in zip(names, grads_compiled, grads_eager, strict=True):
+            assert_close_to_scale(got, expected, COMPILE_TOL, f"{name}, seq {seq}")
+    assert counters["stats"]["unique_graphs"] == 1
+
+
 def test_the_memory_table_reaches_every_memory_whole():
     """The plain layer and each of TNT's memories keep the [model.memory] spec they were built
     from (TNT's at its own chunk sizes), so a key added to MemorySpec cannot be dropped on the
