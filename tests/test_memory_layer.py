@@ -251,23 +251,21 @@ DYNAMIC_CASES = {name: COMPILE_CASES[name][0] for name in ("per-token-gated-delt
 
 @pytest.mark.compile
 @pytest.mark.parametrize("options", DYNAMIC_CASES.values(), ids=DYNAMIC_CASES.keys())
-def test_the_per_token_layer_compiles_once_for_lengths_of_one_chunk_count(options):
+def test_the_per_token_layer_compiles_once_for_every_sequence_length(options):
     """``dynamic=True``: one graph (``unique_graphs`` 1, and no recompile, which
-    ``error_on_recompile`` would raise) serves seq 10, 12 and 11 at chunk 4 (a zero-padded
-    last chunk, a multiple of the chunk, another remainder), with outputs and every gradient
-    matching eager to COMPILE_TOL.  Under compile the per-token path always pads (one
-    ``F.pad``), picks each chunk's end row by a gather and returns a gathered copy of the
-    unpadded reads, so no guard falls on the length's remainder.
+    ``error_on_recompile`` would raise) serves seq 10, 16 and 12 at chunk 4 (three and four
+    chunks; a zero-padded last chunk and multiples of the chunk), with outputs and every
+    gradient matching eager to COMPILE_TOL.  Under compile the per-token path runs its
+    chunk recurrence through ``scan`` (the number of chunks is a symbolic size, not an
+    unrolled loop), always pads (one ``F.pad``), picks each chunk's end row by a gather and
+    returns a gathered copy of the unpadded reads, so no guard falls on the length.
 
-    What does not hold, and why: a length with another number of chunks (seq 16: four)
-    compiles a second graph, because the chunk recurrence is a Python loop that dynamo
-    unrolls.  Running it through ``torch._higher_order_ops.scan`` traced one graph for every
-    length (aot_eager: seq 9, 10, 12, 16), but inductor fails on scan's backward on torch
-    2.13 (a gradient carry's strides differ from the body output's, static shapes too).
-    The mini-batch chunked path (every memory with inner_steps = "mini_batch") likewise
-    compiles a graph per number of chunks, and a deep memory's dual-form read fails to
-    trace with symbolic shapes (``lift_tracked_freevar_to_input``), so train.compile stays
-    static (``dynamic=False``): a graph per shape."""
+    Only the per-token path is length-dynamic: the mini-batch chunked path (every memory
+    with inner_steps = "mini_batch") loops over chunks in Python, so dynamo unrolls the loop
+    and compiles a graph per number of chunks (and more: seq 9, 10, 12, 13 at chunk 4 gave
+    four graphs for a linear memory), and a deep memory's dual-form read fails to trace
+    with symbolic shapes on torch 2.13 (``lift_tracked_freevar_to_input``); train.compile
+    therefore stays static (``dynamic=False``), a graph per shape."""
     from torch._dynamo.utils import counters
 
     torch.manual_seed(0)
@@ -277,7 +275,7 @@ def test_the_per_token_layer_compiles_once_for_lengths_of_one_chunk_count(option
     counters.clear()
     compiled_layer = torch.compile(layer, fullgraph=True, dynamic=True)
     names = ["x", *(name for name, _ in layer.named_parameters())]
-    for index, seq in enumerate((10, 12, 11)):
+    for index, seq in enumerate((10, 16, 12)):
         x = torch.randn(2, seq, 16, requires_grad=True)
         inputs = [x, *layer.parameters()]
         eager = layer(x)

@@ -243,7 +243,7 @@ def per_token_chunks(
         return list(zip(*(t.unbind(2) for t in terms), strict=True))
 
     def end_rows() -> list[torch.Tensor]:
-        """``end_terms`` of every chunk, stacked on dim 2, for a traced length: the end row is
+        """``end_terms`` of every chunk, stacked on dim 2, for ``_scan_chunks``: the end row is
         picked per chunk by a gather, so a symbolic ``last`` puts no guard on the length."""
         row = torch.where(torch.arange(n, device=q.device) == n - 1, last, chunk - 1)
 
@@ -310,13 +310,20 @@ def per_token_chunks(
         return state @ projection.transpose(-1, -2)
 
     # the chunk recurrence: delta (d_v, L) and the next W_0 (and S_0), the only sequential part
-    if torch.compiler.is_compiling():  # each chunk's end row by a gather: no guard on the remainder
-        ends = list(zip(*(t.unbind(2) for t in end_rows()), strict=True))
+    if torch.compiler.is_compiling():  # one graph for every number of chunks
+        weights, surprise, starts, momenta, delta = _scan_chunks(
+            (u, kc, *projections), end_rows(), w0, s0, restart, momentum, times
+        )
     else:
-        ends = end_terms(slice(0, n - 1), chunk - 1) + end_terms(slice(n - 1, n), last)
-    weights, surprise, starts, momenta, delta = _loop_chunks(
-        (u, kc, *projections), ends, w0, s0, restart, momentum, times
-    )
+        weights, surprise, starts, momenta, delta = _loop_chunks(
+            (u, kc, *projections),
+            end_terms(slice(0, n - 1), chunk - 1) + end_terms(slice(n - 1, n), last),
+            w0,
+            s0,
+            restart,
+            momentum,
+            times,
+        )
 
     # all reads at once: y_i = e^{A_i} W_0 q_i + sigma_i S_0 q_i - sum_j P_ij delta_j
     y = (qc @ starts.transpose(-1, -2)) * torch.exp(cum).transpose(-1, -2)
@@ -363,7 +370,7 @@ def _loop_chunks(
     momentum: bool,
     times: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor | None, torch.Tensor]:
-    """The chunk recurrence, a Python loop over the chunks: the state after the last chunk, then
+    """The chunk recurrence as a Python loop (eagerly): the state after the last chunk, then
     W_0, S_0 and delta of every chunk, stacked on dim 2."""
     starts, momenta, deltas = [], [], []
     weights, surprise = w0, s0
@@ -383,3 +390,57 @@ def _loop_chunks(
         deltas.append(delta)
     stacked_momenta = torch.stack(momenta, dim=2) if momentum else None
     return weights, surprise, torch.stack(starts, dim=2), stacked_momenta, torch.stack(deltas, dim=2)
+
+
+def _scan_chunks(
+    per_chunk_inputs: tuple[torch.Tensor, ...],
+    ends: list[torch.Tensor],
+    w0: torch.Tensor,
+    s0: torch.Tensor | None,
+    restart: torch.Tensor | None,
+    momentum: bool,
+    times: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor | None, torch.Tensor]:
+    """``_loop_chunks`` under torch.compile, through ``scan``: the number of chunks is the
+    scanned dimension's size, so one graph serves every sequence length (a Python loop
+    would be unrolled once per number of chunks).  ``ends`` are stacked over chunks."""
+    from torch._higher_order_ops.scan import scan
+
+    count = len(per_chunk_inputs)
+    # chunk-major copies: scan refuses inputs that alias one another (u and the projections
+    # are slices of one solve)
+    xs = [x.movedim(2, 0).clone(memory_format=torch.contiguous_format) for x in (*per_chunk_inputs, *ends)]
+    if restart is not None:  # (n, B, 1, 1, 1), and the starting state once per chunk (copies, as above)
+        xs.append(restart[:, None, :, None, None].movedim(2, 0).contiguous())
+        xs += [x.expand(xs[0].shape[0], *x.shape).contiguous() for x in (w0, *([s0] if momentum else []))]
+
+    square = w0.shape[-2:]
+
+    def flat(x: torch.Tensor) -> torch.Tensor:
+        """A state as a (B, H, d_v * d_k) copy.  Every output a copy: scan refuses a body whose
+        outputs may alias its inputs.  Flat: with (d_v, d_k) carries inductor laid out a
+        gradient carry of scan's backward transposed and refused it against the body's output
+        (torch 2.13, static shapes too); a flat carry has one layout."""
+        return x.flatten(-2).clone(memory_format=torch.contiguous_format)
+
+    def body(carry: list[torch.Tensor], chunk: list[torch.Tensor]):
+        weights = carry[0].unflatten(-1, square)
+        surprise = carry[1].unflatten(-1, square) if momentum else None
+        inputs, end, rest = chunk[:count], chunk[count : count + len(ends)], chunk[count + len(ends) :]
+        if rest:
+            weights = torch.where(rest[0], rest[1], weights)
+            if momentum:
+                surprise = torch.where(rest[0], rest[2], surprise)
+        weights_out, surprise_out, delta = _chunk_step(weights, surprise, inputs, end, momentum, times)
+        starts = [flat(weights), *([flat(surprise)] if momentum else [])]
+        carry_out = [flat(weights_out), *([flat(surprise_out)] if momentum else [])]
+        return carry_out, [*starts, delta.clone(memory_format=torch.contiguous_format)]
+
+    init = [flat(w0), *([flat(s0)] if momentum else [])]
+    final, outputs = scan(body, init, xs)
+    final = [x.unflatten(-1, square) for x in final]
+    outputs = [x.movedim(0, 2) for x in outputs]
+    outputs = [x.unflatten(-1, square) for x in outputs[:-1]] + [outputs[-1]]
+    if momentum:
+        return final[0], final[1], outputs[0], outputs[1], outputs[2]
+    return final[0], None, outputs[0], None, outputs[1]
