@@ -188,6 +188,32 @@ COMPILE_CASES = {
     # width 8, one chunk: where inductor had got every gradient before the memory wrong (the
     # head split wrote q, k and v with out= into one buffer; see split_heads)
     "channelwise-momentum": ({"chunk_size": 4, "gates": {"channelwise_momentum": True}}, 8, 4),
+    # the per-token path (paths.chunked_per_token): its triangular solve and chunk recurrence,
+    # l2 bias, with a length that is not a multiple of the chunk (the zero-padded last chunk)
+    "per-token-delta-rule": (
+        {"chunk_size": 4, "inner_steps": "per_token", "retention": "none", "algorithm": "gd"},
+        16,
+        10,
+    ),
+    "per-token-gated-delta-rule": (
+        {
+            "chunk_size": 4,
+            "inner_steps": "per_token",
+            "retention": {"name": "decay", "gradient_at": "decayed"},
+            "algorithm": "gd",
+        },
+        16,
+        12,
+    ),
+    "per-token-momentum": (
+        {
+            "chunk_size": 4,
+            "inner_steps": "per_token",
+            "retention": {"name": "decay", "gradient_at": "decayed"},
+        },
+        16,
+        10,
+    ),
 }
 # float32 compiled against eager, relative to each tensor's largest magnitude: the worst
 # case measured was 1.0e-6 (x's gradient, channel-wise momentum); with the head split as it
@@ -217,6 +243,50 @@ def test_the_layer_compiles_without_graph_breaks_and_matches_eager(options, dim,
     names = ["x", *(name for name, _ in layer.named_parameters())]
     for name, got, expected in zip(names, grads_compiled, grads_eager, strict=True):
         assert_close_to_scale(got, expected, COMPILE_TOL, name)
+
+
+# one case: a dynamic compile with its backward takes minutes here (momentum's: 250 s)
+DYNAMIC_CASES = {name: COMPILE_CASES[name][0] for name in ("per-token-gated-delta-rule",)}
+
+
+@pytest.mark.compile
+@pytest.mark.parametrize("options", DYNAMIC_CASES.values(), ids=DYNAMIC_CASES.keys())
+def test_the_per_token_layer_compiles_once_for_every_sequence_length(options):
+    """``dynamic=True``: one graph (``unique_graphs`` 1, and no recompile, which
+    ``error_on_recompile`` would raise) serves seq 10, 16 and 12 at chunk 4 (three and four
+    chunks; a zero-padded last chunk and multiples of the chunk), with outputs and every
+    gradient matching eager to COMPILE_TOL.  Under compile the per-token path runs its
+    chunk recurrence through ``scan`` (the number of chunks is a symbolic size, not an
+    unrolled loop), always pads (one ``F.pad``), picks each chunk's end row by a gather and
+    returns a gathered copy of the unpadded reads, so no guard falls on the length.
+
+    Only the per-token path is length-dynamic: the mini-batch chunked path (every memory
+    with inner_steps = "mini_batch") loops over chunks in Python, so dynamo unrolls the loop
+    and compiles a graph per number of chunks (and more: seq 9, 10, 12, 13 at chunk 4 gave
+    four graphs for a linear memory), and a deep memory's dual-form read fails to trace
+    with symbolic shapes on torch 2.13 (``lift_tracked_freevar_to_input``); train.compile
+    therefore stays static (``dynamic=False``), a graph per shape."""
+    from torch._dynamo.utils import counters
+
+    torch.manual_seed(0)
+    rule = {"memory": "linear", "retention": "decay", "algorithm": "momentum"}
+    layer = MemoryLayer.from_options(16, heads=2, **{**rule, **options})
+    torch._dynamo.reset()  # dynamo's cache is process-wide: count this test's graphs alone
+    counters.clear()
+    compiled_layer = torch.compile(layer, fullgraph=True, dynamic=True)
+    names = ["x", *(name for name, _ in layer.named_parameters())]
+    for index, seq in enumerate((10, 16, 12)):
+        x = torch.randn(2, seq, 16, requires_grad=True)
+        inputs = [x, *layer.parameters()]
+        eager = layer(x)
+        grads_eager = torch.autograd.grad(eager.square().sum(), inputs)
+        with torch._dynamo.config.patch(error_on_recompile=index > 0):
+            compiled = compiled_layer(x)
+        grads_compiled = torch.autograd.grad(compiled.square().sum(), inputs)
+        assert_close_to_scale(compiled, eager, COMPILE_TOL, f"output, seq {seq}")
+        for name, got, expected in zip(names, grads_compiled, grads_eager, strict=True):
+            assert_close_to_scale(got, expected, COMPILE_TOL, f"{name}, seq {seq}")
+    assert counters["stats"]["unique_graphs"] == 1
 
 
 def test_the_memory_table_reaches_every_memory_whole():

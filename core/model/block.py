@@ -102,7 +102,10 @@ class TransformerBlock(Block):
         return_state: bool = False,
         documents: PackedDocuments | None = None,
     ) -> Any:
-        h, cache = self.attn(self.attn_norm(x), cache=state, return_cache=True, documents=documents)
+        # the decode cache only where it is returned: trimming it to the window is a boolean
+        # mask, data-dependent, which breaks a compiled training step's graph
+        h = self.attn(self.attn_norm(x), cache=state, return_cache=return_state, documents=documents)
+        h, cache = h if return_state else (h, None)
         x = x + h
         x = x + self.ffn(self.ffn_norm(x))
         return (x, cache) if return_state else x

@@ -37,7 +37,10 @@ class MAGBlock(Block):
     def forward(self, x: torch.Tensor, state=None, return_state: bool = False, documents=None):
         cache, memory_state = state if state is not None else (None, None)
         y = self.mix_norm(x)
-        attended, cache = self.attn(y, cache=cache, return_cache=True, documents=documents)
+        # the decode cache only where it is returned: trimming it to the window is a boolean
+        # mask, data-dependent, which breaks a compiled training step's graph
+        attended = self.attn(y, cache=cache, return_cache=return_state, documents=documents)
+        attended, cache = attended if return_state else (attended, None)
         remembered, memory_state = self.memory(y, memory_state, return_state=True, documents=documents)
         x = x + attended * self.gate(remembered)
         x = x + self.ffn(self.ffn_norm(x))

@@ -35,7 +35,8 @@ class MALBlock(Block):
             self.memory_norm(x), memory_state, return_state=True, documents=documents
         )
         x = x + h
-        h, cache = self.attn(self.attn_norm(x), cache=cache, return_cache=True, documents=documents)
+        h = self.attn(self.attn_norm(x), cache=cache, return_cache=return_state, documents=documents)
+        h, cache = h if return_state else (h, None)  # a cache only to return (see mag.py)
         x = x + h
         x = x + self.ffn(self.ffn_norm(x))
         return (x, (memory_state, cache)) if return_state else x

@@ -36,6 +36,7 @@ padded token has k = 0 and beta = 0, the identity step.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -153,7 +154,9 @@ def _rates(x: torch.Tensor, seq: int) -> torch.Tensor:
 def _fold(x: torch.Tensor, chunk: int) -> torch.Tensor:
     """(B, H, T, ...) zero-padded to n * chunk tokens -> (B, H, n, chunk, ...)."""
     pad = -x.shape[2] % chunk
-    if pad:
+    if torch.compiler.is_compiling():  # one op, no tensor of ``pad`` tokens: no guard on the remainder
+        x = torch.nn.functional.pad(x, [0, 0] * (x.dim() - 3) + [0, pad])
+    elif pad:
         x = torch.cat([x, x.new_zeros(*x.shape[:2], pad, *x.shape[3:])], dim=2)
     return x.unflatten(2, (x.shape[2] // chunk, chunk))
 
@@ -239,7 +242,26 @@ def per_token_chunks(
         # full-size gradient per chunk (quadratic in the number of chunks)
         return list(zip(*(t.unbind(2) for t in terms), strict=True))
 
-    ends = end_terms(slice(0, n - 1), chunk - 1) + end_terms(slice(n - 1, n), last)
+    def end_rows() -> list[torch.Tensor]:
+        """``end_terms`` of every chunk, stacked on dim 2, for ``_scan_chunks``: the end row is
+        picked per chunk by a gather, so a symbolic ``last`` puts no guard on the length."""
+        row = torch.where(torch.arange(n, device=q.device) == n - 1, last, chunk - 1)
+
+        def at_row(x: torch.Tensor, dim: int) -> torch.Tensor:  # x's entry ``row`` of ``dim`` per chunk
+            shape = [1] * x.dim()
+            shape[2] = n
+            size = list(x.shape)
+            size[dim] = 1
+            return x.gather(dim, row.view(shape).expand(size))
+
+        cum_end = at_row(cum, -1)  # (B, H, n, C, 1)
+        terms = [torch.exp(cum_end), at_row(rated, -2).squeeze(-2)]
+        if momentum:
+            eta_end = at_row(cum_eta, -1)
+            after = torch.arange(chunk, device=q.device) > row[:, None, None]  # (n, 1, L)
+            tail = beta_c * torch.exp(eta_end - cum_eta).masked_fill(after, 0.0)
+            terms += [at_row(carry, -1), torch.exp(eta_end), tail]
+        return terms
 
     # delta = Wk W_0^T + Sk S_0^T + U, [Wk | Sk | U] = (I + T)^-1 [s e^G K | s g sigma' K | b] with
     # the gradient point g_i W_{i-1} of token i: W_{i-1} is row i - 1 of (c, sigma), e^{A_{i-1}}
@@ -288,38 +310,137 @@ def per_token_chunks(
         return state @ projection.transpose(-1, -2)
 
     # the chunk recurrence: delta (d_v, L) and the next W_0 (and S_0), the only sequential part
+    if torch.compiler.is_compiling():  # one graph for every number of chunks
+        weights, surprise, starts, momenta, delta = _scan_chunks(
+            (u, kc, *projections), end_rows(), w0, s0, restart, momentum, times
+        )
+    else:
+        weights, surprise, starts, momenta, delta = _loop_chunks(
+            (u, kc, *projections),
+            end_terms(slice(0, n - 1), chunk - 1) + end_terms(slice(n - 1, n), last),
+            w0,
+            s0,
+            restart,
+            momentum,
+            times,
+        )
+
+    # all reads at once: y_i = e^{A_i} W_0 q_i + sigma_i S_0 q_i - sum_j P_ij delta_j
+    y = (qc @ starts.transpose(-1, -2)) * torch.exp(cum).transpose(-1, -2)
+    if momentum:
+        y = y + (qc @ momenta.transpose(-1, -2)) * carry.transpose(-1, -2)
+    if rows:  # P per row: (B, H, n, C, L, L) @ (B, H, n, d_v, L, 1)
+        y = y - (reads @ delta.unsqueeze(-1)).squeeze(-1).transpose(-1, -2)
+    else:
+        y = y - reads.squeeze(-3) @ delta.transpose(-1, -2)
+    y = y.flatten(2, 3)
+    if torch.compiler.is_compiling():  # a gather, not a view of the padded tensor (whose
+        # strides would put a guard on whether padding was cut off): one graph for every length
+        return y.index_select(2, torch.arange(seq, device=y.device)), weights, surprise
+    return y[:, :, :seq], weights, surprise
+
+
+def _chunk_step(
+    weights: torch.Tensor,
+    surprise: torch.Tensor | None,
+    inputs: list[torch.Tensor],
+    end: list[torch.Tensor],
+    momentum: bool,
+    times: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+    """One chunk from W_0 (and S_0): the state after it and its delta (rows first, (d_v, L))."""
+    delta, key, *projection = inputs
+    if projection:
+        delta = delta + times(projection[0], weights)
+        if momentum:
+            delta = delta + times(projection[1], surprise)
+    new_weights = end[0] * weights - (delta * end[1]) @ key
+    if momentum:  # W_L = e^{A_L} W_0 + sigma_L S_0 - ...;  S_L = e^{E_L} S_0 - ...
+        new_weights = new_weights + end[2] * surprise
+        surprise = end[3] * surprise - (delta * end[4]) @ key
+    return new_weights, surprise, delta
+
+
+def _loop_chunks(
+    per_chunk_inputs: tuple[torch.Tensor, ...],
+    ends: list[tuple[torch.Tensor, ...]],
+    w0: torch.Tensor,
+    s0: torch.Tensor | None,
+    restart: torch.Tensor | None,
+    momentum: bool,
+    times: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor | None, torch.Tensor]:
+    """The chunk recurrence as a Python loop (eagerly): the state after the last chunk, then
+    W_0, S_0 and delta of every chunk, stacked on dim 2."""
     starts, momenta, deltas = [], [], []
     weights, surprise = w0, s0
-    per_chunk = [x.unbind(2) for x in (u, kc, *projections)]
+    per_chunk = [x.unbind(2) for x in per_chunk_inputs]
     restarts = restart[:, None, :, None, None].unbind(2) if restart is not None else None  # (B, 1, 1, 1)
-    for c in range(n):
+    for c in range(len(ends)):
         if restarts is not None:  # this row's chunk c opens a document: back to W_0 (and S_0)
             weights = torch.where(restarts[c], w0, weights)
             if momentum:
                 surprise = torch.where(restarts[c], s0, surprise)
         starts.append(weights)
-        delta, key, *projection = (x[c] for x in per_chunk)
-        if projection:
-            delta = delta + times(projection[0], weights)
         if momentum:
             momenta.append(surprise)
-            if projection:
-                delta = delta + times(projection[1], surprise)
+        weights, surprise, delta = _chunk_step(
+            weights, surprise, [x[c] for x in per_chunk], list(ends[c]), momentum, times
+        )
         deltas.append(delta)
-        end = ends[c]
-        new_weights = end[0] * weights - (delta * end[1]) @ key
-        if momentum:  # W_L = e^{A_L} W_0 + sigma_L S_0 - ...;  S_L = e^{E_L} S_0 - ...
-            new_weights = new_weights + end[2] * surprise
-            surprise = end[3] * surprise - (delta * end[4]) @ key
-        weights = new_weights
-    delta = torch.stack(deltas, dim=2)  # (B, H, n, d_v, L)
+    stacked_momenta = torch.stack(momenta, dim=2) if momentum else None
+    return weights, surprise, torch.stack(starts, dim=2), stacked_momenta, torch.stack(deltas, dim=2)
 
-    # all reads at once: y_i = e^{A_i} W_0 q_i + sigma_i S_0 q_i - sum_j P_ij delta_j
-    y = (qc @ torch.stack(starts, dim=2).transpose(-1, -2)) * torch.exp(cum).transpose(-1, -2)
+
+def _scan_chunks(
+    per_chunk_inputs: tuple[torch.Tensor, ...],
+    ends: list[torch.Tensor],
+    w0: torch.Tensor,
+    s0: torch.Tensor | None,
+    restart: torch.Tensor | None,
+    momentum: bool,
+    times: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor | None, torch.Tensor]:
+    """``_loop_chunks`` under torch.compile, through ``scan``: the number of chunks is the
+    scanned dimension's size, so one graph serves every sequence length (a Python loop
+    would be unrolled once per number of chunks).  ``ends`` are stacked over chunks."""
+    from torch._higher_order_ops.scan import scan
+
+    count = len(per_chunk_inputs)
+    # chunk-major copies: scan refuses inputs that alias one another (u and the projections
+    # are slices of one solve)
+    xs = [x.movedim(2, 0).clone(memory_format=torch.contiguous_format) for x in (*per_chunk_inputs, *ends)]
+    if restart is not None:  # (n, B, 1, 1, 1), and the starting state once per chunk (copies, as above)
+        xs.append(restart[:, None, :, None, None].movedim(2, 0).contiguous())
+        xs += [x.expand(xs[0].shape[0], *x.shape).contiguous() for x in (w0, *([s0] if momentum else []))]
+
+    square = w0.shape[-2:]
+
+    def flat(x: torch.Tensor) -> torch.Tensor:
+        """A state as a (B, H, d_v * d_k) copy.  Every output a copy: scan refuses a body whose
+        outputs may alias its inputs.  Flat: with (d_v, d_k) carries inductor laid out a
+        gradient carry of scan's backward transposed and refused it against the body's output
+        (torch 2.13, static shapes too); a flat carry has one layout."""
+        return x.flatten(-2).clone(memory_format=torch.contiguous_format)
+
+    def body(carry: list[torch.Tensor], chunk: list[torch.Tensor]):
+        weights = carry[0].unflatten(-1, square)
+        surprise = carry[1].unflatten(-1, square) if momentum else None
+        inputs, end, rest = chunk[:count], chunk[count : count + len(ends)], chunk[count + len(ends) :]
+        if rest:
+            weights = torch.where(rest[0], rest[1], weights)
+            if momentum:
+                surprise = torch.where(rest[0], rest[2], surprise)
+        weights_out, surprise_out, delta = _chunk_step(weights, surprise, inputs, end, momentum, times)
+        starts = [flat(weights), *([flat(surprise)] if momentum else [])]
+        carry_out = [flat(weights_out), *([flat(surprise_out)] if momentum else [])]
+        return carry_out, [*starts, delta.clone(memory_format=torch.contiguous_format)]
+
+    init = [flat(w0), *([flat(s0)] if momentum else [])]
+    final, outputs = scan(body, init, xs)
+    final = [x.unflatten(-1, square) for x in final]
+    outputs = [x.movedim(0, 2) for x in outputs]
+    outputs = [x.unflatten(-1, square) for x in outputs[:-1]] + [outputs[-1]]
     if momentum:
-        y = y + (qc @ torch.stack(momenta, dim=2).transpose(-1, -2)) * carry.transpose(-1, -2)
-    if rows:  # P per row: (B, H, n, C, L, L) @ (B, H, n, d_v, L, 1)
-        y = y - (reads @ delta.unsqueeze(-1)).squeeze(-1).transpose(-1, -2)
-    else:
-        y = y - reads.squeeze(-3) @ delta.transpose(-1, -2)
-    return y.flatten(2, 3)[:, :, :seq], weights, surprise
+        return final[0], final[1], outputs[0], outputs[1], outputs[2]
+    return final[0], None, outputs[0], None, outputs[1]
