@@ -230,6 +230,9 @@ def test_the_layer_compiles_without_graph_breaks_and_matches_eager(options, dim,
     sub-chunk loop must trace; outputs and the gradients of the input and of every
     parameter match eager in float32, the dtype training compiles: ``max|compiled - eager|
     <= COMPILE_TOL * max|eager|`` per tensor (tests/tolerance.py says why not element-wise)."""
+    # dynamo's cache is process-wide: every case compiles the same functions (the per-token
+    # chunk step) anew, and after recompile_limit (8) of them fullgraph=True fails
+    torch._dynamo.reset()
     torch.manual_seed(0)
     rule = {"memory": "linear", "retention": "decay", "algorithm": "momentum"}
     layer = MemoryLayer.from_options(dim, heads=2, **{**rule, **options})
