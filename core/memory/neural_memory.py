@@ -169,7 +169,7 @@ class NeuralMemory(nn.Module):
         q, k = self.features(q, query=True), self.features(k)
         gates = self.gates(x)
         y, memory_state = per_token_documents(
-            self.rule, q, k, v, gates, documents, spec.chunk_size, return_state=True
+            self.rule, q, k, v, gates, documents, spec.chunk_size, return_state=True, kernel=spec.kernel
         )
         if self.record:
             self.last_norms = state_norms(memory_state, dict(self.rule.arch.init))

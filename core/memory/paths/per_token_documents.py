@@ -6,7 +6,8 @@ each document is laid on the chunk grid of its own row (it starts a chunk; its l
 zero-padded: a padded token has k = 0, beta = 0 and alpha = 1, the identity step), and the
 chunk loop of ``chunked_per_token`` starts such a chunk again from the initial state.  A row
 grows by less than one chunk per document, instead of every document growing to the longest
-(flash-linear-attention's ``cu_seqlens`` lays documents out the same way).
+(flash-linear-attention's ``cu_seqlens`` form, which runs instead where its kernels do, needs
+no grid at all: ``fla_delta.fla_documents``).
 
 The row's first tokens, before its first marked start, are a document too (as in
 ``data.documents``: a row's leading partial document runs from the initial state).
@@ -22,6 +23,7 @@ from ...data.documents import PackedDocuments
 from ..rule.axes import Gates
 from ..rule.memory_rule import MemoryRule
 from ..rule.state import MemoryState
+from . import fla_delta
 from .chunked_per_token import chunked_per_token
 from .tokens import Tokens
 
@@ -74,12 +76,19 @@ def per_token_documents(
     doc_start: torch.Tensor | PackedDocuments,
     chunk_size: int,
     return_state: bool = False,
+    kernel: str = "native",
 ) -> torch.Tensor | tuple[torch.Tensor, MemoryState]:
     """Reads (B, H, T, d_v) of a per-token memory restarted from its initial state at every
     document of ``doc_start`` (B, T bool, or the pass's PackedDocuments, whose layout is then
     computed once for every layer): each document's reads as if it ran alone.  With
     ``return_state``, also the state after each row's last document (its trailing pads are
-    identity steps)."""
+    identity steps).  ``kernel``: as ``model.memory.kernel``; where flash-linear-attention
+    runs, the documents go through its ``cu_seqlens`` form instead (``fla_delta.fla_documents``)."""
+    found = fla_delta.choose(kernel, rule, q, None, "chunked")
+    if found is not None:
+        starts = doc_start.starts if isinstance(doc_start, PackedDocuments) else doc_start
+        y, state = fla_delta.fla_documents(found, rule, q, k, v, gates, starts)
+        return (y, state) if return_state else y
     if isinstance(doc_start, PackedDocuments):
         documents = doc_start
         layout = documents.cached(
