@@ -23,6 +23,7 @@ import pytest
 import torch
 from memory_cases import make_rule, random_inputs
 
+from miraslab.data.documents import PackedDocuments
 from miraslab.errors import MiraslabError, RecipeError
 from miraslab.memory.layer import MemoryLayer
 from miraslab.memory.paths import fla_delta
@@ -381,3 +382,28 @@ def test_packed_documents_through_fla_cu_seqlens_equal_each_document_alone(name)
             )
             assert close(y[one, :, a:b], want), (row, a, b)
         assert close(state.weights["w"][one], want_state.weights["w"]), row
+
+
+@needs_references
+def test_a_layer_forced_onto_fla_packs_documents_through_cu_seqlens():
+    """``kernel = "fla"`` no longer sends packed documents apart: the layer runs them packed,
+    through FLA's variable-length form, with the reads of the native packed layer (float64)."""
+    torch.manual_seed(0)
+    options = {
+        "memory": "linear",
+        "retention": "none",
+        "algorithm": "gd",
+        "inner_steps": "per_token",
+        "chunk_size": 4,
+    }
+    with fla_delta.use_kernels(variable_length(reference_kernels())):
+        fla = MemoryLayer.from_options(16, heads=2, kernel="fla", **options).double()
+        native = MemoryLayer.from_options(16, heads=2, kernel="native", **options).double()
+        native.load_state_dict(fla.state_dict())
+        assert fla.memory.documents_reason() is None
+        x = torch.randn(2, SEQ, 16, dtype=torch.float64)
+        starts = torch.zeros(2, SEQ, dtype=torch.bool)
+        starts[1, [3, 11]] = True
+        got, _ = fla(x, documents=PackedDocuments(starts))
+        want, _ = native(x, documents=PackedDocuments(starts))
+    assert close(got, want)

@@ -97,8 +97,6 @@ class NeuralMemory(nn.Module):
             return f"model.memory.path = {spec.path!r}: packed documents restart on the chunked path only"
         if spec.qk_projection:
             return "model.memory.qk_projection sums the keys of the whole row"
-        if spec.kernel == "fla":
-            return "model.memory.kernel = 'fla': FLA's variable-length kernels (cu_seqlens) are not wired here yet"
         if (problem := per_token_problem(*self.rule.parts)) is not None:  # at chunk 1 too: no chunked form
             return f"model.memory.inner_steps = 'per_token' runs this rule token by token ({problem})"
         return None
