@@ -65,6 +65,10 @@ class PackedDocuments:
     without one row per document): ``starts`` (B, T) bool, True at a document's first token;
     each row's first token opens one too (a row's leading partial document).
 
+    With a carried state (``data.carry_state``: the rows continue the rows of the call before)
+    a row's leading document continues from that state unless its first token was marked a
+    start itself: ``continues`` (B,) bool says which rows' leading documents do.
+
     What the layers ask of it is computed once per forward pass and shared by every layer:
     ``segment`` (attention's block-diagonal mask), ``position`` (a short convolution's reach)
     and ``cached`` (a memory's chunk-grid layout)."""
@@ -75,6 +79,7 @@ class PackedDocuments:
                 f"document starts must be a (batch, seq) bool tensor, got {tuple(starts.shape)} {starts.dtype}"
             )
         self.starts = starts.clone()
+        self.continues = ~starts[:, 0]  # before the row's first token is marked below
         self.starts[:, :1] = True
         self._cache: dict[object, object] = {}
 

@@ -99,9 +99,18 @@ class CarriedState:
     def __init__(self) -> None:
         self.states: dict[int, Any] = {}
 
-    def forward(self, model: torch.nn.Module, inputs: torch.Tensor, slot: int = 0) -> torch.Tensor:
-        """The logits of ``inputs`` from the slot's carried state; keeps the new state, detached."""
-        logits, state = model(inputs, state=self.states.get(slot), return_state=True)
+    def forward(
+        self,
+        model: torch.nn.Module,
+        inputs: torch.Tensor,
+        slot: int = 0,
+        documents: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """The logits of ``inputs`` from the slot's carried state; keeps the new state, detached.
+        ``documents`` (B, T) bool, the packed documents' starts (``data.reset_at_documents``):
+        each row's leading document continues the state, every later one starts afresh."""
+        packed = {} if documents is None else {"documents": documents}
+        logits, state = model(inputs, state=self.states.get(slot), return_state=True, **packed)
         self.states[slot] = detach_state(state)
         return logits
 

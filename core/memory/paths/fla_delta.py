@@ -295,11 +295,14 @@ def fla_documents(
     v: torch.Tensor,
     gates: Gates,
     doc_start: torch.Tensor,
+    carried: tuple[MemoryState, torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, MemoryState]:
     """Packed documents through FLA's chunk kernels with ``cu_seqlens``: the (B, T) rows laid end
     to end as one sequence of B * T tokens, every document from the initial state, no padding
     (FLA's variable-length form).  Reads (B, H, T, d_v) and the closed state after each row's
-    last document, as ``paths.per_token_documents`` returns them."""
+    last document, as ``paths.per_token_documents`` returns them.  ``carried``: a state and
+    (B,) bool, the rows whose first sequence (their leading document) starts from that state
+    (``data.carry_state``); FLA takes an initial state per sequence."""
     batch, heads, seq, _ = q.shape
     work = torch.promote_types(q.dtype, torch.float32)
     device = q.device.type
@@ -315,8 +318,16 @@ def fla_documents(
         g = g.reshape(1, batch * seq, heads).to(work).contiguous()
     bounds = cu_seqlens(doc_start)
     documents = bounds.numel() - 1
-    initial = fla_state(rule.initial_state(1).weights["w"]).to(torch.promote_types(dtype, torch.float32))
+    state_dtype = torch.promote_types(dtype, torch.float32)
+    initial = fla_state(rule.initial_state(1).weights["w"]).to(state_dtype)
     initial = initial.expand(documents, *initial.shape[1:]).contiguous()  # [N, H, K, V]
+    if carried is not None:  # each row's first sequence: the carried state where the row continues
+        state, continues = carried
+        first = torch.searchsorted(bounds, torch.arange(batch, device=bounds.device) * seq)
+        start = fla_state(state.weights["w"]).to(state_dtype)
+        initial = initial.index_put(
+            (first,), torch.where(continues[:, None, None, None], start, initial[first])
+        )
     common = {"scale": 1.0, "initial_state": initial, "output_final_state": True, "cu_seqlens": bounds}
     with torch.autocast(device_type=device, enabled=False):
         if g is None:
