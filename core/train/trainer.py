@@ -346,7 +346,7 @@ class Trainer:
             with self.dist.no_sync(self.model, last=index == len(pieces) - 1), self.precision():
                 documents = piece.extras.get(DOC_START) if self.packed_documents else None
                 logits = (
-                    self.carried.forward(self.model, piece.inputs, index)
+                    self.carried.forward(self.model, piece.inputs, index, documents=documents)
                     if self.carried is not None
                     else self.model(piece.inputs, documents=documents)
                 )
