@@ -385,6 +385,39 @@ def test_packed_documents_through_fla_cu_seqlens_equal_each_document_alone(name)
 
 
 @needs_references
+@pytest.mark.parametrize("name", list(RULES))
+def test_a_carried_state_starts_each_continuing_rows_first_fla_sequence(name):
+    """``data.carry_state`` with documents: FLA's initial state per sequence is the carried
+    state for the first sequence of a row that continues (row 0), W_init for every other (row
+    1 opens with a marked start), held to our recurrent path over each document alone, the
+    leading one from the carried state, reads and each row's last state, at ATOL."""
+    from miraslab.memory.paths.per_token_documents import per_token_documents
+
+    rule, q, k, v, gates = rule_and_inputs(name)
+    before = rule_and_inputs(name, seq=6, seed=1)[1:]
+    _, carried = run(rule, *before, path="recurrent")
+    starts = torch.zeros(q.shape[0], SEQ, dtype=torch.bool)
+    starts[0, [5, 6, 18]] = True
+    starts[1, [0, 9]] = True
+    with fla_delta.use_kernels(variable_length(reference_kernels())):
+        y, state = per_token_documents(
+            rule, q, k, v, gates, starts, 4, return_state=True, kernel="fla", state=carried
+        )
+    for row in range(q.shape[0]):
+        bounds = [0, *starts[row, 1:].nonzero().add(1).squeeze(1).tolist(), SEQ]
+        for a, b in itertools.pairwise(bounds):
+            one = slice(row, row + 1)
+            leading = a == 0 and not starts[row, 0]
+            part = {n: g[one, :, a:b] for n, g in gates.items()}
+            from_state = carried.map(lambda t, one=one: t[one]) if leading else None
+            want, want_state = run(
+                rule, q[one, :, a:b], k[one, :, a:b], v[one, :, a:b], part, from_state, path="recurrent"
+            )
+            assert close(y[one, :, a:b], want), (row, a, b)
+        assert close(state.weights["w"][one], want_state.weights["w"]), row
+
+
+@needs_references
 def test_a_layer_forced_onto_fla_packs_documents_through_cu_seqlens():
     """``kernel = "fla"`` no longer sends packed documents apart: the layer runs them packed,
     through FLA's variable-length form, with the reads of the native packed layer (float64)."""

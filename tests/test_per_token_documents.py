@@ -131,11 +131,13 @@ def test_each_document_is_padded_to_the_chunk_not_to_the_longest():
 
 
 @pytest.mark.compile
+@pytest.mark.parametrize("carried", [False, True])
 @pytest.mark.parametrize("name", ["gated-delta", "decay-previous-momentum"])
-def test_restarts_in_the_compiled_chunk_scan_equal_the_eager_loop(name):
+def test_restarts_in_the_compiled_chunk_scan_equal_the_eager_loop(name, carried):
     """Under torch.compile the chunk recurrence runs through ``scan`` (one graph for every
-    length), restarts included; traced with ``aot_eager`` (no inductor: seconds), float64,
-    its reads and final state equal the eager Python loop's to 1e-10 of the scale."""
+    length), restarts included (``carried``: from a carried state, restarting to the initial
+    one); traced with ``aot_eager`` (no inductor: seconds), float64, its reads and final state
+    equal the eager Python loop's to 1e-10 of the scale."""
     from miraslab.memory.paths.chunked_per_token import chunked_per_token
     from miraslab.memory.paths.tokens import Tokens
 
@@ -145,10 +147,12 @@ def test_restarts_in_the_compiled_chunk_scan_equal_the_eager_loop(name):
     )
     q, k, v, gates, _ = random_inputs(rule, seq=14, d=8)
     restart = torch.tensor([[False, True, False, True], [True, False, True, False]])
+    initial = rule.initial_state(q.shape[0])
+    start = initial.map(lambda t: t + 0.1 * torch.randn_like(t)) if carried else initial
 
     def run(q, k, v, gates):
         tokens = Tokens(q.contiguous(), k.contiguous(), v.contiguous(), gates)
-        y, state = chunked_per_token(rule, tokens, rule.initial_state(q.shape[0]), CHUNK, restart)
+        y, state = chunked_per_token(rule, tokens, start, CHUNK, restart, reset=initial)
         return y, state.weights["w"]
 
     torch._dynamo.reset()
