@@ -8,7 +8,8 @@ token is the separator) and its first text token from a fresh start.  ``doc_star
 is True at those separators.  The tokens at the start of a row that continue a document
 from the row before are not a document start (they are marked False); like every row's
 first tokens they run from the initial state, as flash-linear-attention's ``cu_seqlens``
-treats a row's leading partial document.
+treats a row's leading partial document, unless the model carries a state into the row
+(``data.carry_state``, packed only): then they continue it (``PackedDocuments.continues``).
 
 Where every part of the model can restart at a document's start (a per-token memory, see
 ``LanguageModel.documents_reason``) the rows stay packed and the model is given the starts

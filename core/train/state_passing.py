@@ -7,6 +7,9 @@ memory state and, where the layout has one, its attention's KV window
 gradients flow within a step's segment only (truncated backpropagation through time, as in
 Buitrago Ruiz & Gu, arXiv 2507.02782, "state passing").  Two steps carried this way compute
 what one forward over the two segments concatenated computes (tests/test_state_passing.py).
+With ``data.reset_at_documents`` too, the forward is given the rows' document starts: a row's
+leading document continues the carried state, every later one restarts, and the state kept is
+the one after the row's last document (tests/test_carried_documents.py).
 
 The trainer holds one :class:`CarriedState`; with micro-batches each micro-batch's rows carry
 their own state (slot = its index in the step), and under torchrun each process its own rows'.

@@ -316,6 +316,13 @@ class Trainer:
             self.packed_documents = packs_documents(
                 raw, self.packed_documents, previous is None, self.progress
             )
+            if self.carried is not None and not self.packed_documents:  # refused at load; a guard
+                raise RecipeError(
+                    [
+                        f"data.carry_state and data.reset_at_documents: stage {stage.name} cannot run "
+                        f"documents packed ({raw.documents_reason()}); set one of them to false"
+                    ]
+                )
         if previous is not None or stage.index > 0:
             detail = f", training only {', '.join(stage.spec.train_only)}" if stage.spec.train_only else ""
             self.progress.event(
