@@ -80,14 +80,24 @@ def recurrent(rule, q, k, v, gates, piece, state=None):
     )
 
 
-@pytest.mark.parametrize("name", list(CASES))
-def test_a_carried_state_continues_each_rows_leading_document_only(name):
+# and a gate per row of W (the state at each row's last token is then taken per row of W)
+CARRIED = [(name, ()) for name in CASES] + [("decay-previous-momentum", ("lr", "decay", "momentum"))]
+
+
+@pytest.mark.parametrize(("name", "channelwise"), CARRIED)
+def test_a_carried_state_continues_each_rows_leading_document_only(name, channelwise):
     """Row 0 opens mid-document: its leading document continues the carried state; row 1 opens
     with a marked start: it ignores it.  The state handed on is each row's after its last
     document, with momentum too (trailing pads on the chunk grid are no identity steps)."""
     bias, retention, algorithm, options = CASES[name]
     rule = make_rule(
-        "linear", bias, retention, algorithm, d=8, options={"memory": {"init": "normal"}, **options}
+        "linear",
+        bias,
+        retention,
+        algorithm,
+        d=8,
+        options={"memory": {"init": "normal"}, **options},
+        channelwise=channelwise,
     )
     q, k, v, gates, _ = random_inputs(rule, seq=SEQ, d=8)
     before = random_inputs(rule, seq=7, d=8, seed=1)[:4]

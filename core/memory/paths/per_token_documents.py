@@ -86,8 +86,8 @@ def per_token_documents(
     """Reads (B, H, T, d_v) of a per-token memory restarted from its initial state at every
     document of ``doc_start`` (B, T bool, or the pass's PackedDocuments, whose layout is then
     computed once for every layer): each document's reads as if it ran alone.  With
-    ``return_state``, also the state after each row's last document (its trailing pads are
-    identity steps).  ``kernel``: as ``model.memory.kernel``; where flash-linear-attention
+    ``return_state``, also the state after each row's last document (at its last token: with
+    momentum the pads after it on the grid are no identity steps).  ``kernel``: as ``model.memory.kernel``; where flash-linear-attention
     runs, the documents go through its ``cu_seqlens`` form instead (``fla_delta.fla_documents``).
     ``state``: the carried (closed) state each row's leading document continues, where the
     row's first token is not marked a start (a plain (B, T) ``doc_start`` marks the row's
