@@ -130,3 +130,24 @@ def test_the_carried_state_reaches_only_a_continuing_row():
     assert_close_to_scale(carried[1], fresh[1], 1e-10, "a row that opens a document")
     for row in (0, 2):
         assert (carried[row, 0] - fresh[row, 0]).abs().max() > 1e-6
+
+
+def test_flex_masks_a_carried_window_as_sdpa_does():
+    """The carried KV window's keys reach the leading document only, under flex's per-row
+    ``mask_mod`` as under SDPA's boolean mask (float64, 1e-10 of the scale)."""
+    pytest.importorskip("torch.nn.attention.flex_attention")
+    layout, memory, attention = CASES["mal-gated-delta"]
+    sdpa = tiny_model(layout, memory, attention)
+    flex = tiny_model(layout, memory, {**attention, "backend": "flex"})
+    flex.load_state_dict(sdpa.state_dict())
+    rows = stream()
+    with torch.no_grad():
+        outputs = []
+        for model in (flex, sdpa):
+            carried = CarriedState()
+            outputs.append(
+                torch.cat(
+                    [carried.forward(model, part, documents=part == SEP) for part in rows.split(STEP, 1)], 1
+                )
+            )
+    assert_close_to_scale(*outputs, 1e-10, "flex carried documents")
