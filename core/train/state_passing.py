@@ -102,6 +102,17 @@ class CarriedState:
     def __init__(self) -> None:
         self.states: dict[int, Any] = {}
 
+    @staticmethod
+    def require_packed(packed: bool, model: Any, stage: str) -> None:
+        """A carried row restarts at its documents only packed: never run them apart."""
+        if not packed:
+            raise RecipeError(
+                [
+                    f"data.carry_state and data.reset_at_documents: stage {stage} cannot run "
+                    f"documents packed ({model.documents_reason()}); set one of them to false"
+                ]
+            )
+
     def forward(
         self,
         model: torch.nn.Module,

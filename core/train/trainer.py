@@ -316,13 +316,8 @@ class Trainer:
             self.packed_documents = packs_documents(
                 raw, self.packed_documents, previous is None, self.progress
             )
-            if self.carried is not None and not self.packed_documents:  # refused at load; a guard
-                raise RecipeError(
-                    [
-                        f"data.carry_state and data.reset_at_documents: stage {stage.name} cannot run "
-                        f"documents packed ({raw.documents_reason()}); set one of them to false"
-                    ]
-                )
+            if self.carried is not None:  # refused at load; a guard
+                self.carried.require_packed(self.packed_documents, raw, stage.name)
         if previous is not None or stage.index > 0:
             detail = f", training only {', '.join(stage.spec.train_only)}" if stage.spec.train_only else ""
             self.progress.event(
@@ -394,9 +389,8 @@ class Trainer:
     def _evaluate(self, task: Any, context: RunContext, hook: Any) -> dict[str, Any]:
         """One validation pass on fresh batches: loss (and accuracy), what monitors add on the
         same batches (the memory-use metric), one record and one line."""
-        val = task_batches(
-            task, "val", self.recipe, self.dist
-        )  # a fresh iterator: every pass sees the same batches
+        # a fresh iterator: every pass sees the same batches
+        val = task_batches(task, "val", self.recipe, self.dist)
         batches = [
             documents_apart(TrainingBatch.of(next(val)).to(self.dist.device), self.separator)
             for _ in range(self.train.eval_batches)
