@@ -15,6 +15,7 @@ import torch
 from ..kernels.batched import outer_sum
 from ..rule.memory_rule import MemoryRule
 from ..rule.state import MemoryState
+from . import general
 from .chunk_end import close_chunk
 from .omega_window import keep_window, window_band, with_window
 from .tokens import Result, Tokens
@@ -41,6 +42,8 @@ def step(
     chunk_size: int,
 ) -> Result:
     """One token: q, k, v (B, H, d); gates {name: (B, H) or (B, H, d_v)}."""
+    if rule.algorithm.stateful:  # an optimizer with state of its own: the general path's token step
+        return general.general_step(rule, tokens, state, chunk_size)
     q, k, v, gates = tokens
     state = dataclasses.replace(state)
     retention, algorithm = rule.retention, rule.algorithm
