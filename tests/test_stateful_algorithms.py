@@ -64,16 +64,26 @@ def dmgd_oracle(readout):
     return step
 
 
-def oracle_run(rule, oracle, q, k, v, gates):
+def oracle_run(rule, oracle, q, k, v, gates, window: int = 1, omega: float = 1.0):
     """Chunk 1 on a linear memory with the l2 bias: g_t = (W_{t-1} k_t - v_t) k_t^T / ||k_t||^2
-    (normalised LMS), alpha_t the retention's decay; outputs y_t = W_t q_t and the final W."""
+    (normalised LMS), alpha_t the retention's decay; outputs y_t = W_t q_t and the final W.
+    With an (ungated) Omega window, g_t = sum_{j = t-window+1..t} omega^(t-j) g_j, each g_j
+    at W_{t-1} (ATLAS's Omega rule)."""
     w = rule.initial_state(q.shape[0]).weights["w"]
     state, outputs = None, []
     for t in range(q.shape[2]):
         token = {n: x[:, :, t] for n, x in gates.items()}
-        kt, vt = k[:, :, t], v[:, :, t]
-        error = torch.einsum("bhoi,bhi->bho", w, kt) - vt
-        g = error[..., :, None] * kt[..., None, :] / kt.pow(2).sum(-1)[..., None, None]
+        g = torch.zeros_like(w)
+        for j in range(max(0, t - window + 1), t + 1):
+            kj, vj = k[:, :, j], v[:, :, j]
+            error = torch.einsum("bhoi,bhi->bho", w, kj) - vj
+            g = (
+                g
+                + omega ** (t - j)
+                * error[..., :, None]
+                * kj[..., None, :]
+                / kj.pow(2).sum(-1)[..., None, None]
+            )
         log_alpha = rule.retention.log_alpha({n: x[:, :, t : t + 1] for n, x in gates.items()})
         alpha = log_alpha[:, :, 0].exp()[..., None, None] if log_alpha is not None else 1.0
         w, state = oracle(w, state, g, token, alpha)
@@ -105,6 +115,19 @@ def test_the_recurrent_path_equals_the_hand_written_oracle(name, options, retent
         expected_y, expected_w = oracle_run(rule, oracle, q, k, v, gates)
     _close(y, expected_y, f"{name} outputs")
     _close(state.weights["w"], expected_w, f"{name} final weights")
+
+
+@pytest.mark.parametrize("name", STATEFUL)
+def test_with_an_omega_window_the_recurrent_path_equals_the_oracle(name):
+    bias = {"name": "omega", "window": 3, "gated": False, "decay_base": 0.5}
+    rule = RuleCase("linear", bias, "decay", name).build()
+    oracle = _oracle_for(name, rule, {})
+    q, k, v, gates, _ = random_inputs(rule, seq=SEQ, scale=2.0)
+    with torch.no_grad():
+        y, state = api.memory_op(rule, q, k, v, gates, chunk_size=1, path="recurrent")
+        expected_y, expected_w = oracle_run(rule, oracle, q, k, v, gates, window=3, omega=0.5)
+    _close(y, expected_y, f"{name} with Omega, outputs")
+    _close(state.weights["w"], expected_w, f"{name} with Omega, final weights")
 
 
 # --- torch.optim at constant gates ----------------------------------------------------------------
@@ -171,10 +194,14 @@ def _algorithm_tensors(state) -> list[torch.Tensor]:
     return out
 
 
-@pytest.mark.parametrize("memory", ["linear", "mlp"])
+@pytest.mark.parametrize(
+    "memory, bias",
+    [("linear", "l2"), ("mlp", "l2"), ("linear", {"name": "omega", "window": 3})],
+    ids=["linear", "mlp", "omega"],
+)
 @pytest.mark.parametrize("name", STATEFUL)
-def test_the_chunked_path_equals_the_recurrent_path_in_one_call_and_split(name, memory):
-    rule = RuleCase(memory, "l2", "decay", name).build()
+def test_the_chunked_path_equals_the_recurrent_path_in_one_call_and_split(name, memory, bias):
+    rule = RuleCase(memory, bias, "decay", name).build()
     q, k, v, gates, _ = random_inputs(rule, seq=SEQ, scale=2.0)
     split = 4  # mid-chunk at chunk 5, on a chunk boundary at chunks 1 and 2
     with torch.no_grad():
@@ -312,13 +339,6 @@ def test_stateful_algorithms_take_the_general_path(name, monkeypatch):
 
 
 # --- what the general path refuses ----------------------------------------------------------------
-
-
-def test_an_omega_window_is_refused_naming_the_algorithm_and_the_option():
-    with pytest.raises(
-        RecipeError, match=r"algorithm 'nesterov' carries state of its own.*set its window = 1"
-    ):
-        RuleCase("linear", {"name": "omega", "window": 3}, "none", "nesterov").build()
 
 
 def test_channelwise_gates_are_refused_naming_the_key():

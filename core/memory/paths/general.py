@@ -5,9 +5,11 @@ factored forms of the other paths (the weights after token i as a sum of rank-on
 gradient terms with scalar coefficients) do not exist for it.  Per piece of a chunk this
 path therefore materialises what it must:
 
-    g_i   = grad l(W_grad; k_i, v_i)             (every i at the chunk-start weights, the
-                                                  same factors ``rule.factors`` gives the
-                                                  other paths, materialised as delta_i h_i^T)
+    g_i   = sum_j Gamma[i, j] grad l(W_grad; k_j, v_j)   (every source at the chunk-start
+                                                  weights, the factors ``rule.factors`` gives
+                                                  the other paths, materialised as delta_j h_j^T;
+                                                  Gamma the Omega window's band, the identity
+                                                  with window 1)
     u_i, state_i = algorithm.update(g_i, state_{i-1}, gates_i)
     W_i   = alpha_i W_{i-1} + lr_scale * u_i
     y_i   = M_{W_i}(q_i)                         (one batched read over the piece's W_i)
@@ -23,11 +25,13 @@ import dataclasses
 
 import torch
 
+from ..kernels.batched import outer_sum
 from ..rule.axes import Weights, at_least_fp32
 from ..rule.memory_rule import MemoryRule
 from ..rule.state import MemoryState
 from . import recurrent  # a module: recurrent's step calls this one's
 from .chunk_end import add_piece_decay, end_piece
+from .omega_window import keep_window, window_band, with_window
 from .tokens import Result, Tokens
 
 
@@ -57,11 +61,21 @@ def general_piece(rule: MemoryRule, tokens: Tokens, state: MemoryState, chunk_si
     weight_scale = None
     if retention.gradient_at_decayed:  # the gated delta rule's point: the chunk-start weights decayed to i
         weight_scale = torch.exp(state.log_decay.unsqueeze(-1) + cum)
-    factors = rule.factors(state.start, k, v, gates, weight_scale)
+    keys, values, source_gates, buffered = with_window(rule, state, k, v, gates)
+    factors = rule.factors(state.start, keys, values, source_gates, weight_scale)
+    band = None
+    if rule.window > 1:  # Omega: g_i = sum_j gamma_j omega^(i-j) grad_j over the window's sources
+        band = window_band(rule, source_gates, buffered, q.shape[2], cum.dtype, q.device)
+        band = band.expand(*keys.shape[:2], *band.shape[-2:])  # (B, H, L, sources)
     weights, algorithm_state = state.weights, state.algorithm_state
     per_token: dict[str, list[torch.Tensor]] = {name: [] for name in weights}
     for i in range(q.shape[2]):
-        grad = {name: delta[:, :, i, :, None] * h[:, :, i, None, :] for name, (h, delta) in factors.items()}
+        grad = {
+            name: delta[:, :, i, :, None] * h[:, :, i, None, :]
+            if band is None
+            else outer_sum(band[:, :, i], delta, h)
+            for name, (h, delta) in factors.items()
+        }
         update, algorithm_state = rule.algorithm.update(
             grad, algorithm_state, {n: g[:, :, i] for n, g in gates.items()}
         )
@@ -74,6 +88,7 @@ def general_piece(rule: MemoryRule, tokens: Tokens, state: MemoryState, chunk_si
     state.weights, state.algorithm_state = weights, algorithm_state
     add_piece_decay(rule, state, gates, cum)
     state.offset += q.shape[2]
+    keep_window(rule, state, keys, values, source_gates)
     return end_piece(rule, state, q, y, chunk_size)
 
 

@@ -421,7 +421,7 @@ def check_parts(
             f"a channel-wise momentum needs an algorithm with a momentum gate eta_t, not {_name(algorithm)}"
         )
     if algorithm.stateful:
-        problems += _stateful_problems(bias, retention, algorithm, channelwise)
+        problems += _stateful_problems(retention, algorithm, channelwise)
     decays = sorted(channelwise & {"decay", "momentum"})
     if decays and not arch.linear_map:
         problems.append(
@@ -437,7 +437,7 @@ def check_parts(
 
 
 def _stateful_problems(
-    bias: AttentionalBias, retention: Retention, algorithm: LearningAlgorithm, channelwise: frozenset[str]
+    retention: Retention, algorithm: LearningAlgorithm, channelwise: frozenset[str]
 ) -> list[str]:
     """What the general path (an algorithm with state of its own) does not run."""
     name = f"algorithm {_name(algorithm)} carries state of its own (the general path)"
@@ -446,10 +446,6 @@ def _stateful_problems(
         problems.append(f"{name} and also declares momentum or nonlinear: put the whole step in update()")
     if not algorithm.state_defs():
         problems.append(f"{name} but declares no state_defs()")
-    if bias.window > 1:
-        problems.append(
-            f"{name}: the Omega window of bias {_name(bias)} is not supported; set its window = 1"
-        )
     if channelwise:
         problems.append(
             f"{name}: channel-wise gates are not supported; set "
