@@ -17,7 +17,7 @@ import torch
 
 from miraslab import api
 from miraslab.errors import RecipeError
-from miraslab.memory.paths import general
+from miraslab.memory.paths import chunked, chunked_affine, general
 from miraslab.memory.paths.chunked_per_token import inner_steps_problem
 from miraslab.testing import RuleCase, check_component, random_inputs
 
@@ -316,7 +316,15 @@ def _spy_on_the_general_path(monkeypatch) -> list[int]:
 @pytest.mark.parametrize("name", ["gd", "momentum", "muon"])
 @pytest.mark.parametrize("memory", ["linear", "mlp"])
 def test_gd_momentum_and_muon_keep_their_factored_paths(name, memory, monkeypatch):
+    """The general path never runs for them; the chunked path takes the batched matrix-memory
+    pass (linear memory, gd or momentum) or the dual form piece by piece (the others)."""
     calls = _spy_on_the_general_path(monkeypatch)
+    fast = []
+    for module, function in ((chunked_affine, "whole_chunks"), (chunked, "_piece")):
+        original = getattr(module, function)
+        monkeypatch.setattr(
+            module, function, lambda *a, f=original, n=function, **kw: fast.append(n) or f(*a, **kw)
+        )
     rule = RuleCase(memory, "l2", "decay", name).build()
     assert not rule.algorithm.stateful
     q, k, v, gates, _ = random_inputs(rule, seq=6)
@@ -324,6 +332,8 @@ def test_gd_momentum_and_muon_keep_their_factored_paths(name, memory, monkeypatc
         for path in ("chunked", "recurrent"):
             api.memory_op(rule, q, k, v, gates, chunk_size=2, path=path)
     assert calls == []
+    expected = "whole_chunks" if memory == "linear" and name != "muon" else "_piece"
+    assert fast and set(fast) == {expected}, fast
 
 
 @pytest.mark.parametrize("name", STATEFUL)
