@@ -19,6 +19,7 @@ from miraslab import api
 from miraslab.errors import RecipeError
 from miraslab.memory.paths import chunked, chunked_affine, general
 from miraslab.memory.paths.chunked_per_token import inner_steps_problem
+from miraslab.memory.rule.axes import check_parts
 from miraslab.testing import RuleCase, check_component, random_inputs
 
 TOL = 1e-9
@@ -384,3 +385,18 @@ def test_a_quickstart_recipe_trains_each_for_three_steps(name, tmp_path, capsys)
     out, err = capsys.readouterr()
     assert code == 0, err[-2000:]
     assert "done: step 3/3" in out + err
+
+
+def test_a_state_shape_other_than_entry_row_or_head_is_refused():
+    with pytest.raises(ValueError, match=r"state m: shape must be one of \('entry', 'row', 'head'\)"):
+        api.StateDef("m", "column")
+
+
+def test_a_stateful_algorithm_without_state_or_with_engine_momentum_is_refused():
+    class NoState(api.LearningAlgorithm):
+        stateful = True
+        momentum = True
+
+    problems = check_parts(*RuleCase("linear", "l2", "none", "gd").build().parts[:3], NoState())
+    assert any("declares no state_defs()" in p for p in problems), problems
+    assert any("also declares momentum or nonlinear" in p for p in problems), problems
