@@ -29,8 +29,8 @@ from ..kernels.batched import outer_sum
 from ..rule.axes import Weights, at_least_fp32
 from ..rule.memory_rule import MemoryRule
 from ..rule.state import MemoryState
-from . import recurrent  # a module: recurrent's step calls this one's
 from .chunk_end import add_piece_decay, end_piece
+from .coefficients import scaled
 from .omega_window import keep_window, window_band, with_window
 from .tokens import Result, Tokens
 
@@ -98,7 +98,7 @@ def _next_weights(
     """W_i = alpha_i W_{i-1} + lr_scale u_i (the retention's factor on updates inside a chunk)."""
     return {
         name: alpha.to(w.dtype) * w
-        + recurrent.scaled(update[name], rule.retention.lr_scale(state.extra, name)).to(w.dtype)
+        + scaled(update[name], rule.retention.lr_scale(state.extra, name)).to(w.dtype)
         for name, w in weights.items()
     }
 
