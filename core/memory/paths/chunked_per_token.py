@@ -68,6 +68,8 @@ def per_token_problem(
         return f"retention {_name(retention)} changes the state by a non-linear step"
     if algorithm.nonlinear:
         return f"algorithm {_name(algorithm)} changes the state by a non-linear step"
+    if algorithm.stateful:
+        return f"algorithm {_name(algorithm)} carries state of its own (an arbitrary per-token optimizer)"
     return None
 
 

@@ -120,7 +120,7 @@ def rule_problem(rule: MemoryRule) -> str | None:
         return "FLA's kernels hold a single matrix memory (memory = 'linear')"
     if bias.gradient_slope is None or bias.gradient_slope <= 0 or bias.window > 1:
         return "FLA's kernels need an error term s W k + b with s > 0 and one token per step (bias = 'l2')"
-    if algorithm.momentum or algorithm.nonlinear:
+    if algorithm.momentum or algorithm.nonlinear or algorithm.stateful:
         return "FLA's kernels take one plain gradient step per token (algorithm = 'gd')"
     plain = type(retention).lr_scale is Retention.lr_scale and type(retention).initial is Retention.initial
     if retention.nonlinear or retention.needs_decayed_update or not plain:
