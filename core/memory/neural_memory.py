@@ -144,6 +144,16 @@ class NeuralMemory(nn.Module):
             )
         if self.ablation == "zero":
             y = torch.zeros_like(y)
+        return self._observed(y, memory_state, memory_in, qk_state)
+
+    def _observed(
+        self,
+        y: torch.Tensor,
+        memory_state: MemoryState,
+        memory_in: MemoryState | None,
+        qk_state: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, NeuralMemoryState]:
+        """The call's result; when observed (``record``), the new state's norms against its start."""
         if self.record:
             initial = memory_in.weights if memory_in is not None else self.rule.arch.init
             self.last_norms = state_norms(memory_state, dict(initial))
@@ -180,10 +190,7 @@ class NeuralMemory(nn.Module):
             kernel=spec.kernel,
             state=memory_in,
         )
-        if self.record:
-            initial = memory_in.weights if memory_in is not None else self.rule.arch.init
-            self.last_norms = state_norms(memory_state, dict(initial))
-        return y, NeuralMemoryState(memory_state, None)
+        return self._observed(y, memory_state, memory_in, None)
 
     def _fresh_every_chunk(
         self,

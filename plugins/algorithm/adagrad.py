@@ -15,40 +15,25 @@ import attrs
 import torch
 
 import miraslab
-from miraslab.api import AlgorithmState, GateDef, Gates, LearningAlgorithm, StateDef, Weights
+from miraslab.api import AlgorithmState, Gates, StateDef, Weights
 
+from ._learning_rate import LearningRateAlgorithm, lr_params, normalized_param
 from .adam import root
 
 
 @attrs.frozen
-class AdaGradParams:
-    lr_init: float = miraslab.param(0.01, gt=0, doc="theta_t at initialisation")
-    lr_max: float = miraslab.param(0.1, gt=0, doc="upper bound of theta_t")
+class AdaGradParams(lr_params(0.01, 0.1)):
     eps: float = miraslab.param(1e-8, gt=0, doc="added to sqrt(G_t) in the denominator")
     accumulate: str = miraslab.param(
         "entry", choices=("entry", "row"), doc="one squared-gradient sum per weight entry, or per output row"
     )
-    normalized: bool = miraslab.param(
-        True, doc="divide each gradient by the squared norm of the memory's inputs (normalised LMS)"
-    )
-
-    def cross_check(self) -> None:
-        if self.lr_init >= self.lr_max:
-            raise miraslab.api.ParamValueError("lr_init", f"a number < lr_max ({self.lr_max})", self.lr_init)
+    normalized: bool = normalized_param()
 
 
-class AdaGrad(LearningAlgorithm):
+class AdaGrad(LearningRateAlgorithm):
     """AdaGrad with a data-dependent lr theta_t: steps shrink where gradients have been large."""
 
     stateful = True
-
-    def __init__(self, params: AdaGradParams):
-        super().__init__()
-        self.params = params
-        self.normalized = params.normalized
-
-    def gates(self) -> list[GateDef]:
-        return [GateDef("lr", "sigmoid", init=self.params.lr_init, scale=self.params.lr_max)]
 
     def state_defs(self) -> list[StateDef]:
         return [StateDef("squares", self.params.accumulate)]  # G_t

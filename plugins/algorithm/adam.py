@@ -21,24 +21,18 @@ import attrs
 import torch
 
 import miraslab
-from miraslab.api import AlgorithmState, GateDef, Gates, LearningAlgorithm, StateDef, Weights
+from miraslab.api import AlgorithmState, GateDef, Gates, StateDef, Weights
+
+from ._learning_rate import LearningRateAlgorithm, lr_params, normalized_param
 
 
+# the step is ~theta per weight entry whatever the gradient's size
 @attrs.frozen
-class AdamParams:
-    # the step is ~theta per weight entry whatever the gradient's size
-    lr_init: float = miraslab.param(0.01, gt=0, doc="theta_t at initialisation")
-    lr_max: float = miraslab.param(0.1, gt=0, doc="upper bound of theta_t")
+class AdamParams(lr_params(0.01, 0.1)):
     beta1: float = miraslab.param(0.9, gt=0, lt=1, doc="beta1_t (first moment) at initialisation")
     beta2: float = miraslab.param(0.99, gt=0, lt=1, doc="beta2_t (second moment) at initialisation")
     eps: float = miraslab.param(1e-8, gt=0, doc="added to sqrt(v^) in the denominator")
-    normalized: bool = miraslab.param(
-        True, doc="divide each gradient by the squared norm of the memory's inputs (normalised LMS)"
-    )
-
-    def cross_check(self) -> None:
-        if self.lr_init >= self.lr_max:
-            raise miraslab.api.ParamValueError("lr_init", f"a number < lr_max ({self.lr_max})", self.lr_init)
+    normalized: bool = normalized_param()
 
 
 def root(x: torch.Tensor) -> torch.Tensor:
@@ -46,19 +40,14 @@ def root(x: torch.Tensor) -> torch.Tensor:
     return x.clamp_min(torch.finfo(x.dtype).tiny).sqrt()
 
 
-class Adam(LearningAlgorithm):
+class Adam(LearningRateAlgorithm):
     """Adam with data-dependent lr theta_t and betas beta1_t, beta2_t, bias-corrected."""
 
     stateful = True
 
-    def __init__(self, params: AdamParams):
-        super().__init__()
-        self.params = params
-        self.normalized = params.normalized
-
     def gates(self) -> list[GateDef]:
         return [
-            GateDef("lr", "sigmoid", init=self.params.lr_init, scale=self.params.lr_max),
+            *super().gates(),
             GateDef("beta1", "log_sigmoid", init=self.params.beta1),
             GateDef("beta2", "log_sigmoid", init=self.params.beta2),
         ]

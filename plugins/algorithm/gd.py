@@ -9,32 +9,17 @@ from __future__ import annotations
 import attrs
 
 import miraslab
-from miraslab.api import GateDef, LearningAlgorithm
+
+from ._learning_rate import LearningRateAlgorithm, lr_params, normalized_param
 
 
 @attrs.frozen
-class GDParams:
-    lr_init: float = miraslab.param(0.1, gt=0, doc="theta_t at initialisation")
-    lr_max: float = miraslab.param(1.0, gt=0, doc="upper bound of theta_t")
-    normalized: bool = miraslab.param(
-        True, doc="divide each gradient by the squared norm of the memory's inputs (normalised LMS)"
-    )
-
-    def cross_check(self) -> None:
-        if self.lr_init >= self.lr_max:
-            raise miraslab.api.ParamValueError("lr_init", f"a number < lr_max ({self.lr_max})", self.lr_init)
+class GDParams(lr_params(0.1, 1.0)):
+    normalized: bool = normalized_param()
 
 
-class GradientDescent(LearningAlgorithm):
+class GradientDescent(LearningRateAlgorithm):
     """One gradient step per token with a data-dependent learning rate theta_t."""
-
-    def __init__(self, params: GDParams):
-        super().__init__()
-        self.params = params
-        self.normalized = params.normalized
-
-    def gates(self) -> list[GateDef]:
-        return [GateDef("lr", "sigmoid", init=self.params.lr_init, scale=self.params.lr_max)]
 
     def reference_step(self, weight, state, grad, gates, alpha):
         """One token on plain tensors, for the kit: W_t = alpha_t W_{t-1} - theta_t g_t (no state)."""

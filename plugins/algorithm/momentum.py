@@ -12,40 +12,34 @@ import attrs
 import torch
 
 import miraslab
-from miraslab.api import GateDef, Gates, LearningAlgorithm
+from miraslab.api import GateDef, Gates
+
+from ._learning_rate import LearningRateAlgorithm, lr_params, normalized_param
 
 
+# momentum multiplies the effective step by ~1 / (1 - eta): smaller rates than gd (Titans uses <= 1e-2)
 @attrs.frozen
-class MomentumParams:
-    # momentum multiplies the effective step by ~1 / (1 - eta): smaller rates than gd (Titans uses <= 1e-2)
-    lr_init: float = miraslab.param(0.01, gt=0, doc="theta_t at initialisation")
-    lr_max: float = miraslab.param(0.1, gt=0, doc="upper bound of theta_t")
-    normalized: bool = miraslab.param(
-        True, doc="divide each gradient by the squared norm of the memory's inputs (normalised LMS)"
-    )
+class MomentumParams(lr_params(0.01, 0.1)):
+    normalized: bool = normalized_param()
     momentum: float = miraslab.param(0.9, gt=0, lt=1, doc="eta_t at initialisation")
 
-    def cross_check(self) -> None:
-        if self.lr_init >= self.lr_max:
-            raise miraslab.api.ParamValueError("lr_init", f"a number < lr_max ({self.lr_max})", self.lr_init)
+
+class MomentumGated(LearningRateAlgorithm):
+    """An algorithm with the gates lr (theta_t) and momentum (eta_t), from ``MomentumParams``."""
+
+    def gates(self) -> list[GateDef]:
+        return [*super().gates(), GateDef("momentum", "log_sigmoid", init=self.params.momentum)]
+
+    def rates(self, gates: Gates) -> tuple[torch.Tensor, torch.Tensor]:
+        """theta_t and eta_t, (B, H, 1, 1) each: to scale one token's weight-shaped tensors."""
+        return self.lr(gates)[..., None, None], torch.exp(gates["momentum"])[..., None, None]
 
 
-class Momentum(LearningAlgorithm):
+class Momentum(MomentumGated):
     """Gradient descent with data-dependent momentum eta_t (Titans' surprise)."""
 
     momentum = True
     momentum_gate = "momentum"
-
-    def __init__(self, params: MomentumParams):
-        super().__init__()
-        self.params = params
-        self.normalized = params.normalized
-
-    def gates(self) -> list[GateDef]:
-        return [
-            GateDef("lr", "sigmoid", init=self.params.lr_init, scale=self.params.lr_max),
-            GateDef("momentum", "log_sigmoid", init=self.params.momentum),
-        ]
 
     def log_eta(self, gates: Gates) -> torch.Tensor:
         return gates["momentum"]
@@ -55,7 +49,7 @@ class Momentum(LearningAlgorithm):
 
         S_t = eta_t S_{t-1} - theta_t g_t,   W_t = alpha_t W_{t-1} + S_t   (S_0 = 0)
         """
-        theta, eta = gates["lr"][..., None, None], torch.exp(gates["momentum"])[..., None, None]
+        theta, eta = self.rates(gates)
         surprise = -theta * grad if state is None else eta * state - theta * grad
         return alpha[..., None, None] * weight + surprise, surprise
 

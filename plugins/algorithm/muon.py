@@ -80,7 +80,7 @@ class Muon(Momentum):
 
         S_t = eta_t S_{t-1} - theta_t g_t,   W_t = alpha_t W_{t-1} + theta_t NS_k(S_t)   (S_0 = 0)
         """
-        theta, eta = gates["lr"][..., None, None], torch.exp(gates["momentum"])[..., None, None]
+        theta, eta = self.rates(gates)
         momentum = -theta * grad if state is None else eta * state - theta * grad
         orthogonalised = newton_schulz(momentum, self.params.ns_steps)
         return alpha[..., None, None] * weight + theta * orthogonalised, momentum

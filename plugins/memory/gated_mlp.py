@@ -9,34 +9,26 @@ import torch
 import torch.nn.functional as F
 
 import miraslab
-from miraslab.api import Linear, MemoryArchitecture
+from miraslab.api import Linear
 
-from .mlp import check_residual_width
+from .mlp import ResidualMLP, bias_param, residual_param
 
 
 @attrs.frozen
 class GatedMLPParams:
     expansion: int = miraslab.param(2, ge=1, doc="hidden width as a multiple of the input width")
-    residual: bool = miraslab.param(True, doc="add the input to the output (needs d_in == d_out)")
-    bias: bool = miraslab.param(False, doc="affine maps W h + b, each b an inner weight the memory learns")
+    residual: bool = residual_param()
+    bias: bool = bias_param()
 
 
-class GatedMLPMemory(MemoryArchitecture):
+class GatedMLPMemory(ResidualMLP):
     """Residual SwiGLU memory: x + W2 (silu(W1 x) * W3 x)."""
 
     def __init__(self, params: GatedMLPParams, heads: int, d_in: int, d_out: int):
-        super().__init__(heads, d_in, d_out)
-        if params.residual:
-            check_residual_width("gated_mlp", d_in, d_out)
-        hidden = params.expansion * d_in
-        self.residual = params.residual
-        self.make_init("w1", hidden, d_in, bias=params.bias)
-        self.make_init("w3", hidden, d_in, bias=params.bias)
-        self.make_init("w2", d_out, hidden, bias=params.bias)
+        super().__init__("gated_mlp", params, heads, d_in, d_out, ("w1", "w3"))
 
     def forward(self, x: torch.Tensor, linear: Linear) -> torch.Tensor:
-        y = linear("w2", F.silu(linear("w1", x)) * linear("w3", x))
-        return x + y if self.residual else y
+        return self.output(x, linear("w2", F.silu(linear("w1", x)) * linear("w3", x)))
 
     def analytic_factors(self, x, linear, transposed, dloss):
         z1, z3 = linear("w1", x), linear("w3", x)
@@ -44,7 +36,7 @@ class GatedMLPMemory(MemoryArchitecture):
         silu = z1 * sig
         hidden = silu * z3
         y = linear("w2", hidden)
-        delta2 = dloss(x + y if self.residual else y)
+        delta2 = dloss(self.output(x, y))
         back = transposed("w2", delta2)
         delta1 = back * z3 * sig * (1 + z1 * (1 - sig))  # silu'(z) = s (1 + z (1 - s))
         delta3 = back * silu

@@ -25,11 +25,9 @@ class DecayParams:
     )
 
 
-class ForgetGate(Retention):
-    """alpha_t = sigmoid(w . x_t + b) per head, initialised at ``params.init``: the forget gate
-    of ``decay``, and the decay step that ``elastic_net`` and ``lq_norm`` retain by."""
-
-    decay_gate = "decay"
+class DecayGated(Retention):
+    """A retention with the gate ``decay``: alpha_t = sigmoid(w . x_t + b) per head (in log space),
+    initialised at ``params.init``; what it decays is the subclass's."""
 
     def __init__(self, params: Any):  # any params with ``init``
         super().__init__()
@@ -37,6 +35,13 @@ class ForgetGate(Retention):
 
     def gates(self) -> list[GateDef]:
         return [GateDef("decay", "log_sigmoid", init=self.params.init)]
+
+
+class ForgetGate(DecayGated):
+    """alpha_t on the memory's weights: the forget gate of ``decay``, and the decay step that
+    ``elastic_net`` and ``lq_norm`` retain by."""
+
+    decay_gate = "decay"
 
     def log_alpha(self, gates: Gates) -> torch.Tensor:
         return gates["decay"]

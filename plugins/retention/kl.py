@@ -16,7 +16,9 @@ import attrs
 import torch
 
 import miraslab
-from miraslab.api import ChunkEnd, GateDef, Gates, Retention, Weights, at_least_fp32
+from miraslab.api import ChunkEnd, Gates, Weights, at_least_fp32
+
+from .decay import DecayGated
 
 
 @attrs.frozen
@@ -25,19 +27,12 @@ class KLParams:
     init: float = miraslab.param(0.98, gt=0, le=1, doc="alpha_t (on the logits) at initialisation")
 
 
-class KLRetention(Retention):
+class KLRetention(DecayGated):
     """W = c * softmax(L) per row; L decays by alpha_t and takes gradient steps."""
 
     nonlinear = True
     needs_decayed_update = True
     takes_biases = False  # a (d_out, 1) bias's rows are one entry: its softmax would pin it to c
-
-    def __init__(self, params: KLParams):
-        super().__init__()
-        self.params = params
-
-    def gates(self) -> list[GateDef]:
-        return [GateDef("decay", "log_sigmoid", init=self.params.init)]
 
     def aux_log_alpha(self, gates: Gates) -> torch.Tensor:
         return gates["decay"]

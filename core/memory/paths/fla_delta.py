@@ -47,6 +47,7 @@ import torch
 from ..rule.axes import Gates, Retention
 from ..rule.memory_rule import MemoryRule
 from ..rule.state import MemoryState
+from .tokens import Tokens
 
 KERNELS = ("auto", "fla", "native")
 KEY = "model.memory.kernel"
@@ -237,26 +238,20 @@ def fla_inputs(
 
 
 def fla_per_token(
-    found: FLAKernels,
-    rule: MemoryRule,
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    gates: Gates,
-    state: MemoryState,
-    recurrent: bool,
+    found: FLAKernels, rule: MemoryRule, tokens: Tokens, state: MemoryState, recurrent: bool
 ) -> tuple[torch.Tensor, MemoryState]:
     """The per-token memory through FLA: reads (B, H, T, d_v) and the closed state after T tokens.
 
     ``recurrent``: the fused recurrent kernels (decoding); else the chunk kernels, which
     also carry the backward (FLA's fused recurrent gated rule has none)."""
+    q = tokens.q
     work = torch.promote_types(q.dtype, torch.float32)
     # FLA's kernels take q, k, v and beta in one dtype (bf16 under autocast, else the
     # inputs'), g in float32 (its cumulative sums), and keep the state in float32: as FLA's
     # own GatedDeltaNet layer calls them
     device = q.device.type
     dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else q.dtype
-    qf, kf, vf, beta, g = fla_inputs(rule, q, k, v, gates)
+    qf, kf, vf, beta, g = fla_inputs(rule, *tokens)
     qf, kf, vf, beta = (x.to(dtype).contiguous() for x in (qf, kf, vf, beta))
     if g is None and not recurrent and dtype not in HALF:
         # chunk_delta_rule refuses float32 (an assert): the gated rule at g = 0 is the delta rule
@@ -290,10 +285,7 @@ def cu_seqlens(doc_start: torch.Tensor) -> torch.Tensor:
 def fla_documents(
     found: FLAKernels,
     rule: MemoryRule,
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    gates: Gates,
+    tokens: Tokens,
     doc_start: torch.Tensor,
     carried: tuple[MemoryState, torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, MemoryState]:
@@ -303,11 +295,12 @@ def fla_documents(
     last document, as ``paths.per_token_documents`` returns them.  ``carried``: a state and
     (B,) bool, the rows whose first sequence (their leading document) starts from that state
     (``data.carry_state``); FLA takes an initial state per sequence."""
+    q = tokens.q
     batch, heads, seq, _ = q.shape
     work = torch.promote_types(q.dtype, torch.float32)
     device = q.device.type
     dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else q.dtype
-    qf, kf, vf, beta, g = fla_inputs(rule, q, k, v, gates)
+    qf, kf, vf, beta, g = fla_inputs(rule, *tokens)
     # [B, T, H, d] -> [1, B * T, H, d]: FLA's variable-length batches are one row
     qf, kf, vf, beta = (
         x.reshape(1, batch * seq, *x.shape[2:]).to(dtype).contiguous() for x in (qf, kf, vf, beta)

@@ -67,7 +67,9 @@ def memory_op(
         return q.new_zeros(*q.shape[:3], v.shape[-1]), state
     per_token = inner_steps == "per_token"
     if per_token and (found := fla_delta.choose(kernel, rule, q, state, path)) is not None:
-        return fla_delta.fla_per_token(found, rule, q, k, v, gates, state, fla_delta.decoding(path, q))
+        return fla_delta.fla_per_token(
+            found, rule, Tokens(q, k, v, gates), state, fla_delta.decoding(path, q)
+        )
     if per_token and (path == "recurrent" or chunk_size == 1):  # per-token steps: chunks of one token
         chunk_size = 1
     if path == "recurrent":

@@ -98,7 +98,7 @@ def per_token_documents(
     found = fla_delta.choose(kernel, rule, q, None, "chunked")
     if found is not None:
         carried = (state, continues) if state is not None else None
-        y, end = fla_delta.fla_documents(found, rule, q, k, v, gates, documents.starts, carried)
+        y, end = fla_delta.fla_documents(found, rule, Tokens(q, k, v, gates), documents.starts, carried)
         return (y, end) if return_state else y
     layout = documents.cached(
         ("chunk_layout", chunk_size), lambda: document_layout(documents.starts, chunk_size)
