@@ -21,6 +21,12 @@ def add_parser(sub: Any) -> None:
     parser.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass")
     parser.add_argument("--seed", type=int, default=None, help="seed for reproducible sampling")
     parser.add_argument("--checkpoint", type=Path, help="a checkpoint directory instead of the run's latest")
+    parser.add_argument(
+        "--compile",
+        action="store_true",
+        help="run each token through every block as one compiled function (CUDA graphs on CUDA); "
+        "a line on stderr says which step ran",
+    )
     parser.set_defaults(run=run)
 
 
@@ -57,6 +63,8 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed,
         stop_token=separator,
         reset_token=separator if loaded.recipe.data.reset_at_documents else None,
+        compile=args.compile,
+        report=(lambda line: print(line, file=sys.stderr, flush=True)) if args.compile else None,
     ):
         if token == separator:
             break
