@@ -124,7 +124,9 @@ def test_a_compile_that_raises_falls_back_to_the_eager_step(monkeypatch):
             tokens = list(generate(model, prompt, 6, temperature=0, compile=True, report=lines.append))
         assert tokens == eager
         if fake is refuse:
-            assert lines == ["decode step: eager (compiling failed: torch.compile is not supported on this platform)"]
+            assert lines == [
+                "decode step: eager (compiling failed: torch.compile is not supported on this platform)"
+            ]
 
 
 def test_a_state_the_step_cannot_hold_decodes_through_the_forward():
