@@ -44,11 +44,14 @@ class Stepper:
         self.model, self.state, self.mode = model, state, mode
         self.token = logits[:, -1:].argmax(-1)
         self.decoder = None
-        self.ran = "forward"
         if mode != "forward":
             self.decoder = DecodeStep(model, state, capacity, compile=mode == "compiled")
-            self.ran = self.decoder.describe()
         self.samples: list[float] = []  # ms per token, one per round
+
+    @property
+    def ran(self) -> str:
+        """What ran, asked after the timing: a compile that fails on its first call falls back."""
+        return self.decoder.describe() if self.decoder is not None else "forward"
 
     def step(self, token: torch.Tensor) -> torch.Tensor:
         if self.decoder is not None:

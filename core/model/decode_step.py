@@ -177,13 +177,21 @@ class DecodeStep:
     ``"forward"`` (a state the step cannot hold; the model's forward per token)."""
 
     def __init__(self, model: nn.Module, state: DecodeState, capacity: int, compile: bool = False):
-        self.model = model
+        self.model, self.capacity, self.compile = model, capacity, compile
+        # full attention keeps every token: its ring must not wrap (see step)
+        self.full_attention = any(m.window == 0 for m in model.modules() if isinstance(m, Attention))
+        self._start(state)
+
+    def _start(self, state: DecodeState) -> None:
+        """Hold ``state`` in ring caches (or as it is, for the forward), compiled if asked."""
+        model = self.model
         self._compiled: Callable | None = None
         self._canonical: dict[tuple[bool, ...], DecodeState] = {}
         memories = [m for m in model.modules() if isinstance(m, NeuralMemory)]
         try:
-            ringed = with_ring_caches(model, state, capacity)
+            ringed = with_ring_caches(model, state, self.capacity)
             reason = _unsupported(ringed, "the state")
+            chunks = self._chunks(ringed)
         except ValueError as error:
             reason = str(error)
         if reason is None and any(m.ablation is not None or m.record for m in memories):
@@ -192,15 +200,14 @@ class DecodeStep:
             self.state, self.mode, self.reason = state, "forward", reason
             return
         self.state = ringed
-        self.mode, self.reason = "eager", ""
-        self.chunks = self._chunks(memories)
-        if compile:
+        self.mode, self.reason, self.chunks = "eager", "", chunks
+        if self.compile:
             self._compile()
 
-    def _chunks(self, memories: list[NeuralMemory]) -> list[int]:
-        """The token loop's chunk of each MemoryState in the state, in ``_memory_states`` order."""
+    def _chunks(self, state: DecodeState) -> list[int]:
+        """The token loop's chunk of each MemoryState in ``state``, in ``_memory_states`` order."""
         chunks = []
-        for index, (block, block_state) in enumerate(zip(self.model.blocks, self.state.blocks, strict=True)):
+        for index, (block, block_state) in enumerate(zip(self.model.blocks, state.blocks, strict=True)):
             found = _memory_states(block_state)
             owners = [m for m in block.modules() if isinstance(m, NeuralMemory)]
             if found and len(owners) != 1:
@@ -242,6 +249,10 @@ class DecodeStep:
     @torch.no_grad()
     def step(self, token: torch.Tensor) -> torch.Tensor:
         """The logits (B, V) after ``token`` (B, 1); the state advances one token."""
+        if self.mode != "forward" and self.full_attention and self.state.position >= self.capacity:
+            # more tokens than full attention's slots: twice the slots (recompiled for the new shape)
+            self.capacity *= 2
+            self._start(self.decode_state())
         if self.mode == "forward" or self._compiled is None:
             logits, self.state = self.model(token, state=self.state, return_state=True)
             return logits[:, -1]
