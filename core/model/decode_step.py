@@ -40,9 +40,16 @@ from ..memory.rule.state import MemoryState
 from .attention import Attention, KVCache, RingKVCache
 from .language_model import DecodeState
 
-# the dataclasses a step may hold, and the integer fields it knows how to advance
-_POSITION_FIELDS = {DecodeState: "position", LayerState: "position"}
+# the dataclasses a step may hold, and the integers in them it knows: token counters it
+# advances, a memory's offset into its chunk, the ring's count of position-free slots
 _KNOWN = (DecodeState, LayerState, NeuralMemoryState, MemoryState, RingKVCache)
+_POSITION_FIELDS = {DecodeState: "position", LayerState: "position"}
+_INTEGERS = {
+    (DecodeState, "position"),
+    (LayerState, "position"),
+    (MemoryState, "offset"),
+    (RingKVCache, "free"),
+}
 
 
 def _fields(value: Any) -> Iterator[tuple[str, Any]]:
@@ -79,34 +86,25 @@ def _rebuild(state: Any, tensor: Callable[[torch.Tensor], torch.Tensor], datacla
 
 
 def _unsupported(value: Any, where: str) -> str | None:
-    """Why a state cannot be stepped by the compiled function (integers it cannot advance)."""
-    if isinstance(value, (torch.Tensor, type(None), float, str)):
-        return None
-    if isinstance(value, bool):
+    """Why a state cannot be stepped by the compiled function (an integer it cannot advance,
+    a type it does not know), or None."""
+    if isinstance(value, (torch.Tensor, type(None), bool, float, str)):
         return None
     if isinstance(value, int):
         return f"{where} is an integer the step does not know how to advance"
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         if not isinstance(value, _KNOWN):
             return f"{where} is a {type(value).__name__}"
-        for name, field in _fields(value):
-            if (isinstance(value, MemoryState) and name == "offset") or name == _POSITION_FIELDS.get(
-                type(value)
-            ):
-                continue
-            if isinstance(value, RingKVCache) and name == "free":
-                continue
-            if (reason := _unsupported(field, f"{where}.{name}")) is not None:
-                return reason
-        return None
-    if isinstance(value, dict):
-        items = value.items()
+        fields = ((name, field) for name, field in _fields(value) if (type(value), name) not in _INTEGERS)
+        items: Any = ((f".{name}", field) for name, field in fields)
+    elif isinstance(value, dict):
+        items = ((f"[{key!r}]", item) for key, item in value.items())
     elif isinstance(value, (list, tuple)):
-        items = enumerate(value)
+        items = ((f"[{index}]", item) for index, item in enumerate(value))
     else:
         return f"{where} is a {type(value).__name__}"
     for key, item in items:
-        if (reason := _unsupported(item, f"{where}[{key!r}]")) is not None:
+        if (reason := _unsupported(item, where + key)) is not None:
             return reason
     return None
 
