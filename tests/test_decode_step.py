@@ -175,3 +175,17 @@ def test_the_decode_state_continues_through_the_forward():
             decoder.step(ids[:, t : t + 1])
         via_forward, _ = model(ids[:, 8:9], state=decoder.decode_state(), return_state=True)
         assert_close_to_scale(decoder.step(ids[:, 8:9]), via_forward[:, -1], EAGER_TOL, "continued")
+
+
+def test_full_attention_slots_double_when_the_context_outgrows_them():
+    """Capacity 6 for 13 tokens: the ring would wrap and overwrite the context; it grows
+    instead (twice, to 24 slots), and the logits stay the forward's."""
+    model = MODELS["transformer"]()
+    ids = torch.randint(0, 40, (1, 14), generator=torch.Generator().manual_seed(6))
+    with torch.no_grad():
+        expected = model(ids)[:, 4:-1]
+        logits, state = prefill(model, ids[:, :5])
+        decoder = DecodeStep(model, state, capacity=6)
+        steps = [logits[:, -1]] + [decoder.step(ids[:, t : t + 1]) for t in range(5, 13)]
+    assert decoder.capacity == 24
+    assert_close_to_scale(torch.stack(steps, dim=1), expected, EAGER_TOL, "grown")
