@@ -79,12 +79,16 @@ def main() -> None:
     parser.add_argument(
         "--set", dest="sets", action="append", default=[], help="a recipe override for both models"
     )
+    parser.add_argument(
+        "--keep-denormals", action="store_true", help="do not flush denormal floats (miraslab generate does)"
+    )
     parser.add_argument("--json", default="", help="write the table here")
     args = parser.parse_args()
 
     import miraslab
 
     torch.set_num_threads(args.threads)
+    flushed = not args.keep_denormals and torch.set_flush_denormal(True)  # as miraslab generate runs
     torch.manual_seed(0)
     sets = SIZE + args.sets
     print(
@@ -172,6 +176,7 @@ def main() -> None:
                     "sets": sets,
                     "steps": args.steps,
                     "threads": args.threads,
+                    "denormals_flushed": flushed,
                     "torch": torch.__version__,
                     "machine": platform.machine(),
                     "python": sys.version.split()[0],

@@ -33,13 +33,28 @@ def add_parser(sub: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from ..generation import check_prompt, check_sampling, generate
-    from ..train.run_dir import load_run
+    from ..generation import check_prompt, check_sampling
 
     check_sampling(args.temperature, args.top_k, args.top_p, args.max_tokens)
     if args.seed is not None:  # torch.Generator takes a 64-bit seed
         check_count(args.seed, "--seed", minimum=-(2**63), maximum=MAX_SEED)
     check_prompt(args.prompt)
+    # a memory whose weights decay toward zero holds denormal floats after a long context,
+    # whose arithmetic is many times slower on x86 CPUs; they change no logit: flush them
+    # (and stop after, for a caller that runs this command in its own process)
+    torch.set_flush_denormal(True)
+    try:
+        return _generate(args)
+    finally:
+        torch.set_flush_denormal(False)
+
+
+def _generate(args: argparse.Namespace) -> int:
+    import torch
+
+    from ..generation import generate
+    from ..train.run_dir import load_run
+
     loaded = load_run(args.run_dir, args.checkpoint)
     tokenizer = loaded.tokenizer
     if tokenizer is None:
