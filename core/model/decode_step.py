@@ -57,17 +57,24 @@ def _fields(value: Any) -> Iterator[tuple[str, Any]]:
         yield field.name, getattr(value, field.name)
 
 
-def state_tensors(state: Any) -> list[torch.Tensor]:
-    """Every tensor of a decode state, in a fixed order (dataclass fields, dict keys, items)."""
+def tensor_paths(state: Any, path: tuple = ()) -> list[tuple]:
+    """Where each tensor of a decode state sits: a key per level (a field name, a dict key or
+    an index), in a fixed order (dataclass fields, dict keys, items)."""
     if isinstance(state, torch.Tensor):
-        return [state]
+        return [path]
     if dataclasses.is_dataclass(state) and not isinstance(state, type):
-        return [t for _, value in _fields(state) for t in state_tensors(value)]
+        return [p for name, value in _fields(state) for p in tensor_paths(value, (*path, ("field", name)))]
     if isinstance(state, dict):
-        return [t for key in state for t in state_tensors(state[key])]
+        return [p for key in state for p in tensor_paths(state[key], (*path, ("item", key)))]
     if isinstance(state, (list, tuple)):
-        return [t for value in state for t in state_tensors(value)]
+        return [p for index, value in enumerate(state) for p in tensor_paths(value, (*path, ("item", index)))]
     return []
+
+
+def _at(state: Any, path: tuple) -> Any:
+    for kind, key in path:
+        state = getattr(state, key) if kind == "field" else state[key]
+    return state
 
 
 def _rebuild(state: Any, tensor: Callable[[torch.Tensor], torch.Tensor], dataclass_fn: Callable) -> Any:
@@ -144,16 +151,16 @@ def _map_caches(state: Any, convert: Callable[[Any], Any]) -> Any:
     return convert(state)
 
 
-def _step_into(model: nn.Module, token: torch.Tensor, state: DecodeState) -> torch.Tensor:
-    """One token (B, 1) with ``state``; the state after it is written into ``state``'s own
-    tensors; returns the logits (B, V).  What the compiled step runs."""
+def _step_into(
+    model: nn.Module, token: torch.Tensor, state: DecodeState, buffers: list[torch.Tensor], paths: tuple
+) -> torch.Tensor:
+    """One token (B, 1) with ``state``, whose tensors are ``buffers`` at ``paths``
+    (:func:`tensor_paths`); the state after it is written into those buffers; returns the
+    logits (B, V).  What the compiled step runs.  The paths are found outside: walking the
+    dataclasses here would make dynamo guard each call on their fields (Python guards)."""
     logits, after = model(token, state=state, return_state=True)
-    before, written = state_tensors(state), state_tensors(after)
-    if len(before) != len(written):
-        raise ValueError(
-            f"the decode state changed its structure: {len(before)} tensors, then {len(written)}"
-        )
-    for buffer, value in zip(before, written, strict=True):
+    for buffer, path in zip(buffers, paths, strict=True):
+        value = _at(after, path)
         if value is buffer:  # written in place already (the ring caches)
             continue
         if value.shape != buffer.shape or value.dtype != buffer.dtype:
@@ -221,10 +228,12 @@ class DecodeStep:
             lambda t: t.clone(memory_format=torch.contiguous_format),
             lambda value, changes: dataclasses.replace(value, **changes),
         )
-        cuda = any(t.is_cuda for t in state_tensors(self.state))
+        self._paths = tuple(tensor_paths(self.state))
+        self._buffers = [_at(self.state, path) for path in self._paths]
+        cuda = any(t.is_cuda for t in self._buffers)
         try:
             if cuda:
-                for tensor in state_tensors(self.state):
+                for tensor in self._buffers:
                     torch._dynamo.mark_static_address(tensor)
             options: dict[str, Any] = {"fullgraph": True, "dynamic": False}
             if cuda:
@@ -262,7 +271,7 @@ class DecodeStep:
         if canonical is None:
             canonical = self._canonical[closes] = self._with_integers(closes)
         try:
-            logits = self._compiled(self.model, token, canonical)
+            logits = self._compiled(self.model, token, canonical, self._buffers, self._paths)
         except Exception as error:
             # tracing fails before anything runs, so the state is still the one before this token
             self._fall_back(error)
