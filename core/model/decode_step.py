@@ -116,12 +116,15 @@ def _unsupported(value: Any, where: str) -> str | None:
     return None
 
 
-def _memory_states(state: Any) -> list[MemoryState]:
-    found: list[MemoryState] = []
-    _rebuild(
-        state, lambda t: t, lambda value, _: found.append(value) if isinstance(value, MemoryState) else None
-    )
+def _dataclasses(state: Any) -> list[Any]:
+    """Every dataclass instance in a decode state, innermost first."""
+    found: list[Any] = []
+    _rebuild(state, lambda t: t, lambda value, _: found.append(value))
     return found
+
+
+def _memory_states(state: Any) -> list[MemoryState]:
+    return [value for value in _dataclasses(state) if isinstance(value, MemoryState)]
 
 
 def with_ring_caches(model: nn.Module, state: DecodeState, capacity: int) -> DecodeState:
@@ -228,6 +231,12 @@ class DecodeStep:
             lambda t: t.clone(memory_format=torch.contiguous_format),
             lambda value, changes: dataclasses.replace(value, **changes),
         )
+        # the live state's objects stay the same from here on (tensors and integers change in
+        # place): found once, not walked every token
+        self._memory_objects = _memory_states(self.state)
+        self._counters = [
+            (value, name) for value in _dataclasses(self.state) if (name := _POSITION_FIELDS.get(type(value)))
+        ]
         self._paths = tuple(tensor_paths(self.state))
         self._buffers = [_at(self.state, path) for path in self._paths]
         cuda = any(t.is_cuda for t in self._buffers)
@@ -263,7 +272,7 @@ class DecodeStep:
         if self.mode == "forward" or self._compiled is None:
             logits, self.state = self.model(token, state=self.state, return_state=True)
             return logits[:, -1]
-        memory_states = _memory_states(self.state)
+        memory_states = self._memory_objects
         closes = tuple(
             (m.offset + 1) % chunk == 0 for m, chunk in zip(memory_states, self.chunks, strict=True)
         )
@@ -278,7 +287,8 @@ class DecodeStep:
             return self.step(token)
         for memory, chunk in zip(memory_states, self.chunks, strict=True):
             memory.offset = (memory.offset + 1) % chunk
-        self._advance_positions(self.state)
+        for holder, name in self._counters:
+            setattr(holder, name, getattr(holder, name) + 1)
         return logits.clone()  # CUDA graphs overwrite their outputs on the next call
 
     def _with_integers(self, closes: tuple[bool, ...]) -> DecodeState:
@@ -293,14 +303,6 @@ class DecodeStep:
             return dataclasses.replace(value, **changes)
 
         return _rebuild(self.state, lambda t: t, stand_ins)
-
-    @staticmethod
-    def _advance_positions(state: Any) -> None:
-        def advance(value: Any, _: dict[str, Any]) -> None:
-            if (name := _POSITION_FIELDS.get(type(value))) is not None:
-                setattr(value, name, getattr(value, name) + 1)
-
-        _rebuild(state, lambda t: t, advance)
 
     def decode_state(self) -> DecodeState:
         """The state reached, ring slots back as the KVCache a call over the same tokens
