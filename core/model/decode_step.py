@@ -289,7 +289,8 @@ class DecodeStep:
             memory.offset = (memory.offset + 1) % chunk
         for holder, name in self._counters:
             setattr(holder, name, getattr(holder, name) + 1)
-        return logits.clone()  # CUDA graphs overwrite their outputs on the next call
+        # CUDA graphs overwrite their outputs on the next replay
+        return logits.clone() if self.mode == "compiled (CUDA graphs)" else logits
 
     def _with_integers(self, closes: tuple[bool, ...]) -> DecodeState:
         """The state over the same tensors, its integers the compiled step's stand-ins."""
