@@ -40,6 +40,7 @@ from .memory.layer import MemoryLayer
 from .memory.neural_memory import NeuralMemory
 from .memory.paths.memory_op import memory_op
 from .memory.rule.axes import (
+    AlgorithmState,
     AttentionalBias,
     ChunkEnd,
     FeatureMap,
@@ -49,6 +50,7 @@ from .memory.rule.axes import (
     Linear,
     MemoryArchitecture,
     Retention,
+    StateDef,
     Weights,
     at_least_fp32,
 )
@@ -131,6 +133,8 @@ __all__ = [  # noqa: RUF022 -- grouped by the kind of plugin that needs them, no
     "FeatureMap",
     "ChunkEnd",
     "GateDef",
+    "StateDef",
+    "AlgorithmState",
     "Gates",
     "Weights",
     "Linear",

@@ -304,6 +304,24 @@ def test_fla_kernels_on_cuda_equal_our_per_token_path(name, path, dtype):
     assert_close_to_scale(got_state.weights["w"], want_state.weights["w"], tol, f"{name} {path} state")
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("name", list(PER_TOKEN))
+def test_packed_documents_through_fla_cu_seqlens_on_cuda_equal_our_packed_path(name, dtype):
+    """FLA's variable-length chunk kernels (``cu_seqlens``) against our chunk-grid layout of the
+    same packed documents (each held to its documents alone on the CPU, float64)."""
+    fla_or_skip()
+    from miraslab.memory.paths.per_token_documents import per_token_documents
+
+    rule, q, k, v, gates = per_token_case(name, dtype)
+    starts = torch.zeros(q.shape[0], q.shape[2], dtype=torch.bool, device=CUDA)
+    starts[0, [1, 70, 71, 150]] = True  # documents of 1 to 79 tokens, across FLA's blocks of 64
+    tol = 2e-3 if dtype == torch.float32 else 3e-2
+    want, want_state = per_token_documents(rule, q, k, v, gates, starts, 64, True, kernel="native")
+    got, got_state = per_token_documents(rule, q, k, v, gates, starts, 64, True, kernel="fla")
+    assert_close_to_scale(got.float(), want.float(), tol, f"{name} documents reads")
+    assert_close_to_scale(got_state.weights["w"], want_state.weights["w"], tol, f"{name} documents state")
+
+
 @pytest.mark.parametrize("name", list(PER_TOKEN))
 def test_fla_state_continues_on_our_path_on_cuda_and_back(name):
     fla_or_skip()

@@ -133,10 +133,19 @@ def test_the_plugins_page_seeded_task_resumes_and_asks_every_copied_token(in_rep
 
 def test_the_api_page_builds_a_layer_from_a_registry_of_its_own(in_repo):
     """docs/api.md: an uninstalled plugin registered on a Registry() swapped in for one block."""
-    ns = run_block("docs/api.md", 0)
+    ns = run_block("docs/api.md", 1)
     assert "plain_gd" in ns["registry"].names("algorithm")
     assert "plain_gd" not in miraslab.get_registry().names("algorithm")  # the process registry is untouched
     assert ns["layer"](torch.randn(1, 5, 16)).shape == (1, 5, 16)
+
+
+def test_the_api_page_writes_a_stateful_algorithm_the_kit_holds_to_its_reference(in_repo):
+    """docs/api.md: RMSProp written from the StateDef section passes the kit, reference included."""
+    ns = run_block("docs/api.md", 0)
+    assert ns["report"].reference.startswith(
+        "algorithm 'rmsprop': the recurrent path held to its reference_step"
+    )
+    assert "rmsprop" not in miraslab.get_registry().names("algorithm")
 
 
 PAGES = ["README.md", *sorted(str(p.relative_to(REPO)) for p in (REPO / "docs").glob("*.md"))]
@@ -148,7 +157,7 @@ def test_every_python_block_of_the_page_is_run_by_a_test_here(path):
     tests/test_third_party_plugin.py); counted so none goes unrun, a new page's included."""
     runs = {
         "README.md": 1,
-        "docs/api.md": 1,
+        "docs/api.md": 2,
         "docs/memory.md": 2,
         "docs/models.md": 1,
         "docs/diagnostics.md": 2,

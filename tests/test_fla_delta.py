@@ -16,12 +16,14 @@ from __future__ import annotations
 import dataclasses
 import functools
 import importlib.util
+import itertools
 from pathlib import Path
 
 import pytest
 import torch
 from memory_cases import make_rule, random_inputs
 
+from miraslab.data.documents import PackedDocuments
 from miraslab.errors import MiraslabError, RecipeError
 from miraslab.memory.layer import MemoryLayer
 from miraslab.memory.paths import fla_delta
@@ -317,3 +319,124 @@ def test_an_unknown_kernel_is_refused():
         MemoryLayer.from_options(
             16, heads=2, memory="linear", algorithm="gd", inner_steps="per_token", kernel="triton"
         )
+
+
+def variable_length(kernels: fla_delta.FLAKernels) -> fla_delta.FLAKernels:
+    """``kernels`` with FLA's variable-length contract (its chunk kernels' docstrings): one row
+    [1, total, H, d], ``cu_seqlens`` (N + 1 offsets), ``initial_state`` and the final state
+    [N, H, K, V], each sequence run alone.  FLA's references have no ``cu_seqlens``, so this
+    runs them once per sequence."""
+
+    def split(kernel):
+        def call(q, k, v, *, beta, scale, initial_state, output_final_state, cu_seqlens, g=None):
+            assert q.shape[0] == 1 and cu_seqlens[0] == 0 and cu_seqlens[-1] == q.shape[1]
+            assert initial_state.shape[0] == cu_seqlens.numel() - 1
+            outs, finals = [], []
+            for n, (a, b) in enumerate(itertools.pairwise(cu_seqlens.tolist())):
+                part = {"beta": beta[:, a:b]} | ({"g": g[:, a:b]} if g is not None else {})
+                out, final = kernel(
+                    q[:, a:b], k[:, a:b], v[:, a:b], **part, scale=scale,
+                    initial_state=initial_state[n : n + 1], output_final_state=output_final_state,
+                )  # fmt: skip
+                outs.append(out)
+                finals.append(final)
+            return torch.cat(outs, dim=1), torch.cat(finals, dim=0)
+
+        return call
+
+    return dataclasses.replace(
+        kernels, chunk_delta=split(kernels.chunk_delta), chunk_gated=split(kernels.chunk_gated)
+    )
+
+
+def test_cu_seqlens_opens_every_row_and_every_marked_start():
+    starts = torch.tensor([[False, False, True, False], [False, True, False, True]])
+    assert fla_delta.cu_seqlens(starts).tolist() == [0, 2, 4, 5, 7, 8]
+
+
+@needs_references
+@pytest.mark.parametrize("name", list(RULES))
+def test_packed_documents_through_fla_cu_seqlens_equal_each_document_alone(name):
+    """Rows of 21 tokens, documents of 1 to 12 tokens (the other rows without a marked start):
+    FLA's variable-length form, no padding, held to our recurrent path over each document
+    alone from the initial state, reads and each row's last state, at the references'
+    float32 tolerance (ATOL)."""
+    from miraslab.memory.paths.per_token_documents import per_token_documents
+
+    rule, q, k, v, gates = rule_and_inputs(name)
+    rows = q.shape[0]
+    assert rows >= 2
+    starts = torch.zeros(rows, SEQ, dtype=torch.bool)
+    starts[0, [5, 6, 18]] = True
+    calls = []
+    with fla_delta.use_kernels(spying(variable_length(reference_kernels()), calls)):
+        y, state = per_token_documents(rule, q, k, v, gates, starts, 4, return_state=True, kernel="fla")
+    assert calls == ["chunk_gated"]  # one call for the whole batch (the delta rule: the gated one at g = 0)
+    for row in range(rows):
+        bounds = [0, *starts[row].nonzero().squeeze(1).tolist(), SEQ]
+        for a, b in itertools.pairwise(bounds):
+            one = slice(row, row + 1)
+            part = {n: g[one, :, a:b] for n, g in gates.items()}
+            want, want_state = run(
+                rule, q[one, :, a:b], k[one, :, a:b], v[one, :, a:b], part, path="recurrent"
+            )
+            assert close(y[one, :, a:b], want), (row, a, b)
+        assert close(state.weights["w"][one], want_state.weights["w"]), row
+
+
+@needs_references
+@pytest.mark.parametrize("name", list(RULES))
+def test_a_carried_state_starts_each_continuing_rows_first_fla_sequence(name):
+    """``data.carry_state`` with documents: FLA's initial state per sequence is the carried
+    state for the first sequence of a row that continues (row 0), W_init for every other (row
+    1 opens with a marked start), held to our recurrent path over each document alone, the
+    leading one from the carried state, reads and each row's last state, at ATOL."""
+    from miraslab.memory.paths.per_token_documents import per_token_documents
+
+    rule, q, k, v, gates = rule_and_inputs(name)
+    before = rule_and_inputs(name, seq=6, seed=1)[1:]
+    _, carried = run(rule, *before, path="recurrent")
+    starts = torch.zeros(q.shape[0], SEQ, dtype=torch.bool)
+    starts[0, [5, 6, 18]] = True
+    starts[1, [0, 9]] = True
+    with fla_delta.use_kernels(variable_length(reference_kernels())):
+        y, state = per_token_documents(
+            rule, q, k, v, gates, starts, 4, return_state=True, kernel="fla", state=carried
+        )
+    for row in range(q.shape[0]):
+        bounds = [0, *starts[row, 1:].nonzero().add(1).squeeze(1).tolist(), SEQ]
+        for a, b in itertools.pairwise(bounds):
+            one = slice(row, row + 1)
+            leading = a == 0 and not starts[row, 0]
+            part = {n: g[one, :, a:b] for n, g in gates.items()}
+            from_state = carried.map(lambda t, one=one: t[one]) if leading else None
+            want, want_state = run(
+                rule, q[one, :, a:b], k[one, :, a:b], v[one, :, a:b], part, from_state, path="recurrent"
+            )
+            assert close(y[one, :, a:b], want), (row, a, b)
+        assert close(state.weights["w"][one], want_state.weights["w"]), row
+
+
+@needs_references
+def test_a_layer_forced_onto_fla_packs_documents_through_cu_seqlens():
+    """``kernel = "fla"`` no longer sends packed documents apart: the layer runs them packed,
+    through FLA's variable-length form, with the reads of the native packed layer (float64)."""
+    torch.manual_seed(0)
+    options = {
+        "memory": "linear",
+        "retention": "none",
+        "algorithm": "gd",
+        "inner_steps": "per_token",
+        "chunk_size": 4,
+    }
+    with fla_delta.use_kernels(variable_length(reference_kernels())):
+        fla = MemoryLayer.from_options(16, heads=2, kernel="fla", **options).double()
+        native = MemoryLayer.from_options(16, heads=2, kernel="native", **options).double()
+        native.load_state_dict(fla.state_dict())
+        assert fla.memory.documents_reason() is None
+        x = torch.randn(2, SEQ, 16, dtype=torch.float64)
+        starts = torch.zeros(2, SEQ, dtype=torch.bool)
+        starts[1, [3, 11]] = True
+        got, _ = fla(x, documents=PackedDocuments(starts))
+        want, _ = native(x, documents=PackedDocuments(starts))
+    assert close(got, want)

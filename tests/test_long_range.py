@@ -172,6 +172,20 @@ def test_a_local_text_file_is_cut_into_rows_of_the_runs_seq_len(text_runs, capsy
     assert result["data"] == str(text)
 
 
+def test_text_files_shorter_than_a_row_are_skipped_and_named(text_runs, capsys, tmp_path):
+    long, short = tmp_path / "long.py", tmp_path / "short.py"
+    long.write_text("\n".join(f"def function_{i}(value):\n    return value + {i}\n" for i in range(60)))
+    short.write_text("x = 1\n")
+    mag = str(text_runs / "mag")
+    assert (
+        main(["eval", mag, "--long-range", "--json", "--resamples", "10", "--text", str(long), str(short)])
+        == 0
+    )
+    assert "--text: skipped 1 file(s) shorter than one row of 33 tokens: short.py" in capsys.readouterr().err
+    assert main(["eval", mag, "--long-range", "--text", str(short)]) == 2
+    assert "--text: no file holds one row of 33 tokens" in capsys.readouterr().err
+
+
 def test_wrong_uses_are_one_line_errors(text_runs, capsys, tmp_path):
     mag = str(text_runs / "mag")
     assert main(["eval", mag, "--twin", str(text_runs / "swa")]) == 2

@@ -149,11 +149,61 @@ def test_carrying_the_state_changes_what_is_trained(text_recipe, tmp_path):
     assert not all(torch.equal(off.model[k], on.model[k]) for k in off.model)
 
 
-def test_carry_state_refuses_document_resets_and_a_task_without_documents(
+# a per-token memory: every part of the model restarts at a document start inside a packed row
+PER_TOKEN = ['model.memory.inner_steps="per_token"', 'model.memory.memory="linear"']
+CARRIED_DOCUMENTS = ["data.carry_state=true", "data.reset_at_documents=true", *PER_TOKEN]
+
+
+def test_a_resumed_carried_run_with_document_resets_ends_bitwise_where_a_straight_one_does(
+    text_recipe, tmp_path
+):
+    sets = [*CARRIED_DOCUMENTS, "train.steps=4", "train.checkpoint_every=2", "train.eval_every=0"]
+    recipe = miraslab.load_recipe(text_recipe, sets)
+    straight = Trainer(recipe, tmp_path / "straight", show_progress=False)
+    straight.run()
+    assert straight.packed_documents and straight.carried.states  # packed, and the state was carried
+    Trainer(recipe, tmp_path / "resumed", max_steps=2, show_progress=False).run()
+    Trainer(
+        RunDir(tmp_path / "resumed").load_recipe(), tmp_path / "resumed", resume=True, show_progress=False
+    ).run()
+    a, b = load_checkpoint(tmp_path / "straight"), load_checkpoint(tmp_path / "resumed")
+    assert all(torch.equal(a.model[name], b.model[name]) for name in a.model)
+    assert a.meta["data"] == b.meta["data"]
+    carried = [k for k in a.tensors if k.startswith("carried_state")]
+    assert carried and all(torch.equal(a.tensors[k], b.tensors[k]) for k in carried)
+
+
+def test_document_resets_change_what_a_carried_run_trains(text_recipe, tmp_path):
+    sets = [
+        *PER_TOKEN,
+        "data.carry_state=true",
+        "train.steps=2",
+        "train.eval_every=0",
+        "train.checkpoint_every=2",
+    ]
+    for name, extra in (("carried", []), ("reset", ["data.reset_at_documents=true"])):
+        Trainer(
+            miraslab.load_recipe(text_recipe, [*sets, *extra]), tmp_path / name, show_progress=False
+        ).run()
+    carried, reset = load_checkpoint(tmp_path / "carried"), load_checkpoint(tmp_path / "reset")
+    assert not all(torch.equal(carried.model[k], reset.model[k]) for k in carried.model)
+
+
+def test_carry_state_refuses_document_resets_a_model_cannot_run_packed_and_a_task_without_documents(
     text_recipe, write_recipe, tmp_path
 ):
-    with pytest.raises(RecipeError, match=r"data\.carry_state: expected false with reset_at_documents"):
+    # the recipe's memory takes mini-batch steps: a document must open a chunk of a row of its own
+    with pytest.raises(
+        RecipeError,
+        match=r"data\.carry_state and data\.reset_at_documents: .*cannot do in a packed row "
+        r"\(layer 0 \(mag\): model\.memory\.inner_steps = 'mini_batch'",
+    ):
         miraslab.load_recipe(text_recipe, ["data.carry_state=true", "data.reset_at_documents=true"])
+    stage = '{steps = 1, overrides = {"model.memory.inner_steps" = "mini_batch"}}'
+    with pytest.raises(
+        RecipeError, match=r"train\.stages\[1\]\.overrides: data\.carry_state and data\.reset_at_documents"
+    ):
+        miraslab.load_recipe(text_recipe, [*CARRIED_DOCUMENTS, f"train.stages=[{{steps = 1}}, {stage}]"])
     mqar = miraslab.load_recipe(write_recipe("m.toml", MQAR_RECIPE), ["data.carry_state=true"])
     with pytest.raises(RecipeError, match=r"data\.carry_state: task .* has no stream of documents"):
         Trainer(mqar, tmp_path / "mqar", show_progress=False).run()

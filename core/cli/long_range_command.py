@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -163,16 +164,27 @@ def _file_batches(paths: list[Path], loaded: Any) -> list[Any]:
     if loaded.tokenizer is None:
         raise MiraslabError("--text: the run has no tokenizer.json (its task is not text)")
     seq_len, batch_size = loaded.recipe.data.seq_len, loaded.recipe.train.batch_size
-    batches = []
+    batches, short = [], []
     for path in paths:
         if not path.is_file():
             raise MiraslabError(f"--text: {path} is not a file")
         ids = loaded.tokenizer.encode(path.read_text(errors="replace"), add_special_tokens=False).ids
-        if len(ids) <= seq_len:
-            raise MiraslabError(
-                f"--text: {path} holds {len(ids)} tokens, fewer than one row of {seq_len + 1}"
-            )
+        if len(ids) <= seq_len:  # a glob of a package's files holds a few short ones
+            short.append(path)
+            continue
         batches += text_rows(ids, seq_len, batch_size)
+    if not batches:
+        raise MiraslabError(
+            f"--text: no file holds one row of {seq_len + 1} tokens (the run's data.seq_len + 1)"
+        )
+    if short:
+        names = ", ".join(p.name for p in short[:3]) + (
+            f" and {len(short) - 3} more" if len(short) > 3 else ""
+        )
+        print(
+            f"--text: skipped {len(short)} file(s) shorter than one row of {seq_len + 1} tokens: {names}",
+            file=sys.stderr,
+        )
     return batches
 
 

@@ -8,7 +8,8 @@ token is the separator) and its first text token from a fresh start.  ``doc_star
 is True at those separators.  The tokens at the start of a row that continue a document
 from the row before are not a document start (they are marked False); like every row's
 first tokens they run from the initial state, as flash-linear-attention's ``cu_seqlens``
-treats a row's leading partial document.
+treats a row's leading partial document, unless the model carries a state into the row
+(``data.carry_state``, packed only): then they continue it (``PackedDocuments.continues``).
 
 Where every part of the model can restart at a document's start (a per-token memory, see
 ``LanguageModel.documents_reason``) the rows stay packed and the model is given the starts
@@ -65,6 +66,10 @@ class PackedDocuments:
     without one row per document): ``starts`` (B, T) bool, True at a document's first token;
     each row's first token opens one too (a row's leading partial document).
 
+    With a carried state (``data.carry_state``: the rows continue the rows of the call before)
+    a row's leading document continues from that state unless its first token was marked a
+    start itself: ``continues`` (B,) bool says which rows' leading documents do.
+
     What the layers ask of it is computed once per forward pass and shared by every layer:
     ``segment`` (attention's block-diagonal mask), ``position`` (a short convolution's reach)
     and ``cached`` (a memory's chunk-grid layout)."""
@@ -75,6 +80,7 @@ class PackedDocuments:
                 f"document starts must be a (batch, seq) bool tensor, got {tuple(starts.shape)} {starts.dtype}"
             )
         self.starts = starts.clone()
+        self.continues = ~starts[:, 0]  # before the row's first token is marked below
         self.starts[:, :1] = True
         self._cache: dict[object, object] = {}
 

@@ -25,6 +25,7 @@ number of processes.
 from __future__ import annotations
 
 import re
+from abc import abstractmethod
 from collections import deque
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -161,20 +162,29 @@ class DocumentBatches(Batches):
 
     state_format: str
 
-    def _start(
+    def __init__(
         self,
         order: DocumentOrder,
+        encode: Encoder,
+        separator: int,
+        *,
         seq_len: int,
         batch_size: int,
-        rank: int,
-        world_size: int,
-        fingerprint: str,
-    ) -> None:
+        rank: int = 0,
+        world_size: int = 1,
+        state: dict[str, Any] | None = None,
+        fingerprint: str = "",
+    ):
         if seq_len < 1 or batch_size < 1:
             raise ValueError(f"seq_len and batch_size must be >= 1, got {seq_len} and {batch_size}")
         self._rows = rank_rows(batch_size, rank, world_size)
         self.order, self.seq_len, self.batch_size, self.fingerprint = order, seq_len, batch_size, fingerprint
         self._steps = 0
+        self._restore(encode, separator, state)
+
+    @abstractmethod
+    def _restore(self, encode: Encoder, separator: int, state: dict[str, Any] | None) -> None:
+        """Open the token stream(s): at a saved ``state`` (checked first), else at the start."""
 
     def _state_head(self) -> dict[str, Any]:
         return {
@@ -196,20 +206,7 @@ class PackedBatches(DocumentBatches):
 
     state_format = STATE_FORMAT
 
-    def __init__(
-        self,
-        order: DocumentOrder,
-        encode: Encoder,
-        separator: int,
-        *,
-        seq_len: int,
-        batch_size: int,
-        rank: int = 0,
-        world_size: int = 1,
-        state: dict[str, Any] | None = None,
-        fingerprint: str = "",
-    ):
-        self._start(order, seq_len, batch_size, rank, world_size, fingerprint)
+    def _restore(self, encode: Encoder, separator: int, state: dict[str, Any] | None) -> None:
         position: Position | None = None
         piece, used = 0, 0
         if state is not None:
@@ -220,7 +217,7 @@ class PackedBatches(DocumentBatches):
             piece = int(state.get("piece", 0))  # states saved before pieces existed: piece 0
             used = int(state["used"])
             self._steps = int(state["steps"])
-        self._tokens = PackedTokens(order, encode, separator, position=position, piece=piece, used=used)
+        self._tokens = PackedTokens(self.order, encode, separator, position=position, piece=piece, used=used)
 
     def __next__(self) -> torch.Tensor:
         row = self.seq_len + 1

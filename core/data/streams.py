@@ -65,21 +65,10 @@ class StreamedBatches(DocumentBatches):
 
     state_format = STATE_FORMAT
 
-    def __init__(
-        self,
-        order: DocumentOrder,
-        encode: Encoder,
-        separator: int,
-        *,
-        seq_len: int,
-        batch_size: int,
-        rank: int = 0,
-        world_size: int = 1,
-        state: dict[str, Any] | None = None,
-        fingerprint: str = "",
-    ):
-        self._start(order, seq_len, batch_size, rank, world_size, fingerprint)
-        saved: list[dict[str, Any]] = [{"position": None, "piece": 0, "used": 0, "last": None}] * batch_size
+    def _restore(self, encode: Encoder, separator: int, state: dict[str, Any] | None) -> None:
+        saved: list[dict[str, Any]] = [
+            {"position": None, "piece": 0, "used": 0, "last": None}
+        ] * self.batch_size
         if state is not None:
             saved = self._check_state(state)
             self._steps = int(state["steps"])
@@ -89,7 +78,7 @@ class StreamedBatches(DocumentBatches):
             position = tuple(int(x) for x in at["position"]) if at["position"] is not None else None
             self._lanes.append(
                 PackedTokens(
-                    LaneOrder(order, lane, batch_size),
+                    LaneOrder(self.order, lane, self.batch_size),
                     encode,
                     separator,
                     position=position,  # type: ignore[arg-type]

@@ -100,14 +100,13 @@ class MemoryLayer(nn.Module):
         documents: PackedDocuments | None = None,
     ) -> torch.Tensor | tuple[torch.Tensor, LayerState]:
         """``documents``: x's rows hold packed documents (``data.reset_at_documents``), each
-        read as if alone; no ``state`` then."""
+        read as if alone; a ``state`` is continued by each row's leading document only
+        (``data.carry_state``)."""
         check_layer_input(x, self.dim, state)
         # no LayerState() for a missing state: dynamo cannot trace a dataclass's default factory
         conv_in, memory_in, position = (
             (state.conv, state.memory, state.position) if state else (None, None, 0)
         )
-        if documents is not None and state is not None:
-            raise ValueError("MemoryLayer: packed documents start from no state")
         q, k, v, conv = self.inputs(x, conv_in, documents=documents)
         y, memory_state = self.memory(q, k, v, x, memory_in, path, documents=documents)
         out = self.out(self.merge_heads(y, x.dtype))

@@ -103,8 +103,6 @@ class NeuralMemory(nn.Module):
             return f"model.memory.path = {spec.path!r}: packed documents restart on the chunked path only"
         if spec.qk_projection:
             return "model.memory.qk_projection sums the keys of the whole row"
-        if spec.kernel == "fla":
-            return "model.memory.kernel = 'fla': FLA's variable-length kernels (cu_seqlens) are not wired here yet"
         if (problem := per_token_problem(*self.rule.parts)) is not None:  # at chunk 1 too: no chunked form
             return f"model.memory.inner_steps = 'per_token' runs this rule token by token ({problem})"
         return None
@@ -120,7 +118,8 @@ class NeuralMemory(nn.Module):
         documents: PackedDocuments | None = None,
     ):
         """``documents``: the rows hold packed documents, each written and read from the
-        initial state (no ``state``; see :meth:`documents_reason`)."""
+        initial state (see :meth:`documents_reason`); a ``state`` is continued by each row's
+        leading document only (``data.carry_state``)."""
         if documents is not None:
             return self._packed_documents(q, k, v, x, state, path, documents)
         # no NeuralMemoryState() for a missing state: dynamo cannot trace a dataclass's default factory
@@ -172,17 +171,28 @@ class NeuralMemory(nn.Module):
     ):
         spec = self.spec
         reason = self.documents_reason() or (f"path {path!r}" if path not in (None, "chunked") else None)
-        if reason is None and (state is not None or self.ablation is not None):
-            reason = "a carried state or an ablation"
+        if reason is None and self.ablation is not None:
+            reason = f"the ablation {self.ablation!r}"
         if reason is not None:
             raise ValueError(f"NeuralMemory: packed documents cannot run here: {reason}")
+        memory_in = state.memory if state is not None else None
         q, k = self.features(q, query=True), self.features(k)
         gates = self.gates(x)
         y, memory_state = per_token_documents(
-            self.rule, q, k, v, gates, documents, spec.chunk_size, return_state=True
+            self.rule,
+            q,
+            k,
+            v,
+            gates,
+            documents,
+            spec.chunk_size,
+            return_state=True,
+            kernel=spec.kernel,
+            state=memory_in,
         )
         if self.record:
-            self.last_norms = state_norms(memory_state, dict(self.rule.arch.init))
+            initial = memory_in.weights if memory_in is not None else self.rule.arch.init
+            self.last_norms = state_norms(memory_state, dict(initial))
         return y, NeuralMemoryState(memory_state, None)
 
     def _fresh_every_chunk(

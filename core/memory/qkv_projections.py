@@ -6,7 +6,9 @@ here), SiLU, and l2-normalised queries and keys.
 
 With packed documents the convolution reaches no token of an earlier document: a document's
 first K-1 tokens see zeros before it, as when it runs alone (the taps that crossed the
-boundary are taken back out, at those few tokens only).
+boundary are taken back out, at those few tokens only).  A carried convolution state (the
+last inputs of the call before, ``data.carry_state``) reaches only a row's leading document,
+when that continues; the state handed on holds only the inputs of each row's last document.
 """
 
 from __future__ import annotations
@@ -47,21 +49,32 @@ class MemoryInputs(nn.Module):
         return causal_conv(qkv, self.conv.weight.squeeze(1), self.conv.bias, past, silu=activate)
 
     def _convolve_documents(
-        self, qkv: torch.Tensor, documents: PackedDocuments, activate: bool
+        self, qkv: torch.Tensor, documents: PackedDocuments, past: torch.Tensor | None, activate: bool
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The convolution within each packed document: for lag j, the token at position p < j
-        of its document (and not at the row's start, where the taps read zeros) had
-        w_{K-1-j} x_{t-j} of the document before added; it is subtracted again."""
+        of its document (and not at the row's start, where the taps read zeros or ``past``) had
+        w_{K-1-j} x_{t-j} of the document before added; it is subtracted again.  ``past`` (B, C,
+        K-1) reaches the rows whose leading document continues it (zeros for the others), and
+        a later document's first tokens that it reached are corrected as above."""
         if not self.conv_kernel:
             return (F.silu(qkv) if activate else qkv), None
         taps = self.conv.weight.squeeze(1)  # (C, K)
-        y, carry = causal_conv(qkv, taps, self.conv.bias, None, silu=False)
         kernel = self.conv_kernel
+        if past is not None:
+            past = past * documents.continues[:, None, None].to(past.dtype)
+        y, carry = causal_conv(qkv, taps, self.conv.bias, past, silu=False)
         for lag, rows, tokens in documents.cached(
             ("conv_crossings", kernel), lambda: _crossings(documents, kernel)
         ):
             crossed = qkv[rows, tokens - lag] * taps[:, kernel - 1 - lag].to(qkv.dtype)
             y = y.index_put((rows, tokens), -crossed, accumulate=True)
+        if past is not None:
+            for lag, rows, tokens in documents.cached(
+                ("conv_past_crossings", kernel), lambda: _past_crossings(documents, kernel)
+            ):
+                crossed = past[rows, :, kernel - 1 + tokens - lag] * taps[:, kernel - 1 - lag].to(qkv.dtype)
+                y = y.index_put((rows, tokens), -crossed, accumulate=True)
+        carry = torch.where(_in_last_document(documents, kernel), carry, 0)
         return (F.silu(y) if activate else y), carry
 
     def forward(
@@ -75,13 +88,12 @@ class MemoryInputs(nn.Module):
 
         ``convolve=False`` skips the convolution: each token's q, k, v then depend on that
         token alone (MAC's retrieval queries, which must not mix tokens of a segment).
-        ``documents``: x's rows hold packed documents (no ``conv_state``), each convolved alone.
+        ``documents``: x's rows hold packed documents, each convolved alone; ``conv_state``
+        then continues each row's leading document.
         """
         activate = self.activation == "silu"
         if convolve and documents is not None:
-            if conv_state is not None:
-                raise ValueError("MemoryInputs: packed documents start from no convolution state")
-            qkv, carry = self._convolve_documents(self.qkv(x), documents, activate)
+            qkv, carry = self._convolve_documents(self.qkv(x), documents, conv_state, activate)
         elif convolve:
             qkv, carry = self._convolve(self.qkv(x), conv_state, activate)
         else:
@@ -101,3 +113,26 @@ def _crossings(documents: PackedDocuments, kernel: int) -> list[tuple[int, torch
         if rows.numel():
             found.append((lag, rows, tokens))
     return found
+
+
+def _past_crossings(documents: PackedDocuments, kernel: int) -> list[tuple[int, torch.Tensor, torch.Tensor]]:
+    """For each lag 1 .. K-1, the (row, token) pairs, token < lag, of a document that opens
+    inside the row (not its leading one), whose tap of that lag reads the carried past."""
+    found = []
+    for lag in range(1, kernel):
+        rows, tokens = (documents.segment[:, :lag] > 0).nonzero(as_tuple=True)
+        if rows.numel():
+            found.append((lag, rows, tokens))
+    return found
+
+
+def _in_last_document(documents: PackedDocuments, kernel: int) -> torch.Tensor:
+    """(B, 1, K-1) bool: whether each input the convolution carries on (the row's last K-1,
+    the past's first where the row is shorter) is in the row's last document.  The past
+    reaching a row's leading document only, it counts there when that document is the last."""
+    segment = documents.segment
+    inside = segment == segment[:, -1:]
+    if segment.shape[1] < kernel - 1:
+        before = (segment[:, -1:] == 0).expand(-1, kernel - 1 - segment.shape[1])
+        inside = torch.cat([before, inside], dim=1)
+    return inside[:, None, inside.shape[1] - (kernel - 1) :]

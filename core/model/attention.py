@@ -25,7 +25,11 @@ concatenation, no trimming and no shape that changes from token to token.
 Packed documents (``documents``, a :class:`~miraslab.data.documents.PackedDocuments`): query t
 also sees only the sequence tokens of its own document (a block-diagonal mask; the persistent
 and prefix tokens stay visible), and RoPE rotates it by its position inside its document, so
-each document reads as it would alone.
+each document reads as it would alone.  With a cache as well (state passing across training
+steps, ``data.carry_state``), the cached keys of a row's last document stay visible to the
+row's leading partial document only, which is rotated on from where that document stopped;
+a row whose first token opens a document sees none of them.  The cache then also says which
+of its keys are in their row's last document and where that document's next token sits.
 """
 
 from __future__ import annotations
@@ -51,6 +55,10 @@ class KVCache:
     values: torch.Tensor  # (B, H, S, d)
     positions: torch.Tensor  # (S,) LongTensor, the positions of those tokens
     next_position: int  # the position the next token will take
+    # written with packed documents: (B, S) bool, the key is in its row's last document; and
+    # (B,) long, the position inside that document the row's next token takes (its rotation)
+    open_document: torch.Tensor | None = None
+    document_position: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return self.keys.shape[-2]
@@ -146,7 +154,7 @@ class Attention(nn.Module):
         ``aligned`` (B, T, dim) are extra tokens at x's positions (MAC's retrieved memory):
         no RoPE, seen causally like the sequence tokens, and kept in the cache.
         ``documents``: x's rows hold packed documents, each attending only within itself
-        (no cache, no ``aligned`` tokens).
+        (no ``aligned`` tokens); a cache continues each row's leading document.
         """
         self._check_backend(x)
         if isinstance(cache, RingKVCache):
@@ -156,8 +164,12 @@ class Attention(nn.Module):
                 )
             y = self._ring_step(x, cache)
             return (y, cache) if return_cache else y
-        if documents is not None and (cache is not None or aligned is not None):
-            raise ValueError("Attention: packed documents run without a KV cache or aligned tokens")
+        if documents is not None and aligned is not None:
+            raise ValueError("Attention: packed documents run without aligned tokens")
+        if documents is None and cache is not None and cache.open_document is not None:
+            raise ValueError(
+                "Attention: a KV cache written with packed documents continues with packed documents"
+            )
         batch, length, _ = x.shape
         start = cache.next_position if cache is not None else 0
         positions = torch.arange(start, start + length, device=x.device)
@@ -166,10 +178,10 @@ class Attention(nn.Module):
         k = self._split_heads(self.k_proj(x))
         v = own_values = self._split_heads(self.v_proj(x))
         window = self.step_window if self.training and self.step_window is not None else self.window
+        # packed documents: each rotated from its own first token, as when it runs alone
+        # (the position-free keys make a query's absolute rotation matter)
+        rotation = positions if documents is None else self._document_rotation(documents, cache)
         if self.rope is not None:
-            # packed documents: each rotated from its own first token, as when it runs alone
-            # (the position-free keys make a query's absolute rotation matter)
-            rotation = positions if documents is None else documents.position
             q, k = self.rope(q, rotation), self.rope(k, rotation)
         new_positions = positions
         if aligned is not None:
@@ -193,12 +205,19 @@ class Attention(nn.Module):
             values = torch.cat([self._split_heads(self.v_proj(free_tokens)), v], dim=2)
             key_positions = torch.cat([positions.new_full((free_tokens.shape[1],), -1), seq_positions])
 
+        seq_doc = None  # with documents: (B, S + T) the document of each sequence key, -1 for none
         if documents is None:
             out = self.backend(q, keys, values, positions, key_positions, window)
         else:
-            q_doc = documents.segment
-            free = key_positions.shape[0] - q_doc.shape[1]  # position-free keys first: seen by all
-            k_doc = torch.cat([q_doc.new_full((batch, free), -1), q_doc], dim=1)
+            q_doc = seq_doc = documents.segment
+            if cache is not None:  # the row's leading document (0) continues the cached last one
+                open_document = cache.open_document
+                if open_document is None:  # a cache written without documents: one document
+                    open_document = torch.ones(batch, len(cache), dtype=torch.bool, device=x.device)
+                carried = open_document & documents.continues[:, None]
+                seq_doc = torch.cat([torch.where(carried, 0, -1), q_doc], dim=1)
+            free = key_positions.shape[0] - seq_doc.shape[1]  # position-free keys first: seen by all
+            k_doc = torch.cat([q_doc.new_full((batch, free), -1), seq_doc], dim=1)
             out = self.backend(q, keys, values, positions, key_positions, window, q_doc, k_doc)
         if self.training and self.branch_dropout > 0:
             out = drop_context(out, own_values, self.branch_dropout, self.branch_dropout_unit)
@@ -215,6 +234,9 @@ class Attention(nn.Module):
             positions=seq_positions[keep],
             next_position=next_position,
         )
+        if seq_doc is not None:  # what the row's next tokens may continue: its last document
+            next_cache.open_document = (seq_doc == seq_doc[:, -1:])[:, keep]
+            next_cache.document_position = rotation[:, -1] + 1
         return y, next_cache
 
     def ring_cache(self, cache: KVCache | None, batch: int, capacity: int, like: torch.Tensor) -> RingKVCache:
@@ -225,6 +247,10 @@ class Attention(nn.Module):
         # own causal block (a check that reads positions back, see Visibility.causal)
         size = self.window if self.window > 0 else max(capacity, 2)
         held = len(cache) if cache is not None else 0
+        if cache is not None and cache.open_document is not None:
+            raise ValueError(
+                "Attention.ring_cache: a KV cache written with packed documents keeps them per row"
+            )
         if held > size or size < 1:
             raise ValueError(
                 f"Attention.ring_cache: {held} cached tokens do not fit {size} slots (capacity {capacity})"
@@ -264,6 +290,18 @@ class Attention(nn.Module):
         out = self.backend(q, cache.keys, cache.values, position, cache.positions, self.window)
         cache.position.add_(1)
         return self.out_proj(out.transpose(1, 2).reshape(batch, 1, -1))
+
+    @staticmethod
+    def _document_rotation(documents: PackedDocuments, cache: KVCache | None) -> torch.Tensor:
+        """(B, T): each token's position inside its document; a row's leading document that
+        continues the cache's goes on from where that one stopped."""
+        if cache is None:
+            return documents.position
+        carried = cache.document_position
+        if carried is None:  # a cache written without documents: its row was one document
+            carried = torch.full_like(documents.continues, cache.next_position, dtype=torch.long)
+        offset = torch.where(documents.continues, carried, 0)
+        return documents.position + torch.where(documents.segment == 0, offset[:, None], 0)
 
     def empty_cache(self, x: torch.Tensor, position: int) -> KVCache:
         """A cache holding nothing whose next token is at ``position`` (a fresh MAC segment)."""

@@ -10,6 +10,12 @@ layout, a final RMSNorm and a tied or untied head.
 ``documents`` (B, T) bool marks each packed document's first token (each row's first token
 opens one too): every layer then reads each document as if it ran alone, without one row per
 document; ``documents_reason()`` says why a model cannot (then ``data.documents`` unpacks).
+With a ``state`` too (``data.carry_state``), each row's leading document continues from it
+unless the row's first token is marked; the state returned is the one after each row's last
+document::
+
+    logits, state = model(ids, documents=doc_start, return_state=True)
+    logits, state = model(next_ids, state=state, documents=next_doc_start, return_state=True)
 """
 
 from __future__ import annotations
@@ -98,9 +104,8 @@ class LanguageModel(nn.Module):
         documents: torch.Tensor | None = None,
     ) -> torch.Tensor | tuple[torch.Tensor, DecodeState]:
         x = self.embed(input_ids)
+        packed = None
         if documents is not None:
-            if state is not None or return_state:
-                raise ValueError("LanguageModel: packed documents run without a decode state")
             if (reason := self.documents_reason()) is not None:
                 raise ValueError(f"LanguageModel: packed documents cannot run here: {reason}")
             if documents.shape != input_ids.shape:
@@ -108,16 +113,17 @@ class LanguageModel(nn.Module):
                     f"documents must be shaped like the input ids {tuple(input_ids.shape)}, got {tuple(documents.shape)}"
                 )
             packed = PackedDocuments(documents)
-            for block in self.blocks:
-                x = block(x, documents=packed)
-            return self.head(self.norm(x))
         if state is None and not return_state:
             for block in self.blocks:
-                x = block(x)
+                x = block(x) if packed is None else block(x, documents=packed)
             return self.head(self.norm(x))
         states = []
         for index, block in enumerate(self.blocks):
-            x, block_state = block(x, state.blocks[index] if state is not None else None, return_state=True)
+            block_state = state.blocks[index] if state is not None else None
+            if packed is None:  # a layout that packs no documents need not take the keyword
+                x, block_state = block(x, block_state, return_state=True)
+            else:
+                x, block_state = block(x, block_state, return_state=True, documents=packed)
             states.append(block_state)
         position = (state.position if state is not None else 0) + input_ids.shape[1]
         return self.head(self.norm(x)), DecodeState(states, position)

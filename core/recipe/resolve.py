@@ -55,9 +55,32 @@ def recipe_from_dict(
     problems += [
         f"{_memory_origin(origins, default_origin)}: model.memory: {p}" for p in _memory_problems(recipe)
     ]
+    if not problems and (carried := carried_documents_problem(recipe)) is not None:
+        problems.append(f"{origin_of(('data', 'carry_state'), origins, default_origin)}: {carried}")
     if problems:
         raise RecipeError(problems)
     return recipe
+
+
+def carried_documents_problem(recipe: Recipe) -> str | None:
+    """Why ``data.carry_state`` and ``data.reset_at_documents`` cannot run together for this
+    recipe's model, as one sentence naming both keys; None when they can (or are not both on).
+    A carried row restarts its state at each document start inside it, which only a model that
+    runs packed documents does (``LanguageModel.documents_reason``)."""
+    if not (recipe.data.carry_state and recipe.data.reset_at_documents):
+        return None
+    import torch
+
+    from ..model.language_model import LanguageModel
+
+    with torch.device("meta"):  # the parts only: nothing allocated
+        reason = LanguageModel(recipe.model).documents_reason()
+    if reason is None:
+        return None
+    return (
+        "data.carry_state and data.reset_at_documents: a carried row restarts its state at each document "
+        f"start inside it, which this model cannot do in a packed row ({reason}); set one of them to false"
+    )
 
 
 def _schedule_problems(recipe: Recipe, origins: Origins, default_origin: str) -> list[str]:
@@ -156,6 +179,8 @@ def _stage_problems(
         for problem in memory:
             yield f"{shown}: {join_path(where)}: model.memory: {problem}"
         reshapes = not memory and any(key.startswith("model.") for key in stage.overrides)
+        if reshapes and (carried := carried_documents_problem(staged_recipe)) is not None:
+            yield f"{shown}: {join_path(where)}: {carried}"
         if reshapes and (changed := _changed_shape(recipe, staged_recipe)):
             yield (
                 f"{shown}: {join_path(where)}: a stage may not change parameter shapes, and these "

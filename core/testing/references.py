@@ -9,9 +9,9 @@ linear memory in float64 and holds it to a loop that applies the references:
 
 * an algorithm's ``reference_step(weight, state, grad, gates, alpha) -> (weight, state)``:
   ``weight`` is W_{t-1} (B, H, d_out, d_in); ``state`` whatever the reference carries (None at
-  the first token, then what it returned: S_{t-1} for momentum); ``grad`` is g_t, the gradient
-  of the bias at the gradient point, (B, H, d_out, d_in), already divided by ||k_t||^2 when the
-  algorithm is ``normalized``; ``gates`` this token's gates {name: (B, H)}; ``alpha`` the
+  the first token, then what it returned: S_{t-1} for momentum, a tuple for several tensors,
+  adam's (m, v, P1, P2)); ``grad`` is g_t, the gradient of the bias at the gradient point,
+  (B, H, d_out, d_in), already divided by ||k_t||^2 when the algorithm is ``normalized``; ``gates`` this token's gates {name: (B, H)}; ``alpha`` the
   retention's decay alpha_t (B, H).  Returns W_t and the state to carry.
 * a bias's ``reference_gradient(weight, key, value, gates) -> grad``: the gradient of its loss
   with respect to W for the linear memory M(k) = W k: (B, H, d_out, d_in) from W (B, H, d_out,

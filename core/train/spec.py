@@ -37,13 +37,15 @@ class DataSpec:
         "from its initial state at its first token (the separator that opens it), in training, "
         "evaluation and generate; the rows stay packed where every model part restarts at a "
         "document's start (a per-token memory), else one row per document; needs a task that packs "
-        "documents (text)",
+        "documents (text); with carry_state, a row's leading document continues the carried state "
+        "and every later one restarts (a model that runs documents packed only)",
     )
     carry_state: bool = param(
         False,
         doc="state passing across training steps: row b of each batch continues row b of the step "
         "before in a stream read in order, and the model's state (memory, attention's KV window) is "
-        "carried over, detached (truncated backpropagation through time); needs a text task",
+        "carried over, detached (truncated backpropagation through time); needs a text task; with "
+        "reset_at_documents a document start inside a row resets that row's state there",
     )
     document_buckets: int = param(
         4,
@@ -52,15 +54,6 @@ class DataSpec:
         "passes (at most one per row; exactly that many in a distributed run), grouped by length so "
         "each pads only to its own longest; 1 pads all to the batch's longest",
     )
-
-    def cross_check(self) -> None:
-        if self.carry_state and self.reset_at_documents:
-            raise ParamValueError(
-                "carry_state",
-                "false with reset_at_documents = true (a reset at a document boundary inside a carried row "
-                "is not built yet)",
-                True,
-            )
 
 
 @attrs.frozen

@@ -7,6 +7,9 @@ memory state and, where the layout has one, its attention's KV window
 gradients flow within a step's segment only (truncated backpropagation through time, as in
 Buitrago Ruiz & Gu, arXiv 2507.02782, "state passing").  Two steps carried this way compute
 what one forward over the two segments concatenated computes (tests/test_state_passing.py).
+With ``data.reset_at_documents`` too, the forward is given the rows' document starts: a row's
+leading document continues the carried state, every later one restarts, and the state kept is
+the one after the row's last document (tests/test_carried_documents.py).
 
 The trainer holds one :class:`CarriedState`; with micro-batches each micro-batch's rows carry
 their own state (slot = its index in the step), and under torchrun each process its own rows'.
@@ -99,9 +102,29 @@ class CarriedState:
     def __init__(self) -> None:
         self.states: dict[int, Any] = {}
 
-    def forward(self, model: torch.nn.Module, inputs: torch.Tensor, slot: int = 0) -> torch.Tensor:
-        """The logits of ``inputs`` from the slot's carried state; keeps the new state, detached."""
-        logits, state = model(inputs, state=self.states.get(slot), return_state=True)
+    @staticmethod
+    def require_packed(packed: bool, model: Any, stage: str) -> None:
+        """A carried row restarts at its documents only packed: never run them apart."""
+        if not packed:
+            raise RecipeError(
+                [
+                    f"data.carry_state and data.reset_at_documents: stage {stage} cannot run "
+                    f"documents packed ({model.documents_reason()}); set one of them to false"
+                ]
+            )
+
+    def forward(
+        self,
+        model: torch.nn.Module,
+        inputs: torch.Tensor,
+        slot: int = 0,
+        documents: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """The logits of ``inputs`` from the slot's carried state; keeps the new state, detached.
+        ``documents`` (B, T) bool, the packed documents' starts (``data.reset_at_documents``):
+        each row's leading document continues the state, every later one starts afresh."""
+        packed = {} if documents is None else {"documents": documents}
+        logits, state = model(inputs, state=self.states.get(slot), return_state=True, **packed)
         self.states[slot] = detach_state(state)
         return logits
 

@@ -316,6 +316,8 @@ class Trainer:
             self.packed_documents = packs_documents(
                 raw, self.packed_documents, previous is None, self.progress
             )
+            if self.carried is not None:  # refused at load; a guard
+                self.carried.require_packed(self.packed_documents, raw, stage.name)
         if previous is not None or stage.index > 0:
             detail = f", training only {', '.join(stage.spec.train_only)}" if stage.spec.train_only else ""
             self.progress.event(
@@ -346,7 +348,7 @@ class Trainer:
             with self.dist.no_sync(self.model, last=index == len(pieces) - 1), self.precision():
                 documents = piece.extras.get(DOC_START) if self.packed_documents else None
                 logits = (
-                    self.carried.forward(self.model, piece.inputs, index)
+                    self.carried.forward(self.model, piece.inputs, index, documents=documents)
                     if self.carried is not None
                     else self.model(piece.inputs, documents=documents)
                 )
@@ -387,9 +389,8 @@ class Trainer:
     def _evaluate(self, task: Any, context: RunContext, hook: Any) -> dict[str, Any]:
         """One validation pass on fresh batches: loss (and accuracy), what monitors add on the
         same batches (the memory-use metric), one record and one line."""
-        val = task_batches(
-            task, "val", self.recipe, self.dist
-        )  # a fresh iterator: every pass sees the same batches
+        # a fresh iterator: every pass sees the same batches
+        val = task_batches(task, "val", self.recipe, self.dist)
         batches = [
             documents_apart(TrainingBatch.of(next(val)).to(self.dist.device), self.separator)
             for _ in range(self.train.eval_batches)

@@ -29,10 +29,10 @@ from ..rule.state import MemoryState
 from . import chunked_affine, chunked_channelwise
 from .chunk_end import add_piece_decay, end_piece
 from .chunked_channelwise import SUB
-from .coefficients import ChunkCoefficients, piece_coefficients
+from .coefficients import ChunkCoefficients, piece_coefficients, scaled
 from .compiled import chunk_major, like_chunk_end, run_compiled
+from .general import general_chunked
 from .omega_window import keep_window, window_band, with_window
-from .recurrent import scaled
 from .tokens import Result, Tokens
 
 
@@ -49,6 +49,8 @@ def chunked(
     channel-wise sub-chunked step) through ``torch.compile`` (see ``paths.compiled``); the
     batched matrix-memory pass stays eager.
     """
+    if rule.algorithm.stateful:  # an optimizer with state of its own: no factored form (paths.general)
+        return general_chunked(rule, tokens, state, chunk_size)
     q, k, v, gates = tokens
     state = dataclasses.replace(state)
     total = q.shape[2]

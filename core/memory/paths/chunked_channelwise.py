@@ -26,9 +26,8 @@ from ..rule.axes import at_least_fp32
 from ..rule.memory_rule import MemoryRule
 from ..rule.state import MemoryState
 from .chunk_end import add_piece_decay, end_piece
-from .coefficients import chunk_coefficients, fold_chunks, piece_rates
+from .coefficients import chunk_coefficients, fold_chunks, piece_rates, scaled
 from .omega_window import with_window
-from .recurrent import scaled
 from .tokens import Result, Tokens
 
 SUB = 16  # tokens per sub-chunk: (16 x 16) decay matrices per channel; 8 and 32 ran slower, timed by hand

@@ -68,6 +68,8 @@ def per_token_problem(
         return f"retention {_name(retention)} changes the state by a non-linear step"
     if algorithm.nonlinear:
         return f"algorithm {_name(algorithm)} changes the state by a non-linear step"
+    if algorithm.stateful:
+        return f"algorithm {_name(algorithm)} carries state of its own (an arbitrary per-token optimizer)"
     return None
 
 
@@ -102,11 +104,15 @@ def chunked_per_token(
     state: MemoryState,
     chunk_size: int,
     restart: torch.Tensor | None = None,
+    reset: MemoryState | None = None,
+    last_token: torch.Tensor | None = None,
 ) -> Result:
     """q, k (B, H, T, d_k), v (B, H, T, d_v): reads (B, H, T, d_v) and the state after T tokens.
 
-    ``restart`` (B, chunks) bool: those chunks start again from ``state`` (documents laid out
-    on the chunk grid, ``paths.per_token_documents``).
+    ``restart`` (B, chunks) bool: those chunks start again from ``reset`` (default ``state``):
+    documents laid out on the chunk grid, ``paths.per_token_documents``, whose rows may begin
+    from a carried ``state`` and restart from the initial one.  ``last_token`` (B,) long: the
+    state returned is each row's after that token (the padded tokens after it move W by S).
     ``state`` must be closed (offset 0), as every per-token state is: the recurrent path
     with per-token steps closes its one-token chunk after every token.
     """
@@ -142,8 +148,19 @@ def chunked_per_token(
             log_eta.to(work) if log_eta is not None else None,
             state.momentum["w"].to(work) if log_eta is not None else None,
             restart,
+            _restart_state(reset, work, log_eta is not None),
+            last_token,
         )
     return y.to(q.dtype), state.closed(weights, surprise)
+
+
+def _restart_state(
+    reset: MemoryState | None, work: torch.dtype, momentum: bool
+) -> tuple[torch.Tensor, torch.Tensor | None] | None:
+    """``reset``'s W (and S, with momentum) in the working precision, or None (restart from W_0)."""
+    if reset is None:
+        return None
+    return reset.weights["w"].to(work), reset.momentum["w"].to(work) if momentum else None
 
 
 def _rates(x: torch.Tensor, seq: int) -> torch.Tensor:
@@ -187,13 +204,18 @@ def per_token_chunks(
     log_eta: torch.Tensor | None = None,
     s0: torch.Tensor | None = None,
     restart: torch.Tensor | None = None,
+    reset: tuple[torch.Tensor, torch.Tensor | None] | None = None,
+    last_token: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """The per-token recurrence of the module docstring, chunk-parallel (UT form).
 
     q, k (B, H, T, d_k); offset b (B, H, T, d_v); beta, log_alpha and log_eta (B, H, T) per
     head or (B, H, T, d_v) per row of W (log_alpha None: alpha = 1); w0 and the momentum s0 (B, H, d_v, d_k); slope s;
     ``decayed``: the gradient at alpha_t W_{t-1}.  Returns y (B, H, T, d_v), W and S after
-    the last token (S None without momentum).
+    the last token (S None without momentum).  ``restart`` (B, chunks) bool: those chunks begin
+    again from ``reset`` (W, S), default (w0, s0).  ``last_token`` (B,): W and S are returned
+    after that token of each row instead of after the last (with momentum a zero-padded token
+    is no identity step: S keeps moving W).
     """
     batch, heads, seq, d_key = q.shape
     d_value = offset.shape[-1]
@@ -312,7 +334,7 @@ def per_token_chunks(
     # the chunk recurrence: delta (d_v, L) and the next W_0 (and S_0), the only sequential part
     if torch.compiler.is_compiling():  # one graph for every number of chunks
         weights, surprise, starts, momenta, delta = _scan_chunks(
-            (u, kc, *projections), end_rows(), w0, s0, restart, momentum, times
+            (u, kc, *projections), end_rows(), w0, s0, restart, momentum, times, reset
         )
     else:
         weights, surprise, starts, momenta, delta = _loop_chunks(
@@ -323,6 +345,12 @@ def per_token_chunks(
             restart,
             momentum,
             times,
+            reset,
+        )
+
+    if momentum and last_token is not None:  # the state at each row's own last token
+        weights, surprise = _state_at(
+            last_token, chunk, starts, momenta, delta, kc, cum, rated, carry, cum_eta, beta_c, times
         )
 
     # all reads at once: y_i = e^{A_i} W_0 q_i + sigma_i S_0 q_i - sum_j P_ij delta_j
@@ -338,6 +366,39 @@ def per_token_chunks(
         # strides would put a guard on whether padding was cut off): one graph for every length
         return y.index_select(2, torch.arange(seq, device=y.device)), weights, surprise
     return y[:, :, :seq], weights, surprise
+
+
+def _state_at(
+    token: torch.Tensor,
+    chunk: int,
+    starts: torch.Tensor,
+    momenta: torch.Tensor,
+    delta: torch.Tensor,
+    kc: torch.Tensor,
+    cum: torch.Tensor,
+    rated: torch.Tensor,
+    carry: torch.Tensor,
+    cum_eta: torch.Tensor,
+    beta_c: torch.Tensor,
+    times: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """W and S after token ``token[b]`` of each row b: its chunk's step from that chunk's W_0 and
+    S_0 with the end terms of ``end_terms`` taken at the token's row of the chunk."""
+    b = torch.arange(token.shape[0], device=token.device)
+    c, r = token // chunk, token % chunk
+    eta = cum_eta[b, :, c]  # (B, H, C, L)
+    after = torch.arange(chunk, device=token.device) > r[:, None, None, None]
+    ends = [
+        torch.exp(cum[b, :, c, :, r]).unsqueeze(-1),
+        rated[b, :, c, :, r],
+        carry[b, :, c, :, r].unsqueeze(-1),
+        torch.exp(cum_eta[b, :, c, :, r]).unsqueeze(-1),
+        (beta_c[b, :, c] * torch.exp(cum_eta[b, :, c, :, r].unsqueeze(-1) - eta)).masked_fill(after, 0.0),
+    ]
+    weights, surprise, _ = _chunk_step(
+        starts[b, :, c], momenta[b, :, c], [delta[b, :, c], kc[b, :, c]], ends, True, times
+    )
+    return weights, surprise
 
 
 def _chunk_step(
@@ -369,18 +430,20 @@ def _loop_chunks(
     restart: torch.Tensor | None,
     momentum: bool,
     times: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    reset: tuple[torch.Tensor, torch.Tensor | None] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor | None, torch.Tensor]:
     """The chunk recurrence as a Python loop (eagerly): the state after the last chunk, then
     W_0, S_0 and delta of every chunk, stacked on dim 2."""
     starts, momenta, deltas = [], [], []
     weights, surprise = w0, s0
+    w_reset, s_reset = reset if reset is not None else (w0, s0)
     per_chunk = [x.unbind(2) for x in per_chunk_inputs]
     restarts = restart[:, None, :, None, None].unbind(2) if restart is not None else None  # (B, 1, 1, 1)
     for c in range(len(ends)):
         if restarts is not None:  # this row's chunk c opens a document: back to W_0 (and S_0)
-            weights = torch.where(restarts[c], w0, weights)
+            weights = torch.where(restarts[c], w_reset, weights)
             if momentum:
-                surprise = torch.where(restarts[c], s0, surprise)
+                surprise = torch.where(restarts[c], s_reset, surprise)
         starts.append(weights)
         if momentum:
             momenta.append(surprise)
@@ -400,6 +463,7 @@ def _scan_chunks(
     restart: torch.Tensor | None,
     momentum: bool,
     times: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    reset: tuple[torch.Tensor, torch.Tensor | None] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor | None, torch.Tensor]:
     """``_loop_chunks`` under torch.compile, through ``scan``: the number of chunks is the
     scanned dimension's size, so one graph serves every sequence length (a Python loop
@@ -412,7 +476,11 @@ def _scan_chunks(
     xs = [x.movedim(2, 0).clone(memory_format=torch.contiguous_format) for x in (*per_chunk_inputs, *ends)]
     if restart is not None:  # (n, B, 1, 1, 1), and the starting state once per chunk (copies, as above)
         xs.append(restart[:, None, :, None, None].movedim(2, 0).contiguous())
-        xs += [x.expand(xs[0].shape[0], *x.shape).contiguous() for x in (w0, *([s0] if momentum else []))]
+        w_reset, s_reset = reset if reset is not None else (w0, s0)
+        xs += [
+            x.expand(xs[0].shape[0], *x.shape).contiguous()
+            for x in (w_reset, *([s_reset] if momentum else []))
+        ]
 
     square = w0.shape[-2:]
 

@@ -30,6 +30,16 @@ from ..rule.axes import Gates, at_least_fp32
 from ..rule.memory_rule import MemoryRule
 
 
+def scaled(value: torch.Tensor, scale: torch.Tensor | float) -> torch.Tensor:
+    """value * scale (a retention's ``lr_scale`` on a rate or an update); a tensor scale is
+    (B, H), one factor per batch element and head."""
+    if isinstance(scale, float) and scale == 1.0:
+        return value
+    if isinstance(scale, torch.Tensor):
+        return value * scale.reshape(*scale.shape, *[1] * (value.dim() - scale.dim())).to(value.dtype)
+    return value * scale
+
+
 @dataclasses.dataclass
 class ChunkCoefficients:
     cum_alpha: torch.Tensor  # (..., L)

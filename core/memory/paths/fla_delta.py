@@ -120,7 +120,7 @@ def rule_problem(rule: MemoryRule) -> str | None:
         return "FLA's kernels hold a single matrix memory (memory = 'linear')"
     if bias.gradient_slope is None or bias.gradient_slope <= 0 or bias.window > 1:
         return "FLA's kernels need an error term s W k + b with s > 0 and one token per step (bias = 'l2')"
-    if algorithm.momentum or algorithm.nonlinear:
+    if algorithm.momentum or algorithm.nonlinear or algorithm.stateful:
         return "FLA's kernels take one plain gradient step per token (algorithm = 'gd')"
     plain = type(retention).lr_scale is Retention.lr_scale and type(retention).initial is Retention.initial
     if retention.nonlinear or retention.needs_decayed_update or not plain:
@@ -274,3 +274,70 @@ def fla_per_token(
             out, final = found.chunk_gated(qf, kf, vf, g=g, beta=beta, **common)
     weights = weights_from_fla(final).to(work)
     return out.transpose(1, 2).to(q.dtype), state.closed(weights)
+
+
+def cu_seqlens(doc_start: torch.Tensor) -> torch.Tensor:
+    """FLA's ``cu_seqlens`` for a (B, T) packed batch flattened to one row of B * T tokens:
+    every row's first token and each marked document start open a sequence (a row's leading
+    partial document is a document too, as in ``data.documents``), then the total."""
+    batch, seq = doc_start.shape
+    starts = doc_start.clone()
+    starts[:, 0] = True
+    offsets = starts.reshape(-1).nonzero().squeeze(1)
+    return torch.cat([offsets, offsets.new_tensor([batch * seq])])
+
+
+def fla_documents(
+    found: FLAKernels,
+    rule: MemoryRule,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    gates: Gates,
+    doc_start: torch.Tensor,
+    carried: tuple[MemoryState, torch.Tensor] | None = None,
+) -> tuple[torch.Tensor, MemoryState]:
+    """Packed documents through FLA's chunk kernels with ``cu_seqlens``: the (B, T) rows laid end
+    to end as one sequence of B * T tokens, every document from the initial state, no padding
+    (FLA's variable-length form).  Reads (B, H, T, d_v) and the closed state after each row's
+    last document, as ``paths.per_token_documents`` returns them.  ``carried``: a state and
+    (B,) bool, the rows whose first sequence (their leading document) starts from that state
+    (``data.carry_state``); FLA takes an initial state per sequence."""
+    batch, heads, seq, _ = q.shape
+    work = torch.promote_types(q.dtype, torch.float32)
+    device = q.device.type
+    dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else q.dtype
+    qf, kf, vf, beta, g = fla_inputs(rule, q, k, v, gates)
+    # [B, T, H, d] -> [1, B * T, H, d]: FLA's variable-length batches are one row
+    qf, kf, vf, beta = (
+        x.reshape(1, batch * seq, *x.shape[2:]).to(dtype).contiguous() for x in (qf, kf, vf, beta)
+    )
+    if g is None and dtype not in HALF:  # chunk_delta_rule refuses float32: the gated rule at g = 0
+        g = torch.zeros(beta.shape, dtype=work, device=beta.device)
+    elif g is not None:
+        g = g.reshape(1, batch * seq, heads).to(work).contiguous()
+    bounds = cu_seqlens(doc_start)
+    documents = bounds.numel() - 1
+    state_dtype = torch.promote_types(dtype, torch.float32)
+    initial = fla_state(rule.initial_state(1).weights["w"]).to(state_dtype)
+    initial = initial.expand(documents, *initial.shape[1:]).contiguous()  # [N, H, K, V]
+    if carried is not None:  # each row's first sequence: the carried state where the row continues
+        state, continues = carried
+        first = torch.searchsorted(bounds, torch.arange(batch, device=bounds.device) * seq)
+        start = fla_state(state.weights["w"]).to(state_dtype)
+        initial = initial.index_put(
+            (first,), torch.where(continues[:, None, None, None], start, initial[first])
+        )
+    common = {"scale": 1.0, "initial_state": initial, "output_final_state": True, "cu_seqlens": bounds}
+    with torch.autocast(device_type=device, enabled=False):
+        if g is None:
+            out, final = found.chunk_delta(qf, kf, vf, beta=beta, **common)
+        else:
+            out, final = found.chunk_gated(qf, kf, vf, g=g, beta=beta, **common)
+    # the sequence that holds each row's last token ends that row's state
+    last = (
+        torch.searchsorted(bounds, torch.arange(1, batch + 1, device=bounds.device) * seq - 1, right=True) - 1
+    )
+    weights = weights_from_fla(final[last]).to(work)
+    y = out.reshape(batch, seq, heads, -1).transpose(1, 2).to(q.dtype)
+    return y, rule.initial_state(batch).closed(weights)

@@ -6,10 +6,15 @@ each document is laid on the chunk grid of its own row (it starts a chunk; its l
 zero-padded: a padded token has k = 0, beta = 0 and alpha = 1, the identity step), and the
 chunk loop of ``chunked_per_token`` starts such a chunk again from the initial state.  A row
 grows by less than one chunk per document, instead of every document growing to the longest
-(flash-linear-attention's ``cu_seqlens`` lays documents out the same way).
+(flash-linear-attention's ``cu_seqlens`` form, which runs instead where its kernels do, needs
+no grid at all: ``fla_delta.fla_documents``).
 
 The row's first tokens, before its first marked start, are a document too (as in
-``data.documents``: a row's leading partial document runs from the initial state).
+``data.documents``: a row's leading partial document runs from the initial state), unless a
+state is carried in (``data.carry_state``: the row continues the row of the call before):
+then the leading document continues from that state, every later one restarts from the
+initial state (W_init, momentum zero), and the state handed on is the one after the row's
+last document.  A row whose first token is itself marked a start restarts at once.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from ...data.documents import PackedDocuments
 from ..rule.axes import Gates
 from ..rule.memory_rule import MemoryRule
 from ..rule.state import MemoryState
+from . import fla_delta
 from .chunked_per_token import chunked_per_token
 from .tokens import Tokens
 
@@ -74,26 +80,41 @@ def per_token_documents(
     doc_start: torch.Tensor | PackedDocuments,
     chunk_size: int,
     return_state: bool = False,
+    kernel: str = "native",
+    state: MemoryState | None = None,
 ) -> torch.Tensor | tuple[torch.Tensor, MemoryState]:
     """Reads (B, H, T, d_v) of a per-token memory restarted from its initial state at every
     document of ``doc_start`` (B, T bool, or the pass's PackedDocuments, whose layout is then
     computed once for every layer): each document's reads as if it ran alone.  With
-    ``return_state``, also the state after each row's last document (its trailing pads are
-    identity steps)."""
-    if isinstance(doc_start, PackedDocuments):
-        documents = doc_start
-        layout = documents.cached(
-            ("chunk_layout", chunk_size), lambda: document_layout(documents.starts, chunk_size)
-        )
-    else:
-        layout = document_layout(doc_start, chunk_size)
+    ``return_state``, also the state after each row's last document (at its last token: with
+    momentum the pads after it on the grid are no identity steps).  ``kernel``: as ``model.memory.kernel``; where flash-linear-attention
+    runs, the documents go through its ``cu_seqlens`` form instead (``fla_delta.fla_documents``).
+    ``state``: the carried (closed) state each row's leading document continues, where the
+    row's first token is not marked a start (a plain (B, T) ``doc_start`` marks the row's
+    first tokens as given; a PackedDocuments has kept them in ``continues``)."""
+    documents = doc_start if isinstance(doc_start, PackedDocuments) else PackedDocuments(doc_start)
+    continues = documents.continues if state is not None else None
+    initial = rule.initial_state(q.shape[0])
+    found = fla_delta.choose(kernel, rule, q, None, "chunked")
+    if found is not None:
+        carried = (state, continues) if state is not None else None
+        y, end = fla_delta.fla_documents(found, rule, q, k, v, gates, documents.starts, carried)
+        return (y, end) if return_state else y
+    layout = documents.cached(
+        ("chunk_layout", chunk_size), lambda: document_layout(documents.starts, chunk_size)
+    )
+    restart = layout.restart
+    if continues is not None:  # a continuing row's first chunk starts from the carried state
+        restart = torch.cat([(~continues)[:, None], restart[:, 1:]], dim=1)
     laid = {name: layout.spread(g) for name, g in gates.items()}  # alpha = 1, theta = 0 on pads
-    y, state = chunked_per_token(
+    y, end = chunked_per_token(
         rule,
         Tokens(layout.spread(q), layout.spread(k), layout.spread(v), laid),
-        rule.initial_state(q.shape[0]),
+        state if state is not None else initial,
         chunk_size,
-        restart=layout.restart,
+        restart=restart,
+        reset=initial,
+        last_token=layout.index[:, -1],  # the row's trailing pads are no identity steps under momentum
     )
     y = layout.gather(y)
-    return (y, state) if return_state else y
+    return (y, end) if return_state else y

@@ -15,18 +15,11 @@ import torch
 from ..kernels.batched import outer_sum
 from ..rule.memory_rule import MemoryRule
 from ..rule.state import MemoryState
+from . import general
 from .chunk_end import close_chunk
+from .coefficients import scaled
 from .omega_window import keep_window, window_band, with_window
 from .tokens import Result, Tokens
-
-
-def scaled(value: torch.Tensor, scale: torch.Tensor | float) -> torch.Tensor:
-    """value * scale; a tensor scale is (B, H), one factor per batch element and head."""
-    if isinstance(scale, float) and scale == 1.0:
-        return value
-    if isinstance(scale, torch.Tensor):
-        return value * scale.reshape(*scale.shape, *[1] * (value.dim() - scale.dim())).to(value.dtype)
-    return value * scale
 
 
 def _rows(x: torch.Tensor) -> torch.Tensor:
@@ -41,6 +34,8 @@ def step(
     chunk_size: int,
 ) -> Result:
     """One token: q, k, v (B, H, d); gates {name: (B, H) or (B, H, d_v)}."""
+    if rule.algorithm.stateful:  # an optimizer with state of its own: the general path's token step
+        return general.general_step(rule, tokens, state, chunk_size)
     q, k, v, gates = tokens
     state = dataclasses.replace(state)
     retention, algorithm = rule.retention, rule.algorithm

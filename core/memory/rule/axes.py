@@ -15,6 +15,15 @@ descent, Titans eq. 16-18), optionally decayed by the chunk's cumulative alpha (
 gated delta rule's convention).  Steps that are not linear in the gradients (Newton-
 Schulz, q-normalisation, softmax, soft-thresholding) are chunk-end operations on the
 materialised state; a chunk-end token reads the state after them.
+
+An algorithm that is ``stateful`` replaces the S line with an optimizer of its own:
+it declares its state (``StateDef``) and maps g_t and that state to (u_t, new state),
+
+    u_t, state_t = algorithm.update(g_t, state_{t-1}, gates_t)
+    W_t = alpha_t * W_{t-1} + u_t
+
+which the engine runs token by token on both paths (``paths.general``), with g_t still
+taken at the chunk-start weights.
 """
 
 from __future__ import annotations
@@ -203,6 +212,31 @@ class AttentionalBias(nn.Module):
         raise NotImplementedError
 
 
+STATE_SHAPES = ("entry", "row", "head")
+
+
+@attrs.frozen
+class StateDef:
+    """One tensor a ``stateful`` algorithm carries from token to token.
+
+    ``shape`` is relative to the memory's weights: ``"entry"`` one value per weight entry,
+    (B, H, d_out, d_in) for each inner weight; ``"row"`` one per output row, (B, H, d_out, 1)
+    for each inner weight; ``"head"`` one (B, H) tensor shared by all the weights.  Every
+    value starts at ``init``.
+    """
+
+    name: str
+    shape: str = "entry"
+    init: float = 0.0
+
+    def __attrs_post_init__(self) -> None:
+        if self.shape not in STATE_SHAPES:
+            raise ValueError(f"state {self.name}: shape must be one of {STATE_SHAPES}, got {self.shape!r}")
+
+
+AlgorithmState = dict[str, Any]  # StateDef name -> {weight name: tensor} ("entry", "row") or a (B, H) tensor
+
+
 @dataclasses.dataclass
 class ChunkEnd:
     """The materialised state at the end of a chunk, handed to non-linear steps."""
@@ -293,6 +327,28 @@ class LearningAlgorithm(DeclaresChunkSums, nn.Module):
     def chunk_end(self, end: ChunkEnd) -> Weights:
         return end.weights
 
+    # an optimizer with state of its own (Nesterov, Adam, AdaGrad, deep momentum): the engine
+    # then runs ``update`` token by token (``paths.general``) instead of its factored S_t / W_t
+    stateful: bool = False
+
+    def state_defs(self) -> list[StateDef]:
+        """The state a ``stateful`` algorithm carries (``MemoryState.algorithm_state``)."""
+        return []
+
+    def attach(self, arch: MemoryArchitecture) -> None:
+        """Called once by the rule with the memory it will train: create outer parameters shaped
+        by its weights (``arch.shapes``, ``arch.heads``) here.  The default does nothing."""
+
+    def update(self, grad: Weights, state: AlgorithmState, gates: Gates) -> tuple[Weights, AlgorithmState]:
+        """One token of a ``stateful`` algorithm: (u_t, state_t) from g_t and state_{t-1}.
+
+        ``grad``: g_t per inner weight, (B, H, d_out, d_in), taken at the chunk-start weights and
+        divided by the inputs' squared norms when ``normalized``; ``state`` as ``state_defs``
+        declares it; ``gates``: this token's {name: (B, H)} (log values for log_sigmoid gates).
+        The engine then sets W_t = alpha_t W_{t-1} + u_t, so ``u`` carries the sign and theta_t.
+        """
+        raise NotImplementedError(f"{type(self).__name__} declares stateful but has no update()")
+
 
 class FeatureMap(nn.Module):
     """phi applied to keys and queries before the memory (``out_dim`` may differ from ``dim``)."""
@@ -364,6 +420,8 @@ def check_parts(
         problems.append(
             f"a channel-wise momentum needs an algorithm with a momentum gate eta_t, not {_name(algorithm)}"
         )
+    if algorithm.stateful:
+        problems += _stateful_problems(retention, algorithm, channelwise)
     decays = sorted(channelwise & {"decay", "momentum"})
     if decays and not arch.linear_map:
         problems.append(
@@ -374,6 +432,28 @@ def check_parts(
         problems.append(
             f"algorithm {_name(algorithm)} scales its chunk-end step by one decay per head: "
             "a channel-wise decay needs algorithm 'gd' or 'momentum'"
+        )
+    return problems
+
+
+def _stateful_problems(
+    retention: Retention, algorithm: LearningAlgorithm, channelwise: frozenset[str]
+) -> list[str]:
+    """What the general path (an algorithm with state of its own) does not run."""
+    name = f"algorithm {_name(algorithm)} carries state of its own (the general path)"
+    problems = []
+    if algorithm.momentum or algorithm.nonlinear:
+        problems.append(f"{name} and also declares momentum or nonlinear: put the whole step in update()")
+    if not algorithm.state_defs():
+        problems.append(f"{name} but declares no state_defs()")
+    if channelwise:
+        problems.append(
+            f"{name}: channel-wise gates are not supported; set "
+            + ", ".join(f"model.memory.gates.channelwise_{g} = false" for g in sorted(channelwise))
+        )
+    if retention.needs_decayed_update:
+        problems.append(
+            f"{name}: retention {_name(retention)} takes plain gradient steps; use algorithm 'gd'"
         )
     return problems
 

@@ -13,6 +13,7 @@ the weight of the constant input 1 (``MemoryArchitecture.affine``): its factors 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from typing import Any
 
 import torch
 from torch import nn
@@ -50,6 +51,7 @@ class MemoryRule(nn.Module):
         problems = check_parts(arch, bias, retention, algorithm, self.channelwise)
         if problems:
             raise ValueError("; ".join(problems))
+        algorithm.attach(arch)
         # read once: the forward asks for them, and torch.compile cannot trace a plugin
         # building its (frozen attrs) GateDefs there
         self._bias_gate_names = tuple(d.name for d in bias.gates())
@@ -138,7 +140,28 @@ class MemoryRule(nn.Module):
             sums={name: zeros.clone() for name in self.chunk_sums()},
             decayed_update=decayed,
             aux_log_decay=zeros.clone() if decayed is not None else None,
+            algorithm_state=self._initial_algorithm_state(weights, zeros)
+            if self.algorithm.stateful
+            else None,
         )
+
+    def _initial_algorithm_state(self, weights: Weights, head: torch.Tensor) -> dict[str, Any]:
+        """A stateful algorithm's state at t = 0, shaped as its ``StateDef``s say (at least fp32)."""
+        state: dict[str, Any] = {}
+        for d in self.algorithm.state_defs():
+            if d.shape == "head":
+                state[d.name] = torch.full_like(head, d.init)
+                continue
+            state[d.name] = {
+                n: torch.full(
+                    (*w.shape[:-1], w.shape[-1] if d.shape == "entry" else 1),
+                    d.init,
+                    dtype=torch.promote_types(w.dtype, torch.float32),
+                    device=w.device,
+                )
+                for n, w in weights.items()
+            }
+        return state
 
     def read(self, weights: Weights, x: torch.Tensor) -> torch.Tensor:
         """y = M_W(x) with materialised weights, x: (B, H, N, d_in)."""

@@ -3,7 +3,7 @@
 Everything a continuation needs to reproduce the one-call result exactly: the chunk-start
 weights (the gradient point), the weights and momentum after the tokens seen so far in
 the current chunk, how far into the chunk we are, the cumulative decay since the chunk
-start, and the last ``window - 1`` keys/values/gates for the Omega rule.
+start, a stateful algorithm's own state, and the last ``window - 1`` keys/values/gates for the Omega rule.
 """
 
 from __future__ import annotations
@@ -30,6 +30,8 @@ class MemoryState:
     window_keys: torch.Tensor | None = None  # (B, H, <= window-1, d_k)
     window_values: torch.Tensor | None = None
     window_gates: dict[str, torch.Tensor] | None = None  # the bias's gates of those tokens
+    # a stateful algorithm's own state (``LearningAlgorithm.state_defs``): it runs on across chunks
+    algorithm_state: dict[str, Any] | None = None
 
     def map(self, fn: Any) -> MemoryState:
         """A copy with ``fn`` applied to every tensor (detach, to(device), index a batch)."""
