@@ -282,7 +282,7 @@ class DecodeStep:
         try:
             logits = self._compiled(self.model, token, canonical, self._buffers, self._paths)
         except Exception as error:
-            # tracing fails before anything runs, so the state is still the one before this token
+            # compiling fails before the graph runs: the state is still the one before this token
             self._fall_back(error)
             return self.step(token)
         for memory, chunk in zip(memory_states, self.chunks, strict=True):
@@ -307,7 +307,8 @@ class DecodeStep:
 
     def decode_state(self) -> DecodeState:
         """The state reached, ring slots back as the KVCache a call over the same tokens
-        returns (the model's forward continues from it)."""
+        returns (the model's forward continues from it).  Compiled, its memory tensors are the
+        step's own, overwritten by the next step: copy it to keep it while stepping on."""
         if self.mode == "forward":
             return self.state
         blocks = []
