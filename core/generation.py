@@ -2,20 +2,22 @@
 
 The prompt is read in blocks of ``PREFILL_BLOCK`` tokens, each with the decode state of the
 blocks before (chunked memory, attention over the prompt so far); then each new token is
-one call with the decode state, whose size does not grow with the context for
-memory and sliding-window layouts, so the cost per token does not depend on the prompt
-length.  (Full-attention layers keep a KV cache of the whole context, as they must.)
+one :class:`~miraslab.model.decode_step.DecodeStep` with the decode state, whose size does
+not grow with the context for memory and sliding-window layouts, so the cost per token
+does not depend on the prompt length.  (Full-attention layers keep a KV cache of the whole
+context, as they must.)  ``compile=True`` runs that step as one compiled function.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 
 from .errors import MiraslabError
 from .limits import MAX_NEW_TOKENS, check_count
+from .model.decode_step import DecodeStep
 
 
 def check_sampling(temperature: float, top_k: int, top_p: float, max_tokens: int = 0) -> None:
@@ -100,26 +102,41 @@ def generate(
     seed: int | None = None,
     stop_token: int | None = None,
     reset_token: int | None = None,
+    compile: bool = False,
+    report: Callable[[str], None] | None = None,
 ) -> Iterator[int]:
     """Yield up to ``max_tokens`` new token ids after ``prompt`` (1, T).
 
     ``reset_token`` (the separator of a model trained with ``data.reset_at_documents``) opens
     a new document: the state restarts from the initial one before it is read, in the prompt
-    or when it is sampled, so decoding sees each document alone, as training did."""
+    or when it is sampled, so decoding sees each document alone, as training did.
+
+    ``compile``: each token through every block as one compiled function (CUDA graphs on
+    CUDA; eager when compiling fails); ``report`` is given one line saying which step ran."""
     check_sampling(temperature, top_k, top_p, max_tokens)
     generator = None
     if seed is not None:
         generator = torch.Generator(device=prompt.device).manual_seed(seed)
-    logits, state = prefill(model, current_document(prompt, reset_token))
+    document = current_document(prompt, reset_token)
+    logits, state = prefill(model, document)
     if max_tokens and not bool(torch.isfinite(logits[:, -1]).all()):
         raise MiraslabError(
             "the model's output is not finite: its weights hold NaN or inf (a checkpoint from a diverged run?)"
         )
-    for _ in range(max_tokens):
-        token = sample_next(logits[:, -1], temperature, top_k, top_p, generator)
+    # full attention holds every token of the context: the document and what follows it
+    decoder = DecodeStep(model, state, document.shape[1] + max_tokens, compile=compile)
+    if report is not None:
+        report(decoder.describe())
+    next_logits = logits[:, -1]
+    for remaining in range(max_tokens, 0, -1):
+        token = sample_next(next_logits, temperature, top_k, top_p, generator)
         yield int(token[0])
         if stop_token is not None and int(token[0]) == stop_token:
             return
         if reset_token is not None and int(token[0]) == reset_token:
-            state = None  # a new document starts at this token
-        logits, state = model(token.view(1, 1), state=state, return_state=True)
+            # a new document starts at this token: read from the initial state
+            logits, state = prefill(model, token.view(1, 1))
+            decoder = DecodeStep(model, state, remaining, compile=compile)
+            next_logits = logits[:, -1]
+            continue
+        next_logits = decoder.step(token.view(1, 1))

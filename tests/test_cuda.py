@@ -18,6 +18,7 @@ Tolerances, as a share of the expected tensor's largest magnitude (tests/toleran
   to be finite (67 % off on the CPU, every one of them a correct gradient of its branch);
 - decoding token by token on CUDA against the one-call forward on CUDA, float32: 1e-4;
 - a ``torch.compile``d step against the eager step on CUDA, float32: 1e-4;
+- the compiled decode step (CUDA graphs) against the one-call forward on CUDA, float32: 1e-4;
 - FLA's Triton kernels against our per-token path on CUDA: float32 2e-3 (Triton's fp32
   dots may use TF32; in a model: logits 2e-3, gradients 1e-2), bfloat16 inputs 3e-2.
 """
@@ -222,6 +223,33 @@ def test_a_compiled_training_step_on_cuda_equals_the_eager_one(layout, memory):
     assert_close_to_scale(got_logits, want_logits, COMPILE_TOL, "compiled logits")
     for name, grad in want_grads.items():
         assert_close_to_scale(got_grads[name], grad, COMPILE_TOL, f"compiled d loss / d {name}")
+
+
+@pytest.mark.parametrize(
+    ("layout", "memory"), [("mag", "titans"), ("attention", "titans"), ("lmm", "gated-deltanet")]
+)
+def test_the_compiled_decode_step_on_cuda_runs_cuda_graphs_and_equals_the_forward(layout, memory):
+    """Nineteen steps after a 5-token prompt: window 6 wraps the ring, chunks of 4 close, so
+    both graphs (inside a chunk, closing it) are recorded and replayed."""
+    from miraslab.generation import prefill
+    from miraslab.model.decode_step import DecodeStep
+
+    torch._dynamo.reset()
+    model = build(tiny_table(layout, memory=PER_TOKEN.get(memory, BASE_MEMORY))).to(CUDA).eval()
+    tokens, prefix = ids().to(CUDA), 5
+    with torch.no_grad():
+        full = model(tokens)
+        logits, state = prefill(model, tokens[:, :prefix])
+        decoder = DecodeStep(model, state, tokens.shape[1], compile=True)
+        pieces = [logits[:, -1]] + [
+            decoder.step(tokens[:, t : t + 1]) for t in range(prefix, tokens.shape[1] - 1)
+        ]
+    want = "compiled (CUDA graphs)" if CUDA.type == "cuda" else "compiled"
+    assert decoder.mode == want, decoder.describe()
+    got = torch.stack(pieces, 1)
+    assert_close_to_scale(
+        got, full[:, prefix - 1 : -1], DECODE_TOL, f"{layout}/{memory}: compiled decode vs forward"
+    )
 
 
 # --- flash-linear-attention's kernels (the [gpu] extra) against our own per-token path ---

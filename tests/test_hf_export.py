@@ -129,3 +129,17 @@ def test_exporting_into_a_directory_holding_other_files_is_refused(text_export, 
     (tmp_path / "notes.txt").write_text("mine")
     assert main(["export", str(run), "--hf", str(tmp_path)]) == 2
     assert "is not an export" in capsys.readouterr().err
+
+
+def test_generate_steps_through_the_decode_step_compiled_when_the_config_asks(tmp_path):
+    """``config.compile_decode``: the same greedy tokens as miraslab's eager decode, through
+    one compiled step (float32 logits agree to rounding; the tokens are compared)."""
+    torch._dynamo.reset()
+    model, hf = exported("mag", tmp_path)
+    prompt = torch.randint(0, 64, (1, 5), generator=torch.Generator().manual_seed(6))
+    expected = list(generate(model, prompt, 6, temperature=0))
+    hf.config.compile_decode = True
+    cache = MiraslabCache(len(hf.model.blocks))
+    out = hf.generate(prompt, max_new_tokens=6, do_sample=False, past_key_values=cache)
+    assert out[0, 5:].tolist() == expected
+    assert cache.decoder is not None and cache.decoder.mode == "compiled", cache.decoder

@@ -240,6 +240,26 @@ def test_generate_streams_text_from_a_run(workspace, tmp_path):
     assert again.stdout == result.stdout
 
 
+def test_generate_compile_says_which_step_ran_and_gives_the_eager_text(workspace, tmp_path):
+    """``--compile``: one line on stderr names the compiled step; greedy text is the eager one's."""
+    train(workspace, tmp_path / "run")
+    command = (
+        "generate",
+        str(tmp_path / "run"),
+        "--prompt",
+        "the memory",
+        "--max-tokens",
+        "8",
+        "--temperature",
+        "0",
+    )
+    eager = run_cli(*command)
+    compiled = run_cli(*command, "--compile")
+    assert compiled.returncode == 0, compiled.stderr
+    assert "decode step: compiled" in compiled.stderr.splitlines()
+    assert compiled.stdout == eager.stdout
+
+
 @pytest.mark.slow
 def test_torchrun_with_two_processes_reproduces_the_single_process_curve(workspace, tmp_path):
     """DDP on gloo, global batch 4 = 2 x 2. Tolerance: relative 1e-5 per logged loss."""

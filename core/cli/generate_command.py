@@ -21,19 +21,40 @@ def add_parser(sub: Any) -> None:
     parser.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass")
     parser.add_argument("--seed", type=int, default=None, help="seed for reproducible sampling")
     parser.add_argument("--checkpoint", type=Path, help="a checkpoint directory instead of the run's latest")
+    parser.add_argument(
+        "--compile",
+        action="store_true",
+        help="run each token through every block as one compiled function (CUDA graphs on CUDA); "
+        "a line on stderr says which step ran",
+    )
     parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from ..generation import check_prompt, check_sampling, generate
-    from ..train.run_dir import load_run
+    from ..generation import check_prompt, check_sampling
 
     check_sampling(args.temperature, args.top_k, args.top_p, args.max_tokens)
     if args.seed is not None:  # torch.Generator takes a 64-bit seed
         check_count(args.seed, "--seed", minimum=-(2**63), maximum=MAX_SEED)
     check_prompt(args.prompt)
+    # a memory whose weights decay toward zero holds denormal floats after a long context,
+    # whose arithmetic is many times slower on x86 CPUs; they change no logit: flush them
+    # (and stop after, for a caller that runs this command in its own process)
+    torch.set_flush_denormal(True)
+    try:
+        return _generate(args)
+    finally:
+        torch.set_flush_denormal(False)
+
+
+def _generate(args: argparse.Namespace) -> int:
+    import torch
+
+    from ..generation import generate
+    from ..train.run_dir import load_run
+
     loaded = load_run(args.run_dir, args.checkpoint)
     tokenizer = loaded.tokenizer
     if tokenizer is None:
@@ -57,6 +78,8 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed,
         stop_token=separator,
         reset_token=separator if loaded.recipe.data.reset_at_documents else None,
+        compile=args.compile,
+        report=(lambda line: print(line, file=sys.stderr, flush=True)) if args.compile else None,
     ):
         if token == separator:
             break

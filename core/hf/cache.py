@@ -6,7 +6,9 @@ A miraslab block keeps its own state between calls: the memory's weights and mom
 only needs to hand that state from one forward to the next, know how many tokens it has
 seen, and, for beam search, pick rows of the batch.  Each block is one cache layer; the
 state is never rebuilt from keys and values, so the memory's recurrence is exactly the one
-``miraslab generate`` runs.
+``miraslab generate`` runs.  Single-token calls go through a
+:class:`~miraslab.model.decode_step.DecodeStep` that holds the state meanwhile; it hands the
+state back to the layers before anything else reads or reorders them.
 """
 
 from __future__ import annotations
@@ -19,6 +21,10 @@ import torch
 from transformers.cache_utils import Cache, CacheLayerMixin
 
 from ..api import KVCache
+from ..model.decode_step import DecodeStep
+
+# full attention's slots beyond the context when decoding starts; doubled when they run out
+DECODE_SLOTS = 256
 
 BatchFn = Callable[[torch.Tensor], torch.Tensor]
 
@@ -94,6 +100,39 @@ class MiraslabCache(Cache):
 
     def __init__(self, n_layers: int):
         super().__init__(layers=[BlockStateLayer() for _ in range(n_layers)])
+        self.decoder: DecodeStep | None = None  # holds the state while decoding token by token
+
+    def step(self, model: torch.nn.Module, token: torch.Tensor, compile: bool) -> torch.Tensor:
+        """The logits (B, 1, V) after ``token`` (B, 1), through the decode step."""
+        if self.decoder is None:
+            capacity = self.get_seq_length() + DECODE_SLOTS
+            self.decoder = DecodeStep(model, self.decode_state(), capacity, compile=compile)
+        logits = self.decoder.step(token)
+        for layer in self.layers:
+            layer.seen += 1
+        return logits[:, None]
+
+    def settle(self) -> None:
+        """The decode step's state back into the layers (it stops holding it)."""
+        if self.decoder is not None:
+            decoder, self.decoder = self.decoder, None
+            self.store(decoder.decode_state())
+
+    def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
+        self.settle()
+        super().reorder_cache(beam_idx)
+
+    def batch_select_indices(self, indices: torch.Tensor) -> None:
+        self.settle()
+        super().batch_select_indices(indices)
+
+    def batch_repeat_interleave(self, repeats: int) -> None:
+        self.settle()
+        super().batch_repeat_interleave(repeats)
+
+    def reset(self) -> None:
+        self.decoder = None
+        super().reset()
 
     def get_seq_length(self, layer_idx: int = 0) -> int:
         return self.layers[layer_idx].seen if self.layers else 0
@@ -102,6 +141,7 @@ class MiraslabCache(Cache):
         """The ``DecodeState`` the model continues from, or None before the first call."""
         from ..model.language_model import DecodeState
 
+        self.settle()
         if not self.layers or self.layers[0].state is None:
             return None
         return DecodeState([layer.state for layer in self.layers], self.layers[0].seen)

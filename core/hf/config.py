@@ -30,4 +30,6 @@ class MiraslabConfig(PretrainedConfig):
         # this is the training length
         kwargs.setdefault("max_position_embeddings", self.recipe.get("data", {}).get("seq_len", 2048))
         self.use_cache = kwargs.pop("use_cache", True)  # generate() decodes with the blocks' state
+        # generate()'s single-token steps as one compiled function (miraslab.model.decode_step)
+        self.compile_decode = kwargs.pop("compile_decode", False)
         super().__init__(**kwargs)

@@ -3,7 +3,8 @@
 The wrapped module is miraslab's own ``LanguageModel`` (``self.model``), built from the
 recipe in the config, so its logits are the ones miraslab computes, and ``generate()``
 decodes through the same recurrent path as ``miraslab generate``: the prompt is read in
-one call, then one token per call with the blocks' state in a :class:`MiraslabCache`.
+one call, then one token per call with the blocks' state in a :class:`MiraslabCache`, through
+the decode step ``miraslab generate`` uses (compiled when ``config.compile_decode`` is set).
 """
 
 from __future__ import annotations
@@ -120,7 +121,11 @@ class MiraslabForCausalLM(MiraslabPreTrainedModel, GenerationMixin):
             cache = None
         if use_cache and cache is None:
             cache = MiraslabCache(len(self.model.blocks))
-        if cache is not None:
+        # a token after the prompt, without gradients (generate): the decode step
+        stepping = input_ids.shape[1] == 1 and not torch.is_grad_enabled()
+        if cache is not None and stepping and (cache.decoder is not None or cache.get_seq_length() > 0):
+            logits = cache.step(self.model, input_ids, bool(getattr(self.config, "compile_decode", False)))
+        elif cache is not None:
             logits, state = self.model(input_ids, state=cache.decode_state(), return_state=True)
             cache.store(state)
         else:

@@ -83,6 +83,12 @@ class NeuralMemory(nn.Module):
     def chunk_size(self) -> int:
         return self.spec.chunk_size
 
+    @property
+    def step_chunk(self) -> int:
+        """Tokens per chunk of the token loop (``paths.memory_op``): a state's ``offset``
+        returns to 0 every this many decode steps (1 for per-token steps)."""
+        return 1 if self.spec.inner_steps == "per_token" else self.spec.chunk_size
+
     def documents_reason(self) -> str | None:
         """Why this memory cannot run packed documents (``data.reset_at_documents`` without one
         row per document), as a sentence; None when it can: per-token steps on the chunked path,
@@ -120,6 +126,10 @@ class NeuralMemory(nn.Module):
         qk_in, memory_in = (state.qk, state.memory) if state is not None else (None, None)
         qk_state = None
         spec = self.spec
+        if path is None:
+            # one token is a decode step: the token loop's step is that token's update alone,
+            # where the chunked path would set a chunk up around it (the same result)
+            path = "recurrent" if q.shape[2] == 1 else spec.path
         if spec.qk_projection:
             q, qk_state = qk_project(q, k, qk_in, spec.chunk_size)
             if spec.qk_norm:
@@ -137,7 +147,7 @@ class NeuralMemory(nn.Module):
                 gates,
                 memory_in,
                 spec.chunk_size,
-                path or spec.path,
+                path,
                 spec.compile_chunks,
                 spec.inner_steps,
                 spec.kernel,

@@ -16,6 +16,12 @@ The cache carries the post-RoPE keys and values of past sequence tokens, only th
 token can still see (the last ``window - 1``, or all of them when ``window = 0``), so one
 call over a sequence and many calls over its pieces give the same outputs.
 
+A decode step may carry a :class:`RingKVCache` instead: preallocated keys and values (the
+persistent tokens' first, then a ring of ``window`` slots, or of a set capacity for full
+attention) that one token at a time writes in place, at slot ``position % size``; the
+visibility rule on the slots' stored positions keeps what a KVCache would keep, with no
+concatenation, no trimming and no shape that changes from token to token.
+
 Packed documents (``documents``, a :class:`~miraslab.data.documents.PackedDocuments`): query t
 also sees only the sequence tokens of its own document (a block-diagonal mask; the persistent
 and prefix tokens stay visible), and RoPE rotates it by its position inside its document, so
@@ -56,6 +62,34 @@ class KVCache:
 
     def __len__(self) -> int:
         return self.keys.shape[-2]
+
+
+# the position an empty ring slot holds: after every query, so causally invisible
+EMPTY_SLOT = 2**62
+
+
+@dataclasses.dataclass(eq=False)
+class RingKVCache:
+    """A decode step's keys and values in preallocated slots, written in place."""
+
+    keys: torch.Tensor  # (B, H, free + size, d): position-free tokens' keys, then the ring
+    values: torch.Tensor  # (B, H, free + size, d)
+    positions: torch.Tensor  # (free + size,) LongTensor: -1 position-free, EMPTY_SLOT unwritten
+    position: torch.Tensor  # () LongTensor: the position the next token takes
+    free: int  # position-free slots in front (persistent tokens)
+
+    @property
+    def size(self) -> int:
+        return self.keys.shape[2] - self.free
+
+    def as_kv_cache(self, window: int) -> KVCache:
+        """The KVCache a call over the same tokens would have returned (the slots in position
+        order, only those a next token can see)."""
+        ring = self.positions[self.free :]
+        next_position = int(self.position)
+        seen = (ring != EMPTY_SLOT) & ((ring > next_position - window) if window else True)
+        order = ring.masked_fill(~seen, EMPTY_SLOT).argsort()[: int(seen.sum())] + self.free
+        return KVCache(self.keys[:, :, order], self.values[:, :, order], self.positions[order], next_position)
 
 
 def default_head_dim(dim: int, heads: int, rope: bool) -> int:
@@ -123,6 +157,13 @@ class Attention(nn.Module):
         (no ``aligned`` tokens); a cache continues each row's leading document.
         """
         self._check_backend(x)
+        if isinstance(cache, RingKVCache):
+            if prefix is not None or aligned is not None or documents is not None or x.shape[1] != 1:
+                raise ValueError(
+                    "Attention: a RingKVCache takes one token a call, without prefix, aligned tokens or documents"
+                )
+            y = self._ring_step(x, cache)
+            return (y, cache) if return_cache else y
         if documents is not None and aligned is not None:
             raise ValueError("Attention: packed documents run without aligned tokens")
         if documents is None and cache is not None and cache.open_document is not None:
@@ -197,6 +238,58 @@ class Attention(nn.Module):
             next_cache.open_document = (seq_doc == seq_doc[:, -1:])[:, keep]
             next_cache.document_position = rotation[:, -1] + 1
         return y, next_cache
+
+    def ring_cache(self, cache: KVCache | None, batch: int, capacity: int, like: torch.Tensor) -> RingKVCache:
+        """``cache`` (a call's KVCache, or None for no past) moved into preallocated slots:
+        ``window`` of them, or ``capacity`` (the most tokens the context will hold) for full
+        attention; ``like`` gives the dtype and device."""
+        # full attention: at least 2 slots, so that the keys never look like the query's
+        # own causal block (a check that reads positions back, see Visibility.causal)
+        size = self.window if self.window > 0 else max(capacity, 2)
+        held = len(cache) if cache is not None else 0
+        if cache is not None and cache.open_document is not None:
+            raise ValueError(
+                "Attention.ring_cache: a KV cache written with packed documents keeps them per row"
+            )
+        if held > size or size < 1:
+            raise ValueError(
+                f"Attention.ring_cache: {held} cached tokens do not fit {size} slots (capacity {capacity})"
+            )
+        free = self.persistent_tokens.shape[0] if self.persistent_tokens is not None else 0
+        keys = like.new_zeros(batch, self.heads, free + size, self.head_dim)
+        values = torch.zeros_like(keys)
+        positions = torch.full((free + size,), EMPTY_SLOT, dtype=torch.long, device=like.device)
+        if free:  # the persistent tokens' keys depend on the weights alone: projected once
+            tokens = self.persistent_tokens.unsqueeze(0).expand(batch, -1, -1).to(like.dtype)
+            keys[:, :, :free] = self._split_heads(self.k_proj(tokens))
+            values[:, :, :free] = self._split_heads(self.v_proj(tokens))
+            positions[:free] = -1
+        position = torch.tensor(cache.next_position if cache is not None else 0, device=like.device)
+        if held:
+            slots = free + cache.positions % size
+            keys[:, :, slots] = cache.keys.to(like.dtype)
+            values[:, :, slots] = cache.values.to(like.dtype)
+            positions[slots] = cache.positions
+        return RingKVCache(keys, values, positions, position, free)
+
+    def _ring_step(self, x: torch.Tensor, cache: RingKVCache) -> torch.Tensor:
+        """One token (B, 1, dim) through the ring: written at slot position % size, then
+        attended with the slots.  With ``size = window`` the slot it overwrites held the
+        token ``window`` back, the first one this token no longer sees."""
+        batch = x.shape[0]
+        position = cache.position.view(1)
+        q = self._split_heads(self.q_proj(x))
+        k = self._split_heads(self.k_proj(x))
+        v = self._split_heads(self.v_proj(x))
+        if self.rope is not None:
+            q, k = self.rope(q, position), self.rope(k, position)
+        slot = cache.free + position % cache.size
+        cache.keys.index_copy_(2, slot, k.to(cache.keys.dtype))
+        cache.values.index_copy_(2, slot, v.to(cache.values.dtype))
+        cache.positions.index_copy_(0, slot, position)
+        out = self.backend(q, cache.keys, cache.values, position, cache.positions, self.window)
+        cache.position.add_(1)
+        return self.out_proj(out.transpose(1, 2).reshape(batch, 1, -1))
 
     @staticmethod
     def _document_rotation(documents: PackedDocuments, cache: KVCache | None) -> torch.Tensor:
