@@ -17,7 +17,7 @@ from plugin_install import env_with, pip_install, run_python, tiny_recipe
 from safetensors.torch import load_file
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "miraslab-logcosh"
-DISTRIBUTION, VERSION = "miraslab-logcosh", "0.3.0"
+DISTRIBUTION, VERSION = "miraslab-logcosh", "0.4.0"
 RECIPE = tiny_recipe(
     "logcosh-ttt",
     'memory = "ttt_ln"\nbias = { name = "logcosh", sharpness = 2.0 }',
@@ -26,6 +26,11 @@ RECIPE = tiny_recipe(
 TTT_LINEAR_RECIPE = tiny_recipe(
     "ttt-linear",
     'memory = "ttt_linear"\nbias = "l2"\nretention = "none"\nalgorithm = "gd"',
+    "steps = 3\nbatch_size = 4",
+)
+ADABELIEF_RECIPE = tiny_recipe(
+    "adabelief",
+    'memory = "mlp"\nbias = "l2"\nretention = "decay"\nalgorithm = "adabelief"',
     "steps = 3\nbatch_size = 4",
 )
 
@@ -43,6 +48,7 @@ def installed(tmp_path_factory):
 
     (root / "recipe.toml").write_text(RECIPE)
     (root / "ttt_linear.toml").write_text(TTT_LINEAR_RECIPE)
+    (root / "adabelief.toml").write_text(ADABELIEF_RECIPE)
     return run, site, root
 
 
@@ -51,7 +57,12 @@ def test_the_example_is_listed_trains_passes_its_own_kit_tests_and_uninstalls(in
     listing = run("-m", "miraslab", "plugins", "--json")
     assert listing.returncode == 0, listing.stderr
     listed = {(c["kind"], c["name"]): c for c in json.loads(listing.stdout)}
-    for key in (("bias", "logcosh"), ("memory", "ttt_ln"), ("memory", "ttt_linear")):
+    for key in (
+        ("bias", "logcosh"),
+        ("memory", "ttt_ln"),
+        ("memory", "ttt_linear"),
+        ("algorithm", "adabelief"),
+    ):
         assert (listed[key]["source"], listed[key]["version"]) == (DISTRIBUTION, VERSION)
 
     trained = run("-m", "miraslab", "train", "recipe.toml", "--out", "run")
@@ -73,7 +84,12 @@ def test_the_example_is_listed_trains_passes_its_own_kit_tests_and_uninstalls(in
     shutil.copytree(EXAMPLE / "tests", root / "example_tests")
     suite = run("-m", "pytest", "-q", "-p", "no:cacheprovider", "example_tests")
     assert suite.returncode == 0, suite.stdout + suite.stderr
-    assert "9 passed" in suite.stdout
+    assert "20 passed" in suite.stdout
+
+    # AdaBelief, a learning algorithm with state of its own (its moments), on a deep memory
+    trained = run("-m", "miraslab", "train", "adabelief.toml", "--out", "run-adabelief")
+    assert trained.returncode == 0, trained.stderr
+    assert "done: step 3/3" in trained.stdout + trained.stderr
 
     # TTT-Linear, whose inner bias b is learned at test time beside W
     trained = run("-m", "miraslab", "train", "ttt_linear.toml", "--out", "run-ttt-linear")
