@@ -10,49 +10,20 @@ float64, 1e-10 of each tensor's scale (one computation up to the order of additi
 
 from __future__ import annotations
 
-import itertools
-
 import pytest
 import torch
+from document_cases import DELTA, GATED_DELTA, MOMENTUM, SEP, VOCAB, alone, tiny_model
 from tolerance import assert_close_to_scale
 
-from miraslab.model.language_model import build_model
-from miraslab.model.spec import ModelSpec
-from miraslab.params import structure
 from miraslab.train.state_passing import CarriedState, encode_state
 
-SEP = 1
-VOCAB = 40
-CHUNK = 4
 STEP = 11  # tokens per step: not a multiple of the chunk
-DELTA = {"memory": "linear", "bias": "l2", "retention": "none", "algorithm": "gd"}
-GATED_DELTA = {**DELTA, "retention": {"name": "decay", "gradient_at": "decayed"}}
-MOMENTUM = {**DELTA, "retention": "decay", "algorithm": "momentum"}
 CASES = {
     "mal-gated-delta": ("mal", GATED_DELTA, {"window": 5}),
     "mag-momentum": ("mag", MOMENTUM, {"window": 6}),
     "lmm-gated-delta": ("lmm", GATED_DELTA, {}),
     "mal-delta-full-attention": ("mal", DELTA, {"window": 0}),
 }
-
-
-def tiny_model(layout: str, memory: dict, attention: dict) -> torch.nn.Module:
-    torch.manual_seed(0)
-    table = {
-        "vocab_size": VOCAB,
-        "d_model": 16,
-        "n_layers": 2,
-        "n_heads": 2,
-        "layout": layout,
-        "attention": {"persistent_tokens": 2, **attention},
-        "memory": {"chunk_size": CHUNK, "inner_steps": "per_token", **memory},
-    }
-    model = build_model(structure(table, ModelSpec)).double().eval()
-    with torch.no_grad():  # a non-zero W_init, so that a restart differs from carrying on
-        for name, parameter in model.named_parameters():
-            if "init" in name:
-                parameter.normal_(0, 0.5)
-    return model
 
 
 def stream() -> torch.Tensor:
@@ -70,16 +41,6 @@ def stream() -> torch.Tensor:
 def leaves(state) -> list[torch.Tensor]:
     encode_state(state, tensors := {})
     return list(tensors.values())
-
-
-def alone(model: torch.nn.Module, rows: torch.Tensor) -> torch.Tensor:
-    """Each row's documents run apart, one call each, written back at their places."""
-    out = torch.zeros(*rows.shape, VOCAB, dtype=torch.float64)
-    for row in range(rows.shape[0]):
-        cuts = [0, *[int(i) for i in (rows[row] == SEP).nonzero().flatten() if i > 0], rows.shape[1]]
-        for start, end in itertools.pairwise(cuts):
-            out[row, start:end] = model(rows[row : row + 1, start:end])[0]
-    return out
 
 
 @pytest.mark.parametrize("name", list(CASES))

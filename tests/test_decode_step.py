@@ -9,6 +9,7 @@ inductor's vectorised sin and cos may differ from ATen's by an ulp: 1e-6 of the 
 
 from __future__ import annotations
 
+import model_cases
 import pytest
 import torch
 from tolerance import assert_close_to_scale
@@ -16,9 +17,7 @@ from tolerance import assert_close_to_scale
 from miraslab.generation import generate, prefill
 from miraslab.model.attention import Attention, RingKVCache
 from miraslab.model.decode_step import DecodeStep
-from miraslab.model.language_model import build_model
-from miraslab.model.spec import AttentionSpec, ModelSpec
-from miraslab.params import structure
+from miraslab.model.spec import AttentionSpec
 
 EAGER_TOL = 1e-10
 COMPILED_TOL = 1e-6
@@ -26,17 +25,7 @@ COMPILED_TOL = 1e-6
 
 def tiny_model(layout: str, **memory) -> torch.nn.Module:
     """Two layers, window 4 and chunk 3: a short decode wraps the ring and closes chunks."""
-    torch.manual_seed(0)
-    table = {
-        "vocab_size": 40,
-        "d_model": 32,
-        "n_layers": 2,
-        "n_heads": 2,
-        "layout": layout,
-        "attention": {"window": 4, "persistent_tokens": 2},
-        "memory": {"chunk_size": 3, **memory},
-    }
-    return build_model(structure(table, ModelSpec)).double().eval()
+    return model_cases.tiny_model(layout, memory={"chunk_size": 3, **memory}).eval()
 
 
 MODELS = {

@@ -5,31 +5,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+from model_cases import tiny_model
 
-from miraslab.model.language_model import build_model
-from miraslab.model.spec import ModelSpec
-from miraslab.params import structure
 from miraslab.testing import check_causal, check_decode_equals_forward, check_gradients_reach_model
 
 LAYOUTS = ("attention", "swa", "lmm", "mag", "mal", "mac")
 TNT = {"global_chunk": 4, "local_chunks": [2], "shard_length": 6, "mixer": "m3"}
-
-
-def tiny_model(layout: str | dict, tnt: dict | None = None, **overrides) -> torch.nn.Module:
-    torch.manual_seed(0)
-    table = {
-        "vocab_size": 40,
-        "d_model": 32,
-        "n_layers": 2,
-        "n_heads": 2,
-        "layout": layout,
-        "attention": {"window": 4, "persistent_tokens": 2},
-        "memory": {"chunk_size": 3},
-        **overrides,
-    }
-    if tnt is not None:
-        table["tnt"] = tnt
-    return build_model(structure(table, ModelSpec)).double()
 
 
 CASES = [(layout, None) for layout in LAYOUTS] + [(layout, TNT) for layout in ("lmm", "mag", "mal", "mac")]

@@ -9,27 +9,17 @@ computation up to the order of additions and RoPE's rotation by a document's off
 
 from __future__ import annotations
 
-import itertools
-
 import pytest
 import torch
 import torch.nn.functional as F
+from document_cases import DELTA, GATED_DELTA, MOMENTUM, SEP, VOCAB, alone, tiny_model
 from tolerance import assert_close_to_scale
 
 from miraslab.data.batch import TrainingBatch
 from miraslab.data.documents import DOC_START, documents_apart, mark_documents
-from miraslab.model.language_model import build_model
-from miraslab.model.spec import ModelSpec
-from miraslab.params import structure
 from miraslab.train.activation_checkpointing import checkpoint_blocks
 from miraslab.train.micro_batches import forward_pieces
 
-SEP = 1
-VOCAB = 40
-CHUNK = 4
-DELTA = {"memory": "linear", "bias": "l2", "retention": "none", "algorithm": "gd"}
-GATED_DELTA = {**DELTA, "retention": {"name": "decay", "gradient_at": "decayed"}}
-MOMENTUM = {**DELTA, "retention": "decay", "algorithm": "momentum"}
 CASES = {
     "attention": ("attention", DELTA, {}),
     "swa": ("swa", DELTA, {"window": 5}),
@@ -40,26 +30,6 @@ CASES = {
 }
 
 
-def tiny_model(layout: str, memory: dict, attention: dict, **extra: object) -> torch.nn.Module:
-    torch.manual_seed(0)
-    table = {
-        "vocab_size": VOCAB,
-        "d_model": 16,
-        "n_layers": 2,
-        "n_heads": 2,
-        "layout": layout,
-        "attention": {"window": 0, "persistent_tokens": 2, **attention},
-        "memory": {"chunk_size": CHUNK, "inner_steps": "per_token", **memory},
-        **extra,
-    }
-    model = build_model(structure(table, ModelSpec)).double().eval()
-    with torch.no_grad():  # a non-zero W_init, so that a restart is seen
-        for name, parameter in model.named_parameters():
-            if "init" in name:
-                parameter.normal_(0, 0.5)
-    return model
-
-
 def packed_rows() -> torch.Tensor:
     """Two rows of 23 tokens: row 0 opens mid-document and holds documents of 1, 2, 7 and 9
     tokens (shorter than the convolution, across chunk boundaries); row 1 one of 23."""
@@ -68,16 +38,6 @@ def packed_rows() -> torch.Tensor:
     rows[0, [4, 5, 7, 14]] = SEP
     rows[1, 0] = SEP
     return rows
-
-
-def alone(model: torch.nn.Module, rows: torch.Tensor) -> torch.Tensor:
-    """Each row's documents run apart, one call each, written back at their places."""
-    out = torch.zeros(*rows.shape, VOCAB, dtype=torch.float64)
-    for row in range(rows.shape[0]):
-        cuts = [0, *[int(i) for i in (rows[row] == SEP).nonzero().flatten() if i > 0], rows.shape[1]]
-        for start, end in itertools.pairwise(cuts):
-            out[row, start:end] = model(rows[row : row + 1, start:end])[0]
-    return out
 
 
 @pytest.mark.parametrize("name", list(CASES))

@@ -118,24 +118,6 @@ def test_each_process_takes_its_own_rows_of_the_same_streams(text_recipe):
 # --- the trainer -----------------------------------------------------------------------------
 
 
-def test_a_resumed_carried_run_ends_bitwise_where_a_straight_one_does(text_recipe, tmp_path):
-    recipe = miraslab.load_recipe(
-        text_recipe,
-        ["data.carry_state=true", "train.steps=4", "train.checkpoint_every=2", "train.eval_every=0"],
-    )
-    straight = Trainer(recipe, tmp_path / "straight", show_progress=False)
-    straight.run()
-    assert straight.carried is not None and straight.carried.states  # the state was carried
-    Trainer(recipe, tmp_path / "resumed", max_steps=2, show_progress=False).run()
-    Trainer(
-        RunDir(tmp_path / "resumed").load_recipe(), tmp_path / "resumed", resume=True, show_progress=False
-    ).run()
-    a, b = load_checkpoint(tmp_path / "straight"), load_checkpoint(tmp_path / "resumed")
-    assert all(torch.equal(a.model[name], b.model[name]) for name in a.model)
-    assert a.meta["data"] == b.meta["data"]
-    assert all(torch.equal(a.tensors[k], b.tensors[k]) for k in a.tensors if k.startswith("carried_state"))
-
-
 def test_carrying_the_state_changes_what_is_trained(text_recipe, tmp_path):
     sets = ["train.steps=2", "train.eval_every=0", "train.checkpoint_every=2"]
     Trainer(miraslab.load_recipe(text_recipe, sets), tmp_path / "off", show_progress=False).run()
@@ -154,14 +136,17 @@ PER_TOKEN = ['model.memory.inner_steps="per_token"', 'model.memory.memory="linea
 CARRIED_DOCUMENTS = ["data.carry_state=true", "data.reset_at_documents=true", *PER_TOKEN]
 
 
-def test_a_resumed_carried_run_with_document_resets_ends_bitwise_where_a_straight_one_does(
-    text_recipe, tmp_path
-):
-    sets = [*CARRIED_DOCUMENTS, "train.steps=4", "train.checkpoint_every=2", "train.eval_every=0"]
+@pytest.mark.parametrize("documents", [False, True], ids=["rows", "document-resets"])
+def test_a_resumed_carried_run_ends_bitwise_where_a_straight_one_does(text_recipe, tmp_path, documents):
+    """With document resets, a per-token memory: every part of the model restarts at a document
+    start inside a packed row."""
+    carried = CARRIED_DOCUMENTS if documents else ["data.carry_state=true"]
+    sets = [*carried, "train.steps=4", "train.checkpoint_every=2", "train.eval_every=0"]
     recipe = miraslab.load_recipe(text_recipe, sets)
     straight = Trainer(recipe, tmp_path / "straight", show_progress=False)
     straight.run()
-    assert straight.packed_documents and straight.carried.states  # packed, and the state was carried
+    assert straight.carried is not None and straight.carried.states  # the state was carried
+    assert straight.packed_documents == documents
     Trainer(recipe, tmp_path / "resumed", max_steps=2, show_progress=False).run()
     Trainer(
         RunDir(tmp_path / "resumed").load_recipe(), tmp_path / "resumed", resume=True, show_progress=False
@@ -169,8 +154,8 @@ def test_a_resumed_carried_run_with_document_resets_ends_bitwise_where_a_straigh
     a, b = load_checkpoint(tmp_path / "straight"), load_checkpoint(tmp_path / "resumed")
     assert all(torch.equal(a.model[name], b.model[name]) for name in a.model)
     assert a.meta["data"] == b.meta["data"]
-    carried = [k for k in a.tensors if k.startswith("carried_state")]
-    assert carried and all(torch.equal(a.tensors[k], b.tensors[k]) for k in carried)
+    carried_tensors = [k for k in a.tensors if k.startswith("carried_state")]
+    assert carried_tensors and all(torch.equal(a.tensors[k], b.tensors[k]) for k in carried_tensors)
 
 
 def test_document_resets_change_what_a_carried_run_trains(text_recipe, tmp_path):
