@@ -56,26 +56,10 @@ def make_rule(
     return build_rule(spec, heads, d_key or d, d).double()
 
 
-def product_algorithms() -> tuple[str, ...]:
-    """The algorithms of the combination product: every one on the factored paths, and of those
-    with state of their own (``stateful``) only the one that carries the most. They all run
-    the one general path (``paths.general``); each is held to its own oracle on linear, MLP
-    and Omega rules, both paths and split calls, in tests/test_stateful_algorithms.py and by
-    the kit, and each more in the product would add over 300 cases to every CI run."""
-    infos = {name: get_registry().get("algorithm", name) for name in ALGORITHMS}
-    built = {name: info.factory(info.params()) for name, info in infos.items()}
-    stateful = {name: len(algo.state_defs()) for name, algo in built.items() if algo.stateful}
-    keep = max(stateful, key=lambda name: (stateful[name], name)) if stateful else None
-    return tuple(name for name in ALGORITHMS if name not in stateful or name == keep)
-
-
-PRODUCT_ALGORITHMS = product_algorithms()
-
-
 def all_combinations() -> tuple[list[tuple[str, ...]], list[tuple[str, ...]]]:
-    """(valid, rejected) combinations of the four axes (``PRODUCT_ALGORITHMS`` on the fourth)."""
+    """(valid, rejected) combinations of the four axes."""
     valid, rejected = [], []
-    for combo in itertools.product(MEMORIES, BIASES, RETENTIONS, PRODUCT_ALGORITHMS):
+    for combo in itertools.product(MEMORIES, BIASES, RETENTIONS, ALGORITHMS):
         try:
             make_rule(*combo)
         except RecipeError:

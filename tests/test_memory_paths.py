@@ -9,9 +9,9 @@ from __future__ import annotations
 import pytest
 import torch
 from memory_cases import (
+    ALGORITHMS,
     BIASES,
     MEMORIES,
-    PRODUCT_ALGORITHMS,
     RETENTIONS,
     all_combinations,
     make_rule,
@@ -35,10 +35,8 @@ def test_every_axis_has_valid_combinations_and_only_chunk_end_retentions_are_rej
     """Counted from the registry, so a plugin's component joins the product instead of breaking a
     number: every component of every axis is in some valid combination, and only the retentions
     with a chunk-end step refuse partners (see the rejected test below)."""
-    axes = (MEMORIES, BIASES, RETENTIONS, PRODUCT_ALGORITHMS)
-    assert len(VALID) + len(REJECTED) == len(MEMORIES) * len(BIASES) * len(RETENTIONS) * len(
-        PRODUCT_ALGORITHMS
-    )
+    axes = (MEMORIES, BIASES, RETENTIONS, ALGORITHMS)
+    assert len(VALID) + len(REJECTED) == len(MEMORIES) * len(BIASES) * len(RETENTIONS) * len(ALGORITHMS)
     for index, names in enumerate(axes):
         assert {combo[index] for combo in VALID} == set(names)
     assert len(REJECTED) < len(VALID) / 2
