@@ -46,3 +46,38 @@ def model_sets(recipe: Path, keep_chunk: bool = True) -> list[str]:
     if extra:
         raise SystemExit(f"{recipe}: model keys this script does not carry over: {', '.join(sorted(extra))}")
     return sets
+
+
+# The inits at which a deep memory stores a pair in one step on the quickstart's task
+# (docs/memory.md, "Making a deep memory store"; recipes/ablations/deep-memory-mqar.toml and
+# paper-memories-mqar.toml): the retention gate starting at alpha 0.999 (at 0.98 a pair keeps
+# 0.98^41 = 0.44 of itself by its nearest query, and both of an MLP's maps decay), and the
+# inner step at the delta rule's scale (gd theta <= 2; momentum and Muon eta 0.5, theta <= 1,
+# so theta / (1 - eta) <= 2). Linear memories keep theirs.
+RETENTION_INIT = 0.999
+STEP_SCALE = {
+    "gd": {"lr_max": 2.0, "lr_init": 1.0},
+    "momentum": {"lr_max": 1.0, "lr_init": 0.5, "momentum": 0.5},
+    "muon": {"lr_max": 1.0, "lr_init": 0.5, "momentum": 0.5},
+}
+RETENTIONS_WITH_INIT = {"decay", "kl", "lq_norm"}
+
+
+def storing_inits(recipe: Path) -> list[str]:
+    """--set lines (after ``model_sets(recipe)``) that start ``recipe``'s deep memory at the
+    inits that store; none for a linear memory."""
+    data, _ = load_raw(recipe)
+    memory = data.get("model", {}).get("memory", {})
+
+    def name(key: str, default: str) -> str:
+        value = memory.get(key, default)
+        return value["name"] if isinstance(value, dict) else value
+
+    if name("memory", "linear") == "linear":
+        return []
+    sets = []
+    if name("retention", "none") in RETENTIONS_WITH_INIT:
+        sets.append(f"model.memory.retention.init={RETENTION_INIT}")
+    for key, value in STEP_SCALE.get(name("algorithm", "gd"), {}).items():  # lr_max before lr_init
+        sets.append(f"model.memory.algorithm.{key}={value}")
+    return sets

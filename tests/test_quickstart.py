@@ -10,6 +10,8 @@ import sys
 import pytest
 from conftest import REPO
 
+import miraslab
+
 
 @pytest.mark.slow
 def test_the_quickstart_recalls_what_only_its_carried_memory_holds(tmp_path):
@@ -47,4 +49,36 @@ def test_the_paper_recipes_go_on_the_quickstarts_task_by_set_alone(tmp_path, cap
     assert rows["swa"]["reset_accuracy"] is None and rows["swa"]["accuracy"] is not None
     assert rows["deltanet"]["layout"] == "lmm" and rows["deltanet"]["reset_accuracy"] is not None
     table = capsys.readouterr().out
-    assert "| swa | swa |" in table and "| deltanet | lmm |" in table
+    assert "| swa | 0 | swa |" in table and "| deltanet | 0 | lmm |" in table
+
+
+def test_the_storing_inits_change_deep_memories_only_and_every_seed_gets_a_verdict(tmp_path, capsys):
+    """--storing-inits lays the inits that store over each deep paper memory (every recipe still
+    loads), leaves linear memories alone; --seeds adds a row per seed and a verdict per model."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import quickstart_models
+    from _paper_models import model_sets, storing_inits
+
+    for name, path in quickstart_models.MODELS.items():
+        recipe = miraslab.load_recipe(
+            REPO / "recipes" / "quickstart.toml", [*model_sets(path), *storing_inits(path)]
+        )
+        memory = recipe.model.memory
+        if name in {"deltanet", "gated-deltanet", "swa", "transformer"}:
+            assert storing_inits(path) == [], name
+            continue
+        assert memory.algorithm.params.lr_max >= 1.0, name
+        if hasattr(memory.retention.params, "init"):
+            assert memory.retention.params.init == 0.999, name
+    out = tmp_path / "out.json"
+    args = ["--models", "titans-lmm", "deltanet", "--steps", "1", "--seeds", "2", "--storing-inits"]
+    assert quickstart_models.main([*args, "--json", str(out)]) == 0
+    rows = json.loads(out.read_text())["results"]
+    assert [(r["model"], r["seed"]) for r in rows] == [
+        ("titans-lmm", 0),
+        ("titans-lmm", 1),
+        ("deltanet", 0),
+        ("deltanet", 1),
+    ]
+    table = capsys.readouterr().out
+    assert "| titans-lmm | 2 |" in table and "seeds 0-1, deep memories at the storing inits" in table
