@@ -59,7 +59,9 @@ class HierarchicalMemory(nn.Module):
         self.shard_length = tnt.shard_length
         # one set of q/k/v inputs and one read-out norm around all the memories; each memory
         # is the spec at its own chunk size (and, locally, with TNT's Q-K projection)
-        self.inputs = MemoryInputs(dim, heads, head_dim, spec.conv_kernel, spec.activation, spec.qk_norm)
+        self.inputs = MemoryInputs(
+            dim, heads, head_dim, spec.conv_kernel, spec.activation, spec.qk_norm, spec.conv_init
+        )
 
         def memory(chunk: int, qk_projection: bool) -> NeuralMemory:
             return NeuralMemory(

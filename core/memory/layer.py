@@ -64,7 +64,9 @@ class MemoryLayer(nn.Module):
         if head_dim * heads == 0:
             raise ValueError(f"dim {dim} is too small for {heads} heads")
         self.dim, self.heads, self.head_dim = dim, heads, head_dim
-        self.inputs = MemoryInputs(dim, heads, head_dim, spec.conv_kernel, spec.activation, spec.qk_norm)
+        self.inputs = MemoryInputs(
+            dim, heads, head_dim, spec.conv_kernel, spec.activation, spec.qk_norm, spec.conv_init
+        )
         self.memory = NeuralMemory(dim, heads, head_dim, spec)
         self.norm = nn.RMSNorm(head_dim, eps=1e-6) if spec.output_norm else nn.Identity()
         self.out = nn.Linear(heads * head_dim, dim, bias=False)

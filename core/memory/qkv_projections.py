@@ -31,6 +31,7 @@ class MemoryInputs(nn.Module):
         conv_kernel: int = 4,
         activation: str = "silu",
         qk_norm: bool = True,
+        conv_init: str = "default",
     ):
         super().__init__()
         self.heads, self.head_dim = heads, head_dim
@@ -39,6 +40,27 @@ class MemoryInputs(nn.Module):
         self.qkv = nn.Linear(dim, inner, bias=False)
         if conv_kernel:
             self.conv = nn.Conv1d(inner, inner, conv_kernel, groups=inner, bias=True)
+        if conv_init == "shift_keys":
+            self._shift_keys()
+
+    @torch.no_grad()
+    def _shift_keys(self) -> None:
+        """H3's shift (Fu et al. 2023, sec. 3.1) as an init: k_t from x_{t-1}, q_t and v_t from
+        x_t, W_k = W_q.  Token t then writes the pair x_{t-1} -> x_t, and at a later x_{t-1}
+        the query matches that key and reads x_t: the memory starts as a bigram lookup (an
+        induction head) that training may keep or unlearn."""
+        if self.conv_kernel < 2:
+            raise ValueError(
+                f"conv_init 'shift_keys' needs conv_kernel >= 2 (a tap one token back), got {self.conv_kernel}"
+            )
+        width = self.heads * self.head_dim
+        self.qkv.weight[width : 2 * width] = self.qkv.weight[:width]
+        taps = self.conv.weight  # (3 * width, 1, K): tap K-1 multiplies the current token
+        taps.zero_()
+        self.conv.bias.zero_()
+        taps[:width, 0, -1] = 1.0  # queries: the current token
+        taps[width : 2 * width, 0, -2] = 1.0  # keys: the token before
+        taps[2 * width :, 0, -1] = 1.0  # values: the current token
 
     def _convolve(
         self, qkv: torch.Tensor, past: torch.Tensor | None, activate: bool

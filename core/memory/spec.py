@@ -97,6 +97,13 @@ class MemorySpec:
     )
     path: str = param("chunked", choices=PATHS, doc="execution path for training")
     conv_kernel: int = param(4, ge=0, doc="causal depthwise convolution on q/k/v; 0 disables")
+    conv_init: str = param(
+        "default",
+        choices=("default", "shift_keys"),
+        doc="the q/k/v convolution's init: default is PyTorch's; shift_keys starts keys on the previous "
+        "token and queries and values on the current one, with W_k = W_q (H3's shift for associative "
+        "recall: token t writes x_{t-1} -> x_t, and a query for x_{t-1} reads x_t back)",
+    )
     activation: str = param("silu", choices=("silu", "identity"), doc="activation on q/k/v (Titans)")
     qk_norm: bool = param(True, doc="l2-normalise queries and keys")
     output_norm: bool = param(True, doc="RMSNorm on the memory read-out before the output projection")
@@ -108,6 +115,14 @@ class MemorySpec:
         "eager if it fails)",
     )
     gates: GatesSpec = attrs.field(factory=GatesSpec, metadata={"doc": "gate projections"})
+
+    def cross_check(self) -> None:
+        if self.conv_init == "shift_keys" and self.conv_kernel < 2:
+            raise ParamValueError(
+                "conv_kernel",
+                "at least 2 with conv_init 'shift_keys' (a tap one token back)",
+                self.conv_kernel,
+            )
 
     @classmethod
     def from_options(cls, **options: Any) -> MemorySpec:
