@@ -57,7 +57,9 @@ class MemoryInputs(nn.Module):
         self.qkv.weight[width : 2 * width] = self.qkv.weight[:width]
         taps = self.conv.weight  # (3 * width, 1, K): tap K-1 multiplies the current token
         taps.zero_()
-        self.conv.bias.zero_()
+        # b_k = b_q keeps k_{t+1} = q_t; a bias at all keeps the first key (zeros in front) off 0,
+        # where the l2 normalisation's gradient is 1/eps
+        self.conv.bias[width : 2 * width] = self.conv.bias[:width]
         taps[:width, 0, -1] = 1.0  # queries: the current token
         taps[width : 2 * width, 0, -2] = 1.0  # keys: the token before
         taps[2 * width :, 0, -1] = 1.0  # values: the current token
