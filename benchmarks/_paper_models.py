@@ -53,8 +53,11 @@ def model_sets(recipe: Path, keep_chunk: bool = True) -> list[str]:
 # paper-memories-mqar.toml): the retention gate starting at alpha 0.999 (at 0.98 a pair keeps
 # 0.98^41 = 0.44 of itself by its nearest query, and both of an MLP's maps decay), and the
 # inner step at the delta rule's scale (gd theta <= 2; momentum and Muon eta 0.5, theta <= 1,
-# so theta / (1 - eta) <= 2). Linear memories keep theirs.
+# so theta / (1 - eta) <= 2); a Huber bias's threshold at 4 (beyond it a step is theta * delta *
+# sign(e), whatever the error: at 1 with theta <= 2 writes overshoot and the outer gradient
+# is 1e10 at the first step). Linear memories keep theirs.
 RETENTION_INIT = 0.999
+HUBER_DELTA = 4.0
 STEP_SCALE = {
     "gd": {"lr_max": 2.0, "lr_init": 1.0},
     "momentum": {"lr_max": 1.0, "lr_init": 0.5, "momentum": 0.5},
@@ -78,6 +81,8 @@ def storing_inits(recipe: Path) -> list[str]:
     sets = []
     if name("retention", "none") in RETENTIONS_WITH_INIT:
         sets.append(f"model.memory.retention.init={RETENTION_INIT}")
+    if name("bias", "l2") == "huber":
+        sets.append(f"model.memory.bias.delta={HUBER_DELTA}")
     for key, value in STEP_SCALE.get(name("algorithm", "gd"), {}).items():  # lr_max before lr_init
         sets.append(f"model.memory.algorithm.{key}={value}")
     return sets

@@ -70,6 +70,8 @@ def test_the_storing_inits_change_deep_memories_only_and_every_seed_gets_a_verdi
         assert memory.algorithm.params.lr_max >= 1.0, name
         if hasattr(memory.retention.params, "init"):
             assert memory.retention.params.init == 0.999, name
+        if memory.bias.name == "huber":
+            assert memory.bias.params.delta == 4.0, name
     out = tmp_path / "out.json"
     args = ["--models", "titans-lmm", "deltanet", "--steps", "1", "--seeds", "2", "--storing-inits"]
     assert quickstart_models.main([*args, "--json", str(out)]) == 0
