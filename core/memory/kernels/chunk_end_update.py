@@ -20,57 +20,72 @@ from .batched import matmul_add_, outer_sum, outer_sum_rows
 class _ChunkEnd(torch.autograd.Function):
     @staticmethod
     def forward(ctx, delta, h, row_w, row_s, beta, sigma, eta, w, s):
-        new_w = _decayed_plus_outer(w, beta, s, sigma, row_w, delta, h)
-        new_s = _decayed_plus_outer(s, eta, None, None, row_s, delta, h) if s is not None else None
-        ctx.save_for_backward(delta, h, row_w, row_s, beta, sigma, eta, w, s)
+        new_w, new_s, saved = chunk_end_forward(delta, h, row_w, row_s, beta, sigma, eta, w, s)
+        ctx.save_for_backward(*saved)
         ctx.set_materialize_grads(False)  # an unused S' (the last chunk's) costs no zero-filled state
         return new_w, new_s
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_w, grad_s):
-        delta, h, row_w, row_s, beta, sigma, eta, w, s = ctx.saved_tensors
-        momentum = s is not None
-        if grad_w is None and grad_s is None:  # the last chunk's state, unused
-            return (None,) * 9
-        if grad_w is None:
-            grad_w = torch.zeros_like(w)
-        grad_beta, grad_prev_w = _dot(grad_w, w), grad_w * beta
-        grad_sigma = grad_eta = grad_prev_s = None
-        if momentum:
-            grad_sigma, grad_prev_s = _dot(grad_w, s), grad_w * sigma
-            if grad_s is not None:
-                grad_eta = _dot(grad_s, s)
-                grad_prev_s.addcmul_(grad_s, eta)
-            else:
-                grad_eta = torch.zeros_like(eta)
+        return chunk_end_backward(ctx.saved_tensors, grad_w, grad_s)
 
-        def through_sum(g: torch.Tensor, row: torch.Tensor):
-            """Gradients of sum_j row_j delta_j h_j^T given its gradient g."""
-            g = g.to(delta.dtype)
-            g_h = h @ g.transpose(-1, -2)  # g h_j, (L x d_out)
-            g_delta = delta @ g  # g^T delta_j, (L x d_in)
-            grad_row = (g_h * delta).sum(-1)
-            return g_h * row.unsqueeze(-1), g_delta * row.unsqueeze(-1), grad_row
 
-        grad_delta, grad_h, grad_row_w = through_sum(grad_w, row_w)
-        grad_row_s = None
-        if momentum and grad_s is not None:
-            more_delta, more_h, grad_row_s = through_sum(grad_s, row_s)
-            grad_delta, grad_h = grad_delta.add_(more_delta), grad_h.add_(more_h)
-        elif momentum:
-            grad_row_s = torch.zeros_like(row_s)
-        return (
-            grad_delta,
-            grad_h,
-            grad_row_w,
-            grad_row_s,
-            grad_beta,
-            grad_sigma,
-            grad_eta,
-            grad_prev_w,
-            grad_prev_s,
-        )
+def chunk_end_forward(
+    delta, h, row_w, row_s, beta, sigma, eta, w, s
+) -> tuple[torch.Tensor, torch.Tensor | None, list[torch.Tensor | None]]:
+    """W', S' and what their backward needs (``chunk_end_backward``'s ``saved``)."""
+    new_w = _decayed_plus_outer(w, beta, s, sigma, row_w, delta, h)
+    new_s = _decayed_plus_outer(s, eta, None, None, row_s, delta, h) if s is not None else None
+    return new_w, new_s, [delta, h, row_w, row_s, beta, sigma, eta, w, s]
+
+
+def chunk_end_backward(
+    saved: tuple[torch.Tensor | None, ...], grad_w: torch.Tensor | None, grad_s: torch.Tensor | None
+) -> tuple[torch.Tensor | None, ...]:
+    """Gradients of delta, h, row_w, row_s, beta, sigma, eta, W, S (None for an unused output's)."""
+    delta, h, row_w, row_s, beta, sigma, eta, w, s = saved
+    momentum = s is not None
+    if grad_w is None and grad_s is None:  # the last chunk's state, unused
+        return (None,) * 9
+    if grad_w is None:
+        grad_w = torch.zeros_like(w)
+    grad_beta, grad_prev_w = _dot(grad_w, w), grad_w * beta
+    grad_sigma = grad_eta = grad_prev_s = None
+    if momentum:
+        grad_sigma, grad_prev_s = _dot(grad_w, s), grad_w * sigma
+        if grad_s is not None:
+            grad_eta = _dot(grad_s, s)
+            grad_prev_s.addcmul_(grad_s, eta)
+        else:
+            grad_eta = torch.zeros_like(eta)
+
+    def through_sum(g: torch.Tensor, row: torch.Tensor):
+        """Gradients of sum_j row_j delta_j h_j^T given its gradient g."""
+        g = g.to(delta.dtype)
+        g_h = h @ g.transpose(-1, -2)  # g h_j, (L x d_out)
+        g_delta = delta @ g  # g^T delta_j, (L x d_in)
+        grad_row = (g_h * delta).sum(-1)
+        return g_h * row.unsqueeze(-1), g_delta * row.unsqueeze(-1), grad_row
+
+    grad_delta, grad_h, grad_row_w = through_sum(grad_w, row_w)
+    grad_row_s = None
+    if momentum and grad_s is not None:
+        more_delta, more_h, grad_row_s = through_sum(grad_s, row_s)
+        grad_delta, grad_h = grad_delta.add_(more_delta), grad_h.add_(more_h)
+    elif momentum:
+        grad_row_s = torch.zeros_like(row_s)
+    return (
+        grad_delta,
+        grad_h,
+        grad_row_w,
+        grad_row_s,
+        grad_beta,
+        grad_sigma,
+        grad_eta,
+        grad_prev_w,
+        grad_prev_s,
+    )
 
 
 def _decayed_plus_outer(
