@@ -22,7 +22,9 @@ class _ChunkEnd(torch.autograd.Function):
     def forward(ctx, delta, h, row_w, row_s, beta, sigma, eta, w, s):
         new_w, new_s, saved = chunk_end_forward(delta, h, row_w, row_s, beta, sigma, eta, w, s)
         ctx.save_for_backward(*saved)
-        ctx.set_materialize_grads(False)  # an unused S' (the last chunk's) costs no zero-filled state
+        # an unused state (the last chunk's) costs no zero-filled gradient; not under dynamo,
+        # whose traced backward calls .contiguous() on every gradient (torch 2.13)
+        ctx.set_materialize_grads(torch.compiler.is_compiling())
         return new_w, new_s
 
     @staticmethod

@@ -26,7 +26,9 @@ class _ReadAndEnd(torch.autograd.Function):
         )
         ctx.save_for_backward(*read_saved, *end_saved)
         ctx.split = len(read_saved)
-        ctx.set_materialize_grads(False)  # an unused state (the last chunk's) costs no zero-filled one
+        # an unused state (the last chunk's) costs no zero-filled gradient; not under dynamo,
+        # whose traced backward calls .contiguous() on every gradient (torch 2.13)
+        ctx.set_materialize_grads(torch.compiler.is_compiling())
         return y, new_w, new_s
 
     @staticmethod

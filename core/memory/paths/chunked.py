@@ -256,7 +256,10 @@ def _piece(
 
     def fuses(name: str, x: torch.Tensor) -> bool:
         """Whether this read also makes the map's chunk end (``read_and_end``): the first read
-        of the map, per-head rows, one dtype throughout."""
+        of the map, per-head rows, one dtype throughout; eagerly (dynamo, torch 2.13, failed
+        on its None output without momentum, and inductor fuses the passes it saves anyway)."""
+        if torch.compiler.is_compiling():
+            return False
         h, delta = factors[name]
         states = [start_w[name], *([start_s[name]] if carry is not None else [])]
         dtypes = {x.dtype, h.dtype, delta.dtype, *(t.dtype for t in states)}
