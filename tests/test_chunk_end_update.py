@@ -1,5 +1,6 @@
 """chunk_end_update against the same expression through autograd (float64: values 1e-12,
-gradients 1e-10), with and without momentum, for both orientations of the outer sum."""
+gradients 1e-10), with and without momentum, for both orientations of the outer sum, and
+with an output unused (its gradient not materialised)."""
 
 from __future__ import annotations
 
@@ -53,3 +54,33 @@ def test_matches_autograd_and_gradchecks(momentum, widths):
     for a, e in zip(grads([o for o, _ in outputs]), grads([e for _, e in outputs]), strict=True):
         torch.testing.assert_close(a, e, rtol=1e-10, atol=1e-12)
     assert torch.autograd.gradcheck(lambda *a: chunk_end_update(*a)[: 2 if momentum else 1], tuple(inputs))
+
+
+@pytest.mark.parametrize("used", ["w", "s"])
+def test_one_output_unused_matches_autograd(used):
+    g = torch.Generator().manual_seed(1)
+
+    def make(*shape):
+        return torch.randn(*shape, generator=g, dtype=torch.float64).requires_grad_()
+
+    b, heads, length, d_out, d_in = 2, 2, 3, 4, 5
+    inputs = [
+        make(b, heads, length, d_out),
+        make(b, heads, length, d_in),
+        make(b, heads, length),
+        make(b, heads, length),
+        make(b, heads, 1, 1),
+        make(b, heads, 1, 1),
+        make(b, heads, 1, 1),
+        make(b, heads, d_out, d_in),
+        make(b, heads, d_out, d_in),
+    ]
+    pick = 0 if used == "w" else 1
+    cotangent = torch.randn(b, heads, d_out, d_in, generator=g, dtype=torch.float64)
+    ours = torch.autograd.grad((chunk_end_update(*inputs)[pick] * cotangent).sum(), inputs, allow_unused=True)
+    want = torch.autograd.grad((reference(*inputs)[pick] * cotangent).sum(), inputs, allow_unused=True)
+    for x, a, e in zip(inputs, ours, want, strict=True):  # None: no gradient, as zeros
+        zeros = torch.zeros_like(x)
+        torch.testing.assert_close(
+            a if a is not None else zeros, e if e is not None else zeros, rtol=1e-10, atol=1e-12
+        )

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import json
 import random
+import sys
+from pathlib import Path
 
 import pytest
 import torch
+from conftest import REPO
 from training_cases import write_corpus, write_recipe
 
 import miraslab
@@ -233,3 +236,27 @@ def test_another_dataset_is_read_with_the_runs_tokenizer(text_runs, capsys, tmp_
         "--batches", "1", "--resamples", "10",
     )  # fmt: skip
     assert result["all"]["tokens"] == 4 * 32
+
+
+def test_the_text_proof_table_holds_the_commands_numbers_against_the_targets(text_runs, capsys, tmp_path):
+    """benchmarks/text_proof.py: one row per pair and data source, its numbers those of
+    ``eval --long-range --twin`` on the same run, the verdict the targets applied to them."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import text_proof
+
+    mag, swa = text_runs / "mag", text_runs / "swa"
+    out, code = tmp_path / "proof.json", tmp_path / "code.py"
+    code.write_text("\n".join(f"def function_{i}(value):\n    return value + {i}\n" for i in range(60)))
+    assert text_proof.main(["--pair", str(mag), str(swa), "--text", str(code), "--json", str(out)]) == 0
+    table = capsys.readouterr().out
+    rows = json.loads(out.read_text())
+    assert [r["data"] for r in rows] == ["validation", "code.py"]
+    assert {"attr", "cattrs", "pluggy"} <= {Path(f).parent.name for f in text_proof.heldout_files()}
+    assert (mag / "long_range_heldout.png").exists()
+    direct = long_range_json(capsys, str(mag), "--twin", str(swa))
+    assert rows[0]["beyond_twin_gain"] == direct["classes"]["beyond"]["gain"]["twin"]
+    assert (
+        rows[0]["carry_share"]
+        == direct["all"]["gain"]["carry"]["mean"] / direct["all"]["loss"]["carried"]["mean"]
+    )
+    assert table.count("| mag |") == 2 and table.count("| no |") == 2  # four steps carry nothing

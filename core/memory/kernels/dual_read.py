@@ -14,43 +14,67 @@ from __future__ import annotations
 import torch
 from torch.autograd.function import once_differentiable
 
-from .batched import column_product, matmul_add, times_transposed
+from .batched import column_product, matmul_add, matmul_add_, times_transposed
 
 
 class _DualRead(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, h, delta, coef, beta, sigma, w, s):
-        xh = x @ h.transpose(-1, -2)
-        attend = coef * xh
-        y = attend @ delta
-        y = matmul_add(y, beta * x, w.transpose(-1, -2))
-        if sigma is not None:
-            y = matmul_add(y, sigma * x, s.transpose(-1, -2))
-        ctx.save_for_backward(x, h, delta, coef, beta, sigma, w, s, xh, attend)
+        y, saved = dual_read_forward(x, h, delta, coef, beta, sigma, w, s)
+        ctx.save_for_backward(*saved)
         return y
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_y):
-        x, h, delta, coef, beta, sigma, w, s, xh, attend = ctx.saved_tensors
-        grad_delta = attend.transpose(-1, -2) @ grad_y
-        grad_attend = grad_y @ delta.transpose(-1, -2)
-        grad_coef = grad_attend * xh
-        grad_xh = grad_attend.mul_(coef)
-        grad_h = grad_xh.transpose(-1, -2) @ x
-        grad_x = grad_xh @ h
-        # (beta x) W^T: gradients of beta, x and W
-        through_w = grad_y @ w
-        grad_beta = (through_w * x).sum(-1, keepdim=True)
-        grad_x.addcmul_(through_w, beta)
-        grad_w = grad_y.transpose(-1, -2) @ (beta * x)
-        grad_sigma = grad_s = None
-        if sigma is not None:
-            through_s = grad_y @ s
-            grad_sigma = (through_s * x).sum(-1, keepdim=True)
-            grad_x.addcmul_(through_s, sigma)
-            grad_s = grad_y.transpose(-1, -2) @ (sigma * x)
-        return grad_x, grad_h, grad_delta, grad_coef, grad_beta, grad_sigma, grad_w, grad_s
+        return dual_read_backward(ctx.saved_tensors, grad_y)
+
+
+def dual_read_forward(x, h, delta, coef, beta, sigma, w, s) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """The read and what its backward needs (``dual_read_backward``'s ``saved``)."""
+    xh = x @ h.transpose(-1, -2)
+    attend = coef * xh
+    y = attend @ delta
+    y = matmul_add(y, beta * x, w.transpose(-1, -2))
+    if sigma is not None:
+        y = matmul_add(y, sigma * x, s.transpose(-1, -2))
+    return y, [x, h, delta, coef, beta, sigma, w, s, xh, attend]
+
+
+def dual_read_backward(
+    saved: tuple[torch.Tensor, ...],
+    grad_y: torch.Tensor,
+    into_w: torch.Tensor | None = None,
+    into_s: torch.Tensor | None = None,
+) -> tuple[torch.Tensor | None, ...]:
+    """Gradients of x, h, delta, coef, beta, sigma, W, S.  ``into_w`` / ``into_s``: gradients of
+    W and S from elsewhere, W's and S's added to them in place (``read_and_end``)."""
+    x, h, delta, coef, beta, sigma, w, s, xh, attend = saved
+    grad_delta = attend.transpose(-1, -2) @ grad_y
+    grad_attend = grad_y @ delta.transpose(-1, -2)
+    grad_coef = grad_attend * xh
+    grad_xh = grad_attend.mul_(coef)
+    grad_h = grad_xh.transpose(-1, -2) @ x
+    grad_x = grad_xh @ h
+    # (beta x) W^T: gradients of beta, x and W
+    through_w = grad_y @ w
+    grad_beta = (through_w * x).sum(-1, keepdim=True)
+    grad_x.addcmul_(through_w, beta)
+    grad_w = _outer(into_w, grad_y, beta * x)
+    grad_sigma = grad_s = None
+    if sigma is not None:
+        through_s = grad_y @ s
+        grad_sigma = (through_s * x).sum(-1, keepdim=True)
+        grad_x.addcmul_(through_s, sigma)
+        grad_s = _outer(into_s, grad_y, sigma * x)
+    return grad_x, grad_h, grad_delta, grad_coef, grad_beta, grad_sigma, grad_w, grad_s
+
+
+def _outer(into: torch.Tensor | None, grad_y: torch.Tensor, scaled_x: torch.Tensor) -> torch.Tensor:
+    """grad_y^T scaled_x, added to ``into`` in place when given (one pass and no add after)."""
+    if into is None:
+        return grad_y.transpose(-1, -2) @ scaled_x
+    return matmul_add_(into, grad_y.transpose(-1, -2), scaled_x)
 
 
 def dual_read(

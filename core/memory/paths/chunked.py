@@ -23,6 +23,7 @@ from ..kernels.batched import outer_sum
 from ..kernels.chunk_end_update import chunk_end_update
 from ..kernels.decay_matrix import decay_matrix
 from ..kernels.dual_read import dual_read
+from ..kernels.read_and_end import read_and_end
 from ..rule.axes import Gates, at_least_fp32
 from ..rule.memory_rule import MemoryRule
 from ..rule.state import MemoryState
@@ -224,23 +225,6 @@ def _piece(
     coef_read, beta_read = coef.to(read_dtype), per_token(beta).to(read_dtype)
     carry_read = per_token(carry).to(read_dtype) if carry is not None else None
 
-    def linear(name: str, x: torch.Tensor) -> torch.Tensor:
-        """W_i x_i for every token: K o (x h^T) @ delta + beta x W^T + sigma x S^T."""
-        h, delta = factors[name]
-        dtype = x.dtype
-        return dual_read(
-            x,
-            h.to(dtype),
-            delta.to(dtype),
-            scaled(coef_read, retention.lr_scale(state.extra, name)).to(dtype),
-            beta_read.to(dtype),
-            carry_read.to(dtype) if carry_read is not None else None,
-            start_w[name].to(dtype),
-            start_s[name].to(dtype) if carry_read is not None else None,
-        )
-
-    y = rule.apply_arch(q, linear)
-
     # chunk end: W' = beta_L W + sigma_L S + sum_j K[L, j] g_j and S' = eta_L S + sum_j
     # momentum_coef[L, j] g_j
     def last_row(matrix: torch.Tensor) -> torch.Tensor:
@@ -251,22 +235,75 @@ def _piece(
         return x[..., -1, None] if channels else x[..., -1, None, None]
 
     eta_end = end_value(torch.exp(cum_eta)) if carry is not None else None
-    new_weights, new_momentum, new_decayed = {}, {}, {}
     row_w = last_row(coef)
     row_s = last_row(momentum_coef) if carry is not None else None
-    for name, (h, delta) in factors.items():
+    ends: dict[str, tuple[torch.Tensor, torch.Tensor | None]] = {}  # chunk ends made with a read
+
+    def end_inputs(name: str, dtype: torch.dtype) -> list[torch.Tensor | None]:
+        """chunk_end_update's arguments after delta and h: rows in ``dtype``, the rest in the state's."""
         scale = retention.lr_scale(state.extra, name)
         state_dtype = torch.promote_types(start_w[name].dtype, torch.float32)
-        w, s_next = chunk_end_update(
-            delta,
-            h.to(delta.dtype),
-            scaled(row_w, scale).to(delta.dtype),
-            scaled(row_s, scale).to(delta.dtype) if row_s is not None else None,
+        momentum = carry is not None
+        return [
+            scaled(row_w, scale).to(dtype),
+            scaled(row_s, scale).to(dtype) if momentum else None,
             end_value(beta).to(state_dtype),
-            end_value(carry).to(state_dtype) if carry is not None else None,
-            eta_end.to(state_dtype) if carry is not None else None,
+            end_value(carry).to(state_dtype) if momentum else None,
+            eta_end.to(state_dtype) if momentum else None,
             start_w[name].to(state_dtype),
-            start_s[name].to(state_dtype) if carry is not None else None,
+            start_s[name].to(state_dtype) if momentum else None,
+        ]
+
+    def fuses(name: str, x: torch.Tensor) -> bool:
+        """Whether this read also makes the map's chunk end (``read_and_end``): the first read
+        of the map, per-head rows, one dtype throughout; eagerly (dynamo, torch 2.13, failed
+        on its None output without momentum, and inductor fuses the passes it saves anyway)."""
+        if torch.compiler.is_compiling():
+            return False
+        h, delta = factors[name]
+        states = [start_w[name], *([start_s[name]] if carry is not None else [])]
+        dtypes = {x.dtype, h.dtype, delta.dtype, *(t.dtype for t in states)}
+        return name not in ends and not channels and dtypes == {torch.promote_types(x.dtype, torch.float32)}
+
+    def linear(name: str, x: torch.Tensor) -> torch.Tensor:
+        """W_i x_i for every token: K o (x h^T) @ delta + beta x W^T + sigma x S^T."""
+        h, delta = factors[name]
+        dtype = x.dtype
+        read_coef = scaled(coef_read, retention.lr_scale(state.extra, name)).to(dtype)
+        if fuses(name, x):
+            *rows_and_ends, w, s = end_inputs(name, dtype)
+            y, w_end, s_end = read_and_end(
+                x,
+                h,
+                delta,
+                read_coef,
+                beta_read.to(dtype),
+                carry_read.to(dtype) if carry_read is not None else None,
+                w,
+                s,
+                *rows_and_ends,
+            )
+            ends[name] = (w_end, s_end)
+            return y
+        return dual_read(
+            x,
+            h.to(dtype),
+            delta.to(dtype),
+            read_coef,
+            beta_read.to(dtype),
+            carry_read.to(dtype) if carry_read is not None else None,
+            start_w[name].to(dtype),
+            start_s[name].to(dtype) if carry_read is not None else None,
+        )
+
+    y = rule.apply_arch(q, linear)
+
+    new_weights, new_momentum, new_decayed = {}, {}, {}
+    for name, (h, delta) in factors.items():
+        w, s_next = (
+            ends[name]
+            if name in ends
+            else chunk_end_update(delta, h.to(delta.dtype), *end_inputs(name, delta.dtype))
         )
         new_weights[name] = w
         if s_next is not None:
