@@ -13,7 +13,8 @@ With ``--budget-seconds S`` each model trains for as many steps as its own step 
 S seconds (timed first by a 30-step run: the median ``tokens_per_s`` it logs after step 10):
 the same wall-clock budget for every model, as a user has.
 ``--storing-inits`` starts each deep memory at the inits that store on this task (the retention
-gate at alpha 0.999, the inner step at the delta rule's scale: ``_paper_models.storing_inits``);
+gate at alpha 0.999, the inner step at the delta rule's scale, keys on the previous token:
+``_paper_models.storing_inits``);
 ``--seeds N`` runs seeds ``--seed`` .. ``--seed + N - 1`` and adds a verdict per model.
 TNT is left out: its shard and chunk lengths do not fit a 128-token sequence.
 """
@@ -158,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--storing-inits",
         action="store_true",
-        help="start deep memories at the inits that store (retention alpha 0.999, the delta rule's step)",
+        help="start deep memories at the inits that store (retention alpha 0.999, the delta rule's step, shift keys)",
     )
     parser.add_argument("--out", type=Path, help="keep the runs here (default: a temporary directory)")
     parser.add_argument("--json", type=Path, help="also write the results here")

@@ -67,7 +67,7 @@ def test_the_storing_inits_change_deep_memories_only_and_every_seed_gets_a_verdi
         if name in {"deltanet", "gated-deltanet", "swa", "transformer"}:
             assert storing_inits(path) == [], name
             continue
-        assert memory.algorithm.params.lr_max >= 1.0, name
+        assert memory.algorithm.params.lr_max >= 1.0 and memory.conv_init == "shift_keys", name
         if hasattr(memory.retention.params, "init"):
             assert memory.retention.params.init == 0.999, name
         if memory.bias.name == "huber":
