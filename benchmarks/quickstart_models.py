@@ -16,6 +16,10 @@ the same wall-clock budget for every model, as a user has.
 gate at alpha 0.999, the inner step at the delta rule's scale, keys on the previous token:
 ``_paper_models.storing_inits``);
 ``--seeds N`` runs seeds ``--seed`` .. ``--seed + N - 1`` and adds a verdict per model.
+``--capacity`` trains nothing: it builds each model as it would train it and prints how well
+its untrained memory reads back N pairs it wrote (``miraslab probe --capacity``: the task's own
+k/v pairs and random unit pairs, beside a delta rule), so a memory that cannot store at its
+inits is seen in seconds.  ``--set KEY=VALUE`` adds a recipe override after all the others.
 TNT is left out: its shard and chunk lengths do not fit a 128-token sequence.
 """
 
@@ -58,7 +62,48 @@ def _sets(name: str, args: argparse.Namespace, steps: int, seed: int) -> list[st
     sets += [f"train.steps={steps}", f"train.eval_every={steps}", f"train.checkpoint_every={steps}"]
     if args.chunk:
         sets.append(f"model.memory.chunk_size={args.chunk}")
-    return sets
+    return sets + list(args.sets)
+
+
+CAPACITY_COUNTS = (1, 4, 16)
+
+
+def capacity_one(name: str, args: argparse.Namespace, seed: int) -> dict[str, Any]:
+    """The untrained model's read-back cosine of N pairs (``miraslab.memory_capacity``), for the
+    first memory layer; ``None`` where the model has no memory."""
+    from miraslab.components import build_component
+    from miraslab.data.batch import TrainingBatch
+    from miraslab.memory_capacity import at_count, probe_capacity
+    from miraslab.model.language_model import build_model
+
+    recipe = miraslab.load_recipe(QUICKSTART, _sets(name, args, args.steps, seed))
+    torch.manual_seed(recipe.seed)
+    model = build_model(recipe.model)
+    task = build_component(recipe.data.task)
+    batch = next(task.batches("val", seq_len=recipe.data.seq_len, batch_size=8, seed=recipe.seed))
+    result = probe_capacity(model, TrainingBatch.of(batch).inputs, most=max(CAPACITY_COUNTS), seed=seed)
+    row: dict[str, Any] = {"model": name, "seed": seed, "layout": recipe.model.layout.name}
+    layer = result["layers"][0] if result["layers"] else {}
+    for kind in ("task", "random"):
+        for n in CAPACITY_COUNTS:
+            found = at_count(layer, kind, n)
+            row[f"{kind}_{n}"] = None if found is None else found["cosine"]
+            row[f"{kind}_{n}_delta_rule"] = None if found is None else found["reference_cosine"]
+    return row
+
+
+def capacity_markdown(rows: list[dict[str, Any]]) -> str:
+    counts = CAPACITY_COUNTS
+    head = " | ".join(f"{kind} N={n}" for kind in ("task", "random") for n in counts)
+    lines = [f"| recipe | seed | {head} |", "|---|---|" + "---|" * (2 * len(counts))]
+    for r in rows:
+        cells = " | ".join(
+            "–" if r[f"{kind}_{n}"] is None else f"{r[f'{kind}_{n}']:.2f} ({r[f'{kind}_{n}_delta_rule']:.2f})"
+            for kind in ("task", "random")
+            for n in counts
+        )
+        lines.append(f"| {r['model']} | {r['seed']} | {cells} |")
+    return "\n".join(lines)
 
 
 def step_seconds(name: str, args: argparse.Namespace, root: Path, seed: int = 0) -> float:
@@ -161,9 +206,19 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="start deep memories at the inits that store (retention alpha 0.999, the delta rule's step, shift keys)",
     )
+    parser.add_argument(
+        "--capacity",
+        action="store_true",
+        help="train nothing: each untrained memory's read-back of N pairs (miraslab probe --capacity)",
+    )
+    parser.add_argument(
+        "--set", dest="sets", action="append", default=[], metavar="KEY=VALUE", help="a recipe override, last"
+    )
     parser.add_argument("--out", type=Path, help="keep the runs here (default: a temporary directory)")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args(argv)
+    if args.capacity:
+        return capacity_main(args)
     root = args.out or Path(tempfile.mkdtemp(prefix="quickstart-models-"))
     results = []
     try:
@@ -191,6 +246,26 @@ def main(argv: list[str] | None = None) -> int:
             json.dumps(
                 {"machine": machine, "storing_inits": args.storing_inits, "results": results}, indent=2
             )
+        )
+    return 0
+
+
+def capacity_main(args: argparse.Namespace) -> int:
+    rows = [
+        capacity_one(name, args, seed)
+        for name in args.models
+        for seed in range(args.seed, args.seed + args.seeds)
+    ]
+    inits = ", deep memories at the storing inits" if args.storing_inits else ""
+    extra = f", with {' '.join(args.sets)}" if args.sets else ""
+    print(
+        f"Read-back cosine of N pairs written into each untrained memory{inits}{extra} "
+        "(a delta rule's on the same pairs in brackets):\n"
+    )
+    print(capacity_markdown(rows))
+    if args.json:
+        args.json.write_text(
+            json.dumps({"storing_inits": args.storing_inits, "sets": args.sets, "capacity": rows}, indent=2)
         )
     return 0
 

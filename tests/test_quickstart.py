@@ -84,3 +84,28 @@ def test_the_storing_inits_change_deep_memories_only_and_every_seed_gets_a_verdi
     ]
     table = capsys.readouterr().out
     assert "| titans-lmm | 2 |" in table and "seeds 0-1, deep memories at the storing inits" in table
+
+
+def test_capacity_tells_a_storing_memory_from_one_that_cannot_store(tmp_path, capsys):
+    """--capacity trains nothing and reads back pairs written into each untrained memory: the
+    delta rule stores one random pair (cosine ~1), Memora's simplex weights store none (they
+    are positive, so a signed value is out of reach at any scale), and --set lands last."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import quickstart_models
+
+    out = tmp_path / "capacity.json"
+    args = ["--capacity", "--storing-inits", "--models", "deltanet", "memora", "swa"]
+    assert quickstart_models.main([*args, "--json", str(out)]) == 0
+    rows = {r["model"]: r for r in json.loads(out.read_text())["capacity"]}
+    assert rows["deltanet"]["random_1"] > 0.95 and rows["deltanet"]["random_1_delta_rule"] > 0.95
+    assert rows["memora"]["random_1"] < 0.5 and rows["memora"]["random_16"] < 0.5
+    assert rows["swa"]["random_1"] is None  # no memory: a dash in the table
+    assert "| swa | 0 | – |" in capsys.readouterr().out
+    # the override lands after the storing inits: Titans-LMM without the shift keys
+    assert (
+        quickstart_models.main(
+            [*args[:2], "--models", "titans-lmm", "--set", "model.memory.conv_init=default"]
+        )
+        == 0
+    )
+    assert "with model.memory.conv_init=default" in capsys.readouterr().out
