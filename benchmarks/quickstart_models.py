@@ -20,6 +20,11 @@ gate at alpha 0.999, the inner step at the delta rule's scale, keys on the previ
 its untrained memory reads back N pairs it wrote (``miraslab probe --capacity``: the task's own
 k/v pairs and random unit pairs, beside a delta rule), so a memory that cannot store at its
 inits is seen in seconds.  ``--set KEY=VALUE`` adds a recipe override after all the others.
+``--peer titans-pytorch`` adds two rows, the same one-block lmm model with titans-pytorch's
+``NeuralMemory`` (MLP depth 2: "titans-pytorch deep", depth 1: "titans-pytorch linear") as its
+memory (``_peer_memory``: a layout registered on miraslab's registry, trained by the same
+Trainer; its reset-every-chunk read runs each chunk as its own titans-pytorch call);
+``--models`` with no name leaves the recipes out.
 TNT is left out: its shard and chunk lengths do not fit a 128-token sequence.
 """
 
@@ -53,11 +58,24 @@ MODELS = {
     if path.stem != "tnt"
 }
 CARRIED_BAR, RESET_BAR = 0.99, 0.05
+# --peer: its rows, each the titans-pytorch-lmm layout (benchmarks/_peer_memory.py) at a depth
+PEERS = {"titans-pytorch": {"titans-pytorch deep": 2, "titans-pytorch linear": 1}}
+
+
+def _peer_depth(name: str) -> int | None:
+    return next((rows[name] for rows in PEERS.values() if name in rows), None)
 
 
 def _sets(name: str, args: argparse.Namespace, steps: int, seed: int) -> list[str]:
-    sets = [*model_sets(MODELS[name]), "model.attention.persistent_tokens=0", f"seed={seed}"]
-    if args.storing_inits:
+    depth = _peer_depth(name)
+    if depth is not None:  # the storing inits are miraslab's memories' own: not the peer's
+        from _peer_memory import LAYOUT, register
+
+        register()
+        sets = [f"model.layout.name={LAYOUT}", f"model.layout.depth={depth}", f"seed={seed}"]
+    else:
+        sets = [*model_sets(MODELS[name]), "model.attention.persistent_tokens=0", f"seed={seed}"]
+    if depth is None and args.storing_inits:
         sets += storing_inits(MODELS[name])
     sets += [f"train.steps={steps}", f"train.eval_every={steps}", f"train.checkpoint_every={steps}"]
     if args.chunk:
@@ -128,9 +146,12 @@ def run_one(name: str, args: argparse.Namespace, root: Path, seed: int) -> dict[
     recipe = miraslab.load_recipe(QUICKSTART, _sets(name, args, steps, seed))
     run = root / f"{name}-seed{seed}"
     started = time.perf_counter()
-    summary = Trainer(recipe, run, show_progress=False).run()
+    trainer = Trainer(recipe, run, show_progress=False)
+    summary = trainer.run()
     seconds = time.perf_counter() - started
     use = summary.get("memory_use", {})
+    if _peer_depth(name) is not None:  # miraslab's monitor ablates its own memories only
+        use = peer_memory_use(trainer.raw, recipe)
     return {
         "model": name,
         "seed": seed,
@@ -140,6 +161,31 @@ def run_one(name: str, args: argparse.Namespace, root: Path, seed: int) -> dict[
         "accuracy": use.get("val_accuracy", _accuracy(run)),
         "reset_accuracy": use.get("memory_use/reset_accuracy"),
         "carry_gain": use.get("memory_use/carry_gain"),
+    }
+
+
+def peer_memory_use(model: torch.nn.Module, recipe: Any) -> dict[str, float]:
+    """The memory-use monitor's numbers for a peer model: accuracy and loss on the run's
+    validation batches (the Trainer's: its seed, ``train.eval_batches`` of them) with the
+    memory carried and with it restarted at every chunk (``_peer_memory.reset_every_chunk``)."""
+    from _peer_memory import reset_every_chunk
+
+    from miraslab.components import build_component
+    from miraslab.data.batch import TrainingBatch
+    from miraslab.evaluation import evaluate
+
+    task = build_component(recipe.data.task)
+    rows = task.batches(
+        "val", seq_len=recipe.data.seq_len, batch_size=recipe.train.batch_size, seed=recipe.seed
+    )
+    batches = [TrainingBatch.of(next(rows)) for _ in range(recipe.train.eval_batches)]
+    carried = evaluate(model, batches)
+    with reset_every_chunk(model):
+        reset = evaluate(model, batches)
+    return {
+        "val_accuracy": carried["accuracy"],
+        "memory_use/reset_accuracy": reset["accuracy"],
+        "memory_use/carry_gain": reset["loss"] - carried["loss"],
     }
 
 
@@ -188,7 +234,16 @@ def verdicts(results: list[dict[str, Any]]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--models", nargs="+", choices=list(MODELS), default=list(MODELS))
+    parser.add_argument(
+        "--models", nargs="*", choices=list(MODELS), default=list(MODELS), help="recipes (none: only --peer)"
+    )
+    parser.add_argument(
+        "--peer",
+        action="append",
+        default=[],
+        choices=list(PEERS),
+        help="add another library's memory in the same model: titans-pytorch's NeuralMemory, depth 2 and 1",
+    )
     parser.add_argument("--steps", type=int, default=1000, help="optimizer steps (the quickstart's: 1000)")
     parser.add_argument(
         "--chunk", type=int, default=0, help="memory chunk size; 0 keeps the quickstart's (2)"
@@ -222,10 +277,10 @@ def main(argv: list[str] | None = None) -> int:
     root = args.out or Path(tempfile.mkdtemp(prefix="quickstart-models-"))
     results = []
     try:
-        for name in args.models:
+        for name in [*args.models, *(row for peer in args.peer for row in PEERS[peer])]:
             for seed in range(args.seed, args.seed + args.seeds):
                 result = run_one(name, args, root, seed)
-                print(f"{name:<16} {markdown([result]).splitlines()[-1]}", file=sys.stderr, flush=True)
+                print(f"{name:<22} {markdown([result]).splitlines()[-1]}", file=sys.stderr, flush=True)
                 results.append(result)
     finally:
         if args.out is None:

@@ -109,3 +109,34 @@ def test_capacity_tells_a_storing_memory_from_one_that_cannot_store(tmp_path, ca
         == 0
     )
     assert "with model.memory.conv_init=default" in capsys.readouterr().out
+
+
+def test_the_titans_pytorch_peer_trains_the_same_model_and_reads_with_its_memory_reset(tmp_path, capsys):
+    """--peer titans-pytorch: titans-pytorch's NeuralMemory (depth 2 and 1) as the lmm block's
+    memory, trained by the same Trainer on the same task; its reset-every-chunk read is each
+    chunk run alone from the initial weights."""
+    pytest.importorskip("titans_pytorch")
+    import torch
+
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import quickstart_models
+    from _peer_memory import PeerMemory, reset_every_chunk
+
+    memory = PeerMemory(dim=64, heads=2, head_dim=32, chunk_size=2, depth=1)
+    x = torch.randn(2, 6, 64)
+    with reset_every_chunk(memory):
+        y = memory(x)
+    torch.testing.assert_close(y[:, 2:4], memory(x[:, 2:4]))
+    out = tmp_path / "peer.json"
+    assert (
+        quickstart_models.main(["--models", "--peer", "titans-pytorch", "--steps", "2", "--json", str(out)])
+        == 0
+    )
+    rows = {r["model"]: r for r in json.loads(out.read_text())["results"]}
+    assert set(rows) == {"titans-pytorch deep", "titans-pytorch linear"}
+    for row in rows.values():
+        assert row["layout"] == "titans-pytorch-lmm"
+        assert 0.0 <= row["accuracy"] <= 1.0 and 0.0 <= row["reset_accuracy"] <= 1.0, row
+    table = capsys.readouterr().out
+    assert "| titans-pytorch deep | 0 | titans-pytorch-lmm | 2 |" in table
+    assert "| titans-pytorch linear | 0 | titans-pytorch-lmm | 2 |" in table
