@@ -154,6 +154,47 @@ def test_the_hand_written_backward_of_chunk_level_reads_matches_autograd(momentu
         torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.parametrize("case", ["linear-l2-decay-momentum", "mlp-huber-kl-gd"])
+def test_decoding_token_by_token_continues_a_chunked_state(case):
+    """A chunked 5-token prefix (mid-chunk at chunk 4), then one-token recurrent calls: the
+    one-call chunked reads, the same through MemoryLayer's keyword entrance."""
+    rule = rule_of(case)
+    q, k, v, gates, _ = random_inputs(rule, seq=11)
+    full, _ = memory_op(rule, q, k, v, gates, chunk_size=4, reads="chunk")
+    _, state = memory_op(rule, *tokens(q, k, v, gates, slice(5)), chunk_size=4, reads="chunk")
+    steps = []
+    for t in range(5, 11):
+        y, state = memory_op(
+            rule,
+            *tokens(q, k, v, gates, slice(t, t + 1)),
+            state,
+            chunk_size=4,
+            path="recurrent",
+            reads="chunk",
+        )
+        steps.append(y)
+    assert_close(torch.cat(steps, dim=2), full[:, :, 5:])
+
+
+def test_the_layer_runs_its_spec_reads_in_training_and_in_decoding():
+    """MemoryLayer(reads="chunk"): one call equals decoding token by token (the recurrent
+    step, as NeuralMemory takes a one-token call), and differs from reads="token"."""
+    from miraslab.memory.layer import MemoryLayer
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 10, 16, dtype=torch.float64)
+    layer = MemoryLayer.from_options(16, heads=2, chunk_size=4, memory="mlp", reads="chunk").double()
+    full = layer(x)
+    state, steps = None, []
+    for t in range(10):
+        y, state = layer(x[:, t : t + 1], state, return_state=True)
+        steps.append(y)
+    assert_close(torch.cat(steps, dim=1), full)
+    token = MemoryLayer.from_options(16, heads=2, chunk_size=4, memory="mlp").double()
+    token.load_state_dict(layer.state_dict())
+    assert (token(x) - full).abs().max() > 1e-6
+
+
 def test_compiled_chunk_steps_read_as_the_eager_ones():
     rule = rule_of("mlp-l2-decay-momentum")
     q, k, v, gates, _ = random_inputs(rule, seq=12)
