@@ -44,6 +44,25 @@ MIRASLAB_CONFIGS: dict[str, dict[str, Any]] = {
         "gates": {"channelwise_decay": True, "channelwise_momentum": True},
     },
 }
+# OTHER SEMANTICS: deep and linear with chunk-level reads (model.memory.reads = "chunk"): every
+# token of a chunk reads the chunk-start weights, as titans-pytorch does; the writes are the
+# same.  Against deep / linear they say what the per-token reads cost, against titans-pytorch
+# (same reads) what the implementation costs.
+CHUNK_READS = {"deep-chunk-reads": "deep", "linear-chunk-reads": "linear"}  # config -> base config
+for _config, _base in CHUNK_READS.items():
+    MIRASLAB_CONFIGS[_config] = {**MIRASLAB_CONFIGS[_base], "reads": "chunk"}
+CHUNK_READS_LABEL = "chunk-level reads (other semantics: titans-pytorch's)"
+
+
+def label(config: str) -> str:
+    """How the table names a miraslab configuration: chunk-level reads say so."""
+    return f"{CHUNK_READS[config]} (chunk-level reads)*" if config in CHUNK_READS else config
+
+
+def base_config(config: str) -> str:
+    """The configuration with per-token reads a chunk-level-reads one is compared with."""
+    return CHUNK_READS.get(config, config)
+
 
 COMPILED_CHUNKS = "compiled"  # the path name of MemoryLayer.from_options(path="chunked", compile_chunks=True)
 

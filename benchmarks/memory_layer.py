@@ -40,6 +40,8 @@ from _flops import counted_flops, linear_chunked_flops, matmul_gflops, per_token
 from _subjects import (
     BATCH,
     CHUNK,
+    CHUNK_READS,
+    CHUNK_READS_LABEL,
     COMPILED_CHUNKS,
     DIM,
     FLA,
@@ -52,9 +54,11 @@ from _subjects import (
     TITANS,
     TITANS_CONFIGS,
     Case,
+    base_config,
     build,
     fla_unavailable,
     fla_version,
+    label,
     make_input,
     make_step,
     runs_chunk_step,
@@ -267,15 +271,21 @@ def _ratio(a: Job | None, b: Job | None) -> float | None:
 
 
 def titans_ratios(jobs: list[Job], job: Job) -> dict[str, float]:
-    """Speed of a miraslab chunked row relative to the matching titans-pytorch (and FLA) rows."""
+    """Speed of a miraslab chunked row relative to the matching titans-pytorch (and FLA) rows;
+    a chunk-level-reads row also relative to its configuration with per-token reads."""
     if job.case.impl != MIRASLAB or job.case.path not in ("chunked", COMPILED_CHUNKS):
         return {}
-    partners = {"deep": ("batch64", "default"), "linear": ("batch64",)}.get(job.case.config, ())
+    base = base_config(job.case.config)
+    partners = {"deep": ("batch64", "default"), "linear": ("batch64",)}.get(base, ())
     out = {}
     for mode in partners:
-        ratio = _ratio(job, _find(jobs, TITANS, job.case.config, mode, job.seq))
+        ratio = _ratio(job, _find(jobs, TITANS, base, mode, job.seq))
         if ratio is not None:
-            out[f"vs titans {job.case.config} {mode}"] = ratio
+            out[f"vs titans {base} {mode}"] = ratio
+    if base != job.case.config:  # what the per-token reads cost: the same layer, the same path
+        ratio = _ratio(job, _find(jobs, MIRASLAB, base, job.case.path, job.seq))
+        if ratio is not None:
+            out[f"vs miraslab {base} (token reads)"] = ratio
     for fla_config, (_, function, layer) in FLA_CONFIGS.items():
         if job.case.config == layer and job.case.path == "chunked":
             ratio = _ratio(job, _find(jobs, FLA, fla_config, FLA_PATH, job.seq))
@@ -325,6 +335,15 @@ def rows(jobs: list[Job], matmul_per_round: dict[int, float]) -> list[dict[str, 
         row: dict[str, Any] = {
             "impl": job.case.impl,
             "config": job.case.config,
+            "label": label(job.case.config) if job.case.impl == MIRASLAB else job.case.config,
+            # which weights a miraslab token reads; chunk-level reads are other semantics
+            "semantics": (
+                CHUNK_READS_LABEL
+                if job.case.config in CHUNK_READS
+                else "per-token reads"
+                if job.case.impl == MIRASLAB
+                else None
+            ),
             "path": job.case.path,
             "seq": job.seq,
             "batch": BATCH,
@@ -356,7 +375,7 @@ def _fmt(value: float | None, spec: str) -> str:
 
 
 def print_table(table: list[dict[str, Any]]) -> None:
-    width = max(8, *(len(row["config"]) + 2 for row in table))
+    width = max(8, *(len(row["label"]) + 2 for row in table))
     header = (
         f"{'impl':<15}{'config':<{width}}{'path':<10}{'seq':>6}{'tok/s':>10}{'n':>3}{'iqr':>6}"
         f"{'faults':>7}{'peak MiB':>10}{'x prev':>8}{'GF/s':>7}{'%mm':>6}  vs titans-pytorch / fla"
@@ -370,7 +389,7 @@ def print_table(table: list[dict[str, Any]]) -> None:
         fraction = row.get("matmul_fraction")
         spread = "-" if row["spread"] is None else f"{row['spread']:.0%}"
         print(
-            f"{row['impl']:<15}{row['config']:<{width}}{row['path']:<10}{row['seq']:>6}"
+            f"{row['impl']:<15}{row['label']:<{width}}{row['path']:<10}{row['seq']:>6}"
             f"{row['tokens_per_s']:>10.0f}{len(row['times_s']):>3}{spread:>6}"
             f"{_fmt(row['minor_faults_per_pass'], '.0f'):>7}"
             f"{_fmt(row['peak_growth_mib'], '.1f'):>10}{_fmt(row['peak_growth_vs_previous_seq'], '.2f'):>8}"
@@ -385,6 +404,12 @@ def print_table(table: list[dict[str, Any]]) -> None:
         "median over rounds of the per-round speed ratio; path compiled: chunked with compile_chunks=True\n"
         "(the per-chunk step under torch.compile, compiled in the warm-up pass; peak memory not measured)."
     )
+    if any(row["config"] in CHUNK_READS for row in table):
+        print(
+            '*: OTHER SEMANTICS (model.memory.reads = "chunk"): every token of a chunk reads the chunk-start '
+            "weights, as titans-pytorch does,\nnot its own W_t; the writes are the same.  vs miraslab ... "
+            "(token reads): what the per-token reads cost; vs titans: what the implementation costs."
+        )
 
 
 @dataclass

@@ -151,6 +151,7 @@ class NeuralMemory(nn.Module):
                 spec.compile_chunks,
                 spec.inner_steps,
                 spec.kernel,
+                spec.reads,
             )
         if self.ablation == "zero":
             y = torch.zeros_like(y)
@@ -230,6 +231,7 @@ class NeuralMemory(nn.Module):
                 path,
                 inner_steps=self.spec.inner_steps,
                 kernel=self.spec.kernel,
+                reads=self.spec.reads,
             )
             outputs.append(y)
         return torch.cat(outputs, dim=2), state

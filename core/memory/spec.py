@@ -20,6 +20,7 @@ from ..params import ParamValueError, component_field, component_type, param, st
 
 PATHS = ("chunked", "recurrent")
 INNER_STEPS = ("mini_batch", "per_token")
+READS = ("token", "chunk")
 
 MemoryComponent = component_type("memory")
 BiasComponent = component_type("bias")
@@ -87,6 +88,14 @@ class MemorySpec:
         "(Titans eq. 16-18); per_token takes each token's at the state the previous token left "
         "(DeltaNet, Gated DeltaNet: exact at any chunk size; matrix memories with l2 or dot, gd or momentum)",
     )
+    reads: str = param(
+        "token",
+        choices=READS,
+        doc="which weights a token reads: token reads M_t, the weights after the updates of its chunk's "
+        "tokens up to itself (y_t = M_t(q_t)); chunk reads every token of a chunk at the chunk-start "
+        "weights, as titans-pytorch does (other semantics: cheaper, no intra-chunk term; needs "
+        "inner_steps mini_batch)",
+    )
     kernel: str = param(
         "auto",
         choices=("auto", "fla", "native"),
@@ -117,6 +126,13 @@ class MemorySpec:
     gates: GatesSpec = attrs.field(factory=GatesSpec, metadata={"doc": "gate projections"})
 
     def cross_check(self) -> None:
+        if self.reads == "chunk" and self.inner_steps == "per_token":
+            raise ParamValueError(
+                "reads",
+                "'token' with inner_steps 'per_token' (chunks of per-token steps "
+                "are a block size, not semantics)",
+                self.reads,
+            )
         if self.conv_init == "shift_keys" and self.conv_kernel < 2:
             raise ParamValueError(
                 "conv_kernel",
@@ -133,7 +149,7 @@ class MemorySpec:
         must be >= 1, got 0``), as the keyword layer always refused them; the rest, in a
         recipe's (``key: expected ..., got ...``)."""
         check_run_options(
-            **{key: options[key] for key in ("path", "chunk_size", "inner_steps") if key in options}
+            **{key: options[key] for key in ("path", "chunk_size", "inner_steps", "reads") if key in options}
         )
         return structure(options, cls)
 
@@ -143,7 +159,9 @@ class MemorySpec:
         return heads, self.head_dim or dim // heads
 
 
-def check_run_options(path: str = PATHS[0], chunk_size: int = 1, inner_steps: str = INNER_STEPS[0]) -> None:
+def check_run_options(
+    path: str = PATHS[0], chunk_size: int = 1, inner_steps: str = INNER_STEPS[0], reads: str = READS[0]
+) -> None:
     """The engine's run options, as the functional op and the keyword constructors word them."""
     if path not in PATHS:
         raise ValueError(f"path must be one of {PATHS}, got {path!r}")
@@ -151,6 +169,12 @@ def check_run_options(path: str = PATHS[0], chunk_size: int = 1, inner_steps: st
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
     if inner_steps not in INNER_STEPS:
         raise ValueError(f"inner_steps must be one of {INNER_STEPS}, got {inner_steps!r}")
+    if reads not in READS:
+        raise ValueError(f"reads must be one of {READS}, got {reads!r}")
+    if reads == "chunk" and inner_steps == "per_token":
+        raise ValueError(
+            "reads = 'chunk' needs inner_steps = 'mini_batch' (per-token chunks are a block size)"
+        )
 
 
 @attrs.frozen

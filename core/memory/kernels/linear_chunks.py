@@ -9,6 +9,7 @@ Forward (per chunk, batched over batch, heads and chunks; see ``paths.chunked_af
     P = c k^T diag(row) k,  R = b^T diag(row) k    for row = K[L] (W) and M[L] (S)
     W' = beta_L W + sigma_L S + W P_W + R_W,  S' = eta_L S + W P_S + R_S
     y = r + q~ W^T + (sigma q) S^T
+    y = q W^T                       (chunk-level reads: every token at its chunk's start W)
 
 with u the learning rate per source (the normalised step folded in), b the bias's gradient
 offset and c its slope.  Autograd through that graph spends most of its time on
@@ -94,7 +95,7 @@ def chunk_list(x: torch.Tensor, halves: int | None = None) -> list:
 
 class LinearChunks(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, q, k, offset, u, log_alpha, log_eta, w0, s0, slope):
+    def forward(ctx, q, k, offset, u, log_alpha, log_eta, w0, s0, slope, chunk_reads=False):
         momentum = log_eta is not None
         with torch.autocast(device_type=q.device.type, enabled=False):
             dtype, d_key = q.dtype, q.shape[-1]
@@ -116,12 +117,16 @@ class LinearChunks(torch.autograd.Function):
                 d_eta = m = e = sigma = None
                 coef = d_alpha * minus_u
                 rows = coef[..., -1, :].unsqueeze(-1)
-            qk = q @ k.transpose(-1, -2)
-            scores = coef.to(dtype) * qk
-            q_eff = beta.unsqueeze(-1).to(dtype) * q
-            if slope:
-                q_eff = matmul_add_(q_eff, scores, k, slope)
-            y = scores @ offset
+            if chunk_reads:  # no intra-chunk term: q~ = q, no r, no S read
+                qk = scores = y = None
+                q_eff = q
+            else:
+                qk = q @ k.transpose(-1, -2)
+                scores = coef.to(dtype) * qk
+                q_eff = beta.unsqueeze(-1).to(dtype) * q
+                if slope:
+                    q_eff = matmul_add_(q_eff, scores, k, slope)
+                y = scores @ offset
             projectors, shifts = end_terms(k, offset, rows, slope)
 
             # the chunk recurrence in (at least) fp32
@@ -137,14 +142,17 @@ class LinearChunks(torch.autograd.Function):
                 chunk_list(projectors, d_key) if projectors is not None else None,
             )
             starts_w = torch.stack(starts_w, dim=2)
-            y = matmul_add_(y, q_eff, starts_w.to(dtype).transpose(-1, -2))
-            if momentum:
-                starts_s = torch.stack(starts_s, dim=2)
-                y = matmul_add_(y, sigma.unsqueeze(-1).to(dtype) * q, starts_s.to(dtype).transpose(-1, -2))
+            starts_s = torch.stack(starts_s, dim=2) if momentum else None
+            if chunk_reads:
+                y = q @ starts_w.to(dtype).transpose(-1, -2)
             else:
-                starts_s = None
+                y = matmul_add_(y, q_eff, starts_w.to(dtype).transpose(-1, -2))
+                if momentum:
+                    y = matmul_add_(
+                        y, sigma.unsqueeze(-1).to(dtype) * q, starts_s.to(dtype).transpose(-1, -2)
+                    )
 
-        ctx.slope, ctx.momentum = slope, momentum
+        ctx.slope, ctx.momentum, ctx.chunk_reads = slope, momentum, chunk_reads
         ctx.save_for_backward(
             q,
             k,
@@ -191,7 +199,7 @@ class LinearChunks(torch.autograd.Function):
             starts_s,
             projectors,
         ) = ctx.saved_tensors
-        slope, momentum = ctx.slope, ctx.momentum
+        slope, momentum, chunk_reads = ctx.slope, ctx.momentum, ctx.chunk_reads
         # every intermediate here is ours: updated in place where it dies, to allocate less
         with torch.autocast(device_type=q.device.type, enabled=False):
             dtype, d_key, n = q.dtype, q.shape[-1], q.shape[2]
@@ -210,7 +218,9 @@ class LinearChunks(torch.autograd.Function):
             # the reads' share of each chunk's start-state gradient, then the recurrence backwards
             sigma_col = sigma.unsqueeze(-1).to(dtype) if momentum else None
             read_w = (grad_y.transpose(-1, -2) @ q_eff).to(state_dtype)
-            read_s = (grad_y.transpose(-1, -2) @ (sigma_col * q)).to(state_dtype) if momentum else None
+            read_s = None
+            if momentum and not chunk_reads:
+                read_s = (grad_y.transpose(-1, -2) @ (sigma_col * q)).to(state_dtype)
             beta_end = beta[..., -1].to(state_dtype)
             if momentum:
                 sigma_end, eta_end = sigma[..., -1].to(state_dtype), e[..., -1].to(state_dtype)
@@ -228,7 +238,9 @@ class LinearChunks(torch.autograd.Function):
                 previous_w = torch.addcmul(read_w[:, :, c], beta_end[:, :, c, None, None], g_w)
                 if projectors is not None:
                     previous_w = matmul_add_(previous_w, end, projectors[:, :, c].transpose(-1, -2))
-                if momentum:
+                if momentum and read_s is None:  # chunk-level reads never read S
+                    g_s = (sigma_end[:, :, c, None, None] * g_w).addcmul_(eta_end[:, :, c, None, None], g_s)
+                elif momentum:
                     g_s = torch.addcmul(read_s[:, :, c], sigma_end[:, :, c, None, None], g_w).addcmul_(
                         eta_end[:, :, c, None, None], g_s
                     )
@@ -245,23 +257,26 @@ class LinearChunks(torch.autograd.Function):
                 g_e = torch.zeros_like(e)
                 g_e[..., -1] = (grad_shift[..., d_key:] * starts_s).sum((-1, -2)).to(coef_dtype)
 
-            # reads: y = r + q~ W^T + (sigma q) S^T, with r = Abar b and q~ = beta q + c Abar k
-            grad_q_eff = grad_y @ starts_w.to(dtype)
-            g_beta += _rowdot(grad_q_eff, q).to(coef_dtype)
-            grad_scores = grad_y @ offset.transpose(-1, -2)
-            grad_offset = scores.transpose(-1, -2) @ grad_y
-            if slope:
-                grad_scores = matmul_add_(grad_scores, grad_q_eff, k.transpose(-1, -2), slope)
-                grad_k = scores.transpose(-1, -2) @ grad_q_eff
-                if slope != 1:
-                    grad_k.mul_(slope)
-            else:
-                grad_k = torch.zeros_like(k)
-            grad_q = grad_q_eff.mul_(beta.unsqueeze(-1).to(dtype))
-            if momentum:
-                grad_sigma_q = grad_y @ starts_s.to(dtype)
-                g_sigma += _rowdot(grad_sigma_q, q).to(coef_dtype)
-                grad_q.addcmul_(grad_sigma_q, sigma_col)
+            if chunk_reads:  # y = q W^T: only q and the chunk-start states see the reads
+                grad_q = grad_y @ starts_w.to(dtype)
+                grad_offset, grad_k = torch.zeros_like(offset), torch.zeros_like(k)
+            else:  # reads: y = r + q~ W^T + (sigma q) S^T, with r = Abar b and q~ = beta q + c Abar k
+                grad_q_eff = grad_y @ starts_w.to(dtype)
+                g_beta += _rowdot(grad_q_eff, q).to(coef_dtype)
+                grad_scores = grad_y @ offset.transpose(-1, -2)
+                grad_offset = scores.transpose(-1, -2) @ grad_y
+                if slope:
+                    grad_scores = matmul_add_(grad_scores, grad_q_eff, k.transpose(-1, -2), slope)
+                    grad_k = scores.transpose(-1, -2) @ grad_q_eff
+                    if slope != 1:
+                        grad_k.mul_(slope)
+                else:
+                    grad_k = torch.zeros_like(k)
+                grad_q = grad_q_eff.mul_(beta.unsqueeze(-1).to(dtype))
+                if momentum:
+                    grad_sigma_q = grad_y @ starts_s.to(dtype)
+                    g_sigma += _rowdot(grad_sigma_q, q).to(coef_dtype)
+                    grad_q.addcmul_(grad_sigma_q, sigma_col)
 
             # chunk-end terms: [P | R] = [c k | b]^T [row_1 k | row_2 k] ("weighted")
             rows = torch.stack([coef[..., -1, :]] + ([m[..., -1, :]] if momentum else []), dim=-1).to(dtype)
@@ -279,11 +294,14 @@ class LinearChunks(torch.autograd.Function):
             grad_rows = _rowdot(per_row, k.unsqueeze(-2)).to(coef_dtype)  # (L, m)
             grad_k += (per_row * rows.unsqueeze(-1)).sum(-2)
 
-            # Abar = K o (q k^T)
-            grad_coef = (grad_scores * qk).to(coef_dtype)
-            grad_qk = grad_scores.mul_(coef.to(dtype))
-            grad_q = matmul_add_(grad_q, grad_qk, k)
-            grad_k = matmul_add_(grad_k, grad_qk.transpose(-1, -2), q)
+            # Abar = K o (q k^T) (no Abar with chunk-level reads: K is seen by its last rows only)
+            if chunk_reads:
+                grad_coef = torch.zeros_like(coef)
+            else:
+                grad_coef = (grad_scores * qk).to(coef_dtype)
+                grad_qk = grad_scores.mul_(coef.to(dtype))
+                grad_q = matmul_add_(grad_q, grad_qk, k)
+                grad_k = matmul_add_(grad_k, grad_qk.transpose(-1, -2), q)
             grad_coef[..., -1, :] += grad_rows[..., 0]
 
             # the coefficients back to the rates (h = dL/dD o D is what reaches a decay's log)
@@ -317,6 +335,7 @@ class LinearChunks(torch.autograd.Function):
             grad_w0,
             grad_s0,
             None,
+            None,
         )
 
 
@@ -330,8 +349,10 @@ def linear_chunks(
     w0: torch.Tensor,
     s0: torch.Tensor | None,
     slope: float,
+    chunk_reads: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """q, k (B, H, n, L, d), offset (B, H, n, L, d_v), u / log_alpha / log_eta (B, H, n, L),
-    w0 / s0 (B, H, d_v, d).  Returns the reads (B, H, n, L, d_v) and the final W and S."""
-    y, weights, momentum = LinearChunks.apply(q, k, offset, u, log_alpha, log_eta, w0, s0, slope)
+    w0 / s0 (B, H, d_v, d).  Returns the reads (B, H, n, L, d_v) and the final W and S;
+    ``chunk_reads``: every token read at its chunk's start W (titans-pytorch's semantics)."""
+    y, weights, momentum = LinearChunks.apply(q, k, offset, u, log_alpha, log_eta, w0, s0, slope, chunk_reads)
     return y, weights, momentum if log_eta is not None else None

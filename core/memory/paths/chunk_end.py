@@ -56,14 +56,20 @@ def add_piece_decay(rule: MemoryRule, state: MemoryState, gates: Gates, cum: tor
 
 
 def end_piece(
-    rule: MemoryRule, state: MemoryState, q: torch.Tensor, y: torch.Tensor, chunk_size: int
+    rule: MemoryRule,
+    state: MemoryState,
+    q: torch.Tensor,
+    y: torch.Tensor,
+    chunk_size: int,
+    reads: str = "token",
 ) -> tuple[torch.Tensor, MemoryState]:
     """After a chunked piece: when it ends the chunk, close the chunk; the chunk's last token
-    then reads the state after the non-linear steps (q, y: the piece's queries and reads)."""
+    then reads the state after the non-linear steps (q, y: the piece's queries and reads),
+    unless every token read the chunk-start weights (``reads = "chunk"``)."""
     if state.offset != chunk_size:
         return y, state
     state = close_chunk(rule, state)
-    if rule.nonlinear:
+    if rule.nonlinear and reads == "token":
         y_last = rule.read(state.weights, q[:, :, -1:])
         y = torch.cat([y[:, :, :-1], y_last.to(y.dtype)], dim=2)
     return y, state

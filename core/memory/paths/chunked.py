@@ -11,6 +11,9 @@ window (Gamma, a band) are small (L x L) matrices built from cumulative sums.  A
 ``W_i x_i`` is then ``beta_i W_start x_i + sigma_i S_start x_i + sum_j K[i, j] (h_j . x_i)
 delta_j`` (the "dual form"), computed for all i with matmuls.  Only the chunk-end state is
 materialised, and the non-linear steps are applied to it.
+
+With ``reads = "chunk"`` (titans-pytorch's semantics) every token of a chunk reads the
+chunk-start weights instead, ``y_i = M_{W_start}(q_i)``: no dual form, only the chunk ends.
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ def chunked(
     state: MemoryState,
     chunk_size: int,
     compile_chunks: bool = False,
+    reads: str = "token",
 ) -> Result:
     """q, k, v (B, H, T, d): one pass per chunk (the first may finish a chunk the state began).
 
@@ -51,7 +55,7 @@ def chunked(
     batched matrix-memory pass stays eager.
     """
     if rule.algorithm.stateful:  # an optimizer with state of its own: no factored form (paths.general)
-        return general_chunked(rule, tokens, state, chunk_size)
+        return general_chunked(rule, tokens, state, chunk_size, reads)
     q, k, v, gates = tokens
     state = dataclasses.replace(state)
     total = q.shape[2]
@@ -75,7 +79,7 @@ def chunked(
         piece_gates = dict(zip(names, gate_pieces, strict=True))
         if batched and q_piece.shape[2] > chunk_size:
             y, state = chunked_affine.whole_chunks(
-                rule, Tokens(q_piece, k_piece, v_piece, piece_gates), state, chunk_size
+                rule, Tokens(q_piece, k_piece, v_piece, piece_gates), state, chunk_size, reads=reads
             )
             outputs.append(y)
             continue
@@ -86,7 +90,7 @@ def chunked(
         if compiled and index == compiled.start:  # its state laid out as later chunks get theirs
             step_inputs = [q_piece, k_piece, v_piece, *gate_pieces, *rule.parameters()]
             state = like_chunk_end(state, step_inputs)
-        args = (rule, Tokens(q_piece, k_piece, v_piece, piece_gates), state, chunk_size, *extra)
+        args = (rule, Tokens(q_piece, k_piece, v_piece, piece_gates), state, chunk_size, *extra, reads)
         y, state = step(*args) if index not in compiled else run_compiled(step, *args)
         outputs.append(y)
     return torch.cat(outputs, dim=2) if len(outputs) > 1 else outputs[0], state
@@ -186,6 +190,7 @@ def _piece(
     state: MemoryState,
     chunk_size: int,
     precomputed: tuple[torch.Tensor, ChunkCoefficients] | None = None,
+    reads: str = "token",
 ) -> Result:
     q, k, v, gates = tokens
     retention = rule.retention
@@ -296,7 +301,9 @@ def _piece(
             start_s[name].to(dtype) if carry_read is not None else None,
         )
 
-    y = rule.apply_arch(q, linear)
+    # reads "chunk": every token at the chunk-start weights (the dual form's beta, sigma and K
+    # terms dropped); the chunk ends below are made by chunk_end_update alone
+    y = rule.read(state.start, q) if reads == "chunk" else rule.apply_arch(q, linear)
 
     new_weights, new_momentum, new_decayed = {}, {}, {}
     for name, (h, delta) in factors.items():
@@ -329,4 +336,4 @@ def _piece(
     add_piece_decay(rule, state, gates, cum)
     state.offset += length
     keep_window(rule, state, keys, values, source_gates)
-    return end_piece(rule, state, q, y, chunk_size)
+    return end_piece(rule, state, q, y, chunk_size, reads)

@@ -58,12 +58,14 @@ def whole_chunks(
     state: MemoryState,
     chunk_size: int,
     hand_written_backward: bool = True,
+    reads: str = "token",
 ) -> Result:
     """q, k, v (B, H, n * chunk_size, d) from a state at a chunk boundary.
 
     Without an Omega window or a decayed gradient point, the pass is one autograd Function
     with a hand-written backward (``kernels.linear_chunks``); ``hand_written_backward =
     False`` builds the same computation from autograd ops instead (the tests' reference).
+    ``reads = "chunk"``: every token reads its chunk's start weights, ``y = q W_c^T``.
     """
     q, k, v, gates = tokens
     retention, algorithm, bias = rule.retention, rule.algorithm, rule.bias
@@ -112,6 +114,7 @@ def whole_chunks(
             state.weights["w"],
             momentum,
             bias.gradient_slope,
+            chunk_reads=reads == "chunk",
         )
         return y.reshape(batch, heads, total, -1), _closed(state, weights, momentum)
 
@@ -133,11 +136,12 @@ def whole_chunks(
     if retention.gradient_at_decayed:  # window 1 here
         grad_keys = torch.exp(coefficients.cum_alpha).unsqueeze(-1).to(dtype) * k_src
 
-    scores = coef.to(dtype) * (qc @ k_src.transpose(-1, -2))  # A = K o (q k^T)
-    q_eff = beta.unsqueeze(-1).to(dtype) * qc
-    if slope:
-        q_eff = matmul_add(q_eff, scores, grad_keys, slope)
-    reads_offset = scores @ offset
+    if reads == "token":  # the dual form's terms (chunk-level reads have none)
+        scores = coef.to(dtype) * (qc @ k_src.transpose(-1, -2))  # A = K o (q k^T)
+        q_eff = beta.unsqueeze(-1).to(dtype) * qc
+        if slope:
+            q_eff = matmul_add(q_eff, scores, grad_keys, slope)
+        reads_offset = scores @ offset
 
     # the chunk-end terms P = k^T diag(row) a k and R = b^T diag(row) k for the chunk-end
     # coefficient row of W (and of S), both rows in one matmul each: [row_W k | row_S k]
@@ -163,11 +167,13 @@ def whole_chunks(
             chunk_list(projectors.to(state_dtype), d_key) if projectors is not None else None,
         )
 
-    # all reads at once: y = r + q~ W_c^T + sigma q S_c^T
-    y = matmul_add(reads_offset, q_eff, torch.stack(starts_w, dim=2).to(dtype).transpose(-1, -2))
-    if carry is not None:
-        sigma_q = carry.unsqueeze(-1).to(dtype) * qc
-        y = matmul_add(y, sigma_q, torch.stack(starts_s, dim=2).to(dtype).transpose(-1, -2))
+    if reads == "chunk":  # every token at its chunk's start weights: y = q W_c^T
+        y = qc @ torch.stack(starts_w, dim=2).to(dtype).transpose(-1, -2)
+    else:  # all reads at once: y = r + q~ W_c^T + sigma q S_c^T
+        y = matmul_add(reads_offset, q_eff, torch.stack(starts_w, dim=2).to(dtype).transpose(-1, -2))
+        if carry is not None:
+            sigma_q = carry.unsqueeze(-1).to(dtype) * qc
+            y = matmul_add(y, sigma_q, torch.stack(starts_s, dim=2).to(dtype).transpose(-1, -2))
 
     if keep:
         keep_window(rule, state, *with_window(rule, state, k, v, gates)[:3])

@@ -43,8 +43,10 @@ def sub_chunked(
     tokens: Tokens,
     state: MemoryState,
     chunk_size: int,
+    reads: str = "token",
 ) -> Result:
-    """A piece of m * SUB tokens inside one chunk: q, k, v (B, H, m * SUB, d)."""
+    """A piece of m * SUB tokens inside one chunk: q, k, v (B, H, m * SUB, d); ``reads =
+    "chunk"``: every token at the chunk-start weights."""
     q, k, v, gates = tokens
     state = dataclasses.replace(state)
     retention = rule.retention
@@ -117,11 +119,11 @@ def sub_chunked(
         )
         return y.flatten(2, 3)
 
-    y = rule.arch(q, lambda _, x: read(x))
+    y = rule.read(state.start, q) if reads == "chunk" else rule.arch(q, lambda _, x: read(x))
 
     add_piece_decay(rule, state, gates, cum)  # the piece as a whole, since the chunk start
     state.weights = {name: w}
     if momentum:
         state.momentum = {name: s}
     state.offset += length
-    return end_piece(rule, state, q, y, chunk_size)
+    return end_piece(rule, state, q, y, chunk_size, reads)

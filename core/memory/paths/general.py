@@ -35,7 +35,9 @@ from .omega_window import keep_window, window_band, with_window
 from .tokens import Result, Tokens
 
 
-def general_chunked(rule: MemoryRule, tokens: Tokens, state: MemoryState, chunk_size: int) -> Result:
+def general_chunked(
+    rule: MemoryRule, tokens: Tokens, state: MemoryState, chunk_size: int, reads: str = "token"
+) -> Result:
     """q, k, v (B, H, T, d): one piece per chunk (the first may finish a chunk the state began)."""
     total = tokens.q.shape[2]
     lengths = [min(chunk_size - state.offset, total)]
@@ -43,14 +45,17 @@ def general_chunked(rule: MemoryRule, tokens: Tokens, state: MemoryState, chunk_
         lengths.append(min(chunk_size, total - sum(lengths)))
     outputs, start = [], 0
     for length in lengths:
-        y, state = general_piece(rule, tokens.at(slice(start, start + length)), state, chunk_size)
+        y, state = general_piece(rule, tokens.at(slice(start, start + length)), state, chunk_size, reads)
         outputs.append(y)
         start += length
     return torch.cat(outputs, dim=2) if len(outputs) > 1 else outputs[0], state
 
 
-def general_piece(rule: MemoryRule, tokens: Tokens, state: MemoryState, chunk_size: int) -> Result:
-    """A piece of L tokens inside one chunk: reads (B, H, L, d_v) and the state after them."""
+def general_piece(
+    rule: MemoryRule, tokens: Tokens, state: MemoryState, chunk_size: int, reads: str = "token"
+) -> Result:
+    """A piece of L tokens inside one chunk: reads (B, H, L, d_v) and the state after them
+    (``reads = "chunk"``: every token at the chunk-start weights)."""
     q, k, v, gates = tokens
     state = dataclasses.replace(state)
     retention = rule.retention
@@ -83,13 +88,16 @@ def general_piece(rule: MemoryRule, tokens: Tokens, state: MemoryState, chunk_si
         weights = _next_weights(rule, state, weights, update, alpha)
         for name, w in weights.items():
             per_token[name].append(w)
-    stacked = {name: torch.stack(ws, dim=2) for name, ws in per_token.items()}  # (B, H, L, d_out, d_in)
-    y = rule.apply_arch(q, lambda name, x: torch.einsum("bhloi,bhli->bhlo", stacked[name].to(x.dtype), x))
+    if reads == "chunk":
+        y = rule.read(state.start, q)
+    else:
+        stacked = {name: torch.stack(ws, dim=2) for name, ws in per_token.items()}  # (B, H, L, d_out, d_in)
+        y = rule.apply_arch(q, lambda name, x: torch.einsum("bhloi,bhli->bhlo", stacked[name].to(x.dtype), x))
     state.weights, state.algorithm_state = weights, algorithm_state
     add_piece_decay(rule, state, gates, cum)
     state.offset += q.shape[2]
     keep_window(rule, state, keys, values, source_gates)
-    return end_piece(rule, state, q, y, chunk_size)
+    return end_piece(rule, state, q, y, chunk_size, reads)
 
 
 def _next_weights(
@@ -103,11 +111,13 @@ def _next_weights(
     }
 
 
-def general_step(rule: MemoryRule, tokens: Tokens, state: MemoryState, chunk_size: int) -> Result:
+def general_step(
+    rule: MemoryRule, tokens: Tokens, state: MemoryState, chunk_size: int, reads: str = "token"
+) -> Result:
     """One token (q, k, v (B, H, d), gates {name: (B, H)}): the recurrent path's step."""
     q, k, v, gates = tokens
     one = Tokens(
         q.unsqueeze(2), k.unsqueeze(2), v.unsqueeze(2), {n: g.unsqueeze(2) for n, g in gates.items()}
     )
-    y, state = general_piece(rule, one, state, chunk_size)
+    y, state = general_piece(rule, one, state, chunk_size, reads)
     return y[:, :, 0], state

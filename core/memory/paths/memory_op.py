@@ -28,6 +28,7 @@ def memory_op(
     compile_chunks: bool = False,
     inner_steps: str = "mini_batch",
     kernel: str = "auto",
+    reads: str = "token",
 ) -> tuple[torch.Tensor, MemoryState]:
     """Run a Miras memory over a sequence.
 
@@ -55,11 +56,15 @@ def memory_op(
         kernel: who runs per-token steps of the delta-rule family (``paths.fla_delta``):
             ``"auto"`` flash-linear-attention's kernels on CUDA where installed, else ours;
             ``"fla"`` FLA or a ValueError; ``"native"`` always ours.
+        reads: ``"token"``: token t reads M_t, the weights after its chunk's updates up to
+            its own; ``"chunk"``: every token of a chunk reads the chunk-start weights (as
+            titans-pytorch does: other semantics, no intra-chunk term).  The writes are the
+            same.  Mini-batch steps only.
 
     Returns:
         outputs (batch, heads, seq, d_v) and the state after the last token.
     """
-    check_run_options(path, chunk_size, inner_steps)
+    check_run_options(path, chunk_size, inner_steps, reads)
     check_op_inputs(rule, q, k, v, gates, state)
     if state is None:
         state = rule.initial_state(q.shape[0])
@@ -73,7 +78,7 @@ def memory_op(
     if per_token and (path == "recurrent" or chunk_size == 1):  # per-token steps: chunks of one token
         chunk_size = 1
     if path == "recurrent":
-        return recurrent(rule, Tokens(q, k, v, gates), state, chunk_size)
+        return recurrent(rule, Tokens(q, k, v, gates), state, chunk_size, reads)
     # the chunked path batches matmuls over (batch, heads, chunks): with a strided layout
     # (heads split off the feature dimension) every one of them would first copy its operands
     tokens = Tokens(
@@ -81,4 +86,4 @@ def memory_op(
     )
     if per_token and chunk_size > 1:
         return chunked_per_token(rule, tokens, state, chunk_size)
-    return chunked(rule, tokens, state, chunk_size, compile_chunks)
+    return chunked(rule, tokens, state, chunk_size, compile_chunks, reads)

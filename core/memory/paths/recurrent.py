@@ -32,11 +32,16 @@ def step(
     tokens: Tokens,
     state: MemoryState,
     chunk_size: int,
+    reads: str = "token",
 ) -> Result:
-    """One token: q, k, v (B, H, d); gates {name: (B, H) or (B, H, d_v)}."""
+    """One token: q, k, v (B, H, d); gates {name: (B, H) or (B, H, d_v)}.
+
+    ``reads = "chunk"``: the token reads the chunk-start weights ``state.start``, before its
+    update (and before the chunk's close, when it is the last); else the weights after them."""
     if rule.algorithm.stateful:  # an optimizer with state of its own: the general path's token step
-        return general.general_step(rule, tokens, state, chunk_size)
+        return general.general_step(rule, tokens, state, chunk_size, reads)
     q, k, v, gates = tokens
+    y_chunk = rule.read(state.start, q.unsqueeze(2))[:, :, 0] if reads == "chunk" else None
     state = dataclasses.replace(state)
     retention, algorithm = rule.retention, rule.algorithm
     k, v = k.unsqueeze(2), v.unsqueeze(2)
@@ -97,6 +102,8 @@ def step(
     keep_window(rule, state, keys, values, source_gates)
     if state.offset == chunk_size:
         state = close_chunk(rule, state)
+    if y_chunk is not None:
+        return y_chunk, state
     y = rule.read(state.weights, q.unsqueeze(2))[:, :, 0]
     return y, state
 
@@ -106,10 +113,11 @@ def recurrent(
     tokens: Tokens,
     state: MemoryState,
     chunk_size: int,
+    reads: str = "token",
 ) -> Result:
     """q, k, v (B, H, T, d); a Python loop over tokens (use for decoding and as the oracle)."""
     outputs = []
     for t in range(tokens.q.shape[2]):
-        y, state = step(rule, tokens.at(t), state, chunk_size)
+        y, state = step(rule, tokens.at(t), state, chunk_size, reads)
         outputs.append(y)
     return torch.stack(outputs, dim=2), state
