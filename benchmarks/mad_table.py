@@ -32,6 +32,7 @@ import torch
 
 # _paper_models: a helper beside this script (its directory is on sys.path)
 from _paper_models import model_sets as recipe_model_sets
+from _paper_models import storing_inits
 
 import miraslab
 from miraslab.evaluation import evaluate
@@ -68,9 +69,11 @@ ATLAS_PAPER = {
 }  # fmt: skip
 
 
-def model_sets(model: str) -> list[str]:
-    """The --set lines that turn a MAD recipe's model into the table's ``model``."""
-    return recipe_model_sets(REPO / MODELS[model])
+def model_sets(model: str, storing: bool = False) -> list[str]:
+    """The --set lines that turn a MAD recipe's model into the table's ``model`` (a deep memory
+    at the inits that store, with ``storing``: ``_paper_models.storing_inits``)."""
+    path = REPO / MODELS[model]
+    return recipe_model_sets(path) + (storing_inits(path) if storing else [])
 
 
 def reduced_sets(args: argparse.Namespace) -> list[str]:
@@ -88,11 +91,11 @@ def reduced_sets(args: argparse.Namespace) -> list[str]:
             sets.append(f"model.{key}={value}")
     if args.train_examples is not None:
         sets.append(f"data.task.train_examples={args.train_examples}")
-    return sets
+    return sets + list(args.sets)
 
 
 def run_one(task: str, model: str, args: argparse.Namespace, root: Path) -> dict[str, Any]:
-    sets = model_sets(model) + reduced_sets(args)
+    sets = model_sets(model, args.storing_inits) + reduced_sets(args)
     recipe = miraslab.load_recipe(REPO / TASKS[task], sets)
     out = root / f"{task}--{model}"
     started = time.perf_counter()
@@ -156,9 +159,12 @@ def plot(results: list[dict[str, Any]], tasks: list[str], models: list[str], tit
 
 
 def header(settings: dict[str, Any]) -> str:
+    inits = ", deep memories at the storing inits" if settings.get("storing_inits") else ""
+    extra = f", with {' '.join(settings['sets'])}" if settings.get("sets") else ""
     return (
         f"MAD accuracy (%), {settings['steps']} steps at batch {settings['batch_size']}, lr {settings['lr']}, "
         f"d_model {settings['d_model']}, {settings['eval_examples']} validation examples, seed {settings['seed']}"
+        f"{inits}{extra}"
     )
 
 
@@ -200,6 +206,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, help="keep the runs here (default: a temporary directory)")
     parser.add_argument("--json", type=Path, help="also write the results here")
     parser.add_argument("--show-sets", action="store_true", help="print each model's --set lines and exit")
+    parser.add_argument(
+        "--storing-inits",
+        action="store_true",
+        help="start deep memories at the inits that store (retention alpha 0.999, the delta rule's step, shift keys)",
+    )
+    parser.add_argument(
+        "--set", dest="sets", action="append", default=[], metavar="KEY=VALUE", help="a recipe override, last"
+    )
     parser.add_argument("--plot", type=Path, help="also draw the accuracies as grouped bars (PNG)")
     parser.add_argument(
         "--from-json",
@@ -213,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.show_sets:
         for model in args.models:
-            print(f"{model}: " + " ".join(f"--set {s}" for s in model_sets(model)))
+            print(f"{model}: " + " ".join(f"--set {s}" for s in model_sets(model, args.storing_inits)))
         return 0
     if args.from_json:
         report(json.loads(args.from_json.read_text()), args)
@@ -246,6 +260,8 @@ def main(argv: list[str] | None = None) -> int:
         "eval_examples": args.eval_examples,
         "seed": args.seed,
         "threads": args.threads,
+        "storing_inits": args.storing_inits,
+        "sets": list(args.sets),
         "machine": f"{platform.machine()} {platform.processor() or platform.system()}, torch {torch.__version__}",
     }
     payload = {"settings": settings, "results": results, "atlas_paper": ATLAS_PAPER}

@@ -507,3 +507,18 @@ def test_the_mad_table_in_the_docs_is_the_one_its_json_prints(capsys) -> None:
     assert "\n".join(table) in docs
     settings = json.loads(results.read_text())["settings"]
     assert f"{settings['steps']} steps of batch {settings['batch_size']}" in docs
+
+
+def test_the_mad_table_lays_the_storing_inits_and_overrides_last(capsys) -> None:
+    """--storing-inits adds the deep memory's storing inits (shift keys among them) to
+    titans-mag and nothing to gated-deltanet's linear memory; --set lands after both."""
+    args = ["--show-sets", "--storing-inits", "--models", "titans-mag", "gated-deltanet"]
+    assert mad_table.main(args) == 0
+    titans, gated = capsys.readouterr().out.splitlines()
+    assert "model.memory.conv_init=shift_keys" in titans and "model.memory.retention.init=0.999" in titans
+    assert "conv_init" not in gated
+    parsed = mad_table.parse_args(["--storing-inits", "--set", "model.memory.chunk_size=2"])
+    sets = mad_table.model_sets("titans-mag", parsed.storing_inits) + mad_table.reduced_sets(parsed)
+    assert sets[-1] == "model.memory.chunk_size=2"
+    recipe = miraslab.load_recipe(mad_table.REPO / mad_table.TASKS["in-context-recall"], sets)
+    assert recipe.model.memory.chunk_size == 2 and recipe.model.memory.conv_init == "shift_keys"
