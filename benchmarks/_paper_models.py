@@ -7,6 +7,7 @@ recipe's, so every model runs at one size on one task.
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 from typing import Any
 
@@ -88,3 +89,16 @@ def storing_inits(recipe: Path) -> list[str]:
     for key, value in STEP_SCALE.get(name("algorithm", "gd"), {}).items():  # lr_max before lr_init
         sets.append(f"model.memory.algorithm.{key}={value}")
     return sets
+
+
+def add_init_options(parser: argparse.ArgumentParser) -> None:
+    """``--storing-inits`` (``storing_inits`` laid over each deep memory) and ``--set KEY=VALUE``
+    (a recipe override after all the others), shared by the scripts that use these helpers."""
+    parser.add_argument(
+        "--storing-inits",
+        action="store_true",
+        help="start deep memories at the inits that store (retention alpha 0.999, the delta rule's step, shift keys)",
+    )
+    parser.add_argument(
+        "--set", dest="sets", action="append", default=[], metavar="KEY=VALUE", help="a recipe override, last"
+    )

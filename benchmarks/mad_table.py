@@ -31,8 +31,8 @@ from typing import Any
 import torch
 
 # _paper_models: a helper beside this script (its directory is on sys.path)
+from _paper_models import add_init_options, storing_inits
 from _paper_models import model_sets as recipe_model_sets
-from _paper_models import storing_inits
 
 import miraslab
 from miraslab.evaluation import evaluate
@@ -206,14 +206,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, help="keep the runs here (default: a temporary directory)")
     parser.add_argument("--json", type=Path, help="also write the results here")
     parser.add_argument("--show-sets", action="store_true", help="print each model's --set lines and exit")
-    parser.add_argument(
-        "--storing-inits",
-        action="store_true",
-        help="start deep memories at the inits that store (retention alpha 0.999, the delta rule's step, shift keys)",
-    )
-    parser.add_argument(
-        "--set", dest="sets", action="append", default=[], metavar="KEY=VALUE", help="a recipe override, last"
-    )
+    add_init_options(parser)
     parser.add_argument("--plot", type=Path, help="also draw the accuracies as grouped bars (PNG)")
     parser.add_argument(
         "--from-json",

@@ -43,7 +43,7 @@ from typing import Any
 import torch
 
 # _paper_models: a helper beside this script (its directory is on sys.path)
-from _paper_models import model_sets, storing_inits
+from _paper_models import add_init_options, model_sets, storing_inits
 
 import miraslab
 from miraslab.train.run_dir import RunDir
@@ -256,18 +256,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--seed", type=int, default=0, help="the first seed")
     parser.add_argument("--seeds", type=int, default=1, help="how many seeds, from --seed on")
-    parser.add_argument(
-        "--storing-inits",
-        action="store_true",
-        help="start deep memories at the inits that store (retention alpha 0.999, the delta rule's step, shift keys)",
-    )
+    add_init_options(parser)
     parser.add_argument(
         "--capacity",
         action="store_true",
         help="train nothing: each untrained memory's read-back of N pairs (miraslab probe --capacity)",
-    )
-    parser.add_argument(
-        "--set", dest="sets", action="append", default=[], metavar="KEY=VALUE", help="a recipe override, last"
     )
     parser.add_argument("--out", type=Path, help="keep the runs here (default: a temporary directory)")
     parser.add_argument("--json", type=Path, help="also write the results here")
