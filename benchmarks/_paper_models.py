@@ -102,3 +102,10 @@ def add_init_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--set", dest="sets", action="append", default=[], metavar="KEY=VALUE", help="a recipe override, last"
     )
+
+
+def inits_phrase(storing: bool, sets: list[str]) -> str:
+    """What a table's title says of ``--storing-inits`` and ``--set``: ", deep memories at the
+    storing inits, with KEY=VALUE ..." (empty without either)."""
+    inits = ", deep memories at the storing inits" if storing else ""
+    return inits + (f", with {' '.join(sets)}" if sets else "")

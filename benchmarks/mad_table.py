@@ -31,7 +31,7 @@ from typing import Any
 import torch
 
 # _paper_models: a helper beside this script (its directory is on sys.path)
-from _paper_models import add_init_options, storing_inits
+from _paper_models import add_init_options, inits_phrase, storing_inits
 from _paper_models import model_sets as recipe_model_sets
 
 import miraslab
@@ -159,12 +159,10 @@ def plot(results: list[dict[str, Any]], tasks: list[str], models: list[str], tit
 
 
 def header(settings: dict[str, Any]) -> str:
-    inits = ", deep memories at the storing inits" if settings.get("storing_inits") else ""
-    extra = f", with {' '.join(settings['sets'])}" if settings.get("sets") else ""
     return (
         f"MAD accuracy (%), {settings['steps']} steps at batch {settings['batch_size']}, lr {settings['lr']}, "
         f"d_model {settings['d_model']}, {settings['eval_examples']} validation examples, seed {settings['seed']}"
-        f"{inits}{extra}"
+        + inits_phrase(settings.get("storing_inits", False), settings.get("sets", []))
     )
 
 

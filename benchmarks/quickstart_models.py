@@ -43,7 +43,7 @@ from typing import Any
 import torch
 
 # _paper_models: a helper beside this script (its directory is on sys.path)
-from _paper_models import add_init_options, model_sets, storing_inits
+from _paper_models import add_init_options, inits_phrase, model_sets, storing_inits
 
 import miraslab
 from miraslab.train.run_dir import RunDir
@@ -282,8 +282,8 @@ def main(argv: list[str] | None = None) -> int:
     budget = (
         f"a {args.budget_seconds:g} s training budget each" if args.budget_seconds else f"{args.steps} steps"
     )
-    inits = ", deep memories at the storing inits" if args.storing_inits else ""
     seeds = f"seed {args.seed}" if args.seeds == 1 else f"seeds {args.seed}-{args.seed + args.seeds - 1}"
+    inits = inits_phrase(args.storing_inits, args.sets)
     print(f"The quickstart's task, {budget}, {seeds}{inits}, on {machine}:\n")
     print(markdown(results))
     if args.seeds > 1:
@@ -292,7 +292,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         args.json.write_text(
             json.dumps(
-                {"machine": machine, "storing_inits": args.storing_inits, "results": results}, indent=2
+                {
+                    "machine": machine,
+                    "storing_inits": args.storing_inits,
+                    "sets": args.sets,
+                    "results": results,
+                },
+                indent=2,
             )
         )
     return 0
@@ -304,10 +310,8 @@ def capacity_main(args: argparse.Namespace) -> int:
         for name in args.models
         for seed in range(args.seed, args.seed + args.seeds)
     ]
-    inits = ", deep memories at the storing inits" if args.storing_inits else ""
-    extra = f", with {' '.join(args.sets)}" if args.sets else ""
     print(
-        f"Read-back cosine of N pairs written into each untrained memory{inits}{extra} "
+        f"Read-back cosine of N pairs written into each untrained memory{inits_phrase(args.storing_inits, args.sets)} "
         "(a delta rule's on the same pairs in brackets):\n"
     )
     print(capacity_markdown(rows))

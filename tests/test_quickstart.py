@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import subprocess
@@ -109,6 +110,11 @@ def test_capacity_tells_a_storing_memory_from_one_that_cannot_store(tmp_path, ca
         == 0
     )
     assert "with model.memory.conv_init=default" in capsys.readouterr().out
+    parsed = argparse.Namespace(storing_inits=True, sets=["model.memory.conv_init=default"], chunk=0)
+    sets = quickstart_models._sets("titans-lmm", parsed, 1, 0)
+    assert sets[-1] == "model.memory.conv_init=default" and "model.memory.conv_init=shift_keys" in sets
+    recipe = miraslab.load_recipe(REPO / "recipes" / "quickstart.toml", sets)
+    assert recipe.model.memory.conv_init == "default"
 
 
 def test_the_titans_pytorch_peer_trains_the_same_model_and_reads_with_its_memory_reset(tmp_path, capsys):
