@@ -53,20 +53,24 @@ def model_sets(recipe: Path, keep_chunk: bool = True) -> list[str]:
 # (docs/memory.md, "Making a deep memory store"; recipes/ablations/deep-memory-mqar.toml and
 # paper-memories-mqar.toml): the retention gate starting at alpha 0.999 (at 0.98 a pair keeps
 # 0.98^41 = 0.44 of itself by its nearest query, and both of an MLP's maps decay), and the
-# inner step at the delta rule's scale (gd theta <= 2; momentum and Muon eta 0.5, theta <= 1,
-# so theta / (1 - eta) <= 2); a Huber bias's threshold at 4 (beyond it a step is theta * delta *
+# inner step at the delta rule's scale (gd theta <= 2; momentum eta 0.5, theta <= 1, so
+# theta / (1 - eta) <= 2); a Huber bias's threshold at 4 (beyond it a step is theta * delta *
 # sign(e), whatever the error: at 1 with theta <= 2 writes overshoot and the outer gradient
 # is 1e10 at the first step); and the memory's keys starting on the previous token
 # (conv_init = "shift_keys", H3's shift: Titans-LMM at 100 % by step 250 with it, 21 % without).
+# Muon keeps its own step (theta <= 0.1): Newton-Schulz makes every step theta long whatever
+# the error, and at theta <= 1 the outer gradient grows chunk by chunk to 1e12 at the first
+# step.  KL retention (Memora) is centred (retention.center, not Memora's: a positive simplex
+# row only averages its inputs and stores no value of mixed signs) at c = 128.
 # Linear memories keep theirs.
 RETENTION_INIT = 0.999
 HUBER_DELTA = 4.0
 STEP_SCALE = {
     "gd": {"lr_max": 2.0, "lr_init": 1.0},
     "momentum": {"lr_max": 1.0, "lr_init": 0.5, "momentum": 0.5},
-    "muon": {"lr_max": 1.0, "lr_init": 0.5, "momentum": 0.5},
 }
 RETENTIONS_WITH_INIT = {"decay", "kl", "lq_norm"}
+RETENTION_SETS = {"kl": {"center": "true", "scale": "128.0"}}
 
 
 def storing_inits(recipe: Path) -> list[str]:
@@ -84,6 +88,8 @@ def storing_inits(recipe: Path) -> list[str]:
     sets = ["model.memory.conv_init=shift_keys"]
     if name("retention", "none") in RETENTIONS_WITH_INIT:
         sets.append(f"model.memory.retention.init={RETENTION_INIT}")
+    for key, value in RETENTION_SETS.get(name("retention", "none"), {}).items():
+        sets.append(f"model.memory.retention.{key}={value}")
     if name("bias", "l2") == "huber":
         sets.append(f"model.memory.bias.delta={HUBER_DELTA}")
     for key, value in STEP_SCALE.get(name("algorithm", "gd"), {}).items():  # lr_max before lr_init

@@ -5,6 +5,7 @@ Tolerance: float64, atol 1e-10 (the engine and the loops differ only in summatio
 
 from __future__ import annotations
 
+import pytest
 import torch
 from memory_cases import make_rule, random_inputs
 
@@ -204,6 +205,38 @@ def test_kl_retention_keeps_rows_on_the_scaled_simplex():
     rows = state.weights["w"].sum(-1)
     torch.testing.assert_close(rows, torch.ones_like(rows), atol=1e-12, rtol=0)
     assert (state.weights["w"] > 0).all()
+
+
+def memora_loop(q, k, v, theta, alpha, logits, scale, center):
+    """Memora (Miras sec. 5) with a linear memory: L_t = alpha_t L_{t-1} - theta_t grad l2(W_{t-1}),
+    W_t = c softmax(L_t) per row; centred, W_t = c (softmax(L_t) - 1/d)."""
+    batch, heads, seq, _ = q.shape
+    state = logits.expand(batch, heads, *logits.shape[-2:])
+
+    def weights(state):
+        return scale * (torch.softmax(state, -1) - (1.0 / state.shape[-1] if center else 0.0))
+
+    out = []
+    for t in range(seq):
+        kt, vt = k[:, :, t].unsqueeze(-1), v[:, :, t].unsqueeze(-1)
+        grad = (weights(state) @ kt - vt) @ kt.transpose(-1, -2)
+        state = alpha[:, :, t, None, None] * state - theta[:, :, t, None, None] * grad
+        out.append((weights(state) @ q[:, :, t].unsqueeze(-1)).squeeze(-1))
+    return torch.stack(out, dim=2)
+
+
+@pytest.mark.parametrize("center", [False, True])
+def test_kl_retention_is_memoras_mirror_descent_centred_or_not(center):
+    rule = make_rule("linear", "l2", "kl", "gd", options={"retention": {"scale": 3.0, "center": center}})
+    q, k, v, gates, _ = random_inputs(rule, seq=9)
+    logits = rule.arch.init.w
+    expected = memora_loop(q, k, v, gates["lr"], torch.exp(gates["decay"]), logits, 3.0, center)
+    for path in ("recurrent", "chunked"):
+        y, state = memory_op(rule, q, k, v, gates, chunk_size=1, path=path)
+        torch.testing.assert_close(y, expected, atol=ATOL, rtol=0)
+    rows = state.weights["w"].sum(-1)
+    torch.testing.assert_close(rows, torch.full_like(rows, 0.0 if center else 3.0), atol=1e-12, rtol=0)
+    assert (state.weights["w"] < 0).any() == center
 
 
 def test_elastic_net_zeroes_small_weights_at_chunk_ends():

@@ -89,8 +89,9 @@ def test_the_storing_inits_change_deep_memories_only_and_every_seed_gets_a_verdi
 
 def test_capacity_tells_a_storing_memory_from_one_that_cannot_store(tmp_path, capsys):
     """--capacity trains nothing and reads back pairs written into each untrained memory: the
-    delta rule stores one random pair (cosine ~1), Memora's simplex weights store none (they
-    are positive, so a signed value is out of reach at any scale), and --set lands last."""
+    delta rule stores one random pair (cosine ~1); Memora stores it at the storing inits (its
+    simplex centred, c = 128) and stores none on Memora's own simplex (positive weights: a
+    signed value is out of reach), which a --set that lands last restores."""
     sys.path.insert(0, str(REPO / "benchmarks"))
     import quickstart_models
 
@@ -99,17 +100,16 @@ def test_capacity_tells_a_storing_memory_from_one_that_cannot_store(tmp_path, ca
     assert quickstart_models.main([*args, "--json", str(out)]) == 0
     rows = {r["model"]: r for r in json.loads(out.read_text())["capacity"]}
     assert rows["deltanet"]["random_1"] > 0.95 and rows["deltanet"]["random_1_delta_rule"] > 0.95
-    assert rows["memora"]["random_1"] < 0.5 and rows["memora"]["random_16"] < 0.5
+    assert rows["memora"]["random_1"] > 0.9
     assert rows["swa"]["random_1"] is None  # no memory: a dash in the table
     assert "| swa | 0 | – |" in capsys.readouterr().out
-    # the override lands after the storing inits: Titans-LMM without the shift keys
+    simplex = ["--set", "model.memory.retention.center=false", "--set", "model.memory.retention.scale=1.0"]
+    assert quickstart_models.main([*args[:3], "memora", *simplex, "--json", str(out)]) == 0
     assert (
-        quickstart_models.main(
-            [*args[:2], "--models", "titans-lmm", "--set", "model.memory.conv_init=default"]
-        )
-        == 0
+        "with model.memory.retention.center=false model.memory.retention.scale=1.0" in capsys.readouterr().out
     )
-    assert "with model.memory.conv_init=default" in capsys.readouterr().out
+    (memora,) = json.loads(out.read_text())["capacity"]
+    assert memora["random_1"] < 0.5 and memora["random_16"] < 0.5
     parsed = argparse.Namespace(storing_inits=True, sets=["model.memory.conv_init=default"], chunk=0)
     sets = quickstart_models._sets("titans-lmm", parsed, 1, 0)
     assert sets[-1] == "model.memory.conv_init=default" and "model.memory.conv_init=shift_keys" in sets
