@@ -103,7 +103,8 @@ def add_init_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--storing-inits",
         action="store_true",
-        help="start deep memories at the inits that store (retention alpha 0.999, the delta rule's step, shift keys)",
+        help="start deep memories at the inits that store (retention alpha 0.999, the delta rule's step "
+        "(Muon keeps its own), shift keys; KL retention centred, not Memora's)",
     )
     parser.add_argument(
         "--set", dest="sets", action="append", default=[], metavar="KEY=VALUE", help="a recipe override, last"
