@@ -7,7 +7,10 @@
    where its design does not put it — a MAG/MAC gate whose gain holds it there (the
    TNT-Atlas seed's gain 0.5/sqrt(576), |z| ~ 0.02 for its whole run).  A memory gate whose
    designed init is inside the linear region (the lr gate's lr_init = lr_max / 2, z = 0)
-   is not dead for sitting there.
+   is not dead for sitting there.  And the outer gradient's norm stays finite and below
+   1e6 over those steps: an inner step that overshoots (Muon at theta <= 1, Huber beyond
+   its threshold) compounds chunk by chunk to 1e10-1e13 while the loss sits at chance and
+   the clipped updates look normal.
 2. **baton pass** — the memory's state carries information across chunk boundaries (and TNT
    shard boundaries): the gradient of a late token's logits with respect to an early token's
    embedding, the two farther apart than attention and convolutions can reach, is non-zero
@@ -41,6 +44,7 @@ import torch.nn.functional as F
 from .components import build_component
 from .data.batch import IGNORE, TrainingBatch
 from .data.documents import documents_apart, documents_separator
+from .errors import RunStopped
 from .memory.gate_projections import GateProjections, inverse_activation
 from .memory.knockout import memories_of, memory_ablation, shard_lengths
 from .model.memory_gate import MemoryGate
@@ -55,6 +59,7 @@ MIN_CARRY_SHARE = 0.01
 CAPACITY_PAIRS = 4  # random unit pairs each memory must store at its initial gates
 MIN_CAPACITY_COSINE = 0.5  # the delta rule reads 4 such pairs back at ~0.96-0.99
 MIN_CARRY_POINTS = 0.05
+EXPLODED_GRAD_NORM = 1e6  # the outer gradient's norm before clipping; healthy recipes log 0.01-10
 
 
 @attrs.frozen
@@ -188,6 +193,20 @@ def why_dead(gate: dict[str, Any]) -> str | None:
     return None
 
 
+def exploded_gradient(metrics: Sequence[dict[str, Any]]) -> str | None:
+    """Why the outer gradient is not healthy, or None: a logged gradient norm that is
+    non-finite or above ``EXPLODED_GRAD_NORM``."""
+    norms = [(m["step"], m["grad_norm"]) for m in metrics if "grad_norm" in m]
+    bad = [(step, norm) for step, norm in norms if not norm < EXPLODED_GRAD_NORM]
+    if not bad:
+        return None
+    step, norm = bad[0]
+    return (
+        f"the outer gradient norm is {norm:.3g} at step {step} (at most {max(n for _, n in norms):.3g}; "
+        f"healthy recipes log 0.01-10): an inner step that overshoots makes it grow chunk by chunk"
+    )
+
+
 def _val_batch(recipe: Recipe, rows: int = 4) -> TrainingBatch:
     task = build_component(recipe.data.task)
     val = task.batches("val", seq_len=recipe.data.seq_len, batch_size=rows, seed=recipe.seed)
@@ -198,7 +217,14 @@ def _val_batch(recipe: Recipe, rows: int = 4) -> TrainingBatch:
 def proof_of_life(recipe_path: Path, sets: Sequence[str], out: Path, steps: int) -> GateResult:
     recipe = load_recipe(recipe_path, list(sets))
     recipe = load_recipe(recipe_path, [*sets, *_burst_sets(recipe, steps, evaluate=False)])
-    trainer, _ = _train(recipe, out, steps)
+    try:
+        trainer, _ = _train(recipe, out, steps)
+    except RunStopped as error:
+        if error.cause != "diverged":  # the trainer stops a run whose loss or gradient is non-finite
+            raise
+        return GateResult("proof_of_life", "fail", f"within {steps} steps, {error}", {"steps": steps})
+    if (exploded := exploded_gradient(trainer.run_dir.metrics())) is not None:
+        return GateResult("proof_of_life", "fail", f"after {steps} steps, {exploded}", {"steps": steps})
     model = trainer.raw
     if not _gate_modules(model):
         return GateResult("proof_of_life", "skip", "the model has no gates")

@@ -133,3 +133,37 @@ def test_a_gate_is_dead_by_what_stops_it_not_by_where_it_sits():
     assert "saturated" in why_dead(alive | {"linear_share": 0.0, "saturated_share": 0.95})
     # the TNT-Atlas seed's MAG gate: no bias, its gain 0.02 pins it at sigmoid's midpoint
     assert "its gain 0.0208" in why_dead(alive | {"designed_preactivation": None, "gain": 0.0208})
+
+
+# Atlas's memory axes on the quickstart (the atlas-shift cells of
+# recipes/ablations/paper-memories-mqar.toml), at batch 4 for speed
+ATLAS = [
+    "model.layout=lmm",
+    'model.memory.memory={ name = "mlp", expansion = 4 }',
+    'model.memory.bias={ name = "omega", window = 16, inner = "l2" }',
+    'model.memory.retention={ name = "decay", init = 0.999 }',
+    'model.memory.features={ name = "polynomial", degree = 2, mode = "elementwise" }',
+    "model.memory.conv_init=shift_keys",
+    "train.batch_size=4",
+]
+
+
+def test_an_outer_gradient_that_explodes_fails_proof_of_life_and_muons_own_step_passes():
+    """Muon at theta <= 1 makes every chunk's step theta long whatever the error: the outer
+    gradient is ~1e12 from step 1 while the loss sits at chance.  At Muon's own step
+    (theta <= 0.1) it stays about 1."""
+    overshoot = 'model.memory.algorithm={ name = "muon", lr_init = 0.5, lr_max = 1.0, momentum = 0.5 }'
+    (life,) = run_preflight(QUICKSTART, [*ATLAS, overshoot], gates=["proof_of_life"])
+    assert life.status == "fail" and "the outer gradient norm is" in life.summary, life.summary
+    own = 'model.memory.algorithm={ name = "muon", momentum = 0.9 }'
+    (life,) = run_preflight(QUICKSTART, [*ATLAS, own], gates=["proof_of_life"])
+    assert life.status == "pass", life.summary
+
+
+def test_a_gradient_norm_is_exploded_when_non_finite_or_above_the_threshold():
+    from miraslab.preflight import EXPLODED_GRAD_NORM, exploded_gradient
+
+    healthy = [{"step": 1, "grad_norm": 3.0}, {"step": 2, "loss": 5.0}, {"step": 2, "grad_norm": 0.5}]
+    assert exploded_gradient(healthy) is None
+    assert "is nan at step 3" in exploded_gradient([*healthy, {"step": 3, "grad_norm": math.nan}])
+    assert "at step 2" in exploded_gradient([healthy[0], {"step": 2, "grad_norm": EXPLODED_GRAD_NORM * 2}])
