@@ -216,7 +216,10 @@ def _val_batch(recipe: Recipe, rows: int = 4) -> TrainingBatch:
 
 def proof_of_life(recipe_path: Path, sets: Sequence[str], out: Path, steps: int) -> GateResult:
     recipe = load_recipe(recipe_path, list(sets))
-    recipe = load_recipe(recipe_path, [*sets, *_burst_sets(recipe, steps, evaluate=False)])
+    # every step's gradient norm logged: one spike is enough to fail
+    recipe = load_recipe(
+        recipe_path, [*sets, *_burst_sets(recipe, steps, evaluate=False), "train.log_every=1"]
+    )
     try:
         trainer, _ = _train(recipe, out, steps)
     except RunStopped as error:
