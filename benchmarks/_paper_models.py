@@ -25,12 +25,17 @@ def _toml(value: Any) -> str:
     return value_to_toml(value)
 
 
-def model_sets(recipe: Path, keep_chunk: bool = True) -> list[str]:
+def model_sets(recipe: Path, keep_chunk: bool = True, segment: int = 0) -> list[str]:
     """The --set lines that turn a recipe's model into ``recipe``'s architecture (its chunk size
-    too when ``keep_chunk`` is false)."""
+    too when ``keep_chunk`` is false).  ``segment``: a layout's segment (MAC's attention span, a
+    size like the chunk's) set to this instead, e.g. the base recipe's attention window, so
+    that its attention reaches no farther than the other layouts'."""
     data, _ = load_raw(recipe)
     spec = data.get("model", {})
-    sets = [f"model.layout={_toml(spec['layout'])}"]
+    layout = spec["layout"]
+    if segment and isinstance(layout, dict) and "segment" in layout:
+        layout = {**layout, "segment": segment}
+    sets = [f"model.layout={_toml(layout)}"]
     attention = spec.get("attention", {})
     if "persistent_tokens" in attention:
         sets.append(f"model.attention.persistent_tokens={attention['persistent_tokens']}")

@@ -74,7 +74,12 @@ def _sets(name: str, args: argparse.Namespace, steps: int, seed: int) -> list[st
         register()
         sets = [f"model.layout.name={LAYOUT}", f"model.layout.depth={depth}", f"seed={seed}"]
     else:
-        sets = [*model_sets(MODELS[name]), "model.attention.persistent_tokens=0", f"seed={seed}"]
+        window = miraslab.load_recipe(QUICKSTART).model.attention.window  # MAC's segment: the same reach
+        sets = [
+            *model_sets(MODELS[name], segment=window),
+            "model.attention.persistent_tokens=0",
+            f"seed={seed}",
+        ]
     if depth is None and args.storing_inits:
         sets += storing_inits(MODELS[name])
     sets += [f"train.steps={steps}", f"train.eval_every={steps}", f"train.checkpoint_every={steps}"]
