@@ -46,6 +46,7 @@ import torch
 from _paper_models import add_init_options, inits_phrase, model_sets, storing_inits
 
 import miraslab
+from miraslab.errors import RunStopped
 from miraslab.train.run_dir import RunDir
 from miraslab.train.trainer import Trainer
 
@@ -152,7 +153,15 @@ def run_one(name: str, args: argparse.Namespace, root: Path, seed: int) -> dict[
     run = root / f"{name}-seed{seed}"
     started = time.perf_counter()
     trainer = Trainer(recipe, run, show_progress=False)
-    summary = trainer.run()
+    try:
+        summary = trainer.run()
+    except RunStopped as error:  # a diverged seed is a row that fails the bar, not a lost table
+        if error.cause != "diverged":
+            raise
+        print(f"{name} seed {seed}: {error}", file=sys.stderr)
+        return {"model": name, "seed": seed, "layout": recipe.model.layout.name, "steps": steps,
+                "train_seconds": round(time.perf_counter() - started, 1), "accuracy": None,
+                "reset_accuracy": None, "carry_gain": None, "diverged": str(error)}  # fmt: skip
     seconds = time.perf_counter() - started
     use = summary.get("memory_use", {})
     if _peer_depth(name) is not None:  # miraslab's monitor ablates its own memories only
@@ -207,8 +216,9 @@ def markdown(results: list[dict[str, Any]]) -> str:
     ]
     for r in results:
         gain = "–" if r["carry_gain"] is None else f"{r['carry_gain']:+.2f}"
+        carried = "diverged" if r.get("diverged") else _pct(r["accuracy"])
         lines.append(
-            f"| {r['model']} | {r['seed']} | {r['layout']} | {r['steps']} | {_pct(r['accuracy'])} | "
+            f"| {r['model']} | {r['seed']} | {r['layout']} | {r['steps']} | {carried} | "
             f"{_pct(r['reset_accuracy'])} | {gain} | {r['train_seconds']} |"
         )
     return "\n".join(lines)
@@ -231,8 +241,13 @@ def verdicts(results: list[dict[str, Any]]) -> str:
         carried = [r["accuracy"] for r in rows if r["accuracy"] is not None]
         reset = [r["reset_accuracy"] for r in rows if r["reset_accuracy"] is not None]
         low, high = (min(carried) if carried else None), (max(reset) if reset else None)
-        passed = low is not None and high is not None and low >= CARRIED_BAR and high <= RESET_BAR
-        verdict = "yes" if passed else ("no memory" if high is None else "no")
+        diverged = any(r.get("diverged") for r in rows)
+        passed = (
+            not diverged and low is not None and high is not None and low >= CARRIED_BAR and high <= RESET_BAR
+        )
+        verdict = (
+            "yes" if passed else "no: a seed diverged" if diverged else "no memory" if high is None else "no"
+        )
         lines.append(f"| {model} | {len(rows)} | {_pct(low)} | {_pct(high)} | {verdict} |")
     return "\n".join(lines)
 

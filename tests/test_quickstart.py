@@ -154,3 +154,19 @@ def test_the_titans_pytorch_peer_trains_the_same_model_and_reads_with_its_memory
     table = capsys.readouterr().out
     assert "| titans-pytorch deep | 0 | titans-pytorch-lmm | 2 |" in table
     assert "| titans-pytorch linear | 0 | titans-pytorch-lmm | 2 |" in table
+
+
+def test_a_diverged_seed_is_a_row_that_fails_the_bar():
+    """A seed whose run diverges (the trainer stops it) prints as 'diverged' and fails its
+    model's verdict, even when the other seeds pass; the table is not lost."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import quickstart_models
+
+    row = {"model": "yaad", "layout": "lmm", "steps": 300, "train_seconds": 1.0, "carry_gain": 7.0}
+    rows = [
+        {**row, "seed": 0, "accuracy": 1.0, "reset_accuracy": 0.01},
+        {**row, "seed": 1, "accuracy": None, "reset_accuracy": None, "carry_gain": None, "diverged": "inf"},
+    ]
+    assert "| yaad | 1 | lmm | 300 | diverged |" in quickstart_models.markdown(rows)
+    assert "| no: a seed diverged |" in quickstart_models.verdicts(rows)
+    assert "| yes |" in quickstart_models.verdicts(rows[:1])
