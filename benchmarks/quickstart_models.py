@@ -31,6 +31,7 @@ TNT is left out: its shard and chunk lengths do not fit a 128-token sequence.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import platform
 import shutil
@@ -67,6 +68,12 @@ def _peer_depth(name: str) -> int | None:
     return next((rows[name] for rows in PEERS.values() if name in rows), None)
 
 
+@functools.cache
+def _window() -> int:
+    """The quickstart's attention window: MAC's segment here, so its attention reaches as far."""
+    return miraslab.load_recipe(QUICKSTART).model.attention.window
+
+
 def _sets(name: str, args: argparse.Namespace, steps: int, seed: int) -> list[str]:
     depth = _peer_depth(name)
     if depth is not None:  # the storing inits are miraslab's memories' own: not the peer's
@@ -75,9 +82,8 @@ def _sets(name: str, args: argparse.Namespace, steps: int, seed: int) -> list[st
         register()
         sets = [f"model.layout.name={LAYOUT}", f"model.layout.depth={depth}", f"seed={seed}"]
     else:
-        window = miraslab.load_recipe(QUICKSTART).model.attention.window  # MAC's segment: the same reach
         sets = [
-            *model_sets(MODELS[name], segment=window),
+            *model_sets(MODELS[name], segment=_window()),
             "model.attention.persistent_tokens=0",
             f"seed={seed}",
         ]
@@ -153,24 +159,21 @@ def run_one(name: str, args: argparse.Namespace, root: Path, seed: int) -> dict[
     run = root / f"{name}-seed{seed}"
     started = time.perf_counter()
     trainer = Trainer(recipe, run, show_progress=False)
+    row = {"model": name, "seed": seed, "layout": recipe.model.layout.name, "steps": steps}
     try:
         summary = trainer.run()
     except RunStopped as error:  # a diverged seed is a row that fails the bar, not a lost table
         if error.cause != "diverged":
             raise
         print(f"{name} seed {seed}: {error}", file=sys.stderr)
-        return {"model": name, "seed": seed, "layout": recipe.model.layout.name, "steps": steps,
-                "train_seconds": round(time.perf_counter() - started, 1), "accuracy": None,
+        return {**row, "train_seconds": round(time.perf_counter() - started, 1), "accuracy": None,
                 "reset_accuracy": None, "carry_gain": None, "diverged": str(error)}  # fmt: skip
     seconds = time.perf_counter() - started
     use = summary.get("memory_use", {})
     if _peer_depth(name) is not None:  # miraslab's monitor ablates its own memories only
         use = peer_memory_use(trainer.raw, recipe)
     return {
-        "model": name,
-        "seed": seed,
-        "layout": recipe.model.layout.name,
-        "steps": steps,
+        **row,
         "train_seconds": round(seconds, 1),
         "accuracy": use.get("val_accuracy", _accuracy(run)),
         "reset_accuracy": use.get("memory_use/reset_accuracy"),

@@ -28,7 +28,7 @@ from .decay import DecayGated
 
 @attrs.frozen
 class KLParams:
-    scale: float = miraslab.param(1.0, gt=0, doc="c: each row of W sums to c")
+    scale: float = miraslab.param(1.0, gt=0, doc="c: each row of W sums to c (to 0 when centred)")
     init: float = miraslab.param(0.98, gt=0, le=1, doc="alpha_t (on the logits) at initialisation")
     center: bool = miraslab.param(False, doc="W = c * (softmax(L) - 1/d): rows sum to 0 (not Memora's)")
 
